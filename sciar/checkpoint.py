@@ -1,0 +1,164 @@
+"""Self-describing checkpoint directories.
+
+A checkpoint is a directory::
+
+    config.json        {"format": "sciar-checkpoint", "model": {...ModelConfig}, "head": {...adapter's}}
+    tokenizer.json     the tokenizer (``{"kind": "none"}`` for continuous domains)
+    domain.json        domain name, sciar version, the command and data fingerprint that trained it,
+                       and the sha256 of the weights
+    model.safetensors  the weights
+
+Weights are only ever read with safetensors: no pickle is loaded. Every file is
+checked on load, and any problem is a one-line :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
+import sciar
+from sciar.errors import CheckpointError, SciarError
+from sciar.io import sha256_file
+from sciar.tokenizer import tokenizer_from_dict
+
+FORMAT = "sciar-checkpoint"
+FILES = ("config.json", "tokenizer.json", "domain.json", "model.safetensors")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: dict
+    tokenizer: object | None
+    domain: dict
+
+    @property
+    def domain_name(self) -> str:
+        return self.domain["domain"]
+
+
+def command_line() -> str:
+    """The command that is running, for the record in domain.json."""
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def save_checkpoint(
+    path: str | Path, model: torch.nn.Module, config: dict, tokenizer, domain: dict,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write a checkpoint into directory ``path`` (other files there are left alone).
+
+    ``config`` must hold ``model`` (a ModelConfig dict); ``domain`` must hold ``domain``
+    and should hold ``data_fingerprint``. ``extra(tmpdir)`` may add files (training state).
+    Every file is written beside its final name and renamed into place, the weights
+    first and ``domain.json`` (with the weights' checksum) last, so a crash leaves
+    either the old checkpoint or one whose checksum check fails, never a silent mix.
+    """
+    path = Path(path)
+    if "model" not in config or "domain" not in domain:
+        raise SciarError("a checkpoint needs config['model'] and domain['domain']")
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=path))
+    try:
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **config}, indent=1))
+        tok = tokenizer.to_dict() if tokenizer is not None else {"kind": "none"}
+        (tmp / "tokenizer.json").write_text(json.dumps(tok, indent=1))
+        meta = {
+            "sciar_version": sciar.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": command_line(),
+            **domain,
+            "weights_sha256": sha256_file(tmp / "model.safetensors"),
+        }
+        (tmp / "domain.json").write_text(json.dumps(meta, indent=1, default=str))
+        if extra is not None:
+            extra(tmp)
+        names = [n for n in os.listdir(tmp) if n not in FILES] + list(FILES)
+        names.remove("domain.json")
+        for name in [*names, "domain.json"]:
+            os.replace(tmp / name, path / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.parent}: missing {path.name}; not a sciar checkpoint") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable or truncated JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return d
+
+
+def read_checkpoint(path: str | Path, domain: str | None = None) -> Checkpoint:
+    """Read and check a checkpoint's description (not its weights)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} not found (expected a directory)")
+    config = _read_json(path / "config.json")
+    if config.get("format") != FORMAT or not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{path}: config.json is not a sciar checkpoint config")
+    meta = _read_json(path / "domain.json")
+    if "domain" not in meta or "weights_sha256" not in meta:
+        raise CheckpointError(f"{path}: domain.json lacks the domain name or weights checksum")
+    if domain is not None and meta["domain"] != domain:
+        raise CheckpointError(f"{path} is a {meta['domain']!r} checkpoint, not {domain!r}")
+    tok_dict = _read_json(path / "tokenizer.json")
+    try:
+        tokenizer = None if tok_dict.get("kind") == "none" else tokenizer_from_dict(tok_dict)
+    except SciarError as e:
+        raise CheckpointError(f"{path}: bad tokenizer.json ({e})") from None
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: missing model.safetensors")
+    if sha256_file(weights) != meta["weights_sha256"]:
+        raise CheckpointError(f"{weights}: checksum mismatch (truncated or corrupted weights)")
+    return Checkpoint(path, config, tokenizer, meta)
+
+
+def load_weights(ck: Checkpoint, model: torch.nn.Module, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Fill ``model`` (built from ``ck.config``) with the checkpoint's weights, strictly."""
+    try:
+        missing, unexpected = load_model(model, str(ck.path / "model.safetensors"), strict=False, device=str(device))
+    except (SafetensorError, RuntimeError, OSError, ValueError) as e:
+        raise CheckpointError(f"{ck.path}: weights do not fit the model ({str(e).splitlines()[0]})") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{ck.path}: weights do not fit the model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    return model.to(device)
+
+
+def load_language_model(path: str | Path, domain: str | None = None, device: str | torch.device = "cpu"):
+    """Load a token-domain checkpoint: returns (LanguageModel in eval mode, tokenizer, Checkpoint)."""
+    from sciar.model import LanguageModel, ModelConfig
+
+    ck = read_checkpoint(path, domain)
+    if ck.tokenizer is None:
+        raise CheckpointError(f"{ck.path} has no tokenizer; it is not a token-domain checkpoint")
+    try:
+        cfg = ModelConfig.from_dict(ck.config["model"])
+    except (SciarError, TypeError) as e:
+        raise CheckpointError(f"{ck.path}: bad model config ({e})") from None
+    if cfg.vocab_size != ck.tokenizer.vocab_size:
+        raise CheckpointError(f"{ck.path}: model vocabulary ({cfg.vocab_size}) and tokenizer ({ck.tokenizer.vocab_size}) differ")
+    model = LanguageModel(cfg, tied=ck.config.get("tied", True))
+    load_weights(ck, model, device)
+    return model.eval(), ck.tokenizer, ck

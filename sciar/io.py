@@ -1,0 +1,64 @@
+"""Atomic file writes and data fingerprints: nothing half-written is ever left under a final name."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text_atomic(path: str | Path, text: str):
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: str | Path, obj):
+    write_text_atomic(path, json.dumps(obj, indent=1, default=str) + "\n")
+
+
+def write_table_atomic(df, path: str | Path):
+    """Write a DataFrame as parquet or CSV (by suffix) atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(paths_or_texts) -> str:
+    """A short sha256 over files (by content) or strings, in the given order."""
+    h = hashlib.sha256()
+    for item in paths_or_texts:
+        p = Path(item) if not isinstance(item, bytes) else None
+        if p is not None and len(str(item)) < 4096 and p.is_file():
+            h.update(sha256_file(p).encode())
+        else:
+            h.update(item if isinstance(item, bytes) else str(item).encode())
+    return h.hexdigest()[:16]

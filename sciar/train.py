@@ -1,0 +1,325 @@
+"""One training loop for every adapter.
+
+The model is any ``nn.Module`` whose ``forward(**batch)`` returns a scalar loss.
+Batches come from a :class:`BatchSource`; the trainer hands it a generator seeded
+by (seed, step, micro-batch index), so the data a step sees is a pure function of
+the step. That makes resume exact (the data position is the step) and lets DDP
+ranks split a step's micro-batches between them: ``torchrun`` with N processes
+and accumulation A computes the same update as one process with accumulation N*A.
+
+Checkpoints: ``OUT/`` holds the best weights by validation loss (the last ones
+without validation), ``OUT/last/`` the last weights plus optimizer, RNG and step,
+each written atomically. ``OUT/train_log.csv`` and ``OUT/loss.png`` record the run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from sciar.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from sciar.errors import DataError, SciarError
+from sciar.io import write_text_atomic
+
+
+class BatchSource(Protocol):
+    def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A batch of tensors for ``model(**batch)``; ``split`` is ``"train"`` or ``"val"``."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 16  # per micro-batch, per process
+    grad_accum: int = 1  # micro-batches per step, summed over all processes
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    eval_batches: int = 20
+    save_every: int = 250
+    patience: int = 0  # stop after this many evaluations without improvement (0 = never)
+    seed: int = 1337
+    device: str = "auto"
+    compile: bool = False
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SciarError("CUDA was asked for but no GPU is available")
+    return torch.device(device)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to ``min_lr`` at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    frac = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * frac)) * (cfg.lr - cfg.min_lr)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise SciarError("the model has no trainable parameters")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+
+
+def _batch_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + step) * 1_009 + micro)
+    return g
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _count_tokens(batch: dict) -> int:
+    t = batch.get("targets", next(v for v in batch.values() if isinstance(v, torch.Tensor)))
+    return t.shape[0] * (t.shape[1] if t.dim() > 1 else 1)
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors = {f"state.{i}.{k}": v.detach().cpu().contiguous() for i, s in sd["state"].items() for k, v in s.items()}
+    meta = {"param_groups": sd["param_groups"], "state_keys": {str(i): list(s) for i, s in sd["state"].items()}}
+    return tensors, meta
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict):
+    state = {int(i): {k: tensors[f"state.{i}.{k}"] for k in keys} for i, keys in meta["state_keys"].items()}
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+    return info
+
+
+def train(
+    model: torch.nn.Module,
+    source: BatchSource,
+    cfg: TrainConfig,
+    out: str | Path,
+    checkpoint_config: dict,
+    tokenizer,
+    domain: dict,
+    resume: bool = True,
+    callback: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Train ``model`` and write checkpoints to ``out``; returns a summary dict.
+
+    ``checkpoint_config``, ``tokenizer`` and ``domain`` describe the model for
+    :func:`sciar.checkpoint.save_checkpoint`. ``callback(step, record)`` runs after
+    each step on every process (tests use it to interrupt a run).
+    """
+    out = Path(out)
+    device = resolve_device(cfg.device)
+    dinfo = init_distributed(device)
+    if dinfo.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", dinfo.local_rank)
+    if cfg.grad_accum % dinfo.world:
+        raise SciarError(f"grad_accum ({cfg.grad_accum}) must be a multiple of the number of processes ({dinfo.world})")
+    local_accum = cfg.grad_accum // dinfo.world
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    opt = make_optimizer(model, cfg, device)
+    start_step, best_val, bad_evals, log = 0, float("inf"), 0, []
+
+    last = out / "last"
+    if resume and (last / "trainer.json").is_file():
+        state = json.loads((last / "trainer.json").read_text())
+        ck = read_checkpoint(last)  # checks every file and the weights' checksum
+        if ck.domain.get("step") != state["step"]:
+            raise SciarError(f"{last}: training state and weights are from different steps; delete {last} to restart")
+        load_weights(ck, model, device)
+        _load_optimizer(opt, load_file(str(last / "optimizer.safetensors")), state["optimizer"])
+        rng = load_file(str(last / "rng.safetensors"))
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        start_step, best_val, bad_evals, log = state["step"], state["best_val"], state["bad_evals"], state["log"]
+        if dinfo.main:
+            print(f"resuming from {last} at step {start_step}")
+
+    net = model
+    if dinfo.world > 1:
+        net = DistributedDataParallel(model, device_ids=[dinfo.local_rank] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    meta = dict(domain, train_config=asdict(cfg))
+
+    def save(path: Path, step: int, with_state: bool):
+        def extra(tmp: Path):
+            if not with_state:
+                return
+            tensors, opt_meta = _optimizer_tensors(opt)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            rng = {"cpu": torch.get_rng_state()}
+            if device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(device)
+            save_file(rng, str(tmp / "rng.safetensors"))
+            state = {"step": step, "best_val": best_val, "bad_evals": bad_evals, "log": log, "optimizer": opt_meta}
+            (tmp / "trainer.json").write_text(json.dumps(state))
+
+        save_checkpoint(path, model, checkpoint_config, tokenizer, dict(meta, step=step), extra=extra)
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        model.eval()
+        losses = []
+        for i in range(cfg.eval_batches):
+            batch = source.get_batch("val", cfg.batch_size, _batch_generator(cfg.seed + 7, 0, i))
+            with amp:
+                losses.append(float(model(**_to(batch, device))))
+        model.train()
+        return sum(losses) / len(losses)
+
+    has_val = cfg.eval_batches > 0 and getattr(source, "has_val", True)
+    model.train()
+    bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not (cfg.progress and dinfo.main), desc="train",
+               unit="step", mininterval=1.0)
+    t0, tokens, step = time.perf_counter(), 0, start_step
+    stopped_early = False
+    while step < cfg.max_steps:
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss_sum = 0.0
+        for m in range(local_accum):
+            micro = m * dinfo.world + dinfo.rank
+            batch = _to(source.get_batch("train", cfg.batch_size, _batch_generator(cfg.seed, step, micro)), device)
+            tokens += _count_tokens(batch) * dinfo.world
+            sync = m == local_accum - 1 or dinfo.world == 1
+            ctx = net.no_sync() if (not sync and isinstance(net, DistributedDataParallel)) else nullcontext()
+            with ctx, amp:
+                loss = net(**batch) / local_accum
+            if not torch.isfinite(loss):
+                raise DataError(f"loss became {float(loss)} at step {step}; lower the learning rate or check the data")
+            loss.backward()
+            loss_sum += float(loss.detach())
+        if dinfo.world > 1:
+            # DDP averaged the gradients; average the reported loss too
+            t = torch.tensor([loss_sum], device=device)
+            dist.all_reduce(t)
+            loss_sum = float(t) / dinfo.world
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        elapsed = time.perf_counter() - t0
+        rec = {"step": step, "lr": lr, "loss": loss_sum, "val_loss": None, "tokens_per_s": tokens / max(elapsed, 1e-9)}
+        is_last = step == cfg.max_steps
+        if has_val and (step % cfg.eval_every == 0 or is_last):
+            rec["val_loss"] = evaluate()
+            if rec["val_loss"] < best_val:
+                best_val, bad_evals = rec["val_loss"], 0
+                if dinfo.main:
+                    save(out, step, with_state=False)
+            else:
+                bad_evals += 1
+                if cfg.patience and bad_evals >= cfg.patience:
+                    stopped_early = True
+        log.append(rec)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+        if dinfo.main and (step % cfg.save_every == 0 or is_last or stopped_early):
+            save(last, step, with_state=True)
+            if not has_val:
+                save(out, step, with_state=False)
+            write_log(log, out)
+        if callback is not None:
+            callback(step, rec)
+        if stopped_early:
+            break
+    bar.close()
+    if dinfo.main:
+        if not (out / "model.safetensors").exists():
+            save(out, step, with_state=False)
+        write_log(log, out)
+    if dinfo.world > 1:
+        dist.barrier()
+    return {"steps": step, "best_val": best_val, "final_loss": log[-1]["loss"] if log else None,
+            "tokens_per_s": log[-1]["tokens_per_s"] if log else None, "stopped_early": stopped_early}
+
+
+def write_log(log: list[dict], out: Path):
+    """The CSV log and a loss-curve PNG."""
+    import pandas as pd
+
+    if not log:
+        return
+    df = pd.DataFrame(log)
+    write_text_atomic(out / "train_log.csv", df.to_csv(index=False))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(df["step"], df["loss"], label="train", lw=1)
+    val = df.dropna(subset=["val_loss"])
+    if len(val):
+        ax.plot(val["step"], val["val_loss"], "o-", label="validation", ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out / ".loss.png.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out / "loss.png")
