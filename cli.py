@@ -63,8 +63,25 @@ def info():
     typer.echo(f"domains     {', '.join(DOMAINS)}")
 
 
+@app.command()
+def inspect(checkpoint: str = typer.Argument(..., help="A checkpoint directory, or the name of a shipped one.")):
+    """Check a checkpoint (every file, the weights' checksum) and print what it holds and how it was trained."""
+    from sciar.checkpoint import read_checkpoint
+    from sciar.paths import find_checkpoint
+
+    ck = read_checkpoint(find_checkpoint(checkpoint))
+    m = ck.config["model"]
+    typer.echo(f"checkpoint  {ck.path}")
+    typer.echo(f"domain      {ck.domain_name} (sciar {ck.domain.get('sciar_version')}, step {ck.domain.get('step', '?')})")
+    typer.echo(f"model       {m.get('n_layer')} layers, {m.get('n_head')} heads, width {m.get('n_embd')}, "
+               f"context {m.get('block_size')}, vocabulary {m.get('vocab_size')}")
+    typer.echo(f"tokenizer   {ck.tokenizer.vocab_size if ck.tokenizer else 'none'}")
+    typer.echo(f"trained by  {ck.domain.get('command')}")
+    typer.echo(f"data        {ck.domain.get('data_fingerprint', 'not recorded')}")
+
+
 for _name, _module in DOMAINS.items():
-    if importlib.util.find_spec(_module.rsplit(".", 1)[0]) is not None:
+    if importlib.util.find_spec(_module) is not None:  # adapters not yet installed are left out
         app.add_typer(importlib.import_module(_module).app, name=_name)
 
 

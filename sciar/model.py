@@ -149,8 +149,9 @@ class SelfAttention(nn.Module):
                 cache.k[layer, :, :, start : start + T] = k
                 cache.v[layer, :, :, start : start + T] = v
                 k, v = cache.k[layer, :, :, : start + T], cache.v[layer, :, :, : start + T]
-                if start > 0:
+                if start > 0 and mask is None:
                     # queries at positions start..start+T-1 see every cached key and the causal part of the new ones
+                    # (a caller's mask over all start+T keys is kept: ragged batches hide their left padding)
                     is_causal = False
                     mask = None if T == 1 else _causal_offset_mask(T, start, x.device)
         y = F.scaled_dot_product_attention(
@@ -250,7 +251,9 @@ class Transformer(nn.Module):
 
         ``mask``: None for causal attention, or a boolean visibility mask
         (``[T, T]``, ``[B, T, T]`` or ``[B, 1, T, T]``; True = may attend) for
-        bidirectional / masked modes. ``cache``: extend a :class:`KVCache` (causal).
+        bidirectional / masked modes. ``cache``: extend a :class:`KVCache` (causal; a mask
+        given with a filled cache covers all cached and new keys, ``[B, T, length + T]``,
+        so rows of different lengths can share one cache with hidden left padding).
         ``positions``: explicit positions (``[T]`` or ``[B, T]``), default
         ``cache.length + arange(T)``.
         """

@@ -1,0 +1,26 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_version_help_info(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("sciar ")
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "info" in out and "crystal" in out
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for lib in ("torch", "pymatgen", "ase", "trimesh", "device", "checkpoints"):
+        assert lib in out
+
+
+def test_bad_options_exit_2_without_traceback():
+    for args in (["--bogus"], ["info", "extra"], ["inspect"], ["inspect", "/no/such/checkpoint"]):
+        r = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr

@@ -1,0 +1,61 @@
+import pandas as pd
+import pytest
+
+from sciar.batch import run_batch
+from sciar.errors import DataError, SciarError
+
+
+def square(row):
+    if row["x"] < 0:
+        raise SciarError(f"negative input {row['x']}")
+    if row["x"] == 13:
+        raise ZeroDivisionError("unlucky")
+    return [{"y": row["x"] ** 2, "k": k} for k in range(2)]
+
+
+def test_rows_errors_and_columns(tmp_path):
+    df = pd.DataFrame({"x": [1, -2, 3, 13]})
+    out = run_batch(df, square, tmp_path / "out.parquet", chunk_size=2, progress=False)
+    assert len(out) == 2 + 1 + 2 + 1
+    ok = out[out.status == "ok"]
+    assert sorted(ok.y.tolist()) == [1, 1, 9, 9]
+    errs = out[out.status == "error"].set_index("x")["error"]
+    assert errs[-2] == "negative input -2" and errs[13] == "ZeroDivisionError: unlucky"
+    assert pd.read_parquet(tmp_path / "out.parquet").shape == out.shape
+
+
+class Boom(Exception):
+    pass
+
+
+def test_resume_after_a_killed_job(tmp_path):
+    df = pd.DataFrame({"x": range(10)})
+    calls = []
+
+    def dies_at_7(row):
+        if row["x"] == 7:
+            raise KeyboardInterrupt  # a killed job, not a row error
+        calls.append(row["x"])
+        return [{"y": row["x"] + 1}]
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(df, dies_at_7, tmp_path / "out.csv", chunk_size=3, progress=False)
+    partial = pd.read_csv(tmp_path / "out.csv")
+    assert sorted(partial.x) == [0, 1, 2, 3, 4, 5]  # two whole chunks were saved
+    calls.clear()
+    out = run_batch(df, lambda r: [{"y": r["x"] + 1}] if not calls.append(r["x"]) else [], tmp_path / "out.csv",
+                    chunk_size=3, progress=False)
+    assert calls == [6, 7, 8, 9]
+    assert sorted(out.x) == list(range(10)) and (out.y == out.x + 1).all()
+
+
+def test_bad_tables(tmp_path):
+    with pytest.raises(DataError, match="no rows"):
+        run_batch(pd.DataFrame({"x": []}), square, progress=False)
+    with pytest.raises(DataError, match="not found"):
+        run_batch(tmp_path / "missing.csv", square, progress=False)
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match="cannot read"):
+        run_batch(tmp_path / "bad.parquet", square, progress=False)
+    with pytest.raises(SciarError, match=".csv or .parquet"):
+        run_batch(pd.DataFrame({"x": [1]}), square, tmp_path / "out.txt", progress=False)

@@ -1,0 +1,72 @@
+import json
+
+import pytest
+import torch
+
+from cli import main
+from sciar.checkpoint import load_language_model, read_checkpoint, save_checkpoint
+from sciar.errors import CheckpointError
+from sciar.model import LanguageModel, ModelConfig
+from sciar.tokenizer import CharTokenizer
+
+TOK = CharTokenizer("abc\n")
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=TOK.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    m = LanguageModel(cfg)
+    save_checkpoint(tmp_path / "ck", m, {"model": cfg.to_dict()}, TOK, {"domain": "toy", "data_fingerprint": "abc"})
+    return tmp_path / "ck", m
+
+
+def test_round_trip(ckpt):
+    path, m = ckpt
+    lm, tok, ck = load_language_model(path, domain="toy")
+    assert tok.vocab == TOK.vocab and ck.domain["data_fingerprint"] == "abc" and "command" in ck.domain
+    for (k, a), (_, b) in zip(m.state_dict().items(), lm.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "domain.json", "model.safetensors", "tokenizer.json"]
+
+
+def test_missing_truncated_mismatched_and_foreign(ckpt, tmp_path):
+    path, _ = ckpt
+    with pytest.raises(CheckpointError, match="'toy' checkpoint, not 'crystal'"):
+        read_checkpoint(path, domain="crystal")
+    w = path / "model.safetensors"
+    data = w.read_bytes()
+    w.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="checksum"):
+        read_checkpoint(path)
+    w.write_bytes(data)
+    (path / "config.json").write_text('{"format": "sciar-checkpoint", "model": ')
+    with pytest.raises(CheckpointError, match="truncated JSON"):
+        read_checkpoint(path)
+    (path / "config.json").write_text(json.dumps({"format": "sciar-checkpoint", "model": {"n_layer": 3}}))
+    with pytest.raises(CheckpointError):
+        load_language_model(path)
+    (path / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="missing tokenizer.json"):
+        read_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        read_checkpoint(tmp_path / "nowhere")
+
+
+def test_weights_that_do_not_fit(ckpt):
+    path, _ = ckpt
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["model"]["n_embd"] = 32  # config no longer matches the stored tensors
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_language_model(path)
+
+
+def test_cli_inspect(ckpt, capsys, tmp_path):
+    path, _ = ckpt
+    assert main(["inspect", str(path)]) == 0
+    assert "toy" in capsys.readouterr().out
+    (path / "domain.json").write_text("garbage")
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
