@@ -47,3 +47,80 @@ def canonicalize(
     typer.echo(f"{len(df)} inputs: {len(ok)} canonical CIFs written to {out}; {len(bad)} unusable (reasons in {rpath})")
     if len(bad):
         _echo_table(bad["reason"].str.split(r" \(|:", regex=True).str[0].value_counts().rename_axis("reason").reset_index())
+
+
+@app.command()
+def train(
+    data: List[Path] = typer.Option(..., "--data", help="Training structures: CIF files/folders, CDVAE CSV splits, tables; repeat for several."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (resumes if it holds a run)."),
+    preset: str = typer.Option("tiny", help="Model and budget: tiny (CPU, minutes), small (the shipped shape), crystallm-small (8x8x512, GPU)."),
+    val: Optional[Path] = typer.Option(None, help="Validation structures (default: 2% of the training CIFs held out)."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: the preset's)."),
+    batch_size: Optional[int] = typer.Option(None, help="Windows per step (default: the preset's)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the preset's)."),
+    block_size: Optional[int] = typer.Option(None, help="Context length in tokens (default: the preset's, 1024)."),
+    dedup: bool = typer.Option(True, help="Deduplicate by (formula, space group), keeping the lowest volume per formula unit."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    seed: int = typer.Option(1337, help="Random seed."),
+    workers: int = typer.Option(2, help="Processes for canonicalising the inputs (cached under build/crystals)."),
+):
+    """Train a CIF language model; windows start at CIF boundaries (CrystaLLM)."""
+    from domains.crystals.lm import train_crystal_lm
+
+    s = train_crystal_lm(data, out, preset, steps=steps, batch_size=batch_size, lr=lr, block_size=block_size,
+                         device=device, seed=seed, dedup=dedup, val=val, workers=workers)
+    typer.echo(f"trained {s['params'] / 1e6:.2f} M parameters on {s['n_train_cifs']} CIFs ({s['train_tokens']} tokens; "
+               f"{s['n_dropped_too_long']} longer than the context left out) for {s['steps']} steps: "
+               f"final loss {s['final_loss']:.4f}, best validation loss {s['best_val']:.4f}; checkpoint in {out}")
+
+
+@app.command()
+def sample(
+    composition: str = typer.Option(..., "--composition", "-c", help="Cell composition (Na4Cl4) or reduced formula (NaCl: several Z are sampled)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the CIFs and summary.csv."),
+    n: int = typer.Option(20, "-n", help="How many structures."),
+    spacegroup: Optional[str] = typer.Option(None, "--spacegroup", "-s", help="Space group symbol (Fm-3m, P2_1/c) or number."),
+    z: Optional[int] = typer.Option(None, help="Formula units per cell (default: as given, or several for a reduced formula)."),
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory or shipped name."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature."),
+    top_k: int = typer.Option(10, help="Top-k filtering (0: off)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    constrained: bool = typer.Option(True, help="Grammar-constrained decoding (consistent formulas, multiplicities, lattice)."),
+    bonds: bool = typer.Option(True, help="Run the CrystalNN bond-length check (slower) in the summary."),
+):
+    """Generate crystal structures for a composition; writes CIFs (full symmetry operations) and a summary table."""
+    import time
+
+    from domains.crystals.generate import CrystalGenerator
+    from domains.crystals.sampling import write_samples
+
+    if n < 1:
+        raise typer.BadParameter("-n must be at least 1")
+    t0 = time.perf_counter()
+    gen = CrystalGenerator(checkpoint)
+    t1 = time.perf_counter()
+    samples = gen.sample_composition(composition, n=n, spacegroup=spacegroup, z=z, temperature=temperature,
+                                     top_k=top_k or None, seed=seed, constrained=constrained)
+    t2 = time.perf_counter()
+    df = write_samples(samples, out, bonds=bonds)
+    typer.echo(f"{len(samples)} structures for {composition} in {t2 - t1:.1f} s (model load {t1 - t0:.1f} s); "
+               f"valid {df['valid'].mean():.0%}; written to {out}")
+    _echo_table(df[["file", "formula", "spacegroup", "n_atoms", "logprob", "valid", "reasons"]])
+
+
+@app.command()
+def evaluate(
+    folder: Path = typer.Argument(..., help="Folder of generated .cif files."),
+    out: Optional[Path] = typer.Option(None, help="Per-file table (.csv or .parquet)."),
+    bonds: bool = typer.Option(True, help="Run the CrystalNN bond-length check (slower)."),
+):
+    """Validity rates of CIFs in a folder (CrystaLLM's checks plus CDVAE's structural and SMACT checks)."""
+    from domains.crystals.validity import evaluate_folder, rates
+    from sciar.io import write_table_atomic
+
+    df = evaluate_folder(folder, bonds=bonds)
+    r = rates(df)
+    for k, v in r.items():
+        typer.echo(f"{k:<20} {v:.3f}" if isinstance(v, float) else f"{k:<20} {v}")
+    if out:
+        write_table_atomic(df.drop(columns=[c for c in ("structure",) if c in df.columns]), out)

@@ -1,0 +1,450 @@
+"""Reading CIFs and canonicalising them as CrystaLLM does.
+
+Canonical CIF (one per structure, ending in a newline; a corpus joins them with a
+blank line): pymatgen's ``CifWriter(symprec=0.1)`` text (conventional cell,
+symmetrized), comments and blank lines removed, the ``data_`` header replaced by
+the cell composition in pymatgen's electronegativity order (``data_Na4Cl4``), the
+symmetry loop reduced to ``x, y, z`` (rebuilt from the space group after
+generation: :func:`rebuild_symmetry`), an atom-type block (electronegativity,
+atomic radius, average ionic radius) inserted before the space-group line,
+floats rounded to 4 decimals and runs of spaces collapsed to one.
+
+Inputs that cannot be used are reported with a reason (``unparseable``,
+``partial occupancy``, ``unknown element``, ``absurd cell``, ``overlapping atoms``,
+``no symmetry``) and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from sciar.errors import DataError, SciarError
+
+CANON_VERSION = 1  # bump when the canonical text changes (invalidates caches)
+SYMPREC = 0.1
+SG_KEY = "_symmetry_space_group_name_H-M"
+
+# CrystaLLM's fallbacks for elements pymatgen lacks values for
+_NOBLE_VDW = {"He": 1.40, "Ne": 1.54, "Ar": 1.88, "Kr": 2.02, "Xe": 2.16, "Rn": 2.20}
+_ALLEN_X = {"He": 4.16, "Ne": 4.79, "Ar": 3.24}
+
+
+# ---------------------------------------------------------------- compositions
+
+def parse_composition(text: str):
+    """A pymatgen Composition from user text (``Na2Cl2``, ``NaCl``, ``Na2 Cl2``), integer amounts only.
+
+    Raises SciarError naming the problem: malformed formula or unknown element.
+    """
+    from pymatgen.core import Composition, Element
+
+    s = str(text).strip()
+    if not s:
+        raise SciarError("empty composition")
+    if not re.fullmatch(r"(?:[A-Z][a-z]?\d*(?:\.\d+)?\s*)+", s.replace("(", "").replace(")", "")):
+        raise SciarError(f"malformed formula {text!r} (expected something like Na2Cl2 or LiFePO4)")
+    for sym in re.findall(r"[A-Z][a-z]?", s):
+        if not Element.is_valid_symbol(sym):
+            raise SciarError(f"unknown element {sym!r} in {text!r}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            comp = Composition(s)
+    except Exception as e:  # pymatgen raises ValueError / CompositionError
+        raise SciarError(f"malformed formula {text!r}: {str(e).splitlines()[0]}") from None
+    if comp.num_atoms <= 0:
+        raise SciarError(f"composition {text!r} has no atoms")
+    for el, amt in comp.items():
+        if abs(amt - round(amt)) > 1e-6:
+            raise SciarError(f"composition {text!r} has a fractional amount of {el} (integer atom counts only)")
+    return comp
+
+
+def cell_formula(comp) -> str:
+    """``data_`` formula of a cell composition: electronegativity order, every count written (``Na4Cl4``)."""
+    return comp.formula.replace(" ", "")
+
+
+# ---------------------------------------------------------------- canonical text
+
+def atom_props_block(comp) -> str:
+    """CrystaLLM's atom-type loop (without trailing newline)."""
+    def fmt(v):
+        return f"{float(v): .4f}"
+
+    def x(el):
+        v = el.X
+        if (v is None or math.isnan(v)) and str(el) in _ALLEN_X:
+            return fmt(_ALLEN_X[str(el)])
+        return fmt(0.0 if v is None or math.isnan(v) else v)
+
+    def radius(el):
+        r = el.atomic_radius
+        if r is None:
+            r = _NOBLE_VDW.get(str(el), 0.0)
+        return fmt(r)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = [f"  {el}  {x(el)}  {radius(el)}  {fmt(el.average_ionic_radius)}" for el in sorted(comp.elements)]
+    head = ["loop_", " _atom_type_symbol", " _atom_type_electronegativity", " _atom_type_radius", " _atom_type_ionic_radius"]
+    return re.sub(r"[ \t]+", " ", "\n".join(head + rows))
+
+
+_FLOAT = re.compile(r"[-+]?\d*\.\d+([eE][-+]?\d+)?")
+
+
+def round_numbers(text: str, places: int = 4) -> str:
+    def rnd(m):
+        s = m.group()
+        if len(s.split(".")[1]) <= places:
+            return s
+        out = f"{round(float(s), places):.{places}f}"
+        return "0." + "0" * places if out == "-0." + "0" * places else out
+
+    return _FLOAT.sub(rnd, text)
+
+
+def semisymmetrize(text: str) -> str:
+    """Reduce the symmetry-operation loop to the identity."""
+    return re.sub(r"(_symmetry_equiv_pos_as_xyz\n)(.*?)(?=\n(?:\S| \S)|\Z)", r"\1  1  'x, y, z'", text, flags=re.DOTALL)
+
+
+def canonical_cif(structure, symprec: float = SYMPREC) -> str:
+    """The canonical CIF text of an ordered pymatgen Structure."""
+    from pymatgen.io.cif import CifWriter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = str(CifWriter(structure, symprec=symprec))
+    lines = [ln for ln in raw.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    text = "\n".join(lines)
+    m = re.search(r"^_chemical_formula_sum\s+(.+)$", text, flags=re.M)
+    if not m:
+        raise DataError("CifWriter wrote no _chemical_formula_sum")
+    formula = m.group(1).replace("'", "").replace(" ", "")
+    text = re.sub(r"^data_.*$", lambda _: f"data_{formula}", text, count=1, flags=re.M)
+    text = semisymmetrize(text)
+    from pymatgen.core import Composition
+
+    block = atom_props_block(Composition(formula))
+    i = text.index(SG_KEY)
+    text = text[:i] + block + "\n" + text[i:]
+    text = round_numbers(text)
+    text = re.sub(r"[ \t]+", " ", text)
+    return text.strip() + "\n"
+
+
+# ---------------------------------------------------------------- fields of a CIF text
+
+def cif_field(text: str, key: str) -> str | None:
+    m = re.search(rf"^{re.escape(key)}[ \t]+(.+?)[ \t]*$", text, flags=re.M)
+    return m.group(1).strip().strip("'\"") if m else None
+
+
+def header_formula(text: str) -> str | None:
+    m = re.match(r"\s*data_(\S*)", text)
+    return m.group(1) if m else None
+
+
+def spacegroup_of(text: str) -> str | None:
+    return cif_field(text, SG_KEY)
+
+
+def rebuild_symmetry(text: str) -> str:
+    """Replace the identity-only symmetry loop by the full operations of the stated space group."""
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    sg = spacegroup_of(text)
+    if not sg:
+        raise DataError("no space group in the CIF")
+    try:
+        ops = SpaceGroup(sg).symmetry_ops
+    except Exception:
+        raise DataError(f"unknown space group {sg!r}") from None
+    rows = "\n".join(f" {i} '{op.as_xyz_str()}'" for i, op in enumerate(ops, 1))
+    pat = re.compile(r"(_symmetry_equiv_pos_as_xyz\n)[ \t]*1[ \t]+'x, y, z'")
+    if not pat.search(text):
+        raise DataError("the CIF has no identity-only symmetry loop to rebuild")
+    return pat.sub(lambda m: m.group(1) + rows, text, count=1)
+
+
+def structure_from_cif(text: str, rebuild: bool = True):
+    """A pymatgen Structure from canonical (or any) CIF text; DataError if it cannot be read."""
+    from pymatgen.io.cif import CifParser
+
+    if rebuild and re.search(r"_symmetry_equiv_pos_as_xyz\n[ \t]*1[ \t]+'x, y, z'\n(?![ \t]*2[ \t])", text):
+        text = rebuild_symmetry(text)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structs = CifParser.from_str(text).parse_structures(primitive=False)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"unparseable CIF: {msg}") from None
+    if not structs:
+        raise DataError("unparseable CIF: no structure in it")
+    return structs[0]
+
+
+# ---------------------------------------------------------------- checks on input structures
+
+def structure_problem(s) -> str | None:
+    """Why a parsed structure cannot be used (None if it can)."""
+    from pymatgen.core import Element
+
+    if len(s) == 0:
+        return "unparseable: no atoms"
+    if not s.is_ordered:
+        return "partial occupancy"
+    for sp in s.composition.elements:
+        sym = getattr(sp, "symbol", str(sp))
+        if not Element.is_valid_symbol(sym) or getattr(sp, "Z", 0) <= 0:
+            return f"unknown element {sym}"
+        if Element(sym).Z > 94:
+            return f"unknown element {sym} (beyond Pu)"
+    lat = s.lattice
+    if not all(0.5 <= x <= 1000 for x in lat.abc) or not all(10 <= a <= 170 for a in lat.angles):
+        return f"absurd cell (a, b, c = {', '.join(f'{x:.3g}' for x in lat.abc)}; angles {', '.join(f'{a:.3g}' for a in lat.angles)})"
+    if not lat.volume > 0.1 or lat.volume / len(s) < 1.0:
+        return f"absurd cell (volume {lat.volume:.3g} for {len(s)} atoms)"
+    if len(s) > 1 and len(s) <= 500:
+        import numpy as np
+
+        d = s.distance_matrix
+        np.fill_diagonal(d, np.inf)
+        if d.min() < 0.5:
+            return f"overlapping atoms ({d.min():.2f} A apart)"
+    return None
+
+
+def _strip_oxidation(s):
+    if any(hasattr(sp, "oxi_state") for sp in s.composition.elements):
+        s = s.copy()
+        s.remove_oxidation_states()
+    return s
+
+
+@dataclass
+class Canonical:
+    cif: str
+    formula: str  # cell composition as in the data_ header
+    reduced_formula: str
+    spacegroup: str
+    sg_number: int
+    n_atoms: int
+    volume_per_fu: float
+
+
+def canonicalize(item) -> Canonical:
+    """Canonicalise CIF text or a Structure; DataError with the reason if it cannot be used."""
+    from pymatgen.core import Structure
+
+    if isinstance(item, Structure):
+        s = item
+    else:
+        s = structure_from_cif(str(item), rebuild=False)
+    s = _strip_oxidation(s)
+    why = structure_problem(s)
+    if why:
+        raise DataError(why)
+    try:
+        text = canonical_cif(s)
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"no symmetry: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    formula = header_formula(text)
+    sg = spacegroup_of(text)
+    num = cif_field(text, "_symmetry_Int_Tables_number")
+    from pymatgen.core import Composition
+
+    comp = Composition(formula)
+    red, z = comp.get_reduced_formula_and_factor()
+    vol = float(cif_field(text, "_cell_volume"))
+    return Canonical(text, formula, red, sg, int(num), int(comp.num_atoms), vol / z)
+
+
+# ---------------------------------------------------------------- reading inputs
+
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".json", ".json.gz")
+
+
+def _is_table(p: Path) -> bool:
+    return any(p.name.endswith(s) for s in TABLE_SUFFIXES)
+
+
+def read_table_cifs(p: Path) -> pd.DataFrame:
+    try:
+        if p.name.endswith((".parquet", ".pq")):
+            df = pd.read_parquet(p)
+        elif p.name.endswith((".json", ".json.gz")):
+            df = pd.read_json(p)
+        else:
+            df = pd.read_csv(p)
+    except Exception as e:
+        raise DataError(f"cannot read table {p}: {str(e).splitlines()[0]}") from None
+    return frame_records(df, str(p))
+
+
+def frame_records(df: pd.DataFrame, source: str = "table") -> pd.DataFrame:
+    """Records (id, source, cif, other columns) from a pandas table with a ``cif`` column."""
+    if "cif" not in df.columns:
+        raise DataError(f"{source}: a table of structures needs a 'cif' column (has {', '.join(map(str, df.columns[:8]))})")
+    out = df.copy()
+    if "material_id" in out.columns:
+        out.insert(0, "id", out["material_id"].astype(str))
+    else:
+        out.insert(0, "id", [f"{Path(source).name}:{i}" for i in range(len(out))])
+    out.insert(1, "source", source)
+    return out
+
+
+def read_cif_file(p: Path) -> list[dict]:
+    """One record per data block of a CIF file (the text of each block kept as is)."""
+    try:
+        text = p.read_text(errors="replace")
+    except OSError as e:
+        raise DataError(f"cannot read {p}: {e.strerror}") from None
+    blocks = re.split(r"(?m)^(?=data_)", text)
+    blocks = [b for b in blocks if b.lstrip().startswith("data_")] or [text]
+    if len(blocks) == 1:
+        return [{"id": p.stem, "source": str(p), "cif": text}]
+    return [{"id": f"{p.stem}#{i}", "source": str(p), "cif": b} for i, b in enumerate(blocks)]
+
+
+def read_inputs(paths) -> pd.DataFrame:
+    """Records from CIF files, folders of CIFs (recursive), CDVAE CSV splits or tables with a ``cif`` column."""
+    if isinstance(paths, pd.DataFrame):
+        return frame_records(paths)
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    frames = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() == ".cif")
+            if not files:
+                raise DataError(f"no .cif files in folder {p}")
+            frames.append(pd.DataFrame([r for f in files for r in read_cif_file(f)]))
+        elif p.is_file():
+            frames.append(read_table_cifs(p) if _is_table(p) else pd.DataFrame(read_cif_file(p)))
+        else:
+            raise DataError(f"input {p} not found")
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+# ---------------------------------------------------------------- many at once
+
+def _canon_one(item):
+    try:
+        c = canonicalize(item)
+        return (c.cif, c.formula, c.reduced_formula, c.spacegroup, c.sg_number, c.n_atoms, c.volume_per_fu, None)
+    except SciarError as e:
+        return (None,) * 7 + (str(e),)
+    except Exception as e:  # a pymatgen bug on one odd file must not stop a corpus
+        return (None,) * 7 + (f"unparseable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",)
+
+
+def _canon_chunk(items):
+    warnings.simplefilter("ignore")
+    return [_canon_one(x) for x in items]
+
+
+CANON_COLUMNS = ["canonical", "formula", "reduced_formula", "spacegroup", "sg_number", "n_atoms", "volume_per_fu", "reason"]
+
+
+def canonicalize_records(records: pd.DataFrame, workers: int | None = None, progress: bool = True,
+                         chunk: int = 64) -> pd.DataFrame:
+    """Canonicalise every record's ``cif``; adds :data:`CANON_COLUMNS` (``reason`` set where unusable)."""
+    from tqdm.auto import tqdm
+
+    items = records["cif"].tolist()
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
+    results = []
+    bar = tqdm(total=len(items), desc="canonicalise", unit="cif", disable=not progress, mininterval=2.0)
+    if workers > 1 and len(chunks) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            for res in ex.map(_canon_chunk, chunks):
+                results.extend(res)
+                bar.update(len(res))
+    else:
+        for c in chunks:
+            res = _canon_chunk(c)
+            results.extend(res)
+            bar.update(len(res))
+    bar.close()
+    out = records.copy()
+    cols = list(zip(*results)) if results else [[]] * len(CANON_COLUMNS)
+    for name, col in zip(CANON_COLUMNS, cols):
+        out[name] = list(col)
+    out["sg_number"] = out["sg_number"].astype("Int64")
+    out["n_atoms"] = out["n_atoms"].astype("Int64")
+    return out
+
+
+def cache_dir() -> Path:
+    """Where canonical corpora are cached (``SCIAR_CACHE`` or the repo's build/ folder)."""
+    env = os.environ.get("SCIAR_CACHE")
+    from sciar.paths import data_dir
+
+    return Path(env) if env else data_dir().parent / "build" / "crystals"
+
+
+def load_canonical(paths, workers: int | None = None, progress: bool = True, cache: bool = True) -> pd.DataFrame:
+    """Read and canonicalise inputs; results of file inputs are cached by content.
+
+    Returns every record with :data:`CANON_COLUMNS`; rows with a ``reason`` are unusable.
+    A shipped corpus table that already has a ``canonical`` column is taken as is.
+    """
+    from sciar.io import fingerprint, write_table_atomic
+
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    frames = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_file() and _is_table(p):
+            head = pd.read_parquet(p) if p.name.endswith((".parquet", ".pq")) else None
+            if head is not None and "canonical" in head.columns:
+                frames.append(head)
+                continue
+        key = fingerprint([str(p.resolve()) if p.is_dir() else p, f"canon-v{CANON_VERSION}-{SYMPREC}"])
+        if p.is_dir():
+            files = sorted(q for q in p.rglob("*.cif"))
+            key = fingerprint([*files, f"canon-v{CANON_VERSION}-{SYMPREC}"]) if files else key
+        cached = cache_dir() / f"canon-{key}.parquet"
+        if cache and cached.is_file():
+            frames.append(pd.read_parquet(cached))
+            continue
+        df = canonicalize_records(read_inputs(p), workers=workers, progress=progress)
+        if cache:
+            try:
+                write_table_atomic(df, cached)
+            except OSError:
+                pass  # a read-only tree still works, only slower
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def reasons_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The unusable records and why."""
+    bad = df[df["reason"].notna()]
+    return bad[["id", "source", "reason"]].reset_index(drop=True)
+
+
+def dedup(df: pd.DataFrame) -> pd.DataFrame:
+    """Keep one structure per (reduced formula, space group): the lowest volume per formula unit."""
+    ok = df[df["reason"].isna()].copy() if "reason" in df.columns else df.copy()
+    ok = ok.sort_values("volume_per_fu", kind="stable")
+    ok = ok.drop_duplicates(["reduced_formula", "sg_number"], keep="first")
+    return ok.sort_index()

@@ -1,0 +1,387 @@
+"""Generating CIFs from a composition prompt, with a grammar that keeps them consistent.
+
+The prompt is CrystaLLM's: ``data_<cell composition>\\n``, or with a space group that
+line, the atom-type block and ``_symmetry_space_group_name_H-M <SG>\\n``. Decoding
+goes through the core's logits-processor hook: a small per-sequence grammar
+(:func:`cif_grammar`, a Python generator that yields the allowed next tokens)
+forces what the composition determines (atom-type block, formulas, Z, the space
+group number, the cell volume, loop headers, site labels, occupancies), keeps the
+lattice parameters consistent with the crystal system of the chosen space group,
+only lets space groups whose Wyckoff multiplicities can hold the composition be
+chosen, and only lets a site take an element and a multiplicity that the
+remaining atom counts allow. The model chooses the space group, the lattice, the
+sites and their coordinates.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from domains.crystals import DOMAIN
+from domains.crystals.cif import SG_KEY, atom_props_block, cell_formula, parse_composition, round_numbers
+from sciar.errors import SciarError
+
+SITE_HEADER = ("loop_\n _symmetry_equiv_pos_site_id\n _symmetry_equiv_pos_as_xyz\n 1 'x, y, z'\n"
+               "loop_\n _atom_site_type_symbol\n _atom_site_label\n _atom_site_symmetry_multiplicity\n"
+               " _atom_site_fract_x\n _atom_site_fract_y\n _atom_site_fract_z\n _atom_site_occupancy\n")
+Z_CHOICES = (1, 2, 3, 4, 6, 8)
+MAX_ATOMS = 400
+
+
+@lru_cache(maxsize=1)
+def wyckoff_multiplicities() -> dict[int, list[int]]:
+    """Conventional-cell Wyckoff multiplicities per space-group number (pymatgen's table)."""
+    import importlib.util
+
+    # located without importing pymatgen.analysis (slow to import)
+    root = Path(list(importlib.util.find_spec("pymatgen").submodule_search_locations)[0])
+    path = root / "analysis" / "prototypes" / "wyckoff-position-multiplicities.json.gz"
+    with gzip.open(path, "rt") as f:
+        d = json.load(f)
+    return {int(k): sorted(set(v.values())) for k, v in d.items() if v}
+
+
+def representable(n: int, mults: list[int]) -> bool:
+    """Whether n atoms can fill sites of these multiplicities (each used any number of times)."""
+    ok = [True] + [False] * n
+    for i in range(1, n + 1):
+        ok[i] = any(m <= i and ok[i - m] for m in mults)
+    return ok[n]
+
+
+def spacegroup_fits(number: int, counts) -> bool:
+    mults = wyckoff_multiplicities().get(number, [])
+    return bool(mults) and all(representable(int(c), mults) for c in counts)
+
+
+def crystal_system(number: int) -> str:
+    for hi, name in ((2, "triclinic"), (15, "monoclinic"), (74, "orthorhombic"), (142, "tetragonal"),
+                     (167, "trigonal"), (194, "hexagonal"), (230, "cubic")):
+        if number <= hi:
+            return name
+    raise SciarError(f"space group number {number} outside 1 to 230")
+
+
+def fmt4(v: float) -> str:
+    return round_numbers(f"{v:.8f}")
+
+
+def cell_volume(a, b, c, al, be, ga) -> float:
+    ca, cb, cg = (math.cos(math.radians(x)) for x in (al, be, ga))
+    return a * b * c * math.sqrt(max(0.0, 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg))
+
+
+# ---------------------------------------------------------------- prompts
+
+@dataclass
+class Prompt:
+    text: str
+    composition: object  # pymatgen Composition of the cell
+    formula: str
+    spacegroup: str | None
+
+
+def make_prompt(composition, spacegroup: str | None = None) -> Prompt:
+    comp = parse_composition(composition) if isinstance(composition, str) else composition
+    formula = cell_formula(comp)
+    text = f"data_{formula}\n"
+    sg = None
+    if spacegroup:
+        from domains.crystals.tokenizer import normalise_spacegroup, spacegroup_symbols
+
+        sg = normalise_spacegroup(spacegroup)
+        num = spacegroup_symbols().index(sg) + 1
+        if not spacegroup_fits(num, comp.values()):
+            raise SciarError(f"space group {sg} cannot hold {formula}: its Wyckoff multiplicities "
+                             f"{wyckoff_multiplicities()[num]} do not add up to the atom counts")
+        text += atom_props_block(comp) + f"\n{SG_KEY} {sg}\n"
+    return Prompt(text, comp, formula, sg)
+
+
+def prompts_for(composition: str, spacegroup: str | None = None, z: int | None = None) -> list[Prompt]:
+    """Prompts for a user's composition: as given if it is not reduced (``Na2Cl2``) or ``z`` is set;
+    a reduced formula (``NaCl``) gives one prompt per formula-unit count Z that fits."""
+    comp = parse_composition(composition)
+    red, factor = comp.get_reduced_composition_and_factor()
+    if z is not None:
+        if z < 1:
+            raise SciarError("--z must be at least 1")
+        zs = [z]
+        comp = red * z
+    elif factor > 1:
+        return [make_prompt(comp, spacegroup)]
+    else:
+        zs = [zz for zz in Z_CHOICES if red.num_atoms * zz <= MAX_ATOMS]
+    out, errors = [], []
+    for zz in zs:
+        try:
+            out.append(make_prompt(red * zz, spacegroup))
+        except SciarError as e:
+            errors.append(str(e))
+    if not out:
+        raise SciarError(errors[0] if errors else f"no formula-unit count fits {composition}")
+    return out
+
+
+# ---------------------------------------------------------------- the grammar
+
+class Vocab:
+    """Token ids the grammar needs, from the CIF tokenizer."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.digit = {d: tok.token_id(d, "digit") for d in "0123456789"}
+        self.dot = tok.token_id(".", "symbol")
+        self.nl = tok.token_id("\n", "symbol")
+        self.element = {e: i for e, i in tok._ids["element"].items()}
+        self.sg = dict(tok._ids["spacegroup"])
+        self.sg_by_id = {i: s for s, i in self.sg.items()}
+        self.id_to_digit = {i: d for d, i in self.digit.items()}
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text)
+
+
+def _force(v: Vocab, text: str):
+    for i in v.encode(text):
+        got = yield [i]
+        if got != i:
+            raise RuntimeError("grammar: a forced token was not taken")
+
+
+def _number(v: Vocab, int_digits: tuple[int, int], lead: list[str] | None = None):
+    """Free decimal ``\\d{lo,hi}\\.\\d{4}``; returns the text. ``lead`` limits the first digit."""
+    lo, hi = int_digits
+    s = ""
+    while True:
+        n = len(s)
+        allowed = []
+        if n < hi:
+            digs = lead if (n == 0 and lead) else list("0123456789")
+            if n == 1 and s == "0":
+                digs = []  # no leading zeros
+            allowed += [v.digit[d] for d in digs]
+        if n >= lo:
+            allowed.append(v.dot)
+        got = yield allowed
+        if got == v.dot:
+            break
+        s += v.id_to_digit[got]
+    s += "."
+    for _ in range(4):
+        got = yield list(v.digit.values())
+        s += v.id_to_digit[got]
+    return s
+
+
+def _choose_int(v: Vocab, options: list[int]):
+    """A free integer from ``options``, digit by digit; returns it."""
+    strs = [str(o) for o in options]
+    s = ""
+    while True:
+        nxt = sorted({x[len(s)] for x in strs if x.startswith(s) and len(x) > len(s)})
+        allowed = [v.digit[d] for d in nxt]
+        if s in strs:
+            allowed.append(None)  # may end here: the caller forces the separator
+        if allowed == [None]:
+            return int(s)
+        ids = [a for a in allowed if a is not None]
+        got = yield ids + ([v.tok.token_id(" ", "symbol")] if None in allowed else [])
+        if got in v.id_to_digit:
+            s += v.id_to_digit[got]
+        else:
+            return int(s), got  # the separator was taken already
+
+
+def cif_grammar(v: Vocab, prompt: Prompt):
+    """Generator: yields lists of allowed token ids, receives the token taken each step."""
+    from domains.crystals.tokenizer import spacegroup_symbols
+
+    comp = prompt.composition
+    counts = {str(el): int(round(n)) for el, n in comp.items()}
+    if prompt.spacegroup is None:
+        yield from _force(v, atom_props_block(comp) + f"\n{SG_KEY} ")
+        fits = [v.sg[s] for n, s in enumerate(spacegroup_symbols(), 1) if spacegroup_fits(n, counts.values())]
+        got = yield fits
+        sg = v.sg_by_id[got]
+        yield from _force(v, "\n")
+    else:
+        sg = prompt.spacegroup
+    num = spacegroup_symbols().index(sg) + 1
+    system = crystal_system(num)
+    # lattice: free where the crystal system leaves it free, copied where it ties it
+    vals = {}
+    for key in ("a", "b", "c"):
+        yield from _force(v, f"_cell_length_{key} ")
+        tied = ((key == "b" and system in ("cubic", "tetragonal", "trigonal", "hexagonal"))
+                or (key == "c" and system == "cubic"))
+        if tied:
+            vals[key] = vals["a"]
+            yield from _force(v, vals[key])
+        else:
+            vals[key] = yield from _number(v, (1, 3))
+        yield from _force(v, "\n")
+    fixed = {"cubic": (90, 90, 90), "tetragonal": (90, 90, 90), "orthorhombic": (90, 90, 90),
+             "trigonal": (90, 90, 120), "hexagonal": (90, 90, 120), "monoclinic": (90, None, 90)}.get(system, (None,) * 3)
+    for key, f in zip(("alpha", "beta", "gamma"), fixed):
+        yield from _force(v, f"_cell_angle_{key} ")
+        if f is not None:
+            vals[key] = f"{f:.4f}"
+            yield from _force(v, vals[key])
+        else:
+            vals[key] = yield from _number(v, (2, 3), lead=list("123456789"))
+        yield from _force(v, "\n")
+    red, z = comp.get_reduced_formula_and_factor()
+    vol = cell_volume(*(float(vals[k]) for k in ("a", "b", "c", "alpha", "beta", "gamma")))
+    yield from _force(v, f"_symmetry_Int_Tables_number {num}\n_chemical_formula_structural {red}\n"
+                         f"_chemical_formula_sum '{comp.formula}'\n_cell_volume {fmt4(vol)}\n"
+                         f"_cell_formula_units_Z {int(round(z))}\n" + SITE_HEADER)
+    mults = wyckoff_multiplicities()[num]
+    remaining = dict(counts)
+    label = 0
+    sp = v.tok.token_id(" ", "symbol")
+    while any(remaining.values()):
+        yield from _force(v, " ")
+        got = yield [v.element[e] for e, n in remaining.items() if n > 0]
+        el = next(e for e, i in v.element.items() if i == got)
+        yield from _force(v, f" {el}{label} ")
+        label += 1
+        left = remaining[el]
+        options = [m for m in mults if m <= left and representable(left - m, mults)]
+        res = yield from _choose_int(v, options)
+        if isinstance(res, tuple):
+            m, _ = res
+        else:
+            m = res
+            yield from _force(v, " ")
+        remaining[el] -= m
+        for k in range(3):
+            yield from _number(v, (1, 1), lead=["0"])
+            yield from _force(v, " " if k < 2 else " 1.0\n")
+    yield from _force(v, "\n")
+    del sp
+
+
+class GrammarProcessor:
+    """The core's logits-processor hook over one grammar per sequence (rows in ``generate`` order)."""
+
+    def __init__(self, vocab: Vocab, prompts: list[Prompt], prompt_lengths: list[int]):
+        self.v = vocab
+        self.gens = [cif_grammar(vocab, p) for p in prompts]
+        self.lengths = prompt_lengths
+        self.allowed: list[list[int] | None] = [None] * len(prompts)
+        self.started = [False] * len(prompts)
+
+    def __call__(self, seqs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        mask = torch.full_like(logits, float("-inf"))
+        any_free = False
+        for b in range(seqs.shape[0]):
+            g = self.gens[b]
+            if g is None:
+                mask[b] = 0
+                any_free = True
+                continue
+            try:
+                if not self.started[b]:
+                    allowed = next(g)
+                    self.started[b] = True
+                else:
+                    allowed = g.send(int(seqs[b, -1]))
+            except StopIteration:
+                self.gens[b] = None
+                mask[b] = 0
+                continue
+            mask[b, allowed] = 0
+        del any_free
+        return logits + mask
+
+
+# ---------------------------------------------------------------- sampling
+
+@dataclass
+class Sample:
+    prompt: str
+    text: str  # canonical CIF as generated (identity symmetry loop)
+    logprob: float
+    n_tokens: int
+    complete: bool
+
+
+class CrystalGenerator:
+    """A loaded crystal checkpoint that samples CIFs for compositions."""
+
+    def __init__(self, checkpoint: str | Path = "crystal-small", device: str = "cpu", threads: int | None = None):
+        from sciar.checkpoint import load_language_model
+        from sciar.paths import find_checkpoint
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.path = find_checkpoint(checkpoint)
+        self.model, self.tok, self.ck = load_language_model(self.path, DOMAIN, device=device)
+        self.vocab = Vocab(self.tok)
+        self.block = self.model.cfg.block_size
+
+    @classmethod
+    def from_model(cls, model, tok):
+        self = cls.__new__(cls)
+        self.path, self.model, self.tok, self.ck = None, model.eval(), tok, None
+        self.vocab = Vocab(tok)
+        self.block = model.cfg.block_size
+        return self
+
+    def check_fits(self, p: Prompt):
+        """SciarError when even the shortest CIF for this composition cannot fit the context."""
+        n_el = len(p.composition.elements)
+        # the forced text plus one site row per element is a lower bound on the CIF's length
+        least = len(self.tok.encode(p.text)) + (0 if p.spacegroup else len(self.tok.encode(atom_props_block(p.composition)))) \
+            + 160 + len(self.tok.encode(f"{p.composition.formula}{p.composition.reduced_formula}")) + 34 * n_el
+        if p.composition.num_atoms > MAX_ATOMS or least > self.block:
+            raise SciarError(f"composition {p.formula} is too large for the model's context of {self.block} tokens "
+                             f"(needs at least about {least})")
+
+    def sample(self, prompts: list[Prompt], n: int = 1, temperature: float = 1.0, top_k: int | None = 10,
+               seed: int | None = None, constrained: bool = True, max_new_tokens: int | None = None) -> list[Sample]:
+        """``n`` samples for each prompt (in order: n for the first, then the next...)."""
+        from sciar.sample import generate
+
+        for p in prompts:
+            self.check_fits(p)
+        ps = [p for p in prompts for _ in range(n)]
+        ids = [self.tok.encode(p.text) for p in ps]
+        proc = GrammarProcessor(self.vocab, ps, [len(i) for i in ids]) if constrained else None
+        nl = self.vocab.nl
+        max_new = max_new_tokens or self.block
+        gens = generate(self.model, ids, max_new_tokens=max_new, temperature=temperature, top_k=top_k,
+                        stop=[[nl, nl]], logits_processor=proc, seed=seed)
+        out = []
+        for p, g in zip(ps, gens):
+            text = p.text + self.tok.decode(g.tokens)
+            out.append(Sample(p.text, text.rstrip("\n") + "\n", g.logprob, len(g.tokens), g.stopped))
+        return out
+
+    def sample_composition(self, composition: str, n: int = 20, spacegroup: str | None = None, z: int | None = None,
+                           **kw) -> list[Sample]:
+        """``n`` samples for a user's composition, spread over the formula-unit counts that fit."""
+        prompts = prompts_for(composition, spacegroup, z)
+        fitting, err = [], None
+        for p in prompts:
+            try:
+                self.check_fits(p)
+                fitting.append(p)
+            except SciarError as e:
+                err = err or e
+        if not fitting:
+            raise err
+        per = [n // len(fitting) + (1 if i < n % len(fitting) else 0) for i in range(len(fitting))]
+        out = []
+        for p, k in zip(fitting, per):
+            if k:
+                out.extend(self.sample([p], k, **kw))
+        return out

@@ -1,0 +1,150 @@
+"""Training the CIF language model: presets, the token stream, windows starting at CIF boundaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from domains.crystals import DOMAIN
+from sciar.errors import DataError, SciarError
+
+# model shape and a training budget for each preset; CLI options override the budget
+PRESETS = {
+    # trains on 2 CPU cores in minutes
+    "tiny": {
+        "model": dict(n_layer=3, n_head=4, n_embd=128, block_size=1024, dropout=0.0),
+        "train": dict(max_steps=300, batch_size=8, lr=2e-3, min_lr=2e-4, warmup_steps=30, eval_every=100, save_every=100),
+    },
+    # the shipped model's shape: CPU-friendly, a few million parameters
+    "small": {
+        "model": dict(n_layer=4, n_head=4, n_embd=256, block_size=1024, dropout=0.0),
+        "train": dict(max_steps=3000, batch_size=8, lr=1.5e-3, min_lr=1.5e-4, warmup_steps=100, eval_every=250, save_every=250),
+    },
+    # CrystaLLM's small model: 8 layers, 8 heads, width 512, context 1024 (~25 M parameters)
+    "crystallm-small": {
+        "model": dict(n_layer=8, n_head=8, n_embd=512, block_size=1024, dropout=0.1),
+        "train": dict(max_steps=20000, batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=100, eval_every=500, save_every=500),
+    },
+}
+
+
+def preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise SciarError(f"unknown preset {name!r} (one of {', '.join(PRESETS)})")
+    return PRESETS[name]
+
+
+@dataclass
+class Corpus:
+    texts: list[str]  # canonical CIFs, each ending in a newline
+    n_dropped_long: int
+    fingerprint: str
+
+
+def load_corpus(paths, dedup: bool = True, workers: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Canonical, usable rows from every input (cached), deduplicated by (formula, space group)."""
+    from domains.crystals.cif import dedup as dedup_fn, load_canonical
+
+    df = load_canonical(paths, workers=workers, progress=progress)
+    if "reason" in df.columns:
+        df = df[df["reason"].isna()]
+    if dedup:
+        df = dedup_fn(df)
+    if len(df) == 0:
+        raise DataError("no usable structures in the training data")
+    return df.reset_index(drop=True)
+
+
+def token_stream(texts: list[str], tok) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Concatenate CIFs, each followed by a blank line; returns (ids, start offsets, lengths)."""
+    ids, starts, lengths = [], [], []
+    sep = tok.encode("\n")
+    for t in texts:
+        e = tok.encode(t) + sep
+        starts.append(len(ids))
+        lengths.append(len(e))
+        ids.extend(e)
+    return np.asarray(ids, dtype=np.int64), np.asarray(starts, dtype=np.int64), lengths
+
+
+def make_source(df: pd.DataFrame, tok, block_size: int, val_fraction: float = 0.02, seed: int = 0,
+                val_df: pd.DataFrame | None = None):
+    """A TokenWindows source (train/val by CIF, windows start at ``data_``) and a summary."""
+    from sciar.data import TokenWindows
+
+    texts = df["canonical"].tolist()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(texts))
+    texts = [texts[i] for i in order]
+    lengths = np.array([len(tok.encode(t)) + 1 for t in texts])
+    keep = lengths <= block_size
+    dropped = int((~keep).sum())
+    texts = [t for t, k in zip(texts, keep) if k]
+    if not texts:
+        raise DataError(f"every CIF is longer than the context of {block_size} tokens")
+    if val_df is not None:
+        val_texts = [t for t in val_df["canonical"].tolist() if len(tok.encode(t)) + 1 <= block_size]
+        train_texts = texts
+    else:
+        n_val = int(round(len(texts) * val_fraction)) if len(texts) >= 50 else 0
+        val_texts, train_texts = texts[:n_val], texts[n_val:]
+    tr_ids, tr_starts, _ = token_stream(train_texts, tok)
+    va_ids, va_starts, _ = token_stream(val_texts, tok) if val_texts else (None, None, None)
+    src = TokenWindows(tr_ids, block_size, va_ids, tr_starts, va_starts)
+    info = {"n_train_cifs": len(train_texts), "n_val_cifs": len(val_texts), "n_dropped_too_long": dropped,
+            "train_tokens": int(len(tr_ids)), "max_cif_tokens": int(lengths[keep].max())}
+    return src, info
+
+
+def train_crystal_lm(data, out: str | Path, preset_name: str = "tiny", steps: int | None = None,
+                     batch_size: int | None = None, lr: float | None = None, block_size: int | None = None,
+                     device: str = "auto", seed: int = 1337, dedup: bool = True, val=None, progress: bool = True,
+                     resume: bool = True, workers: int | None = None, callback=None) -> dict:
+    """Train a CIF language model on canonicalised ``data`` (paths or a DataFrame) and write a checkpoint."""
+    import torch
+
+    from domains.crystals.tokenizer import cif_tokenizer
+    from sciar.io import fingerprint
+    from sciar.model import LanguageModel, ModelConfig
+    from sciar.train import TrainConfig, train
+
+    p = preset(preset_name)
+    tok = cif_tokenizer()
+    mcfg = dict(p["model"])
+    if block_size:
+        mcfg["block_size"] = block_size
+    cfg = ModelConfig(vocab_size=tok.vocab_size, **mcfg)
+    paths = [data] if isinstance(data, (str, Path)) else data
+    df = data if isinstance(data, pd.DataFrame) else load_corpus(paths, dedup=dedup, workers=workers, progress=progress)
+    val_df = None
+    if val is not None:
+        val_df = load_corpus([val] if isinstance(val, (str, Path)) else val, dedup=False, workers=workers, progress=progress)
+    src, info = make_source(df, tok, cfg.block_size, seed=seed, val_df=val_df)
+    tcfg = dict(p["train"])
+    if steps is not None:
+        tcfg["max_steps"] = steps
+        tcfg["eval_every"] = min(tcfg["eval_every"], max(1, steps))
+        tcfg["save_every"] = min(tcfg["save_every"], max(1, steps))
+        tcfg["warmup_steps"] = min(tcfg["warmup_steps"], max(1, steps // 10))
+    if batch_size is not None:
+        tcfg["batch_size"] = batch_size
+    if lr is not None:
+        tcfg["lr"], tcfg["min_lr"] = lr, lr / 10
+    tc = TrainConfig(device=device, seed=seed, progress=progress, eval_batches=10, **tcfg)
+    torch.manual_seed(seed)
+    model = LanguageModel(cfg)
+    if isinstance(data, pd.DataFrame):
+        fp = fingerprint(df["canonical"].tolist())
+        sources = ["<table>"]
+    else:
+        fp = fingerprint([*[str(Path(x)) if Path(x).is_dir() else x for x in paths], f"dedup={dedup}"])
+        sources = [str(x) for x in paths]
+    domain = {"domain": DOMAIN, "data_fingerprint": fp, "data": sources, "preset": preset_name, **info}
+    summary = train(model, src, tc, out, {"model": cfg.to_dict(), "tied": True}, tok, domain, resume=resume,
+                    callback=callback)
+    summary.update(info)
+    summary["params"] = sum(x.numel() for x in model.parameters())
+    return summary

@@ -1,0 +1,252 @@
+"""Validity checks of generated CIFs, as CrystaLLM defines them, plus CDVAE's structural and SMACT checks.
+
+- ``sensible``: cell lengths 0.5 to 1000 A, angles 10 to 170 degrees;
+- ``formula``: the ``data_`` formula, ``_chemical_formula_sum`` and ``_chemical_formula_structural`` reduce alike;
+- ``multiplicity``: per element, the summed site multiplicities equal the counts in ``_chemical_formula_sum``;
+- ``bonds``: CrystalNN neighbours; expected length from average cationic + anionic radii when the
+  electronegativity difference is at least 1.7, else the sum of atomic radii; a bond passes if its
+  ratio lies in (0.68, 1.32) (bonds to H: below 2.5); the score (passing fraction) must be 1;
+- ``spacegroup``: spglib (``SpacegroupAnalyzer(symprec=0.1)``) finds the stated space group;
+- ``sites`` (ours): the structure built from the CIF has the stated composition;
+- ``min_distance`` (CDVAE): no two atoms closer than 0.5 A and volume at least 0.1 A^3;
+- ``smact`` (CDVAE): charge neutrality with the Pauling electronegativity test (alloys pass).
+
+``valid`` is CrystaLLM's definition (sensible, formula, multiplicity, bonds, spacegroup) and
+our structural checks (sites, min_distance); ``smact`` is recorded beside it and used by the
+structure-prediction benchmark's filter, as CDVAE and CrystaLLM use it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import warnings
+from functools import lru_cache
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from domains.crystals.cif import SG_KEY, cif_field, header_formula, rebuild_symmetry
+from sciar.errors import DataError
+
+CHECKS = ["sensible", "formula", "multiplicity", "sites", "min_distance", "bonds", "spacegroup"]
+
+
+def is_sensible(text: str, lo=0.5, hi=1000.0, alo=10.0, ahi=170.0) -> bool:
+    lengths = re.findall(r"_cell_length_[abc]\s+([\d\.]+)", text)
+    angles = re.findall(r"_cell_angle_(?:alpha|beta|gamma)\s+([\d\.]+)", text)
+    if len(lengths) != 3 or len(angles) != 3:
+        return False
+    try:
+        return all(lo <= float(x) <= hi for x in lengths) and all(alo <= float(x) <= ahi for x in angles)
+    except ValueError:
+        return False
+
+
+def _comp(s):
+    from pymatgen.core import Composition
+
+    return Composition(str(s).replace("'", ""))
+
+
+def is_formula_consistent(text: str) -> bool:
+    try:
+        a = _comp(header_formula(text)).reduced_formula
+        b = _comp(cif_field(text, "_chemical_formula_sum")).reduced_formula
+        c = _comp(cif_field(text, "_chemical_formula_structural")).reduced_formula
+    except Exception:
+        return False
+    return a == b == c
+
+
+def site_rows(text: str) -> list[list[str]]:
+    """The atom-site rows (symbol, label, multiplicity, x, y, z, occupancy) of a CIF text."""
+    m = re.search(r"_atom_site_occupancy\n(.*?)(?:\n\n|\nloop_|\Z)", text, flags=re.S)
+    if not m:
+        return []
+    return [ln.split() for ln in m.group(1).strip().splitlines() if ln.strip()]
+
+
+def is_multiplicity_consistent(text: str) -> bool:
+    try:
+        want = _comp(cif_field(text, "_chemical_formula_sum")).as_dict()
+        got: dict[str, float] = {}
+        for row in site_rows(text):
+            got[row[0]] = got.get(row[0], 0) + int(row[2])
+    except Exception:
+        return False
+    return bool(got) and {k: float(v) for k, v in got.items()} == {k: float(v) for k, v in want.items()}
+
+
+def bond_score(structure, tolerance: float = 0.32, h_factor: float = 2.5) -> float:
+    """CrystaLLM's bond-length reasonableness: the fraction of CrystalNN bonds of plausible length."""
+    from pymatgen.analysis.local_env import CrystalNN
+
+    nn = CrystalNN()
+    lo, hi = 1 - tolerance, 1 + tolerance
+    score = count = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, site in enumerate(structure):
+            for info in nn.get_nn_info(structure, i):
+                j = info["site_index"]
+                if i == j:
+                    continue
+                other = info["site"]
+                length = site.distance(other)
+                a, b = site.specie, other.specie
+                if abs(a.X - b.X) >= 1.7:
+                    cat, an = (a, b) if a.X < b.X else (b, a)
+                    expected = cat.average_cationic_radius + an.average_anionic_radius
+                else:
+                    expected = a.atomic_radius + b.atomic_radius
+                ratio = length / expected
+                if "H" in (a.symbol, b.symbol):
+                    score += ratio < h_factor
+                else:
+                    score += lo < ratio < hi
+                count += 1
+    return score / count if count else 0.0
+
+
+def min_distance_ok(structure, cutoff: float = 0.5) -> bool:
+    if structure.volume < 0.1:
+        return False
+    if len(structure) == 1:
+        return min(structure.lattice.abc) >= cutoff
+    d = structure.distance_matrix + np.diag([np.inf] * len(structure))
+    return bool(d.min() >= cutoff)
+
+
+@lru_cache(maxsize=4096)
+def smact_valid(formula: str, use_pauling: bool = True, include_alloys: bool = True) -> bool:
+    """CDVAE's SMACT validity of a composition (reduced counts)."""
+    import smact
+    from smact.screening import pauling_test
+
+    comp = _comp(formula)
+    syms = tuple(str(e) for e in comp.elements)
+    counts = [int(round(comp[e])) for e in comp.elements]
+    g = 0
+    for c in counts:
+        g = gcd(g, c)
+    counts = [c // g for c in counts]
+    if len(set(syms)) == 1:
+        return True
+    if include_alloys and all(s in smact.metals for s in syms):
+        return True
+    try:
+        space = smact.element_dictionary(syms)
+    except Exception:
+        return False
+    elems = [space[s] for s in syms]
+    electronegs = [e.pauling_eneg for e in elems]
+    threshold = max(counts)
+    for ox in itertools.product(*[e.oxidation_states or [0] for e in elems]):
+        res = smact.neutral_ratios(ox, stoichs=[(c,) for c in counts], threshold=threshold)
+        # smact < 3 returned (exists, ratios); newer versions the list of ratios
+        ok = res[0] if isinstance(res, tuple) and len(res) == 2 and isinstance(res[0], bool) else bool(res)
+        if ok:
+            if not use_pauling:
+                return True
+            try:
+                if pauling_test(ox, electronegs):
+                    return True
+            except TypeError:
+                return True
+    return False
+
+
+def full_cif(text: str) -> str:
+    """CIF text with the symmetry operations rebuilt when only the identity is listed."""
+    if re.search(r"_symmetry_equiv_pos_as_xyz\n[ \t]*1[ \t]+'x, y, z'\n(?![ \t]*2[ \t])", text):
+        return rebuild_symmetry(text)
+    return text
+
+
+def check_cif(text: str, bonds: bool = True) -> dict:
+    """Every check on one CIF text; ``reasons`` names the failed ones."""
+    from pymatgen.io.cif import CifParser
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    r = {c: False for c in CHECKS}
+    r.update(smact=False, bond_score=np.nan, detected_spacegroup=None, structure=None, error=None)
+    r["sensible"] = is_sensible(text)
+    r["formula"] = is_formula_consistent(text)
+    r["multiplicity"] = is_multiplicity_consistent(text)
+    try:
+        full = full_cif(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s = CifParser.from_str(full).parse_structures(primitive=False)[0]
+    except (DataError, Exception) as e:
+        r["error"] = f"unparseable: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        return _finish(r)
+    r["structure"] = s
+    try:
+        want = _comp(cif_field(text, "_chemical_formula_sum"))
+        r["sites"] = s.composition.almost_equals(want)
+    except Exception:
+        r["sites"] = False
+    r["min_distance"] = min_distance_ok(s)
+    try:
+        r["smact"] = smact_valid(s.composition.reduced_formula)
+    except Exception:
+        r["smact"] = False
+    if r["sensible"] and r["min_distance"] and len(s) <= 500:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sg = SpacegroupAnalyzer(s, symprec=0.1).get_space_group_symbol()
+            r["detected_spacegroup"] = sg
+            r["spacegroup"] = sg.strip() == str(cif_field(text, SG_KEY)).strip()
+        except Exception:
+            r["spacegroup"] = False
+        if bonds:
+            try:
+                r["bond_score"] = bond_score(s)
+            except Exception:
+                r["bond_score"] = 0.0
+            r["bonds"] = r["bond_score"] >= 1.0
+    return _finish(r, bonds)
+
+
+def _finish(r: dict, bonds: bool = True) -> dict:
+    checks = [c for c in CHECKS if bonds or c != "bonds"]
+    failed = [c for c in checks if not r[c]]
+    r["valid"] = not failed
+    r["reasons"] = ", ".join(failed) if failed else ""
+    return r
+
+
+def evaluate_folder(folder: str | Path, bonds: bool = True, progress: bool = True) -> pd.DataFrame:
+    """Check every .cif in a folder; one row per file."""
+    from tqdm.auto import tqdm
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder")
+    files = sorted(folder.rglob("*.cif"))
+    if not files:
+        raise DataError(f"no .cif files in {folder}")
+    rows = []
+    for f in tqdm(files, desc="evaluate", unit="cif", disable=not progress):
+        try:
+            text = f.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            rows.append({"file": f.name, "valid": False, "reasons": f"unreadable: {e}"})
+            continue
+        r = check_cif(text, bonds=bonds)
+        r.pop("structure")
+        rows.append({"file": f.name, **r})
+    return pd.DataFrame(rows)
+
+
+def rates(df: pd.DataFrame) -> dict:
+    out = {"count": int(len(df)), "valid_rate": float(df["valid"].mean()) if len(df) else 0.0}
+    for c in CHECKS + ["smact"]:
+        if c in df.columns:
+            out[f"{c}_rate"] = float(df[c].fillna(False).astype(bool).mean())
+    return out
