@@ -1,0 +1,136 @@
+"""Search tree over token prefixes: nodes, PUCT/UCT selection, virtual loss and backup."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mcts.rollout import Segment
+
+
+class Node:
+    """A token prefix. Its children are the model's top-``width`` next tokens with renormalised priors."""
+
+    __slots__ = ("parent", "edge", "tokens", "prompt", "prompt_len", "kv", "actions", "priors", "children",
+                 "pending", "N", "W", "vloss", "terminal", "reward", "exhausted")
+
+    def __init__(self, parent: "Node | None", edge: list[int], tokens: list[int], kv: Segment | None,
+                 probs: torch.Tensor | None, width: int, terminal: bool, prompt: int = 0, prompt_len: int = 0):
+        self.parent = parent
+        self.prompt, self.prompt_len = prompt, prompt_len
+        self.edge = edge  # tokens from the parent to this node (action + forced chain)
+        self.tokens = tokens  # the full prefix, prompt included
+        self.kv = kv
+        self.terminal = terminal
+        self.actions: list[int] = []
+        self.priors: list[float] = []
+        if probs is not None and not terminal:
+            k = min(width, int((probs > 0).sum()))
+            top = torch.topk(probs, k)
+            total = float(top.values.sum())
+            self.actions = [int(t) for t in top.indices]
+            self.priors = [float(v) / total for v in top.values]
+        self.children: dict[int, Node] = {}
+        self.pending: set[int] = set()  # actions being expanded in the current batch
+        self.N = 0
+        self.W = 0.0
+        self.vloss = 0
+        self.reward: float | None = None  # a terminal node's reward (its sequence is scored once)
+        self.exhausted = terminal  # nothing left to expand below
+
+    @property
+    def Q(self) -> float:
+        return self.W / self.N if self.N else 0.0
+
+    @classmethod
+    def virtual_root(cls, children: list["Node"]) -> "Node":
+        """A root over several prompts: its actions are the prompt indices, with equal priors."""
+        root = cls(None, [], [], None, None, 0, False)
+        root.actions = list(range(len(children)))
+        root.priors = [1.0 / len(children)] * len(children)
+        for i, ch in enumerate(children):
+            ch.parent = root
+            root.children[i] = ch
+        root.update_exhausted()
+        return root
+
+    def segments(self) -> list[Segment] | None:
+        """The KV segments from the prompt down to this node (None if some node has none)."""
+        segs = []
+        node = self
+        while node is not None and node.tokens:
+            if node.kv is None:
+                return None
+            segs.append(node.kv)
+            node = node.parent
+        return segs[::-1]
+
+    def path(self) -> list["Node"]:
+        out, node = [], self
+        while node is not None:
+            out.append(node)
+            node = node.parent
+        return out
+
+    def update_exhausted(self):
+        self.exhausted = self.terminal or (
+            len(self.children) == len(self.actions) and all(c.exhausted for c in self.children.values())
+        )
+
+
+def select(root: Node, c: float, rule: str = "puct", fpu: str = "parent") -> tuple[Node, int | None] | None:
+    """Walk from the root to a node and pick an action to expand.
+
+    Returns ``(node, action)`` for a new child, or None when every choice is pending or
+    exhausted. Finished sequences are not selected again (their one visit stays counted),
+    so every simulation yields a new sequence.
+    Virtual losses (each pending simulation counts as a visit with reward -1) spread
+    one batch of simulations over different branches.
+    """
+    node = root
+    while True:
+        if node.terminal:
+            return node, None
+        best, best_score = None, -math.inf
+        n_parent = node.N + node.vloss
+        for a, p in zip(node.actions, node.priors):
+            if a in node.pending:
+                continue
+            child = node.children.get(a)
+            if child is not None and child.exhausted:
+                continue  # a finished sequence or a fully searched subtree: nothing new to learn there
+            if child is None or child.N + child.vloss == 0:
+                if rule == "uct":
+                    score = math.inf
+                else:
+                    q = (node.W - node.vloss) / n_parent if (fpu == "parent" and n_parent) else 0.0
+                    score = q + c * p * math.sqrt(max(n_parent, 1))
+            else:
+                n = child.N + child.vloss
+                q = (child.W - child.vloss) / n
+                if rule == "uct":
+                    score = q + c * math.sqrt(math.log(max(n_parent, 1)) / n)
+                else:
+                    score = q + c * p * math.sqrt(n_parent) / (1 + n)
+            if score > best_score:
+                best, best_score = a, score
+        if best is None:
+            return None
+        child = node.children.get(best)
+        if child is None:
+            return node, best
+        node = child
+
+
+def add_virtual_loss(node: Node, amount: int):
+    for n in node.path():
+        n.vloss += amount
+
+
+def backup(node: Node, reward: float):
+    """Add one visit with ``reward`` on the path to the root; refresh the exhausted flags."""
+    for n in node.path():
+        n.N += 1
+        n.W += reward
+        n.update_exhausted()
