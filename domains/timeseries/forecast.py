@@ -1,0 +1,192 @@
+"""Forecasting a user's series with a trained checkpoint: rolling forecasts, samples and quantiles,
+in-context prompts, a PNG, and batch forecasting of a table of series."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sciar.errors import DataError, SciarError
+
+from .data import Series, StandardScaler, calendar, future_timestamps, segment_marks
+from .model import SegmentForecaster
+
+
+def check_horizon(horizon: int):
+    if horizon < 1:
+        raise DataError(f"the horizon must be at least 1 (got {horizon})")
+
+
+def resolve_lookback(model: SegmentForecaster, lookback: int | None) -> int:
+    S = model.head.segment
+    lb = lookback or model.head.lookback
+    if lb % S or lb < S:
+        raise DataError(f"the lookback ({lb}) must be a positive multiple of the segment length {S}")
+    return lb
+
+
+def _marks(series: Series, start: int, n_ctx_seg: int, n_future_seg: int, S: int) -> np.ndarray:
+    """Calendar marks of the context segments starting at row ``start`` and the future segments after the end."""
+    step = series.step
+    ctx_cal = calendar(series.timestamps[start:] if series.timestamps is not None else None, series.length - start, step)
+    fut = future_timestamps(series.timestamps, step, n_future_seg * S) if series.timestamps is not None else None
+    fut_cal = calendar(fut, n_future_seg * S, step)
+    cal = np.concatenate([ctx_cal, fut_cal])
+    return segment_marks(cal, S)[: n_ctx_seg + n_future_seg]
+
+
+def forecast_channel(
+    model: SegmentForecaster, series: Series, column: str, horizon: int, lookback: int | None = None,
+    samples: int = 0, quantiles: list[float] | None = None, prompt: np.ndarray | None = None, seed: int = 0,
+) -> dict:
+    """Forecast one channel: ``{"mean": [H], "samples": [n, H] | None, "quantiles": {q: [H]}}`` in data units."""
+    check_horizon(horizon)
+    S = model.head.segment
+    lb = resolve_lookback(model, lookback)
+    if series.length < lb:
+        raise DataError(f"{series.name}: {series.length} rows is shorter than the lookback of {lb} "
+                        f"({lb // S} segments of {S}); pass a shorter --lookback (a multiple of {S})")
+    x = series.values[:, series.columns.index(column)]
+    sc = StandardScaler.fit(x[:, None])
+    xs = sc.transform(x[:, None])[:, 0].astype(np.float32)
+    ctx = torch.from_numpy(xs[-lb:])[None]
+    steps = -(-horizon // S)
+    marks = torch.from_numpy(_marks(series, series.length - lb, lb // S, steps, S))[None] if model.time else None
+    pr = None
+    if prompt is not None:
+        p = np.asarray(prompt, dtype=np.float32)
+        p = p[len(p) % S :]
+        if len(p) < S:
+            raise DataError(f"the in-context prompt needs at least one segment of {S} steps")
+        pr = torch.from_numpy(p)[None]
+    mean = model.forecast(ctx, marks, horizon, prompt=pr)[0].numpy()
+    out = {"mean": sc.inverse(mean[:, None])[:, 0], "samples": None, "quantiles": {}}
+    if samples or quantiles:
+        n = samples or 100
+        resid = backtest_residual(model, xs, lb, series)
+        paths = model.sample(ctx, marks, horizon, n, resid, seed=seed)[0].numpy()
+        paths = sc.inverse(paths.reshape(-1, 1)).reshape(n, horizon)
+        out["samples"] = paths
+        for q in quantiles or [0.1, 0.5, 0.9]:
+            out["quantiles"][q] = np.quantile(paths, q, axis=0)
+    return out
+
+
+def backtest_residual(model: SegmentForecaster, xs: np.ndarray, lookback: int, series: Series, origins: int = 32) -> float:
+    """Deviation of one-segment-ahead errors on the series' own history, in per-window normalised units
+    (the noise level of sampled paths). Falls back to 0.3 when the history is too short to backtest."""
+    S = model.head.segment
+    last = len(xs) - lookback - S
+    if last < 0:
+        return 0.3
+    starts = np.unique(np.linspace(0, last, min(origins, last + 1)).round().astype(int))
+    ctx = torch.from_numpy(np.stack([xs[s : s + lookback] for s in starts]))
+    tgt = np.stack([xs[s + lookback : s + lookback + S] for s in starts])
+    marks = None
+    if model.time is not None:
+        cal = calendar(series.timestamps, series.length, series.step)
+        marks = torch.from_numpy(np.stack([segment_marks(cal[s : s + lookback + S], S) for s in starts]))
+    pred = model.forecast(ctx, marks, S).numpy()
+    c = ctx.numpy()
+    sd = np.sqrt(c.var(axis=1, keepdims=True) + model.head.eps)
+    return float(np.sqrt(np.mean(((pred - tgt) / sd) ** 2)))
+
+
+def forecast_frame(series: Series, column: str, result: dict, horizon: int) -> pd.DataFrame:
+    ts = future_timestamps(series.timestamps, series.step, horizon)
+    df = pd.DataFrame({"timestamp": ts if ts is not None else np.arange(series.length, series.length + horizon)})
+    df[column] = result["mean"]
+    for q, v in result["quantiles"].items():
+        df[f"{column}_q{q:g}"] = v
+    return df
+
+
+def plot_forecast(series: Series, column: str, result: dict, horizon: int, path: str | Path, history: int | None = None):
+    """History and forecast (with the quantile band, if any) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = series.values[:, series.columns.index(column)]
+    n_hist = min(len(x), history or max(3 * horizon, 672))
+    t_hist = series.timestamps[-n_hist:] if series.timestamps is not None else np.arange(len(x) - n_hist, len(x))
+    fut = future_timestamps(series.timestamps, series.step, horizon)
+    t_fut = fut if fut is not None else np.arange(len(x), len(x) + horizon)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.plot(t_hist, x[-n_hist:], lw=0.8, color="0.3", label="history")
+    ax.plot(t_fut, result["mean"], lw=1.0, color="C0", label="forecast")
+    qs = sorted(result["quantiles"])
+    if len(qs) >= 2:
+        ax.fill_between(t_fut, result["quantiles"][qs[0]], result["quantiles"][qs[-1]], color="C0", alpha=0.2,
+                        label=f"{qs[0]:g}-{qs[-1]:g} quantiles")
+    ax.set_title(f"{series.name}: {column}, {horizon} steps ahead")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------------------- batch
+
+
+def table_series(df: pd.DataFrame, layout: str = "auto", id_col: str = "id", time_col: str | None = None,
+                 value_col: str = "value") -> dict[str, pd.DataFrame]:
+    """Split a table of series into ``{id: frame(timestamp?, value)}``.
+
+    ``long``: one row per observation (``id``, a timestamp column, ``value``); ``wide``: a time
+    column and one column per series. ``auto`` picks long when the id and value columns exist.
+    """
+    from .data import find_time_column
+
+    if layout == "auto":
+        layout = "long" if id_col in df.columns and value_col in df.columns else "wide"
+    if layout == "long":
+        for c in (id_col, value_col):
+            if c not in df.columns:
+                raise DataError(f"a long table needs columns {id_col!r} and {value_col!r} (has {', '.join(map(str, df.columns))})")
+        tcol = find_time_column(df, time_col)
+        keep = [c for c in (tcol, value_col) if c is not None]
+        return {str(k): g[keep].rename(columns={value_col: "value"}).reset_index(drop=True)
+                for k, g in df.groupby(id_col, sort=False)}
+    if layout != "wide":
+        raise SciarError(f"unknown table layout {layout!r} (auto, long, wide)")
+    tcol = find_time_column(df, time_col)
+    cols = [c for c in df.columns if c != tcol]
+    if not cols:
+        raise DataError("the wide table has no series columns")
+    return {str(c): df[[tcol, c] if tcol else [c]].rename(columns={c: "value"}) for c in cols}
+
+
+def batch_forecast(model: SegmentForecaster, groups: dict[str, pd.DataFrame], horizon: int, output: str | Path,
+                   lookback: int | None = None, fill: str = "error", quantiles: list[float] | None = None,
+                   progress: bool = True, chunk_size: int = 16) -> pd.DataFrame:
+    """Forecast every series of the table with :func:`sciar.batch.run_batch`: one output row per series and
+    step; a series that cannot be forecast gets one row with status ``error`` and the batch goes on."""
+    from sciar.batch import run_batch
+
+    from .data import frame_to_series
+
+    check_horizon(horizon)
+    rows = pd.DataFrame({"series": list(groups)})
+
+    def one(row: dict) -> list[dict]:
+        g = groups[row["series"]]
+        s = frame_to_series(g, str(row["series"]), target="value", fill=fill)
+        r = forecast_channel(model, s, "value", horizon, lookback, quantiles=quantiles)
+        df = forecast_frame(s, "value", r, horizon)
+        df.insert(1, "step", np.arange(1, horizon + 1))
+        df = df.rename(columns={"value": "forecast", **{c: c.replace("value_", "forecast_") for c in df.columns}})
+        df["timestamp"] = df["timestamp"].astype(str)
+        return df.to_dict("records")
+
+    return run_batch(rows, one, output=output, chunk_size=chunk_size, desc="forecast", progress=progress)

@@ -1,0 +1,209 @@
+"""The AutoTimes-style forecaster: segments of a series as continuous tokens through the sciar trunk.
+
+A window is cut into non-overlapping segments (96 steps by default). Each segment is
+embedded into the model width (Linear, or Linear-tanh-dropout-Linear), a calendar
+embedding of the segment's first and last timestamps is mixed in as its position
+(``e + a * p`` with a learnable ``a``), the causal trunk (:class:`sciar.model.Transformer`,
+``embeds=`` path) reads the sequence and an output projection of the same shape maps
+each hidden state to the next segment. The loss is the next-segment MSE at every
+position. Each window is normalised by its lookback's mean and deviation, undone after
+prediction; channels are separate samples (channel independence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sciar.errors import CheckpointError, SciarError
+from sciar.model import ModelConfig, Transformer
+
+from .data import CALENDAR_SIZES
+
+
+@dataclass
+class HeadConfig:
+    """The adapter's part: segment length, trained context and the shapes of the embedding/projection."""
+
+    segment: int = 96
+    context: int = 7  # lookback segments at training time (672 = 7 x 96)
+    embed: str = "mlp"  # "linear" | "mlp" (Linear-tanh-dropout-Linear)
+    hidden: int = 256
+    dropout: float = 0.1
+    time: bool = True  # calendar position embeddings
+    eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.embed not in ("linear", "mlp"):
+            raise SciarError(f"unknown segment embedding {self.embed!r} (linear or mlp)")
+        if self.segment < 1 or self.context < 1:
+            raise SciarError("segment and context must be positive")
+
+    @property
+    def lookback(self) -> int:
+        return self.segment * self.context
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HeadConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _mlp(n_in: int, n_out: int, cfg: HeadConfig) -> nn.Module:
+    if cfg.embed == "linear":
+        return nn.Linear(n_in, n_out)
+    return nn.Sequential(nn.Linear(n_in, cfg.hidden), nn.Tanh(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, n_out))
+
+
+class CalendarEmbedding(nn.Module):
+    """Learned embeddings of (hour, weekday, day of month, month, sampling step) of a segment's first and last step."""
+
+    def __init__(self, n_embd: int):
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(n, n_embd) for n in CALENDAR_SIZES * 2)
+        for t in self.tables:
+            nn.init.normal_(t.weight, std=0.02)
+
+    def forward(self, marks: torch.Tensor) -> torch.Tensor:  # [B, T, 10] -> [B, T, n_embd]
+        return sum(t(marks[..., i]) for i, t in enumerate(self.tables))
+
+
+class SegmentForecaster(nn.Module):
+    """Embedding + trunk + projection. ``forward(x, marks)`` returns the next-segment MSE."""
+
+    def __init__(self, model_cfg: ModelConfig, head: HeadConfig):
+        super().__init__()
+        if model_cfg.vocab_size:
+            raise SciarError("the time-series trunk takes continuous inputs (vocab_size must be 0)")
+        self.cfg, self.head = model_cfg, head
+        self.trunk = Transformer(model_cfg)
+        self.embed = _mlp(head.segment, model_cfg.n_embd, head)
+        self.proj = _mlp(model_cfg.n_embd, head.segment, head)
+        self.time = CalendarEmbedding(model_cfg.n_embd) if head.time else None
+        self.mix = nn.Parameter(torch.ones(1))  # AutoTimes' learnable weight of the timestamp embedding
+
+    # ------------------------------------------------------------------------------------------- parameters
+    def adapter_parameters(self):
+        """What AutoTimes trains on a frozen backbone: embedding, projection, calendar embedding, mixing weight."""
+        return [p for n, p in self.named_parameters() if not n.startswith("trunk.")]
+
+    def freeze_trunk(self, frozen: bool = True):
+        for p in self.trunk.parameters():
+            p.requires_grad_(not frozen)
+
+    # ---------------------------------------------------------------------------------------------- forward
+    def tokens(self, segs: torch.Tensor, marks: torch.Tensor | None) -> torch.Tensor:
+        e = self.embed(segs)
+        if self.time is not None and marks is not None:
+            e = e + self.mix * self.time(marks)
+        return e
+
+    def normalise(self, x: torch.Tensor, n: int):
+        """Per-window statistics of the first ``n`` steps (the lookback)."""
+        ctx = x[:, :n]
+        mean = ctx.mean(dim=1, keepdim=True)
+        std = torch.sqrt(ctx.var(dim=1, keepdim=True, unbiased=False) + self.head.eps)
+        return (x - mean) / std, mean, std
+
+    def forward(self, x: torch.Tensor, marks: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [B, (k+1)*S]``, ``marks [B, k+1, 10]``: loss of predicting segments 2..k+1 from 1..k."""
+        S = self.head.segment
+        n_seg = x.shape[1] // S
+        if n_seg < 2 or x.shape[1] % S:
+            raise SciarError(f"a training window must hold at least two whole segments of {S} steps")
+        xn, _, _ = self.normalise(x, (n_seg - 1) * S)
+        segs = xn.view(x.shape[0], n_seg, S)
+        m = marks[:, : n_seg - 1] if marks is not None else None
+        h = self.trunk(embeds=self.tokens(segs[:, :-1], m))
+        return F.mse_loss(self.proj(h), segs[:, 1:])
+
+    @torch.no_grad()
+    def forecast(self, ctx: torch.Tensor, marks: torch.Tensor | None, horizon: int, prompt: torch.Tensor | None = None,
+                 prompt_marks: torch.Tensor | None = None, max_context: int | None = None) -> torch.Tensor:
+        """Roll the model forward: ``ctx [B, L]`` (L a multiple of the segment) -> ``[B, horizon]``.
+
+        ``marks [B, L/S + ceil(horizon/S), 10]`` covers the context and the future segments.
+        Each step appends the predicted segment and, beyond ``max_context`` segments, drops the
+        oldest (AutoTimes' one-for-all rolling). ``prompt [B, P*S]``: in-context segments put in
+        front of the lookback (normalised by their own statistics), kept through the rollout.
+        """
+        S = self.head.segment
+        B, L = ctx.shape
+        if L % S or L == 0:
+            raise SciarError(f"the lookback ({L}) must be a positive multiple of the segment length {S}")
+        if horizon < 1:
+            raise SciarError("the horizon must be at least 1")
+        steps = -(-horizon // S)
+        k = L // S
+        max_context = max_context or max(k, self.head.context)
+        xn, mean, std = self.normalise(ctx, L)
+        seq = list(xn.view(B, k, S).unbind(1))
+        pre, pre_m = None, None
+        if prompt is not None:
+            pn, _, _ = self.normalise(prompt, prompt.shape[1])
+            pre = self.tokens(pn.view(B, -1, S), prompt_marks)
+        outs = []
+        for i in range(steps):
+            lo = max(0, len(seq) - max_context)
+            segs = torch.stack(seq[lo:], dim=1)
+            m = marks[:, lo : len(seq)] if marks is not None else None
+            e = self.tokens(segs, m)
+            if pre is not None:
+                e = torch.cat([pre, e], dim=1)
+            if e.shape[1] > self.cfg.block_size:
+                raise SciarError(f"{e.shape[1]} segments exceed the model's context of {self.cfg.block_size}")
+            nxt = self.proj(self.trunk(embeds=e)[:, -1])
+            seq.append(nxt)
+            outs.append(nxt)
+        y = torch.cat(outs, dim=1)[:, :horizon]
+        return y * std + mean
+
+    @torch.no_grad()
+    def sample(self, ctx, marks, horizon: int, n: int, residual_std: float, seed: int = 0, **kw) -> torch.Tensor:
+        """``n`` sampled paths ``[B, n, horizon]``: each rolled step gets Gaussian noise of the validation
+        residual deviation (in normalised units), so uncertainty grows with the horizon as it compounds."""
+        S = self.head.segment
+        B, L = ctx.shape
+        g = torch.Generator(device=ctx.device).manual_seed(seed)
+        ctx_r = ctx.repeat_interleave(n, 0)
+        marks_r = marks.repeat_interleave(n, 0) if marks is not None else None
+        xn, mean, std = self.normalise(ctx_r, L)
+        steps = -(-horizon // S)
+        seq = list(xn.view(B * n, L // S, S).unbind(1))
+        k = max(L // S, self.head.context)
+        outs = []
+        for _ in range(steps):
+            lo = max(0, len(seq) - k)
+            segs = torch.stack(seq[lo:], dim=1)
+            m = marks_r[:, lo : len(seq)] if marks_r is not None else None
+            nxt = self.proj(self.trunk(embeds=self.tokens(segs, m))[:, -1])
+            nxt = nxt + residual_std * torch.randn(nxt.shape, generator=g, device=nxt.device)
+            seq.append(nxt)
+            outs.append(nxt)
+        y = torch.cat(outs, dim=1)[:, :horizon] * std + mean
+        return y.view(B, n, horizon)
+
+
+def build_model(config: dict) -> SegmentForecaster:
+    """A forecaster from a checkpoint config ``{"model": ..., "head": ...}``."""
+    try:
+        mcfg = ModelConfig.from_dict(config["model"])
+        head = HeadConfig.from_dict(config["head"])
+        return SegmentForecaster(mcfg, head)
+    except (KeyError, TypeError, ValueError, SciarError) as e:
+        raise CheckpointError(f"not a time-series checkpoint config ({e})") from None
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()

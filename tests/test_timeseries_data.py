@@ -1,0 +1,167 @@
+"""Time-series data: readers, strict validation, standard splits, calendar features, windows, baselines."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sciar.errors import DataError
+from domains.timeseries.data import (CALENDAR_SIZES, SegmentWindows, Part, calendar, read_csv, read_series, read_tsf,
+                                     segment_marks, standard_splits, StandardScaler, future_timestamps)
+from domains.timeseries.evaluate import LinearMap, evaluate, seasonal_naive, seasonal_period
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "timeseries"
+ETTH1 = SHARED / "ETTh1.csv"
+
+
+def _csv(tmp_path, text, name="s.csv"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_read_etth1_and_standard_splits():
+    s = read_csv(ETTH1)
+    assert s.columns == ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
+    assert s.target == "OT" and s.values.shape == (17420, 7) and s.values.dtype == np.float32
+    assert s.step == pd.Timedelta("1h")
+    sp = standard_splits(s, 672)
+    assert sp.kind == "ett"
+    assert sp.train == (0, 8640) and sp.val == (8640 - 672, 11520) and sp.test == (11520 - 672, 14400)
+
+
+def test_ratio_split_starts_a_lookback_earlier():
+    s = read_csv(SHARED / "exchange_rate.csv")
+    n = s.length
+    sp = standard_splits(s, 96)
+    n_train, n_test = int(n * 0.7), int(n * 0.2)
+    assert sp.kind == "ratio"
+    assert sp.train == (0, n_train)
+    assert sp.val == (n_train - 96, n - n_test)
+    assert sp.test == (n - n_test - 96, n)
+
+
+def test_ett_minute_split_scales_with_the_step():
+    s = read_csv(SHARED / "ETTm1.csv.gz")
+    sp = standard_splits(s, 672)
+    assert sp.train == (0, 4 * 8640) and sp.test[1] == 4 * 14400
+
+
+def test_missing_values_error_or_fill(tmp_path):
+    p = _csv(tmp_path, "date,a,OT\n2020-01-01 00:00,1,2\n2020-01-01 01:00,,3\n2020-01-01 02:00,3,4\n")
+    with pytest.raises(DataError, match="missing.*--fill"):
+        read_csv(p)
+    s = read_csv(p, fill="interpolate")
+    assert s.values[1, 0] == pytest.approx(2.0)
+    assert read_csv(p, fill="ffill").values[1, 0] == 1.0
+    assert read_csv(p, fill="zero").values[1, 0] == 0.0
+    d = read_csv(p, fill="drop")
+    assert d.length == 2 and len(d.timestamps) == 2
+    with pytest.raises(DataError, match="fill policy"):
+        read_csv(p, fill="magic")
+
+
+def test_bad_timestamps_and_columns(tmp_path):
+    dup = _csv(tmp_path, "date,OT\n2020-01-01,1\n2020-01-01,2\n", "dup.csv")
+    with pytest.raises(DataError, match="duplicate timestamp"):
+        read_csv(dup)
+    unordered = _csv(tmp_path, "date,OT\n2020-01-02,1\n2020-01-01,2\n", "u.csv")
+    with pytest.raises(DataError, match="out of order"):
+        read_csv(unordered)
+    text = _csv(tmp_path, "date,OT\n2020-01-01,1\n2020-01-02,abc\n", "t.csv")
+    with pytest.raises(DataError, match="not numeric"):
+        read_csv(text)
+    with pytest.raises(DataError, match="no target column"):
+        read_csv(ETTH1, target="nope")
+    with pytest.raises(DataError, match="not found"):
+        read_csv(tmp_path / "missing.csv")
+    badtime = _csv(tmp_path, "date,OT\nyesterday,1\nnot a date,2\n", "bt.csv")
+    with pytest.raises(DataError, match="timestamps do not parse"):
+        read_csv(badtime)
+
+
+def test_too_short_for_splits(tmp_path):
+    rows = "\n".join(f"2020-01-{d:02d},{d}" for d in range(1, 29))
+    p = _csv(tmp_path, "date,OT\n" + rows + "\n")
+    with pytest.raises(DataError, match="too few"):
+        standard_splits(read_csv(p), 96)
+
+
+def test_tsf_reader(tmp_path):
+    text = (
+        "# Monash format\n@relation test\n@attribute series_name string\n@attribute start_timestamp date\n"
+        "@frequency hourly\n@horizon 24\n@missing true\n@equallength false\n@data\n"
+        "T1:2015-01-01 00-00-00:1,2,3,4,5\nT2:2015-01-01 00-00-00:5,?,7\n"
+    )
+    p = _csv(tmp_path, text, "x.tsf")
+    with pytest.raises(DataError, match="missing"):
+        read_tsf(p)
+    series = read_tsf(p, fill="interpolate")
+    assert [s.name for s in series] == ["T1", "T2"]
+    assert series[0].values[:, 0].tolist() == [1, 2, 3, 4, 5]
+    assert series[0].timestamps[1] == pd.Timestamp("2015-01-01 01:00")
+    assert series[1].values[1, 0] == pytest.approx(6.0)
+    assert read_series(p, target="T2", fill="zero").values[1, 0] == 0.0
+    bad = _csv(tmp_path, "@attribute series_name string\n@data\nT1:1,x\n", "b.tsf")
+    with pytest.raises(DataError, match="non-numeric"):
+        read_tsf(bad)
+
+
+def test_calendar_marks_and_future():
+    ts = pd.date_range("2021-03-01 22:00", periods=192, freq="h")
+    cal = calendar(ts, 192, pd.Timedelta("1h"))
+    assert cal.shape == (192, 5) and cal[0, 0] == 22 and cal[0, 3] == 2  # 22h, March
+    assert (cal.max(axis=0) < np.array(CALENDAR_SIZES)).all()
+    m = segment_marks(cal, 96)
+    assert m.shape == (2, 10) and m[0, 5] == (22 + 95) % 24
+    none = calendar(None, 10, None)
+    assert (none == np.array(CALENDAR_SIZES) - 1).all()
+    fut = future_timestamps(ts, pd.Timedelta("1h"), 3)
+    assert list(fut) == list(pd.date_range(ts[-1], periods=4, freq="h")[1:])
+
+
+def test_segment_windows_are_real_slices():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(500, 3)).astype(np.float32)
+    cal = calendar(pd.date_range("2020", periods=500, freq="h"), 500, pd.Timedelta("1h"))
+    w = SegmentWindows([Part(v, cal)], [Part(v[:300], cal[:300])], segment=24, context=3)
+    assert w.num_windows() == (500 - 96 + 1) * 3 and w.has_val
+    b = w.get_batch("train", 8, torch.Generator().manual_seed(0))
+    assert b["x"].shape == (8, 96) and b["marks"].shape == (8, 4, 10)
+    # every window is a contiguous slice of one channel
+    for x in b["x"].numpy():
+        hits = [(s, c) for c in range(3) for s in range(405) if np.array_equal(v[s:s + 96, c], x)]
+        assert len(hits) == 1
+    with pytest.raises(DataError, match="no window"):
+        SegmentWindows([Part(v[:50], cal[:50])], None, 24, 3)
+
+
+def test_baselines_match_the_published_protocol_on_etth1():
+    """Seasonal naive and the closed-form linear maps on ETTh1 (horizon 96 only, to stay fast)."""
+    s = read_csv(ETTH1)
+    sp = standard_splits(s, 672)
+    sc = StandardScaler.fit(s.values[: sp.train[1]])
+    v = sc.transform(s.values)
+    test = v[sp.test[0] : sp.test[1]]
+    assert seasonal_period(s.step) == 24
+    sn = seasonal_naive(24)
+    sn.horizon = 96
+    r = evaluate(sn, test, 672, [96])
+    assert r["windows"] == 2880 - 96 + 1
+    assert 0.45 < r["96"]["mse"] < 0.60
+    lm = LinearMap("nlinear").fit(v[: sp.train[1]], 672, 96)
+    r2 = evaluate(lm, test, 672, [96])
+    assert 0.36 < r2["96"]["mse"] < 0.39  # NLinear-style least squares: 0.371 on this protocol
+    assert r2["96"]["mse"] < r["96"]["mse"]
+    # per-channel figures average to the total
+    pc = np.mean([r2["per_channel"][c]["96"]["mse"] for c in range(7)])
+    assert pc == pytest.approx(r2["96"]["mse"], rel=1e-6)
+
+
+def test_evaluate_scores_shorter_horizons_on_more_windows():
+    x = np.sin(np.arange(400) / 5.0)[:, None].astype(np.float32)
+    perfect = lambda ctx, starts: np.stack([np.sin((s + 48 + np.arange(24)) / 5.0) for s in starts])
+    r = evaluate(perfect, x, 48, [12, 24])
+    assert r["12"]["mse"] < 1e-10 and r["24"]["mse"] < 1e-10 and r["windows"] == 400 - 48 - 12 + 1
