@@ -1,0 +1,148 @@
+"""`sciar timeseries ...` end to end on small slices of real data: train, forecast, evaluate, benchmark,
+batch, and one-line errors (exit code 2) for bad input."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cli import main
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "timeseries"
+
+
+@pytest.fixture(scope="module")
+def hourly_csv(tmp_path_factory):
+    """The first 2,400 hours of ETTh1 (a ratio split applies: not named ETT*)."""
+    d = tmp_path_factory.mktemp("ts")
+    df = pd.read_csv(SHARED / "ETTh1.csv").iloc[:2400]
+    p = d / "hourly.csv"
+    df.to_csv(p, index=False)
+    return p
+
+
+@pytest.fixture(scope="module")
+def checkpoint(hourly_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ck") / "tiny"
+    rc = main(["timeseries", "train", "--csv", str(hourly_csv), "--out", str(out), "--preset", "tiny", "--lookback", "192",
+               "--max-steps", "20", "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    return out
+
+
+def test_train_writes_a_checkpoint(checkpoint):
+    cfg = json.loads((checkpoint / "config.json").read_text())
+    assert cfg["head"]["segment"] == 96 and cfg["head"]["context"] == 2
+    assert cfg["data"]["target"] == "OT" and cfg["data"]["split"] == "ratio" and len(cfg["data"]["scaler"]["mean"]) == 7
+    assert json.loads((checkpoint / "tokenizer.json").read_text()) == {"kind": "none"}
+    assert (checkpoint / "train_log.csv").is_file()
+
+
+def test_forecast_writes_timestamps_values_and_png(checkpoint, hourly_csv, tmp_path):
+    out = tmp_path / "f.csv"
+    rc = main(["timeseries", "forecast", "--checkpoint", str(checkpoint), "--csv", str(hourly_csv), "--horizon", "150",
+               "--out", str(out), "--lookback", "192", "--quantiles", "0.1,0.9", "--samples", "20"])
+    assert rc == 0
+    df = pd.read_csv(out)
+    assert list(df.columns) == ["timestamp", "OT", "OT_q0.1", "OT_q0.9"] and len(df) == 150
+    last = pd.Timestamp(pd.read_csv(hourly_csv)["date"].iloc[-1])
+    assert pd.Timestamp(df["timestamp"].iloc[0]) == last + pd.Timedelta("1h")
+    assert pd.Timestamp(df["timestamp"].iloc[-1]) == last + pd.Timedelta("150h")
+    assert np.isfinite(df["OT"]).all() and (df["OT_q0.1"] <= df["OT_q0.9"]).all()
+    assert (tmp_path / "f.png").stat().st_size > 5000
+    # all channels, in-context prompt from earlier segments
+    out2 = tmp_path / "all.csv"
+    assert main(["timeseries", "forecast", "--checkpoint", str(checkpoint), "--csv", str(hourly_csv), "--horizon", "10",
+                 "--out", str(out2), "--all-channels", "--prompt-segments", "2", "--lookback", "192"]) == 0
+    assert list(pd.read_csv(out2).columns) == ["timestamp", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
+
+
+@pytest.mark.parametrize("case,args,message", [
+    ("horizon0", ["--horizon", "0"], "horizon must be at least 1"),
+    ("nan", [], "missing"),
+    ("dup", [], "duplicate timestamp"),
+    ("unordered", [], "out of order"),
+    ("short", [], "shorter than the lookback"),
+    ("text", ["--target", "OT"], "not numeric"),
+])
+def test_bad_input_is_one_line_exit_2(case, args, message, checkpoint, hourly_csv, tmp_path, capsys):
+    df = pd.read_csv(hourly_csv).iloc[:400]
+    if case == "nan":
+        df.loc[100, "OT"] = np.nan
+    elif case == "dup":
+        df.loc[50, "date"] = df.loc[49, "date"]
+    elif case == "unordered":
+        df.loc[[10, 11], "date"] = df.loc[[11, 10], "date"].to_numpy()
+    elif case == "short":
+        df = df.iloc[:100]
+    elif case == "text":
+        df["OT"] = df["OT"].astype(str)
+        df.loc[5, "OT"] = "n/a?"
+    p = tmp_path / "bad.csv"
+    df.to_csv(p, index=False)
+    capsys.readouterr()
+    rc = main(["timeseries", "forecast", "--checkpoint", str(checkpoint), "--csv", str(p), "--out",
+               str(tmp_path / "o.csv"), "--lookback", "192", *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1 and err.startswith("error:")
+    if case == "nan":  # an explicit fill policy makes it usable
+        assert main(["timeseries", "forecast", "--checkpoint", str(checkpoint), "--csv", str(p), "--out",
+                     str(tmp_path / "o.csv"), "--lookback", "192", "--fill", "interpolate", "--horizon", "5"]) == 0
+
+
+def test_train_rejects_too_short_and_bad_options(hourly_csv, tmp_path, capsys):
+    df = pd.read_csv(hourly_csv).iloc[:200]
+    p = tmp_path / "short.csv"
+    df.to_csv(p, index=False)
+    rc = main(["timeseries", "train", "--csv", str(p), "--out", str(tmp_path / "x"), "--preset", "tiny",
+               "--lookback", "192"])
+    assert rc == 2 and "shorter than the lookback" in capsys.readouterr().err
+    rc = main(["timeseries", "train", "--csv", str(hourly_csv), "--out", str(tmp_path / "x"), "--lookback", "100"])
+    assert rc == 2 and "multiple of the segment" in capsys.readouterr().err
+    rc = main(["timeseries", "train", "--csv", str(hourly_csv), "--out", str(tmp_path / "x"), "--adapter-only"])
+    assert rc == 2 and "--init" in capsys.readouterr().err
+
+
+def test_benchmark_json_and_evaluate(checkpoint, hourly_csv, tmp_path):
+    js = tmp_path / "b.json"
+    rc = main(["timeseries", "benchmark", "--csv", str(hourly_csv), "--lookback", "192", "--horizons", "96,192",
+               "--json", str(js), "--checkpoint", str(checkpoint), "--zero-shot", str(checkpoint),
+               "--max-windows", "40", "--no-progress"])
+    assert rc == 0
+    res = json.loads(js.read_text())
+    for m in ("sciar", "dlinear", "nlinear", "seasonal_naive", "ets", "zero_shot"):
+        r = res["methods"][m]
+        assert set(r["96"]) == {"mse", "mae"} and r["avg"]["mse"] == pytest.approx((r["96"]["mse"] + r["192"]["mse"]) / 2)
+        assert "target" in r
+    assert res["methods"]["ets"]["channels"] == "target only"
+    assert res["methods"]["sciar"]["avg"] == res["methods"]["zero_shot"]["avg"]  # same checkpoint, same windows
+    ev = tmp_path / "e.json"
+    assert main(["timeseries", "evaluate", "--checkpoint", str(checkpoint), "--csv", str(hourly_csv), "--lookback",
+                 "192", "--horizons", "96", "--max-windows", "40", "--json", str(ev)]) == 0
+    assert json.loads(ev.read_text())["96"]["mse"] == pytest.approx(res["methods"]["sciar"]["96"]["mse"], rel=1e-5)
+
+
+def test_batch_long_and_wide_with_a_bad_series(checkpoint, hourly_csv, tmp_path):
+    df = pd.read_csv(hourly_csv).iloc[:500]
+    long = pd.concat([pd.DataFrame({"id": c, "date": df["date"], "value": df[c]}) for c in ("OT", "HUFL", "LULL")])
+    long.loc[(long["id"] == "HUFL") & (long.index == 7), "value"] = np.nan
+    lp = tmp_path / "long.csv"
+    long.to_csv(lp, index=False)
+    out = tmp_path / "fc.csv"
+    rc = main(["timeseries", "batch", "--input", str(lp), "--output", str(out), "--checkpoint", str(checkpoint),
+               "--horizon", "24", "--lookback", "192", "--no-progress"])
+    assert rc == 0
+    res = pd.read_csv(out)
+    ok = res[res["status"] == "ok"]
+    assert sorted(ok["series"].unique()) == ["LULL", "OT"] and len(ok) == 48
+    bad = res[res["series"] == "HUFL"]
+    assert len(bad) == 1 and bad["status"].iloc[0] == "error" and "missing" in bad["error"].iloc[0]
+    wide = tmp_path / "wide.csv"
+    df[["date", "OT", "HULL"]].to_csv(wide, index=False)
+    out2 = tmp_path / "fc2.parquet"
+    assert main(["timeseries", "batch", "--input", str(wide), "--output", str(out2), "--checkpoint", str(checkpoint),
+                 "--horizon", "5", "--lookback", "192", "--no-progress"]) == 0
+    w = pd.read_parquet(out2)
+    assert sorted(w["series"].unique()) == ["HULL", "OT"] and (w["status"] == "ok").all() and len(w) == 10
