@@ -124,3 +124,11 @@ def evaluate(
         typer.echo(f"{k:<20} {v:.3f}" if isinstance(v, float) else f"{k:<20} {v}")
     if out:
         write_table_atomic(df.drop(columns=[c for c in ("structure",) if c in df.columns]), out)
+
+
+# MCTS structure search and formation energies (domains/crystals/search.py)
+from domains.crystals.search import relax_cmd, score_cmd, search_cmd  # noqa: E402
+
+app.command("search")(search_cmd)
+app.command("score")(score_cmd)
+app.command("relax")(relax_cmd)

@@ -1,0 +1,189 @@
+"""MCTS structure search vs best-of-N sampling, and what the KV cache buys the search.
+
+For each of a fixed list of compositions (chosen before any run, common binary and
+ternary compounds with small cells, not tuned to), the search runs a budget of
+simulations; plain sampling with the ``sample`` command's defaults then draws as
+many CIFs as the search completed. Both go through the same validity checks and
+the same formation-energy scorer (CGCNN by default). Reported per composition and
+overall: ``valid_rate_mcts``, ``valid_rate_sampling``, ``best_energy_mcts``,
+``best_energy_sampling``, ``win_rate`` (share of compositions where the search found
+the lower best energy; a tie within 1e-4 eV/atom counts half), ``simulations_per_s``.
+
+Speed, in the same run and on the same compositions: the search with KV-cache
+rollouts (each node stores its edge's keys/values; rollouts start from the cached
+prefix) against two references that re-encode: ``none`` re-runs the whole
+sequence for every token as CrystaLLM's MCTS does (no KV cache), ``prefill``
+re-encodes the node's prefix once per rollout and then decodes with a cache.
+All three runs use the same seed and draw the same sequences.
+
+    python benchmarks/mcts.py --quick --json mcts.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+COMPOSITIONS = ["Na4Cl4", "Mg4O4", "Zn2O2", "Ga4As4", "Ti2O4", "Ca4F8", "Ba1Ti1O3", "Sr1Ti1O3",
+                "Cs1Cl1", "Li8O4", "K4Br4", "Zn4S4"]
+
+
+def best(evs) -> float:
+    e = [ev.score for ev in evs if ev.valid and math.isfinite(ev.score)]
+    return min(e) if e else math.nan
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small budgets (minutes on 2 CPU cores)")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--checkpoint", default="crystal-small")
+    ap.add_argument("--simulations", type=int, help="per composition (default 100, quick 32)")
+    ap.add_argument("--width", type=int, default=5)
+    ap.add_argument("--c", type=float, default=1.0)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--scorer", default="cgcnn")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--speed-compositions", type=int, default=None, help="compositions timed in all three cache modes (default 2, quick 1)")
+    ap.add_argument("--speed-simulations", type=int, default=None, help="simulations per speed run (default 16, quick 8)")
+    ap.add_argument("--limit", type=int, help="only the first N compositions")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from domains.crystals.energy import make_scorer
+    from domains.crystals.generate import make_prompt
+    from domains.crystals.search import evaluate_cifs, load_generator, search_composition
+
+    sims = args.simulations or (32 if args.quick else 100)
+    comps = COMPOSITIONS[: args.limit] if args.limit else COMPOSITIONS
+    gen = load_generator(args.checkpoint)
+    scorer = make_scorer(args.scorer)
+    dev = next(gen.model.parameters()).device
+    print(f"checkpoint {gen.path} ({sum(p.numel() for p in gen.model.parameters()) / 1e6:.2f} M params), device {dev}, "
+          f"{torch.get_num_threads()} threads; {len(comps)} compositions, {sims} simulations each, width {args.width}, "
+          f"c {args.c}, batch {args.batch}, scorer {args.scorer}", flush=True)
+
+    rows = []
+    for comp in comps:
+        t0 = time.perf_counter()
+        cs = search_composition(comp, simulations=sims, width=args.width, c=args.c, scorer=scorer, seed=args.seed,
+                                batch=args.batch, generator=gen, progress=False)
+        t_mcts = time.perf_counter() - t0
+        t = cs.table
+        n = len(t)
+        t0 = time.perf_counter()
+        samples = gen.sample([make_prompt(comp)], n=n, seed=args.seed)  # the sample command's defaults
+        evs = evaluate_cifs([s.text for s in samples], scorer)
+        t_samp = time.perf_counter() - t0
+        bm = float(t.loc[t["valid"].astype(bool), "energy"].min()) if t["valid"].any() else math.nan
+        bs = best(evs)
+        if math.isnan(bm) and math.isnan(bs):
+            win = 0.5
+        elif math.isnan(bs) or (not math.isnan(bm) and bm < bs - 1e-4):
+            win = 1.0
+        elif math.isnan(bm) or bm > bs + 1e-4:
+            win = 0.0
+        else:
+            win = 0.5
+        r = {"composition": comp, "sequences": n, "simulations": int(cs.result.simulations),
+             "valid_rate_mcts": float(t["valid"].mean()), "valid_rate_sampling": sum(e.valid for e in evs) / len(evs),
+             "best_energy_mcts": bm, "best_energy_sampling": bs, "win": win,
+             "mean_energy_mcts": float(t.loc[t["valid"].astype(bool), "energy"].mean()) if t["valid"].any() else math.nan,
+             "mean_energy_sampling": (sum(e.score for e in evs if e.valid) / max(1, sum(e.valid for e in evs))) if any(e.valid for e in evs) else math.nan,
+             "seconds_mcts": round(t_mcts, 2), "seconds_sampling": round(t_samp, 2),
+             "simulations_per_s": round(cs.result.simulations / t_mcts, 3)}
+        rows.append(r)
+        print(f"{comp:>9}: n={n:3d} valid mcts {r['valid_rate_mcts']:.2f} sampling {r['valid_rate_sampling']:.2f} | "
+              f"best E mcts {bm:8.4f} sampling {bs:8.4f} | win {win} | {t_mcts:6.1f} s mcts, {t_samp:6.1f} s sampling", flush=True)
+
+    def mean(key):
+        v = [r[key] for r in rows if not (isinstance(r[key], float) and math.isnan(r[key]))]
+        return sum(v) / len(v) if v else math.nan
+
+    n_seq = sum(r["sequences"] for r in rows)
+    overall = {
+        "compositions": len(rows),
+        "valid_rate_mcts": sum(r["valid_rate_mcts"] * r["sequences"] for r in rows) / n_seq,
+        "valid_rate_sampling": sum(r["valid_rate_sampling"] * r["sequences"] for r in rows) / n_seq,
+        "best_energy_mcts": mean("best_energy_mcts"), "best_energy_sampling": mean("best_energy_sampling"),
+        "win_rate": sum(r["win"] for r in rows) / len(rows),
+        "wins": sum(r["win"] == 1.0 for r in rows), "ties": sum(r["win"] == 0.5 for r in rows),
+        "losses": sum(r["win"] == 0.0 for r in rows),
+        "simulations_per_s": sum(r["simulations"] for r in rows) / sum(r["seconds_mcts"] for r in rows),
+    }
+    print(f"overall: win_rate {overall['win_rate']:.2f} ({overall['wins']} wins, {overall['ties']} ties, {overall['losses']} losses); "
+          f"valid mcts {overall['valid_rate_mcts']:.3f} vs sampling {overall['valid_rate_sampling']:.3f}; "
+          f"mean best E mcts {overall['best_energy_mcts']:.4f} vs sampling {overall['best_energy_sampling']:.4f}; "
+          f"{overall['simulations_per_s']:.2f} simulations/s", flush=True)
+
+    # ---- speed: the same searches with the KV cache and with re-encoding (same seed, same sequences)
+    n_speed = args.speed_compositions or (1 if args.quick else 2)
+    s_sims = args.speed_simulations or (8 if args.quick else 16)
+    speed = {"compositions": comps[:n_speed], "simulations": s_sims}
+    seqs = {}
+    for mode in ("tree", "prefill", "none"):
+        total_t, total_s, total_roll = 0.0, 0, 0.0
+        seqs[mode] = []
+        for comp in comps[:n_speed]:
+            roll = {"t": 0.0}
+            import mcts.engine as engine
+
+            orig = engine.rollout_batch
+
+            def timed(*a, **k):
+                t0 = time.perf_counter()
+                out = orig(*a, **k)
+                roll["t"] += time.perf_counter() - t0
+                return out
+
+            engine.rollout_batch = timed
+            try:
+                t0 = time.perf_counter()
+                cs = search_composition(comp, simulations=s_sims, width=args.width, c=args.c, scorer=scorer,
+                                        seed=args.seed, batch=args.batch, generator=gen, progress=False, cache=mode)
+                total_t += time.perf_counter() - t0
+            finally:
+                engine.rollout_batch = orig
+            total_s += cs.result.simulations
+            total_roll += roll["t"]
+            seqs[mode] += cs.table["cif"].tolist()
+        speed[f"simulations_per_s_{mode}"] = total_s / total_t
+        speed[f"rollout_seconds_{mode}"] = round(total_roll, 2)
+        speed[f"seconds_{mode}"] = round(total_t, 2)
+        print(f"speed {mode:>7}: {total_s / total_t:.3f} simulations/s ({total_t:.1f} s, of which rollouts {total_roll:.1f} s)", flush=True)
+    speed["same_sequences"] = seqs["tree"] == seqs["prefill"] == seqs["none"]
+    speed["speedup_vs_no_cache"] = speed["simulations_per_s_tree"] / speed["simulations_per_s_none"]
+    speed["speedup_vs_prefill"] = speed["simulations_per_s_tree"] / speed["simulations_per_s_prefill"]
+    speed["rollout_speedup_vs_no_cache"] = speed["rollout_seconds_none"] / max(speed["rollout_seconds_tree"], 1e-9)
+    print(f"KV-cache search: {speed['speedup_vs_no_cache']:.2f}x the simulations/s of re-encoding every token "
+          f"(rollouts alone {speed['rollout_speedup_vs_no_cache']:.2f}x), {speed['speedup_vs_prefill']:.2f}x of re-encoding "
+          f"the prefix once per rollout; same sequences: {speed['same_sequences']}", flush=True)
+    overall["kv_cache_speedup"] = speed["speedup_vs_no_cache"]
+
+    result = {"benchmark": "mcts", "quick": args.quick, "checkpoint": str(gen.path), "device": str(dev),
+              "threads": torch.get_num_threads(), "config": {"simulations": sims, "width": args.width, "c": args.c,
+              "batch": args.batch, "scorer": args.scorer, "seed": args.seed,
+              "sampling": "sample command defaults: temperature 1, top_k 10, grammar on"},
+              "per_composition": rows, "overall": overall, "speed": speed, **overall}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=float))
+        print(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

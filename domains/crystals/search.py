@@ -1,0 +1,442 @@
+"""MCTS structure search for a composition: CIF generation steered toward low formation energy.
+
+The tree search itself is :mod:`mcts` (domain-agnostic). This module supplies the
+crystal parts: the composition prompts (one per formula-unit count Z that fits,
+chosen among at the tree's root), the CIF grammar of :mod:`domains.crystals.generate`
+as the search's constraint, and the evaluation of a completed CIF: CrystaLLM's
+validity checks (:func:`domains.crystals.validity.check_cif`), then a formation-energy
+scorer (:mod:`domains.crystals.energy`). Rewards follow CrystaLLM: an invalid CIF
+gets ``-(1 - bond score)`` when only the bond-length check failed, else -1; a valid
+one ``1 / (1 + exp(2 (E - mean) / std))`` over the running energies.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from sciar.errors import SciarError
+
+DEFAULT_CHECKPOINT = "crystal-small"
+TABLE_COLUMNS = ["simulation", "prompt", "formula", "spacegroup", "energy", "reward", "valid", "checks_valid", "reasons",
+                 "bond_score", "n_atoms", "error", "duplicate", "n_tokens", "stopped", "elapsed_s", "cif"]
+
+
+@lru_cache(maxsize=2)
+def load_generator(checkpoint: str = DEFAULT_CHECKPOINT):
+    """The crystal model and tokenizer (a :class:`CrystalGenerator`), loaded once per process."""
+    from domains.crystals.generate import CrystalGenerator
+
+    return CrystalGenerator(checkpoint)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def evaluate_cifs(texts: list[str], scorer) -> list:
+    """Validity checks on generated CIF texts, then the scorer on the valid structures: ``[Evaluation]``.
+
+    An invalid CIF gets CrystaLLM's reward: ``-(1 - bond score)`` when only the bond-length
+    check failed, else -1. A valid one keeps its energy as the score; a scorer failure
+    (exception or NaN) leaves the error in ``Evaluation.error``.
+    """
+    from domains.crystals.cif import cif_field, header_formula
+    from domains.crystals.energy import score_structures
+    from domains.crystals.validity import check_cif, full_cif
+    from mcts import Evaluation
+
+    checks, fulls = [], []
+    for text in texts:
+        try:
+            r = check_cif(text)
+        except Exception as e:  # a check crashing on odd text is an invalid CIF, not a failed search
+            r = {"valid": False, "reasons": "check failed", "error": _first_line(e), "structure": None,
+                 "bond_score": math.nan}
+        try:
+            full = full_cif(text)
+        except Exception:
+            full = text
+        checks.append(r)
+        fulls.append(full)
+    valid = [i for i, r in enumerate(checks) if r["valid"]]
+    energies, errors = score_structures([checks[i]["structure"] for i in valid], scorer) if valid else ([], [])
+    score = dict(zip(valid, zip(energies, errors)))
+    out = []
+    for i, (r, text) in enumerate(zip(checks, fulls)):
+        st = r.get("structure")
+        bs = r.get("bond_score")
+        bs = float(bs) if bs is not None else math.nan
+        info = {"formula": header_formula(text), "spacegroup": cif_field(text, "_symmetry_space_group_name_H-M"),
+                "checks_valid": bool(r["valid"]), "reasons": r.get("reasons", ""), "bond_score": bs,
+                "n_atoms": len(st) if st is not None else None, "cif": text}
+        if r["valid"]:
+            e, err = score[i]
+            out.append(Evaluation(True, e, -1.0, err, info))
+            continue
+        only_bonds = r.get("reasons") == "bonds" and math.isfinite(bs)
+        reason = r.get("error") or (f"invalid: {r.get('reasons')}" if r.get("reasons") else "invalid")
+        out.append(Evaluation(False, math.nan, -(1.0 - bs) if only_bonds else -1.0, reason, info))
+    return out
+
+
+def crystal_evaluator(tok, scorer):
+    """``evaluate(token sequences) -> [Evaluation]`` for :class:`mcts.Problem`."""
+
+    def evaluate(seqs):
+        return evaluate_cifs([tok.decode(s).rstrip("\n") + "\n" for s in seqs], scorer)
+
+    return evaluate
+
+
+@dataclass
+class CrystalSearch:
+    result: object  # mcts.SearchResult
+    prompts: list  # domains.crystals.generate.Prompt, one per formula-unit count searched
+    composition: str
+    spacegroup: str | None
+    scorer: str
+
+    @property
+    def table(self) -> "pd.DataFrame":
+        t = self.result.table.rename(columns={"score": "energy"})
+        if "sequence" in t.columns:
+            t = t.drop(columns=["sequence"])
+        for c in TABLE_COLUMNS:
+            if c not in t.columns:
+                t[c] = None
+        return t[TABLE_COLUMNS]
+
+    def best(self, n: int = 5) -> "pd.DataFrame":
+        """The ``n`` lowest-energy valid structures, one per distinct CIF."""
+        t = self.table
+        t = t[t["valid"].astype(bool)].sort_values("energy", kind="stable")
+        return t.drop_duplicates("cif").head(n)
+
+
+def search_composition(composition: str, spacegroup: str | None = None, z: int | None = None,
+                       simulations: int = 200, seconds: float | None = None, width: int = 5, c: float = 1.0,
+                       scorer: str | object = "cgcnn", relax: bool = False, seed: int | None = 0,
+                       checkpoint: str = DEFAULT_CHECKPOINT, batch: int = 8, selection: str = "puct",
+                       rollout_top_k: int | None = None, temperature: float = 1.0, cache: str = "tree",
+                       progress: bool = True, generator=None) -> CrystalSearch:
+    """MCTS over CIFs for one composition. ``scorer``: ``cgcnn``, ``chgnet`` or any callable on structures."""
+    from domains.crystals.energy import make_scorer
+    from domains.crystals.generate import cif_grammar, prompts_for
+    from mcts import Problem, SearchConfig, search
+
+    cfg = SearchConfig(simulations=simulations, seconds=seconds, width=width, c=c, selection=selection,
+                       rollout_top_k=rollout_top_k, temperature=temperature, batch=batch, seed=seed, cache=cache)
+    cfg.check()  # a zero budget fails before any model is loaded
+    prompts = prompts_for(composition, spacegroup, z)  # unknown elements, bad formulas and space groups fail here
+    gen = generator or load_generator(checkpoint)
+    fitting, err = [], None
+    for p in prompts:
+        try:
+            gen.check_fits(p)
+            fitting.append(p)
+        except SciarError as e:
+            err = err or e
+    if not fitting:
+        raise err
+    scorer_name = scorer if isinstance(scorer, str) else getattr(scorer, "name", type(scorer).__name__)
+    score_fn = make_scorer(scorer, relax) if isinstance(scorer, str) else scorer
+    tok = gen.tok
+    nl = gen.vocab.nl
+    problem = Problem(
+        prompts=[tok.encode(p.text) for p in fitting],
+        evaluate=crystal_evaluator(tok, score_fn),
+        stop=[[nl, nl]],
+        grammar=lambda i: cif_grammar(gen.vocab, fitting[i]),
+        decode=lambda s: tok.decode(s),
+    )
+    res = search(gen.model, problem, cfg, progress=progress, desc=f"search {composition}")
+    return CrystalSearch(res, fitting, composition, spacegroup, scorer_name)
+
+
+# ---------------------------------------------------------------- outputs
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name))
+
+
+def plot_rewards(history, path: Path, title: str = ""):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sciar.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    if len(history):
+        ax.plot(history["simulation"], history["best_reward"], label="best reward")
+        ax.plot(history["simulation"], history["mean_reward"], label="mean reward")
+    ax.set_xlabel("simulation")
+    ax.set_ylabel("reward")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_search(cs: CrystalSearch, out: str | Path, top: int = 5) -> dict:
+    """Write the best CIFs, the full table (CSV and parquet), the reward plot and a summary JSON."""
+    from sciar.io import write_json_atomic, write_table_atomic, write_text_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = cs.table
+    best = cs.best(top)
+    files = []
+    for rank, (_, r) in enumerate(best.iterrows(), 1):
+        name = f"best_{rank:02d}_{_safe(r['formula'])}_{_safe(r['spacegroup']).replace('/', '-')}.cif"
+        write_text_atomic(out / name, r["cif"])
+        files.append(name)
+    write_table_atomic(table, out / "results.csv")
+    write_table_atomic(table, out / "results.parquet")
+    plot_rewards(cs.result.history, out / "rewards.png", f"MCTS {cs.composition} ({cs.scorer})")
+    summary = summarise(cs)
+    summary["best_files"] = files
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def summarise(cs: CrystalSearch) -> dict:
+    t = cs.table
+    v = t[t["valid"].astype(bool)]
+    b = cs.best(1)
+    return {
+        "composition": cs.composition, "spacegroup": cs.spacegroup, "scorer": cs.scorer,
+        "formulas": [p.formula for p in cs.prompts], "simulations": int(cs.result.simulations),
+        "sequences": int(len(t)), "valid": int(len(v)), "valid_rate": float(len(v) / len(t)) if len(t) else 0.0,
+        "best_energy": float(b["energy"].iloc[0]) if len(b) else None,
+        "best_formula": b["formula"].iloc[0] if len(b) else None,
+        "best_spacegroup": b["spacegroup"].iloc[0] if len(b) else None,
+        "seconds": round(float(cs.result.seconds), 2),
+        "simulations_per_s": round(cs.result.simulations / cs.result.seconds, 3) if cs.result.seconds else None,
+        "nodes": int(cs.result.nodes), "scorer_errors": int(t["error"].fillna("").str.startswith(("cgcnn", "chgnet", "scorer")).sum()),
+        "config": {k: cs.result.config[k] for k in ("width", "c", "selection", "batch", "seed", "cache")},
+    }
+
+
+# ---------------------------------------------------------------- batch (one row per composition)
+
+def search_row_fn(checkpoint: str = DEFAULT_CHECKPOINT, simulations: int = 200, width: int = 5, c: float = 1.0,
+                  scorer: str = "cgcnn", relax: bool = False, seed: int = 0, top: int = 1, progress: bool = False):
+    """For :func:`sciar.batch.run_batch`: ``fn(row) -> [result rows]`` searching the row's composition.
+
+    Row keys: ``composition`` (required), optional ``spacegroup``, ``z``, ``simulations``,
+    ``width``, ``c``, ``scorer``, ``seed``. Each output row is one of the ``top`` best structures
+    (energy, validity, CIF) with the search's summary; a search without a valid structure
+    yields one row with ``cif`` empty.
+    """
+
+    def opt(row, key, default, cast):
+        v = row.get(key)
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+            return default
+        return cast(v)
+
+    def fn(row: dict) -> list[dict]:
+        comp = row.get("composition")
+        if not isinstance(comp, str) or not comp.strip():
+            raise SciarError("the row has no composition")
+        cs = search_composition(
+            comp, opt(row, "spacegroup", None, str), opt(row, "z", None, int),
+            simulations=opt(row, "simulations", simulations, int), width=opt(row, "width", width, int),
+            c=opt(row, "c", c, float), scorer=opt(row, "scorer", scorer, str), relax=relax,
+            seed=opt(row, "seed", seed, int), checkpoint=checkpoint, progress=progress,
+        )
+        s = summarise(cs)
+        base = {"search_simulations": s["simulations"], "search_valid_rate": s["valid_rate"],
+                "search_seconds": s["seconds"], "scorer": s["scorer"]}
+        best = cs.best(top)
+        if best.empty:
+            return [{**base, "rank": None, "formula": None, "spacegroup": None, "energy": None, "valid": False, "cif": ""}]
+        return [{**base, "rank": k, "formula": r["formula"], "spacegroup": r["spacegroup"], "energy": r["energy"],
+                 "valid": True, "bond_score": r["bond_score"], "n_atoms": r["n_atoms"], "cif": r["cif"]}
+                for k, (_, r) in enumerate(best.iterrows(), 1)]
+
+    return fn
+
+
+# ---------------------------------------------------------------- score / relax CIF files
+
+def _cif_inputs(paths) -> list[tuple[str, str]]:
+    """(name, text) of every CIF in files and folders; SciarError for missing paths or none found."""
+    items = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(p.rglob("*.cif"))
+        elif p.is_file():
+            files = [p]
+        else:
+            raise SciarError(f"{p} not found")
+        for f in files:
+            try:
+                items.append((str(f), f.read_text()))
+            except (OSError, UnicodeDecodeError) as e:
+                items.append((str(f), f"\x00unreadable: {e}"))
+    if not items:
+        raise SciarError("no .cif files in the given paths")
+    return items
+
+
+def _parse(text: str):
+    from domains.crystals.cif import structure_from_cif
+
+    if text.startswith("\x00"):
+        raise SciarError(text[1:])
+    return structure_from_cif(text)
+
+
+def score_files(paths, scorer: str = "cgcnn", relax: bool = False, progress: bool = True):
+    """Formation energy per atom of CIF files: one row per file (errors in a column)."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from domains.crystals.energy import make_scorer, score_structures
+
+    items = _cif_inputs(paths)
+    fn = make_scorer(scorer, relax)
+    rows, structs = [], []
+    for name, text in items:
+        try:
+            s = _parse(text)
+            rows.append({"file": name, "formula": s.composition.reduced_formula, "n_atoms": len(s), "error": ""})
+            structs.append(s)
+        except Exception as e:
+            rows.append({"file": name, "formula": None, "n_atoms": None, "error": _first_line(e)})
+            structs.append(None)
+    ok = [i for i, s in enumerate(structs) if s is not None]
+    col = "formation_energy_per_atom"
+    for r in rows:
+        r[col] = math.nan
+    step = 16
+    bar = tqdm(total=len(ok), desc=f"score ({scorer}{', relax' if relax else ''})", unit="cif", disable=not progress)
+    for k in range(0, len(ok), step):
+        idx = ok[k:k + step]
+        vals, errs = score_structures([structs[i] for i in idx], fn)
+        for j, (i, v, e) in enumerate(zip(idx, vals, errs)):
+            rows[i][col] = v
+            rows[i]["error"] = e
+            if hasattr(fn, "energies") and len(fn.energies) == len(idx):
+                rows[i]["energy_per_atom"] = fn.energies[j]
+            if relax and hasattr(fn, "relaxed") and len(fn.relaxed) == len(idx) and fn.relaxed[j] is not None:
+                rows[i]["relaxed"] = fn.relaxed[j]
+        bar.update(len(idx))
+    bar.close()
+    df = pd.DataFrame(rows)
+    first = ["file", "formula", "n_atoms", col] + (["energy_per_atom"] if "energy_per_atom" in df.columns else [])
+    return df[first + [c for c in df.columns if c not in first]]
+
+
+def relax_files(paths, out: str | Path | None = None, progress: bool = True):
+    """Relax CIF files with CHGNet; write the relaxed CIFs into ``out``; table of energies."""
+    from domains.crystals.cif import canonical_cif
+    from sciar.io import write_text_atomic
+
+    df = score_files(paths, scorer="chgnet", relax=True, progress=progress)
+    files = []
+    for _, r in df.iterrows():
+        st = r.get("relaxed")
+        name = None
+        if out is not None and st is not None and not (isinstance(st, float)):
+            Path(out).mkdir(parents=True, exist_ok=True)
+            name = str(Path(out) / (Path(r["file"]).stem + "_relaxed.cif"))
+            try:
+                from domains.crystals.validity import full_cif
+
+                text = full_cif(canonical_cif(st))
+            except Exception:
+                text = st.to(fmt="cif")
+            write_text_atomic(name, text)
+        files.append(name)
+    df["relaxed_file"] = files
+    return df.drop(columns=[c for c in ("relaxed",) if c in df.columns])
+
+
+def summary_line(s: dict) -> str:
+    e = s.get("best_energy")
+    best = f"best {e:.4f} eV/atom ({s['best_formula']}, {s['best_spacegroup']})" if e is not None else "no valid structure"
+    return (f"{s['composition']}: {s['simulations']} simulations, {s['valid']}/{s['sequences']} valid, {best}, "
+            f"{s['seconds']} s ({s['simulations_per_s']} sim/s)")
+
+
+
+
+# ---------------------------------------------------------------- commands (registered in cli.py)
+
+def _echo_table(df, max_rows: int = 40):
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", max_rows, "display.width", 200, "display.max_columns", 20):
+        typer.echo(df.to_string(index=False))
+
+
+def search_cmd(
+    composition: str = typer.Option(..., "--composition", help="Cell composition (Ba2Ti2O6) or reduced formula (BaTiO3: the root chooses among formula-unit counts Z)."),
+    spacegroup: Optional[str] = typer.Option(None, "--spacegroup", "-s", help="Fix the space group (symbol such as P4mm, or number)."),
+    z: Optional[int] = typer.Option(None, "--z", help="Formula units per cell for a reduced formula."),
+    simulations: int = typer.Option(200, "--simulations", help="Budget in simulations (one new CIF each)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Budget in wall-clock seconds (with or instead of --simulations; 0 simulations = no limit)."),
+    width: int = typer.Option(5, "--width", help="Tree width: children per node, the model's top-k next tokens."),
+    c: float = typer.Option(1.0, "--c", help="Exploration constant of PUCT/UCT."),
+    scorer: str = typer.Option("cgcnn", "--scorer", help="Formation-energy scorer: cgcnn (fast) or chgnet."),
+    relax: bool = typer.Option(False, "--relax", help="Relax each valid structure with CHGNet before scoring (chgnet scorer; slow)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same search)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: best CIFs, results.csv/.parquet, rewards.png, summary.json."),
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, "--checkpoint", help="Crystal model: shipped name or checkpoint folder."),
+    selection: str = typer.Option("puct", "--selection", help="Selection rule: puct or uct."),
+    batch: int = typer.Option(8, "--batch", help="Simulations whose rollouts and scoring run as one batch."),
+    top: int = typer.Option(5, "--top", help="How many of the best distinct structures to write as CIFs."),
+):
+    """Monte Carlo tree search for low-formation-energy structures of a composition (CrystaLLM's MCTS)."""
+    cs = search_composition(composition, spacegroup, z, simulations=simulations, seconds=seconds, width=width, c=c,
+                            scorer=scorer, relax=relax, seed=seed, checkpoint=checkpoint, batch=batch,
+                            selection=selection, progress=True)
+    s = write_search(cs, out, top=top)
+    typer.echo(summary_line(s))
+    if s["best_files"]:
+        _echo_table(cs.best(top)[["formula", "spacegroup", "energy", "n_atoms", "simulation"]])
+    typer.echo(f"wrote {len(s['best_files'])} CIFs, results.csv, results.parquet, rewards.png and summary.json to {out}")
+
+
+def score_cmd(
+    cifs: List[Path] = typer.Argument(..., help="CIF files or folders of CIFs."),
+    scorer: str = typer.Option("cgcnn", "--scorer", help="cgcnn (formation energy, fast) or chgnet."),
+    relax: bool = typer.Option(False, "--relax", help="Relax with CHGNet first (chgnet scorer)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table (.csv or .parquet)."),
+):
+    """Formation energy per atom (eV/atom) of CIF files, as a table; unreadable files get an error column."""
+    from sciar.io import write_table_atomic
+
+    df = score_files(cifs, scorer=scorer, relax=relax)
+    df = df.drop(columns=[c for c in ("relaxed",) if c in df.columns])
+    if out is not None:
+        if out.suffix not in (".csv", ".parquet"):
+            raise SciarError(f"output {out} must end in .csv or .parquet")
+        write_table_atomic(df, out)
+    _echo_table(df)
+
+
+def relax_cmd(
+    cifs: List[Path] = typer.Argument(..., help="CIF files or folders of CIFs."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the relaxed CIFs and relax.csv."),
+):
+    """Relax structures with CHGNet (cell and positions); write relaxed CIFs and their energies."""
+    from sciar.io import write_table_atomic
+
+    df = relax_files(cifs, out)
+    write_table_atomic(df, Path(out) / "relax.csv")
+    _echo_table(df)
