@@ -1,0 +1,235 @@
+"""Core speed benchmark: KV-cache decoding, training throughput against a minimal GPT, sampling speed.
+
+    python benchmarks/core.py --quick --json core.json      # ~2 minutes on 2 CPU cores
+    python benchmarks/core.py --json core.json              # on a GPU: adds MFU at the CrystaLLM-small size
+                                                             # and CUDA-graph decoding against an eager loop
+
+Every figure is measured in this run, ours and the reference side by side, and printed with its ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sciar.data import TokenWindows  # noqa: E402
+from sciar.model import LanguageModel, ModelConfig  # noqa: E402
+from sciar.sample import Decoder, generate  # noqa: E402
+from sciar.train import TrainConfig, train  # noqa: E402
+
+
+# --- the reference: a plain, minimal GPT (nanoGPT's shape) and its training step -----------------
+class RefBlock(nn.Module):
+    def __init__(self, d, h):
+        super().__init__()
+        self.h = h
+        self.ln1, self.ln2 = nn.LayerNorm(d, bias=False), nn.LayerNorm(d, bias=False)
+        self.qkv, self.o = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
+        self.fc, self.proj = nn.Linear(d, 4 * d, bias=False), nn.Linear(4 * d, d, bias=False)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        x = x + self.o(y)
+        return x + self.proj(F.gelu(self.fc(self.ln2(x))))
+
+
+class RefGPT(nn.Module):
+    def __init__(self, V, T, L, H, D):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(V, D), nn.Embedding(T, D)
+        self.blocks = nn.ModuleList(RefBlock(D, H) for _ in range(L))
+        self.ln = nn.LayerNorm(D, bias=False)
+
+    def forward(self, idx, targets):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for b in self.blocks:
+            x = b(x)
+        logits = F.linear(self.ln(x), self.wte.weight)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+
+
+def ref_train_tokens_per_s(cfg: ModelConfig, batch: int, steps: int, device) -> float:
+    torch.manual_seed(0)
+    m = RefGPT(cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd).to(device)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=device.type == "cuda")
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    data = torch.randint(cfg.vocab_size, (steps + 1, batch, cfg.block_size + 1))
+
+    def step(i):
+        x, y = data[i, :, :-1].to(device), data[i, :, 1:].to(device)
+        with amp:
+            loss = m(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    step(steps)  # warm-up
+    times = [time.perf_counter()]
+    for i in range(steps):
+        step(i)
+        sync(device)
+        times.append(time.perf_counter())
+    return batch * cfg.block_size / median_step(times)
+
+
+def ours_train_tokens_per_s(cfg: ModelConfig, batch: int, steps: int, device) -> float:
+    """sciar.train.train itself: batch source, schedule, clipping, logging, all of it."""
+    torch.manual_seed(0)
+    ids = torch.randint(cfg.vocab_size, (200_000,))
+    src = TokenWindows(ids, cfg.block_size)
+    with tempfile.TemporaryDirectory() as out:
+        model = LanguageModel(cfg)
+        tc = TrainConfig(max_steps=steps + 1, batch_size=batch, warmup_steps=1, eval_batches=0,
+                         save_every=10**9, progress=False, device=str(device))
+        times = []
+        train(model, src, tc, out, {"model": cfg.to_dict()}, None, {"domain": "bench"},
+              callback=lambda step, rec: (sync(device), times.append(time.perf_counter())))
+    return batch * cfg.block_size / median_step(times)
+
+
+def median_step(times: list[float]) -> float:
+    """Median step time from step-end timestamps: robust to other work on a shared machine."""
+    d = sorted(b - a for a, b in zip(times, times[1:]))
+    return d[len(d) // 2]
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# --- decoding ------------------------------------------------------------------------------------
+def decode_tokens_per_s(model, batch, new_tokens, use_cache, graphs=False, prompt_len=16, repeats=1):
+    prompts = [[1] * prompt_len] * batch
+    device = next(model.parameters()).device
+    best = 0.0
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        gens = generate(model, prompts, max_new_tokens=new_tokens, seed=0, use_cache=use_cache, graphs=graphs)
+        sync(device)
+        n = sum(len(g.tokens) for g in gens)
+        best = max(best, n / (time.perf_counter() - t))
+    return best
+
+
+def gpu_decode(model, batch, steps) -> tuple[float, float]:
+    """Decode steps/s x batch: CUDA-graph static cache vs a plain eager loop with the cache."""
+    ids = torch.ones(batch, 16, dtype=torch.long, device="cuda")
+    out = {}
+    for graphs in (False, True):
+        dec = Decoder(model, batch, 16 + steps + 8, graphs=graphs)
+        logits = dec.prefill(ids)
+        nxt = logits.argmax(-1)
+        for _ in range(5):  # warm-up (graph capture)
+            nxt = dec.step(nxt).argmax(-1)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(steps - 8):
+            nxt = dec.step(nxt).argmax(-1)
+        torch.cuda.synchronize()
+        out[graphs] = (steps - 8) * batch / (time.perf_counter() - t)
+    return out[True], out[False]
+
+
+def mfu(cfg: ModelConfig, batch: int, steps: int) -> dict:
+    """Model FLOPs utilisation of a compiled bf16 training step (6N + attention FLOPs per token)."""
+    torch.manual_seed(0)
+    model = LanguageModel(cfg).cuda()
+    step_model = torch.compile(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x = torch.randint(cfg.vocab_size, (batch, cfg.block_size), device="cuda")
+    for i in range(steps + 5):
+        if i == 5:
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = step_model(x, targets=x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    dt = (time.perf_counter() - t) / steps
+    n = sum(p.numel() for p in model.parameters())
+    flops_per_token = 6 * n + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    achieved = flops_per_token * batch * cfg.block_size / dt
+    peak = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+    name = torch.cuda.get_device_name(0)
+    p = next((v for k, v in peak.items() if k in name), 989e12)
+    return {"gpu": name, "train_tokens_per_s": batch * cfg.block_size / dt, "mfu": achieved / p, "peak_flops": p}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes, CPU-friendly (under 3 minutes on 2 cores)")
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    res: dict = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+                 "torch": torch.__version__, "quick": args.quick}
+
+    # KV cache: 512 new tokens, batch 8, cached vs full re-forward
+    dcfg = ModelConfig(vocab_size=64, block_size=1024, n_layer=4, n_head=4, n_embd=128)
+    torch.manual_seed(0)
+    dm = LanguageModel(dcfg).to(device).eval()
+    cached = decode_tokens_per_s(dm, 8, 512, True)
+    full = decode_tokens_per_s(dm, 8, 512, False)
+    res.update(kv_cache_tokens_per_s=cached, no_cache_tokens_per_s=full, kv_cache_speedup=cached / full,
+               decode_model=dcfg.to_dict())
+    print(f"decode 512 tokens x batch 8: KV cache {cached:,.0f} tok/s, full re-forward {full:,.0f} tok/s, "
+          f"speedup {cached / full:.1f}x")
+
+    # training throughput: ours (the real loop) vs a minimal GPT step, same sizes, same run
+    tcfg = (ModelConfig(vocab_size=371, block_size=256, n_layer=4, n_head=4, n_embd=256, pos="learned") if args.quick or
+            device.type == "cpu" else ModelConfig(vocab_size=371, block_size=1024, n_layer=8, n_head=8, n_embd=512, pos="learned"))
+    batch, steps = (8, 10) if device.type == "cpu" else (32, 30)
+    # interleaved rounds, best of each, so that a busy spell on the machine hits both alike
+    rounds = [(ref_train_tokens_per_s(tcfg, batch, steps, device), ours_train_tokens_per_s(tcfg, batch, steps, device))
+              for _ in range(2)]
+    ref, ours = max(r[0] for r in rounds), max(r[1] for r in rounds)
+    rope = ours_train_tokens_per_s(ModelConfig(**{**tcfg.to_dict(), "pos": "rope"}), batch, steps, device)
+    res.update(train_tokens_per_s=ours, reference_train_tokens_per_s=ref, train_ratio=ours / ref,
+               train_tokens_per_s_rope=rope, train_model=tcfg.to_dict(), train_batch=batch)
+    print(f"train: ours {ours:,.0f} tok/s, minimal GPT {ref:,.0f} tok/s, ratio {ours / ref:.3f} "
+          f"(same architecture, learned positions); ours with rotary positions {rope:,.0f} tok/s")
+
+    # sampling throughput with the shipped-size model shape
+    torch.manual_seed(0)
+    sm = LanguageModel(ModelConfig(vocab_size=371, block_size=1024, n_layer=4, n_head=4, n_embd=256)).to(device).eval()
+    res["sample_tokens_per_s"] = decode_tokens_per_s(sm, 20, 256, True)
+    print(f"sample (4x256 model, 20 sequences x 256 tokens): {res['sample_tokens_per_s']:,.0f} tok/s")
+
+    if device.type == "cuda" and not args.quick:
+        big = ModelConfig(vocab_size=371, block_size=1024, n_layer=8, n_head=8, n_embd=512)
+        res["mfu_crystallm_small"] = mfu(big, 64, 20)
+        print(f"MFU at CrystaLLM-small, batch 64, bf16, compiled: {res['mfu_crystallm_small']['mfu']:.1%}")
+        gm = LanguageModel(big).cuda().eval()
+        for b in (1, 64):
+            g, e = gpu_decode(gm, b, 256)
+            res[f"gpu_decode_tokens_per_s_b{b}"] = g
+            res[f"gpu_decode_eager_tokens_per_s_b{b}"] = e
+            res[f"gpu_decode_speedup_b{b}"] = g / e
+            print(f"GPU decode batch {b}: CUDA graphs {g:,.0f} tok/s, eager {e:,.0f} tok/s, {g / e:.1f}x")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
