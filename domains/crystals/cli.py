@@ -63,9 +63,15 @@ def train(
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     seed: int = typer.Option(1337, help="Random seed."),
     workers: int = typer.Option(2, help="Processes for canonicalising the inputs (cached under build/crystals)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (1 is fastest on a busy machine)."),
 ):
     """Train a CIF language model; windows start at CIF boundaries (CrystaLLM)."""
     from domains.crystals.lm import train_crystal_lm
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
     s = train_crystal_lm(data, out, preset, steps=steps, batch_size=batch_size, lr=lr, block_size=block_size,
                          device=device, seed=seed, dedup=dedup, val=val, workers=workers)
@@ -87,6 +93,7 @@ def sample(
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     constrained: bool = typer.Option(True, help="Grammar-constrained decoding (consistent formulas, multiplicities, lattice)."),
     bonds: bool = typer.Option(True, help="Run the CrystalNN bond-length check (slower) in the summary."),
+    threads: int = typer.Option(1, help="CPU threads for decoding (1 is fastest for small models)."),
 ):
     """Generate crystal structures for a composition; writes CIFs (full symmetry operations) and a summary table."""
     import time
@@ -97,7 +104,7 @@ def sample(
     if n < 1:
         raise typer.BadParameter("-n must be at least 1")
     t0 = time.perf_counter()
-    gen = CrystalGenerator(checkpoint)
+    gen = CrystalGenerator(checkpoint, threads=threads)
     t1 = time.perf_counter()
     samples = gen.sample_composition(composition, n=n, spacegroup=spacegroup, z=z, temperature=temperature,
                                      top_k=top_k or None, seed=seed, constrained=constrained)

@@ -317,11 +317,12 @@ class Sample:
 class CrystalGenerator:
     """A loaded crystal checkpoint that samples CIFs for compositions."""
 
-    def __init__(self, checkpoint: str | Path = "crystal-small", device: str = "cpu", threads: int | None = None):
+    def __init__(self, checkpoint: str | Path = "crystal-small", device: str = "cpu", threads: int | None = 1):
         from sciar.checkpoint import load_language_model
         from sciar.paths import find_checkpoint
 
         if threads:
+            # decoding a small model is overhead-bound: one thread is fastest on a shared CPU
             torch.set_num_threads(threads)
         self.path = find_checkpoint(checkpoint)
         self.model, self.tok, self.ck = load_language_model(self.path, DOMAIN, device=device)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from domains.crystals.cif import cif_field, header_formula
-from domains.crystals.validity import check_cif, full_cif
+from domains.crystals.validity import CHECKS, check_cif, full_cif
 from sciar.errors import DataError
 from sciar.io import write_table_atomic, write_text_atomic
 
@@ -25,7 +25,9 @@ def sample_rows(samples, bonds: bool = True) -> list[dict]:
         rows.append({
             "index": i, "formula": header_formula(s.text), "spacegroup": cif_field(s.text, "_symmetry_space_group_name_H-M"),
             "n_atoms": len(st) if st is not None else None, "logprob": round(s.logprob, 3), "n_tokens": s.n_tokens,
-            "complete": s.complete, **{k: v for k, v in r.items()}, "cif": text,
+            "complete": s.complete, "valid": r["valid"], "reasons": r["reasons"],
+            **{f"check_{k}": r[k] for k in CHECKS + ["smact"]}, "bond_score": r["bond_score"],
+            "detected_spacegroup": r["detected_spacegroup"], "cif": text,
         })
     return rows
 

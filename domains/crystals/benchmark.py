@@ -1,0 +1,297 @@
+"""Crystal structure prediction benchmark (CDVAE / DiffCSP / CrystaLLM protocol).
+
+For each test structure, the prompt is its cell composition (the ``data_`` formula of
+its canonical CIF, as CrystaLLM prompts); a strategy proposes up to ``n`` structures:
+
+- ``lm``: samples of the language model (grammar-constrained decoding);
+- ``retrieval``: substituted training templates (:mod:`domains.crystals.retrieval`);
+- ``hybrid``: both pools, duplicates removed with the matcher, ranked by the model's
+  log-likelihood per token of each candidate's canonical CIF.
+
+A candidate counts only if it passes the SMACT and structural checks (CDVAE's filter).
+Match rate = matched test structures / all evaluated, with
+``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)`` against the first 1 and first
+``n`` candidates; RMSE = mean over matched structures of the smallest normalised RMS
+distance among those candidates. ``valid_rate`` is the share of candidates passing
+every validity check of :mod:`domains.crystals.validity`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from domains.crystals.cif import canonicalize, read_inputs, structure_from_cif
+from sciar.errors import DataError, SciarError
+
+STRATEGIES = ("lm", "retrieval", "hybrid")
+
+
+def matcher():
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+
+
+@dataclass
+class Cand:
+    structure: object
+    text: str | None  # canonical CIF (generated or of a retrieved template)
+    score: float  # higher is better
+    source: str
+    csp_ok: bool = False
+    valid: bool | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def csp_filter(structure) -> bool:
+    """CDVAE's validity filter used by the benchmark: SMACT and min distance 0.5 A, volume 0.1 A^3."""
+    from domains.crystals.validity import min_distance_ok, smact_valid
+
+    try:
+        return bool(min_distance_ok(structure) and smact_valid(structure.composition.reduced_formula))
+    except Exception:
+        return False
+
+
+def load_test(path, limit: int | None, seed: int) -> pd.DataFrame:
+    df = read_inputs(path)
+    if limit is not None and limit < len(df):
+        df = df.sample(n=limit, random_state=seed).reset_index(drop=True)
+    return df
+
+
+def lm_scores(gen, texts: list[str]) -> list[float]:
+    """Mean log-likelihood per token of each CIF's body (after its ``data_`` line) under the model."""
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    model, tok = gen.model, gen.tok
+    for t in texts:
+        if t is None:
+            out.append(-np.inf)
+            continue
+        try:
+            ids = tok.encode(t + "\n")
+        except SciarError:
+            out.append(-np.inf)
+            continue
+        head = len(tok.encode(t.split("\n", 1)[0] + "\n"))
+        ids = ids[: model.cfg.block_size]
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            logits = model(x)
+        lp = F.log_softmax(logits[0, :-1].float(), -1).gather(1, x[0, 1:, None])[:, 0]
+        body = lp[head - 1 :]
+        out.append(float(body.mean()) if len(body) else -np.inf)
+    return out
+
+
+def lm_candidates(gen, compositions: list, n: int, seed: int, temperature: float, top_k: int) -> list[list[Cand]]:
+    from domains.crystals.generate import make_prompt
+
+    res = []
+    for i, comp in enumerate(compositions):
+        try:
+            p = make_prompt(comp)
+            samples = gen.sample([p], n, temperature=temperature, top_k=top_k, seed=seed + i)
+        except SciarError:
+            res.append([])
+            continue
+        cands = []
+        for s in samples:
+            try:
+                st = structure_from_cif(s.text)
+            except DataError:
+                st = None
+            cands.append(Cand(st, s.text, s.logprob / max(1, s.n_tokens), "lm"))
+        res.append(cands)
+    return res
+
+
+def retrieval_candidates(index, comp, n: int, sm) -> list[Cand]:
+    from domains.crystals.retrieval import dedupe
+
+    cands = index.candidates(comp, max_candidates=max(60, 4 * n))
+    kept = dedupe(cands, n, sm)
+    return [Cand(c.structure, None, -c.score, "retrieval", extra={"template": c.template}) for c in kept]
+
+
+def _canon_text(c: Cand) -> str | None:
+    if c.text is None and c.structure is not None:
+        try:
+            c.text = canonicalize(c.structure).cif
+        except SciarError:
+            c.text = None
+    return c.text
+
+
+def run_benchmark(test, train, strategy: str = "lm", checkpoint: str | None = None, preset: str = "tiny",
+                  n: int = 20, limit: int | None = None, seed: int = 0, temperature: float = 1.0, top_k: int = 10,
+                  steps: int | None = None, bonds: bool = False, progress: bool = True, json_path=None) -> dict:
+    """Run one strategy on a test split; returns (and optionally writes) the figures."""
+    from tqdm.auto import tqdm
+
+    if strategy not in STRATEGIES:
+        raise SciarError(f"unknown strategy {strategy!r} (lm, retrieval or hybrid)")
+    if n < 1:
+        raise SciarError("n must be at least 1")
+    t_start = time.perf_counter()
+    df = load_test(test, limit, seed)
+    sm = matcher()
+    gen = index = None
+    info = {}
+    if strategy in ("lm", "hybrid"):
+        from domains.crystals.generate import CrystalGenerator
+
+        if checkpoint is None:
+            if train is None:
+                raise SciarError("the lm strategy needs --checkpoint or --train (to train a --preset model)")
+            checkpoint = train_for_benchmark(train, preset, steps, seed, progress)
+        gen = CrystalGenerator(checkpoint)
+        info["checkpoint"] = str(gen.path)
+        info["checkpoint_data"] = gen.ck.domain.get("data")
+    if strategy in ("retrieval", "hybrid"):
+        if train is None:
+            raise SciarError("the retrieval strategy needs --train (the template index)")
+        from domains.crystals.retrieval import RetrievalIndex
+
+        index = RetrievalIndex.from_table(read_inputs(train), progress=progress)
+        info["index_size"] = len(index.structures)
+
+    rows = []
+    valid_flags = []
+    gen_time = n_generated = 0
+    warnings.simplefilter("ignore")
+    for i, rec in tqdm(list(df.iterrows()), desc=f"benchmark {strategy}", disable=not progress):
+        try:
+            target = structure_from_cif(rec["cif"], rebuild=False)
+            comp = _prompt_composition(rec["cif"], target)
+        except SciarError as e:
+            rows.append({"id": rec["id"], "error": str(e), "match1": False, "matchn": False})
+            continue
+        cands: list[Cand] = []
+        if gen is not None:
+            t0 = time.perf_counter()
+            cands += lm_candidates(gen, [comp], n, seed + 1000 * i, temperature, top_k)[0]
+            gen_time += time.perf_counter() - t0
+            n_generated += n
+        if index is not None:
+            rc = retrieval_candidates(index, comp, n, sm)
+            cands += rc
+        for c in cands:
+            c.csp_ok = c.structure is not None and csp_filter(c.structure)
+        if strategy == "hybrid":
+            cands = _hybrid_rank(gen, cands, n, sm)
+        else:
+            cands = cands[:n]
+        if bonds or strategy != "retrieval":
+            from domains.crystals.validity import check_cif
+
+            for c in cands:
+                t = _canon_text(c) if c.source == "retrieval" else c.text
+                c.valid = bool(t is not None and check_cif(t, bonds=bonds)["valid"])
+                valid_flags.append(c.valid)
+        else:
+            for c in cands:
+                valid_flags.append(bool(c.csp_ok))
+        rms = []
+        for c in cands:
+            if not c.csp_ok:
+                rms.append(None)
+                continue
+            try:
+                r = sm.get_rms_dist(target, c.structure)
+            except Exception:
+                r = None
+            rms.append(r[0] if r is not None else None)
+        first = [r for r in rms[:1] if r is not None]
+        alln = [r for r in rms[:n] if r is not None]
+        rows.append({"id": rec["id"], "formula": comp.formula.replace(" ", ""), "n_candidates": len(cands),
+                     "match1": bool(first), "rms1": min(first) if first else None,
+                     "matchn": bool(alln), "rmsn": min(alln) if alln else None,
+                     "best_source": cands[int(np.nanargmin([r if r is not None else np.inf for r in rms]))].source if alln else None})
+    res = pd.DataFrame(rows)
+    out = {
+        "strategy": strategy, "test": str(test), "train": str(train) if train is not None else None, "n": n,
+        "count": int(len(res)), "seed": seed, "limit": limit,
+        "match_rate": {"1": float(res["match1"].mean()), str(n): float(res["matchn"].mean())},
+        "rmse": {"1": _mean(res.get("rms1")), str(n): _mean(res.get("rmsn"))},
+        "valid_rate": float(np.mean(valid_flags)) if valid_flags else 0.0,
+        "valid_definition": "all checks incl. bonds" if bonds else "all checks except CrystalNN bonds"
+        if strategy != "retrieval" else "CDVAE filter (SMACT + min distance)",
+        "seconds": round(time.perf_counter() - t_start, 1), **info,
+    }
+    if n_generated:
+        out["generation_structures_per_s"] = round(n_generated / max(gen_time, 1e-9), 2)
+    if json_path:
+        from sciar.io import write_json_atomic
+
+        write_json_atomic(json_path, out)
+    return out
+
+
+def _mean(col) -> float | None:
+    if col is None:
+        return None
+    v = [x for x in col if x is not None and not (isinstance(x, float) and np.isnan(x))]
+    return float(np.mean(v)) if v else None
+
+
+def _prompt_composition(cif_text: str, target):
+    """The cell composition of the test structure's canonical CIF (its data_ formula)."""
+    from pymatgen.core import Composition
+
+    try:
+        return Composition(canonicalize(target).formula)
+    except SciarError:
+        return target.composition
+
+
+def _hybrid_rank(gen, cands: list[Cand], n: int, sm) -> list[Cand]:
+    """Pool, keep those passing the filter first, rank by the model's per-token likelihood, dedupe."""
+    from domains.crystals.retrieval import dedupe
+
+    texts = [_canon_text(c) for c in cands]
+    scores = lm_scores(gen, texts)
+    for c, s in zip(cands, scores):
+        c.extra["lm_score"] = s
+        c.score = s
+    order = sorted(cands, key=lambda c: (not c.csp_ok, -c.score))
+    return dedupe(order, n, sm)
+
+
+def train_for_benchmark(train, preset: str, steps: int | None, seed: int, progress: bool) -> Path:
+    """Train (or reuse) a preset model on the train split under build/crystals/bench/."""
+    from domains.crystals.cif import cache_dir
+    from domains.crystals.lm import train_crystal_lm
+    from sciar.io import fingerprint
+
+    key = fingerprint([train, preset, str(steps), str(seed)])
+    out = cache_dir() / "bench" / f"{preset}-{key}"
+    if not (out / "model.safetensors").exists() or (out / "last").exists() and steps:
+        train_crystal_lm(train, out, preset, steps=steps, seed=seed, progress=progress)
+    return out
+
+
+def format_result(r: dict) -> str:
+    n = str(r["n"])
+    rm1 = r["rmse"]["1"]
+    rmn = r["rmse"][n]
+    return (f"{r['strategy']:<9} match@1 {r['match_rate']['1']:.1%} (rmse {rm1 if rm1 is None else round(rm1, 4)})  "
+            f"match@{n} {r['match_rate'][n]:.1%} (rmse {rmn if rmn is None else round(rmn, 4)})  "
+            f"valid {r['valid_rate']:.1%}  count {r['count']}")
+
+
+def dump(r: dict) -> str:
+    return json.dumps(r, indent=1, default=str)
+
+
+__all__ = ["run_benchmark", "STRATEGIES", "format_result", "Path"]
