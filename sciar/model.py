@@ -139,13 +139,13 @@ class SelfAttention(nn.Module):
             q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
         is_causal = mask is None
         if cache is not None:
-            start = cache.length
             if cache.pos is not None:
                 # static decode: write at the position tensor, attend over the whole buffer (the mask hides the rest)
                 cache.k[layer].index_copy_(2, cache.pos, k)
                 cache.v[layer].index_copy_(2, cache.pos, v)
                 k, v = cache.k[layer], cache.v[layer]
             else:
+                start = cache.length
                 cache.k[layer, :, :, start : start + T] = k
                 cache.v[layer, :, :, start : start + T] = v
                 k, v = cache.k[layer, :, :, : start + T], cache.v[layer, :, :, : start + T]
@@ -259,15 +259,17 @@ class Transformer(nn.Module):
         """
         x = self.embed(idx, embeds, prefix)
         B, T, _ = x.shape
-        start = cache.length if cache is not None else 0
-        if positions is None and start + T > self.cfg.block_size:
-            raise SciarError(f"sequence of {start + T} positions exceeds the model's context of {self.cfg.block_size}")
+        # static decoding reads no Python-side length, so a compiled step is not specialised on it
         static = cache is not None and cache.pos is not None
         if static:
             positions = cache.pos
             mask = torch.arange(cache.capacity, device=x.device)[None, :] <= positions[:, None]
-        elif positions is None:
-            positions = torch.arange(start, start + T, device=x.device)
+        else:
+            start = cache.length if cache is not None else 0
+            if positions is None and start + T > self.cfg.block_size:
+                raise SciarError(f"sequence of {start + T} positions exceeds the model's context of {self.cfg.block_size}")
+            if positions is None:
+                positions = torch.arange(start, start + T, device=x.device)
         rope = None
         if self.cfg.pos == "rope":
             rope = (self.rope_cos[positions], self.rope_sin[positions])

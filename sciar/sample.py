@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sciar.errors import SciarError
 from sciar.model import KVCache, LanguageModel
@@ -87,6 +88,9 @@ class Decoder:
         if not self.graphs:
             return self.model(next_ids.view(-1, 1).to(self.device), cache=self.cache)[:, -1].float()
         if self._step_fn is None:
+            # fixed addresses for the cache, so the captured graph writes into the same buffers each replay
+            torch._dynamo.mark_static_address(self.cache.k)
+            torch._dynamo.mark_static_address(self.cache.v)
             self.cache.pos = torch.tensor([self.cache.length], device=self.device)
             self._ids = torch.zeros(self.cache.batch, 1, dtype=torch.long, device=self.device)
             self._step_fn = torch.compile(self._static_step, mode="reduce-overhead", fullgraph=True)
@@ -97,7 +101,8 @@ class Decoder:
         return out
 
     def _static_step(self, ids):
-        return self.model(ids, cache=self.cache)[:, -1].float()
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+            return self.model(ids, cache=self.cache)[:, -1].float()
 
     def fork(self, rows=None, repeat: int = 1, capacity: int | None = None) -> "Decoder":
         return Decoder(self.model, 0, 0, cache=self.cache.fork(rows, repeat, capacity or self.cache.capacity))
