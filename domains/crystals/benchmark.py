@@ -117,10 +117,7 @@ def lm_candidates(gen, compositions: list, n: int, seed: int, temperature: float
 
 
 def retrieval_candidates(index, comp, n: int, sm) -> list[Cand]:
-    from domains.crystals.retrieval import dedupe
-
-    cands = index.candidates(comp, max_candidates=max(60, 4 * n))
-    kept = dedupe(cands, n, sm)
+    kept = index.predict(comp, n, sm)
     return [Cand(c.structure, None, -c.score, "retrieval", extra={"template": c.template}) for c in kept]
 
 

