@@ -40,8 +40,31 @@ def _first_line(e: Exception) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
+_SPACEGROUPS: dict = {}
+
+
+def _keep_spacegroup(symbol: str | None):
+    """Hold pymatgen's SpaceGroup for this symbol alive: its instance cache is weak, so without a
+    reference every CIF check rebuilds the group's operations (about a second for cubic groups)."""
+    if not symbol or symbol in _SPACEGROUPS:
+        return
+    try:
+        import warnings
+
+        from pymatgen.symmetry.groups import SpaceGroup
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _SPACEGROUPS[symbol] = SpaceGroup(symbol)
+    except Exception:
+        _SPACEGROUPS[symbol] = None  # unknown symbol: the validity check reports it
+
+
 def evaluate_cifs(texts: list[str], scorer) -> list:
     """Validity checks on generated CIF texts, then the scorer on the valid structures: ``[Evaluation]``.
+
+    The checks are :func:`domains.crystals.validity.check_cif`'s; the bond-length check runs
+    only on CIFs that pass every other check (the only ones whose reward depends on it).
 
     An invalid CIF gets CrystaLLM's reward: ``-(1 - bond score)`` when only the bond-length
     check failed, else -1. A valid one keeps its energy as the score; a scorer failure
@@ -49,13 +72,21 @@ def evaluate_cifs(texts: list[str], scorer) -> list:
     """
     from domains.crystals.cif import SG_KEY, cif_field, header_formula
     from domains.crystals.energy import score_structures
-    from domains.crystals.validity import check_cif
+    from domains.crystals.validity import bond_score, check_cif
     from mcts import Evaluation
 
     checks, fulls = [], []
     for text in texts:
+        _keep_spacegroup(cif_field(text, SG_KEY))
         try:
-            r = check_cif(text)
+            # the (slow) CrystalNN bond check only where every other check passed: elsewhere the reward is -1 anyway
+            r = check_cif(text, bonds=False)
+            if r["valid"]:
+                try:
+                    bs = float(bond_score(r["structure"]))
+                except Exception:
+                    bs = 0.0
+                r.update(bond_score=bs, bonds=bs >= 1.0, valid=bs >= 1.0, reasons="" if bs >= 1.0 else "bonds")
         except Exception as e:  # a check crashing on odd text is an invalid CIF, not a failed search
             r = {"valid": False, "reasons": "check failed", "error": _first_line(e), "structure": None,
                  "bond_score": math.nan}
