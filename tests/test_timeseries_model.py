@@ -11,7 +11,7 @@ from sciar.errors import CheckpointError, SciarError
 from sciar.model import ModelConfig
 from domains.timeseries.data import Part, calendar, read_csv, standard_splits
 from domains.timeseries.model import HeadConfig, SegmentForecaster, build_model
-from domains.timeseries.pipeline import (corpus_parts, evaluate_model, fit, load_forecaster, model_configs, prepare,
+from domains.timeseries.pipeline import (corpus_parts, fit_window, evaluate_model, fit, load_forecaster, model_configs, prepare,
                                          train_config)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "timeseries"
@@ -91,12 +91,14 @@ def test_train_checkpoint_reload_and_adapter_only(tmp_path):
     s = _etth1_slice()
     prep = prepare(s, 72)
     m = tiny()
+    fit_window(m, prep.train, prep.val)  # the validation split (372 rows) holds 15 segments of 24, not 16
+    assert m.head.window == 15
     tc = train_config("tiny", max_steps=30, progress=False, eval_every=15, save_every=15, device="cpu", batch_size=16)
     summ = fit(m, [prep.train], [prep.val], tmp_path / "ck", tc)
     assert summ["steps"] == 30 and np.isfinite(summ["best_val"])
     loaded, ck = load_forecaster(tmp_path / "ck")
     assert ck.domain["domain"] == "timeseries" and ck.tokenizer is None
-    assert ck.config["head"]["segment"] == 24
+    assert ck.config["head"]["segment"] == 24 and ck.config["head"]["window"] == 15
     before = evaluate_model(loaded, prep, 72, [24, 48])
     assert before["48"]["mse"] > 0 and before["windows"] > 100
 

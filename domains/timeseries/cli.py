@@ -89,7 +89,9 @@ def pretrain(
     typer.echo(f"corpus: {len(series)} sources, {int(table['channels'].sum())} channels, {int(table['points'].sum()):,} points")
     train_parts, val_parts = corpus_parts(series)
     model = SegmentForecaster(mcfg, head)
-    tcfg = train_config(preset, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device, progress=progress)
+    # a fixed budget over a large corpus: no early stopping, the best validation checkpoint is kept
+    tcfg = train_config(preset, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device, progress=progress,
+                        patience=0, eval_every=250, save_every=250)
     summary = fit(model, train_parts, val_parts, out, tcfg, extra_config={"corpus": table["name"].tolist()},
                   domain_extra={"stage": "pretrain", "corpus": table.to_dict("records")}, resume=resume)
     typer.echo(json.dumps(summary))

@@ -30,7 +30,8 @@ class HeadConfig:
     """The adapter's part: segment length, trained context and the shapes of the embedding/projection."""
 
     segment: int = 96
-    context: int = 7  # lookback segments at training time (672 = 7 x 96)
+    context: int = 7  # lookback segments (672 = 7 x 96): the window statistics and the default lookback
+    window: int = 16  # segments per training window: the lookback, then the segments a rollout will see
     embed: str = "mlp"  # "linear" | "mlp" (Linear-tanh-dropout-Linear)
     hidden: int = 256
     dropout: float = 0.1
@@ -42,6 +43,8 @@ class HeadConfig:
             raise SciarError(f"unknown segment embedding {self.embed!r} (linear or mlp)")
         if self.segment < 1 or self.context < 1:
             raise SciarError("segment and context must be positive")
+        if self.window < self.context + 1:
+            self.window = self.context + 1
 
     @property
     def lookback(self) -> int:
@@ -118,22 +121,16 @@ class SegmentForecaster(nn.Module):
         n_seg = x.shape[1] // S
         if n_seg < 2 or x.shape[1] % S:
             raise SciarError(f"a training window must hold at least two whole segments of {S} steps")
-        xn, _, _ = self.normalise(x, (n_seg - 1) * S)
+        # statistics of the lookback part only, as at forecast time; later segments are normalised by them too,
+        # so the positions after the lookback train the model on what a rollout sees
+        xn, _, _ = self.normalise(x, min(self.head.context, n_seg - 1) * S)
         segs = xn.view(x.shape[0], n_seg, S)
         m = marks[:, : n_seg - 1] if marks is not None else None
         h = self.trunk(embeds=self.tokens(segs[:, :-1], m))
         return F.mse_loss(self.proj(h), segs[:, 1:])
 
-    @torch.no_grad()
-    def forecast(self, ctx: torch.Tensor, marks: torch.Tensor | None, horizon: int, prompt: torch.Tensor | None = None,
-                 prompt_marks: torch.Tensor | None = None, max_context: int | None = None) -> torch.Tensor:
-        """Roll the model forward: ``ctx [B, L]`` (L a multiple of the segment) -> ``[B, horizon]``.
-
-        ``marks [B, L/S + ceil(horizon/S), 10]`` covers the context and the future segments.
-        Each step appends the predicted segment and, beyond ``max_context`` segments, drops the
-        oldest (AutoTimes' one-for-all rolling). ``prompt [B, P*S]``: in-context segments put in
-        front of the lookback (normalised by their own statistics), kept through the rollout.
-        """
+    def _roll(self, ctx, marks, horizon, prompt=None, prompt_marks=None, max_context=None, noise: float = 0.0,
+              generator: torch.Generator | None = None) -> torch.Tensor:
         S = self.head.segment
         B, L = ctx.shape
         if L % S or L == 0:
@@ -141,53 +138,49 @@ class SegmentForecaster(nn.Module):
         if horizon < 1:
             raise SciarError("the horizon must be at least 1")
         steps = -(-horizon // S)
-        k = L // S
-        max_context = max_context or max(k, self.head.context)
+        # keep the true lookback while the sequence stays within the trained window; beyond it drop the oldest
+        max_context = max_context or max(L // S, self.head.window - 1)
         xn, mean, std = self.normalise(ctx, L)
-        seq = list(xn.view(B, k, S).unbind(1))
-        pre, pre_m = None, None
+        seq = list(xn.view(B, L // S, S).unbind(1))
+        pre = None
         if prompt is not None:
             pn, _, _ = self.normalise(prompt, prompt.shape[1])
             pre = self.tokens(pn.view(B, -1, S), prompt_marks)
         outs = []
-        for i in range(steps):
+        for _ in range(steps):
             lo = max(0, len(seq) - max_context)
-            segs = torch.stack(seq[lo:], dim=1)
-            m = marks[:, lo : len(seq)] if marks is not None else None
-            e = self.tokens(segs, m)
+            e = self.tokens(torch.stack(seq[lo:], dim=1), marks[:, lo : len(seq)] if marks is not None else None)
             if pre is not None:
                 e = torch.cat([pre, e], dim=1)
             if e.shape[1] > self.cfg.block_size:
                 raise SciarError(f"{e.shape[1]} segments exceed the model's context of {self.cfg.block_size}")
             nxt = self.proj(self.trunk(embeds=e)[:, -1])
+            if noise:
+                nxt = nxt + noise * torch.randn(nxt.shape, generator=generator, device=nxt.device)
             seq.append(nxt)
             outs.append(nxt)
-        y = torch.cat(outs, dim=1)[:, :horizon]
-        return y * std + mean
+        return torch.cat(outs, dim=1)[:, :horizon] * std + mean
+
+    @torch.no_grad()
+    def forecast(self, ctx: torch.Tensor, marks: torch.Tensor | None, horizon: int, prompt: torch.Tensor | None = None,
+                 prompt_marks: torch.Tensor | None = None, max_context: int | None = None) -> torch.Tensor:
+        """Roll the model forward: ``ctx [B, L]`` (L a multiple of the segment) -> ``[B, horizon]``.
+
+        ``marks [B, L/S + ceil(horizon/S), 10]`` covers the context and the future segments.
+        Each step appends the predicted segment; beyond ``max_context`` segments (default: the
+        trained window) the oldest is dropped (AutoTimes' one-for-all rolling). ``prompt [B, P*S]``:
+        in-context segments put in front of the lookback (normalised by their own statistics).
+        """
+        return self._roll(ctx, marks, horizon, prompt, prompt_marks, max_context)
 
     @torch.no_grad()
     def sample(self, ctx, marks, horizon: int, n: int, residual_std: float, seed: int = 0, **kw) -> torch.Tensor:
-        """``n`` sampled paths ``[B, n, horizon]``: each rolled step gets Gaussian noise of the validation
-        residual deviation (in normalised units), so uncertainty grows with the horizon as it compounds."""
-        S = self.head.segment
-        B, L = ctx.shape
+        """``n`` sampled paths ``[B, n, horizon]``: each rolled segment gets Gaussian noise of the backtest
+        residual deviation (in normalised units), so uncertainty grows with the horizon as errors compound."""
+        B = ctx.shape[0]
         g = torch.Generator(device=ctx.device).manual_seed(seed)
-        ctx_r = ctx.repeat_interleave(n, 0)
-        marks_r = marks.repeat_interleave(n, 0) if marks is not None else None
-        xn, mean, std = self.normalise(ctx_r, L)
-        steps = -(-horizon // S)
-        seq = list(xn.view(B * n, L // S, S).unbind(1))
-        k = max(L // S, self.head.context)
-        outs = []
-        for _ in range(steps):
-            lo = max(0, len(seq) - k)
-            segs = torch.stack(seq[lo:], dim=1)
-            m = marks_r[:, lo : len(seq)] if marks_r is not None else None
-            nxt = self.proj(self.trunk(embeds=self.tokens(segs, m))[:, -1])
-            nxt = nxt + residual_std * torch.randn(nxt.shape, generator=g, device=nxt.device)
-            seq.append(nxt)
-            outs.append(nxt)
-        y = torch.cat(outs, dim=1)[:, :horizon] * std + mean
+        rep = lambda t: t.repeat_interleave(n, 0) if t is not None else None
+        y = self._roll(rep(ctx), rep(marks), horizon, noise=residual_std, generator=g, **kw)
         return y.view(B, n, horizon)
 
 

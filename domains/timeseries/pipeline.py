@@ -25,19 +25,21 @@ DOMAIN = "timeseries"
 PRESETS = {
     "tiny": dict(n_layer=1, n_head=2, n_embd=32, hidden=64, max_steps=60, batch_size=32, lr=1e-3, eval_every=30),
     "small": dict(n_layer=2, n_head=4, n_embd=64, hidden=128, max_steps=600, batch_size=128, lr=1e-3, eval_every=100),
-    "default": dict(n_layer=3, n_head=4, n_embd=128, hidden=256, max_steps=1500, batch_size=128, lr=5e-4, eval_every=150),
-    "base": dict(n_layer=6, n_head=8, n_embd=256, hidden=512, max_steps=4000, batch_size=256, lr=5e-4, eval_every=250),
+    "default": dict(n_layer=3, n_head=4, n_embd=128, hidden=256, max_steps=1500, batch_size=64, lr=5e-4, eval_every=150),
+    "base": dict(n_layer=6, n_head=8, n_embd=256, hidden=512, max_steps=4000, batch_size=128, lr=5e-4, eval_every=250),
 }
 
 
 def model_configs(preset: str, segment: int = 96, context: int = 7, embed: str = "mlp", time: bool = True,
-                  block_size: int = 32, dropout: float = 0.1) -> tuple[ModelConfig, HeadConfig]:
+                  block_size: int = 32, dropout: float = 0.1, window: int = 16) -> tuple[ModelConfig, HeadConfig]:
     if preset not in PRESETS:
         raise SciarError(f"unknown preset {preset!r} ({', '.join(PRESETS)})")
     p = PRESETS[preset]
-    mcfg = ModelConfig(vocab_size=0, block_size=max(block_size, context + 1), n_layer=p["n_layer"], n_head=p["n_head"],
+    window = max(window, context + 1)
+    mcfg = ModelConfig(vocab_size=0, block_size=max(block_size, window), n_layer=p["n_layer"], n_head=p["n_head"],
                        n_embd=p["n_embd"], dropout=dropout, pos="rope")
-    head = HeadConfig(segment=segment, context=context, embed=embed, hidden=p["hidden"], dropout=dropout, time=time)
+    head = HeadConfig(segment=segment, context=context, window=window, embed=embed, hidden=p["hidden"], dropout=dropout,
+                      time=time)
     return mcfg, head
 
 
@@ -89,7 +91,7 @@ def fit(
 ) -> dict:
     """Train ``model`` on windows of the parts with :func:`sciar.train.train`; writes a checkpoint to ``out``."""
     head = model.head
-    src = SegmentWindows(train_parts, val_parts, head.segment, head.context)
+    src = SegmentWindows(train_parts, val_parts, head.segment, head.window - 1)
     model.freeze_trunk(adapter_only)
     config = {"model": model.cfg.to_dict(), "head": head.to_dict(), **(extra_config or {})}
     fp = fingerprint([p.name for p in train_parts] + [str(p.values.shape) + str(float(p.values[:100].sum()))
@@ -152,6 +154,19 @@ def corpus_parts(series: list[Series], val_frac: float = 0.1, lookback: int = 67
     return train_parts, val_parts
 
 
+def fit_window(model: SegmentForecaster, train: Part, val: Part | None):
+    """Shrink the training window (in segments) to what the training split holds, keeping >= 4 windows,
+    and, where possible, to what the validation split holds; never below the lookback plus one segment."""
+    S, k = model.head.segment, model.head.context
+    fits = lambda p: max(0, (p.values.shape[0] - 4) // S) if p is not None else 0
+    w = min(model.head.window, fits(train))
+    if val is not None and fits(val) >= k + 1:
+        w = min(w, fits(val))
+    model.head.window = max(w, k + 1)
+    if model.cfg.block_size < model.head.window:
+        model.head.window = model.cfg.block_size
+
+
 def dataset_parts(prep: Prepared, channels: list[int] | None) -> tuple[Part, Part]:
     def sel(p: Part) -> Part:
         return p if channels is None else Part(p.values[:, channels], p.cal, p.name)
@@ -195,6 +210,7 @@ def train_on_series(csv, out, target=None, features="all", init=None, adapter_on
     chans = None if features == "all" else [series.columns.index(series.target)]
     tr, va = dataset_parts(prep, chans)
     model, init_info = init_model(init, preset, segment, lookback // segment, embed, time)
+    fit_window(model, tr, va)
     tcfg = train_config(preset, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device, progress=progress,
                         seed=seed)
     data_info = {"name": series.name, "columns": series.columns, "target": series.target, "features": features,
