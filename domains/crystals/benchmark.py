@@ -5,8 +5,8 @@ its canonical CIF, as CrystaLLM prompts); a strategy proposes up to ``n`` struct
 
 - ``lm``: samples of the language model (grammar-constrained decoding);
 - ``retrieval``: substituted training templates (:mod:`domains.crystals.retrieval`);
-- ``hybrid``: both pools, duplicates removed with the matcher, ranked by the model's
-  log-likelihood per token of each candidate's canonical CIF.
+- ``hybrid``: consensus of both: the retrieval pool and the model's samples are clustered
+  with the matcher and clusters ranked by their summed votes (:func:`hybrid_candidates`).
 
 A candidate counts only if it passes the SMACT and structural checks (CDVAE's filter).
 Match rate = matched test structures / all evaluated, with
@@ -180,20 +180,20 @@ def run_benchmark(test, train, strategy: str = "lm", checkpoint: str | None = No
             cands += lm_candidates(gen, [comp], n, seed + 1000 * i, temperature, top_k)[0]
             gen_time += time.perf_counter() - t0
             n_generated += n
-        if index is not None:
-            rc = retrieval_candidates(index, comp, n, sm)
-            cands += rc
         for c in cands:
             c.csp_ok = c.structure is not None and csp_filter(c.structure)
         if strategy == "hybrid":
-            cands = _hybrid_rank(gen, cands, n, sm)
-        else:
-            cands = cands[:n]
+            cands = hybrid_candidates(index, cands, comp, n, sm)
+        elif index is not None:
+            cands = retrieval_candidates(index, comp, n, sm)
+            for c in cands:
+                c.csp_ok = c.structure is not None and csp_filter(c.structure)
+        cands = cands[:n]
         if bonds or strategy != "retrieval":
             from domains.crystals.validity import check_cif
 
             for c in cands:
-                t = _canon_text(c) if c.source == "retrieval" else c.text
+                t = c.text if c.text is not None else _canon_text(c)
                 c.valid = bool(t is not None and check_cif(t, bonds=bonds)["valid"])
                 valid_flags.append(c.valid)
         else:
@@ -225,6 +225,7 @@ def run_benchmark(test, train, strategy: str = "lm", checkpoint: str | None = No
         "valid_definition": "all checks incl. bonds" if bonds else "all checks except CrystalNN bonds"
         if strategy != "retrieval" else "CDVAE filter (SMACT + min distance)",
         "seconds": round(time.perf_counter() - t_start, 1), **info,
+        "matched_by_source": {str(k): int(v) for k, v in res["best_source"].value_counts().items()} if "best_source" in res else {},
     }
     if n_generated:
         out["generation_structures_per_s"] = round(n_generated / max(gen_time, 1e-9), 2)
@@ -252,17 +253,57 @@ def _prompt_composition(cif_text: str, target):
         return target.composition
 
 
-def _hybrid_rank(gen, cands: list[Cand], n: int, sm) -> list[Cand]:
-    """Pool, keep those passing the filter first, rank by the model's per-token likelihood, dedupe."""
-    from domains.crystals.retrieval import dedupe
+def hybrid_candidates(index, lm_cands: list[Cand], comp, n: int, sm, pool: int = 40, tau: float = 4.0,
+                      lm_weight: float = 1.0) -> list[Cand]:
+    """Consensus of the two predictors: cluster the retrieval pool and the model's samples with the matcher.
 
-    texts = [_canon_text(c) for c in cands]
-    scores = lm_scores(gen, texts)
-    for c, s in zip(cands, scores):
-        c.extra["lm_score"] = s
-        c.score = s
-    order = sorted(cands, key=lambda c: (not c.csp_ok, -c.score))
-    return dedupe(order, n, sm)
+    Each of the ``pool`` most similar templates votes with its similarity weight ``exp(-d / tau)``
+    (normalised to sum 1), each model sample passing the filter with ``lm_weight / samples``;
+    clusters are ranked by their summed votes (then by the model's best likelihood per token),
+    so a structure both predictors propose ranks first. Represented by their first member
+    (the most similar template, else the model's sample).
+    """
+    import math
+
+    rc = index.candidates(comp, max(pool, 4 * n))
+    head = rc[:pool]
+    wr = [math.exp(-c.score / tau) for c in head]
+    total = sum(wr) or 1.0
+    items = [(Cand(c.structure, None, -c.score, "retrieval", csp_ok=csp_filter(c.structure),
+                   extra={"template": c.template}), w / total, 0.0) for c, w in zip(head, wr)]
+    ok = [c for c in lm_cands if c.csp_ok]
+    items += [(c, 0.0, lm_weight / len(ok)) for c in ok]
+    clusters: list[list] = []  # [representative, retrieval votes, model votes, best model score]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for c, r, lw in items:
+            if c.structure is None:
+                continue
+            for cl in clusters:
+                try:
+                    same = sm.fit(cl[0].structure, c.structure)
+                except Exception:
+                    same = False
+                if same:
+                    cl[1] += r
+                    cl[2] += lw
+                    if c.source == "lm":
+                        cl[3] = max(cl[3], c.score)
+                    break
+            else:
+                clusters.append([c, r, lw, c.score if c.source == "lm" else -np.inf])
+    clusters.sort(key=lambda cl: (-(cl[1] + cl[2]), -cl[3]))
+    out = []
+    for rep, r, lw, best in clusters:
+        rep.extra.update(votes_retrieval=round(r, 4), votes_lm=round(lw, 4))
+        rep.source = "both" if r > 0 and lw > 0 else rep.source
+        out.append(rep)
+    if len(out) < n and len(rc) > pool:
+        from domains.crystals.retrieval import dedupe
+
+        extra = [Cand(c.structure, None, -c.score, "retrieval") for c in rc[pool:]]
+        out = dedupe(out + extra, n, sm)
+    return out[:n]
 
 
 def train_for_benchmark(train, preset: str, steps: int | None, seed: int, progress: bool) -> Path:

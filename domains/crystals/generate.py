@@ -353,7 +353,8 @@ class CrystalGenerator:
                              f"(needs at least about {least})")
 
     def sample(self, prompts: list[Prompt], n: int = 1, temperature: float = 1.0, top_k: int | None = 10,
-               seed: int | None = None, constrained: bool = True, max_new_tokens: int | None = None) -> list[Sample]:
+               seed: int | None = None, constrained: bool = True, max_new_tokens: int | None = None,
+               use_cache: bool = True) -> list[Sample]:
         """``n`` samples for each prompt (in order: n for the first, then the next...)."""
         from sciar.sample import generate
 
@@ -367,7 +368,8 @@ class CrystalGenerator:
             ids = self.tok.encode(p.text)
             proc = GrammarProcessor(self.vocab, [p] * n, [len(ids)] * n) if constrained else None
             gens = generate(self.model, [ids] * n, max_new_tokens=max_new, temperature=temperature, top_k=top_k,
-                            stop=[[nl, nl]], logits_processor=proc, seed=None if seed is None else seed + j)
+                            stop=[[nl, nl]], logits_processor=proc, seed=None if seed is None else seed + j,
+                            use_cache=use_cache)
             for g in gens:
                 text = p.text + self.tok.decode(g.tokens)
                 out.append(Sample(p.text, text.rstrip("\n") + "\n", g.logprob, len(g.tokens), g.stopped))

@@ -274,8 +274,10 @@ def search_row_fn(checkpoint: str = DEFAULT_CHECKPOINT, simulations: int = 200, 
 
     Row keys: ``composition`` (required), optional ``spacegroup``, ``z``, ``simulations``,
     ``width``, ``c``, ``scorer``, ``seed``. Each output row is one of the ``top`` best structures
-    (energy, validity, CIF) with the search's summary; a search without a valid structure
-    yields one row with ``cif`` empty.
+    (``rank``, ``formula``, ``spacegroup``, ``<scorer>_formation_energy_per_atom``, ``valid``,
+    ``bond_score``, ``n_atoms``, ``cif`` with full symmetry) with ``mode="search"`` and the search's
+    ``search_simulations``, ``search_valid_rate``, ``search_seconds``; a search without a valid
+    structure yields one row with ``valid`` False and ``cif`` empty.
     """
 
     def opt(row, key, default, cast):
@@ -295,12 +297,13 @@ def search_row_fn(checkpoint: str = DEFAULT_CHECKPOINT, simulations: int = 200, 
             seed=opt(row, "seed", seed, int), checkpoint=checkpoint, progress=progress,
         )
         s = summarise(cs)
-        base = {"search_simulations": s["simulations"], "search_valid_rate": s["valid_rate"],
-                "search_seconds": s["seconds"], "scorer": s["scorer"]}
+        col = f"{s['scorer']}_formation_energy_per_atom"  # as the sampling rows of ``sciar crystal batch`` name it
+        base = {"mode": "search", "search_simulations": s["simulations"], "search_valid_rate": s["valid_rate"],
+                "search_seconds": s["seconds"]}
         best = cs.best(top)
         if best.empty:
-            return [{**base, "rank": None, "formula": None, "spacegroup": None, "energy": None, "valid": False, "cif": ""}]
-        return [{**base, "rank": k, "formula": r["formula"], "spacegroup": r["spacegroup"], "energy": r["energy"],
+            return [{**base, "rank": None, "formula": None, "spacegroup": None, col: math.nan, "valid": False, "cif": ""}]
+        return [{**base, "rank": k, "formula": r["formula"], "spacegroup": r["spacegroup"], col: r["energy"],
                  "valid": True, "bond_score": r["bond_score"], "n_atoms": r["n_atoms"], "cif": _full(r["cif"])}
                 for k, (_, r) in enumerate(best.iterrows(), 1)]
 
