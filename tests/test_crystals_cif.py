@@ -105,7 +105,6 @@ def test_tokenizer_round_trip_and_spacegroup_tokens(mp20):
         tok.encode("data_Na1Cl1\n%%")
 
 
-@pytest.mark.skipif(not CORPUS.exists(), reason="the shipped corpus is built by `sciar crystal build-corpus`")
 def test_round_trip_on_the_whole_shipped_corpus():
     tok = cif_tokenizer()
     df = pd.read_parquet(CORPUS)

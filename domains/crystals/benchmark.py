@@ -130,14 +130,23 @@ def _canon_text(c: Cand) -> str | None:
     return c.text
 
 
-def run_benchmark(test, train, strategy: str = "lm", checkpoint: str | None = None, preset: str = "tiny",
-                  n: int = 20, limit: int | None = None, seed: int = 0, temperature: float = 1.0, top_k: int = 10,
-                  steps: int | None = None, bonds: bool = False, progress: bool = True, json_path=None) -> dict:
+def run_benchmark(test, train, strategy: str = "lm", **kw) -> dict:
     """Run one strategy on a test split; returns (and optionally writes) the figures."""
+    return run_benchmarks(test, train, [strategy], **kw)[0]
+
+
+def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = None, preset: str = "tiny",
+                   n: int = 20, limit: int | None = None, seed: int = 0, temperature: float = 1.0, top_k: int = 10,
+                   steps: int | None = None, bonds: bool = False, progress: bool = True, json_path=None) -> list[dict]:
+    """Run several strategies on the same test subset, sharing the model's samples and the index."""
     from tqdm.auto import tqdm
 
-    if strategy not in STRATEGIES:
-        raise SciarError(f"unknown strategy {strategy!r} (lm, retrieval or hybrid)")
+    from domains.crystals.validity import check_cif
+
+    strategies = list(strategies)
+    for st in strategies:
+        if st not in STRATEGIES:
+            raise SciarError(f"unknown strategy {st!r} (lm, retrieval or hybrid)")
     if n < 1:
         raise SciarError("n must be at least 1")
     t_start = time.perf_counter()
@@ -145,7 +154,7 @@ def run_benchmark(test, train, strategy: str = "lm", checkpoint: str | None = No
     sm = matcher()
     gen = index = None
     info = {}
-    if strategy in ("lm", "hybrid"):
+    if {"lm", "hybrid"} & set(strategies):
         from domains.crystals.generate import CrystalGenerator
 
         if checkpoint is None:
@@ -155,7 +164,7 @@ def run_benchmark(test, train, strategy: str = "lm", checkpoint: str | None = No
         gen = CrystalGenerator(checkpoint)
         info["checkpoint"] = str(gen.path)
         info["checkpoint_data"] = gen.ck.domain.get("data")
-    if strategy in ("retrieval", "hybrid"):
+    if {"retrieval", "hybrid"} & set(strategies):
         if train is None:
             raise SciarError("the retrieval strategy needs --train (the template index)")
         from domains.crystals.retrieval import RetrievalIndex
@@ -163,77 +172,82 @@ def run_benchmark(test, train, strategy: str = "lm", checkpoint: str | None = No
         index = RetrievalIndex.from_table(read_inputs(train), progress=progress)
         info["index_size"] = len(index.structures)
 
-    rows = []
-    valid_flags = []
+    rows = {st: [] for st in strategies}
+    valid_flags = {st: [] for st in strategies}
     gen_time = n_generated = 0
     warnings.simplefilter("ignore")
-    for i, rec in tqdm(list(df.iterrows()), desc=f"benchmark {strategy}", disable=not progress):
+    for i, rec in tqdm(list(df.iterrows()), desc="benchmark", disable=not progress):
         try:
             target = structure_from_cif(rec["cif"], rebuild=False)
             comp = _prompt_composition(rec["cif"], target)
         except SciarError as e:
-            rows.append({"id": rec["id"], "error": str(e), "match1": False, "matchn": False})
+            for st in strategies:
+                rows[st].append({"id": rec["id"], "error": str(e), "match1": False, "matchn": False})
             continue
-        cands: list[Cand] = []
+        lm = []
         if gen is not None:
             t0 = time.perf_counter()
-            cands += lm_candidates(gen, [comp], n, seed + 1000 * i, temperature, top_k)[0]
+            lm = lm_candidates(gen, [comp], n, seed + 1000 * i, temperature, top_k)[0]
             gen_time += time.perf_counter() - t0
             n_generated += n
-        for c in cands:
-            c.csp_ok = c.structure is not None and csp_filter(c.structure)
-        if strategy == "hybrid":
-            cands = hybrid_candidates(index, cands, comp, n, sm)
-        elif index is not None:
-            cands = retrieval_candidates(index, comp, n, sm)
-            for c in cands:
+            for c in lm:
                 c.csp_ok = c.structure is not None and csp_filter(c.structure)
-        cands = cands[:n]
-        if bonds or strategy != "retrieval":
-            from domains.crystals.validity import check_cif
-
+        rms_cache: dict[int, float | None] = {}
+        valid_cache: dict[int, bool] = {}
+        for st in strategies:
+            if st == "lm":
+                cands = lm[:n]
+            elif st == "retrieval":
+                cands = retrieval_candidates(index, comp, n, sm)
+                for c in cands:
+                    c.csp_ok = c.structure is not None and csp_filter(c.structure)
+            else:
+                cands = hybrid_candidates(index, lm, comp, n, sm)
+            rms = []
             for c in cands:
-                t = c.text if c.text is not None else _canon_text(c)
-                c.valid = bool(t is not None and check_cif(t, bonds=bonds)["valid"])
-                valid_flags.append(c.valid)
-        else:
-            for c in cands:
-                valid_flags.append(bool(c.csp_ok))
-        rms = []
-        for c in cands:
-            if not c.csp_ok:
-                rms.append(None)
-                continue
-            try:
-                r = sm.get_rms_dist(target, c.structure)
-            except Exception:
-                r = None
-            rms.append(r[0] if r is not None else None)
-        first = [r for r in rms[:1] if r is not None]
-        alln = [r for r in rms[:n] if r is not None]
-        rows.append({"id": rec["id"], "formula": comp.formula.replace(" ", ""), "n_candidates": len(cands),
-                     "match1": bool(first), "rms1": min(first) if first else None,
-                     "matchn": bool(alln), "rmsn": min(alln) if alln else None,
-                     "best_source": cands[int(np.nanargmin([r if r is not None else np.inf for r in rms]))].source if alln else None})
-    res = pd.DataFrame(rows)
-    out = {
-        "strategy": strategy, "test": str(test), "train": str(train) if train is not None else None, "n": n,
-        "count": int(len(res)), "seed": seed, "limit": limit,
-        "match_rate": {"1": float(res["match1"].mean()), str(n): float(res["matchn"].mean())},
-        "rmse": {"1": _mean(res.get("rms1")), str(n): _mean(res.get("rmsn"))},
-        "valid_rate": float(np.mean(valid_flags)) if valid_flags else 0.0,
-        "valid_definition": "all checks incl. bonds" if bonds else "all checks except CrystalNN bonds"
-        if strategy != "retrieval" else "CDVAE filter (SMACT + min distance)",
-        "seconds": round(time.perf_counter() - t_start, 1), **info,
-        "matched_by_source": {str(k): int(v) for k, v in res["best_source"].value_counts().items()} if "best_source" in res else {},
-    }
-    if n_generated:
-        out["generation_structures_per_s"] = round(n_generated / max(gen_time, 1e-9), 2)
+                key = id(c.structure)
+                if key not in valid_cache:
+                    t = c.text if c.text is not None else _canon_text(c)
+                    valid_cache[key] = bool(t is not None and check_cif(t, bonds=bonds)["valid"])
+                valid_flags[st].append(valid_cache[key])
+                if key not in rms_cache:
+                    r = None
+                    if c.csp_ok:
+                        try:
+                            r = sm.get_rms_dist(target, c.structure)
+                        except Exception:
+                            r = None
+                    rms_cache[key] = r[0] if r is not None else None
+                rms.append(rms_cache[key])
+            first = [r for r in rms[:1] if r is not None]
+            alln = [r for r in rms[:n] if r is not None]
+            best = int(np.argmin([r if r is not None else np.inf for r in rms])) if alln else None
+            rows[st].append({"id": rec["id"], "formula": comp.formula.replace(" ", ""), "n_candidates": len(cands),
+                             "match1": bool(first), "rms1": min(first) if first else None,
+                             "matchn": bool(alln), "rmsn": min(alln) if alln else None,
+                             "best_source": cands[best].source if best is not None else None})
+    outs = []
+    for st in strategies:
+        res = pd.DataFrame(rows[st])
+        out = {
+            "strategy": st, "test": str(test), "train": str(train) if train is not None else None, "n": n,
+            "count": int(len(res)), "seed": seed, "limit": limit,
+            "match_rate": {"1": float(res["match1"].mean()), str(n): float(res["matchn"].mean())},
+            "rmse": {"1": _mean(res.get("rms1")), str(n): _mean(res.get("rmsn"))},
+            "valid_rate": float(np.mean(valid_flags[st])) if valid_flags[st] else 0.0,
+            "valid_definition": "every check of domains.crystals.validity" + ("" if bonds else " except CrystalNN bonds"),
+            "seconds_all_strategies": round(time.perf_counter() - t_start, 1), **info,
+            "matched_by_source": {str(k): int(v) for k, v in res["best_source"].value_counts().items()}
+            if "best_source" in res else {},
+        }
+        if st != "retrieval" and n_generated:
+            out["generation_structures_per_s"] = round(n_generated / max(gen_time, 1e-9), 2)
+        outs.append(out)
     if json_path:
         from sciar.io import write_json_atomic
 
-        write_json_atomic(json_path, out)
-    return out
+        write_json_atomic(json_path, outs[0] if len(outs) == 1 else outs)
+    return outs
 
 
 def _mean(col) -> float | None:

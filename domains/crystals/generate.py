@@ -317,6 +317,7 @@ class Sample:
     logprob: float
     n_tokens: int
     complete: bool
+    moved_sites: int = 0  # sites moved onto a Wyckoff position of their multiplicity (snap)
 
 
 class CrystalGenerator:
@@ -354,8 +355,12 @@ class CrystalGenerator:
 
     def sample(self, prompts: list[Prompt], n: int = 1, temperature: float = 1.0, top_k: int | None = 10,
                seed: int | None = None, constrained: bool = True, max_new_tokens: int | None = None,
-               use_cache: bool = True) -> list[Sample]:
-        """``n`` samples for each prompt (in order: n for the first, then the next...)."""
+               use_cache: bool = True, snap: bool = True) -> list[Sample]:
+        """``n`` samples for each prompt (in order: n for the first, then the next...).
+
+        ``snap`` moves each site that the model placed off a position of its stated multiplicity
+        onto the nearest such Wyckoff position (:func:`snap_to_wyckoff`); ``moved_sites`` counts them.
+        """
         from sciar.sample import generate
 
         for p in prompts:
@@ -371,8 +376,11 @@ class CrystalGenerator:
                             stop=[[nl, nl]], logits_processor=proc, seed=None if seed is None else seed + j,
                             use_cache=use_cache)
             for g in gens:
-                text = p.text + self.tok.decode(g.tokens)
-                out.append(Sample(p.text, text.rstrip("\n") + "\n", g.logprob, len(g.tokens), g.stopped))
+                text = (p.text + self.tok.decode(g.tokens)).rstrip("\n") + "\n"
+                moved = 0
+                if snap and g.stopped:
+                    text, moved = snap_to_wyckoff(text)
+                out.append(Sample(p.text, text, g.logprob, len(g.tokens), g.stopped, moved))
         return out
 
     def sample_composition(self, composition: str, n: int = 20, spacegroup: str | None = None, z: int | None = None,
@@ -394,3 +402,139 @@ class CrystalGenerator:
             if k:
                 out.extend(self.sample([p], k, **kw))
         return out
+
+
+# ---------------------------------------------------------------- symmetry snapping
+
+@lru_cache(maxsize=256)
+def _ops(sg: str):
+    import numpy as np
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    ops = SpaceGroup(sg).symmetry_ops
+    return np.array([o.rotation_matrix for o in ops]), np.array([o.translation_vector for o in ops])
+
+
+def _orbit_size(p, rots, trans, tol=1e-3) -> int:
+    import numpy as np
+
+    imgs = (rots @ p + trans) % 1.0
+    imgs[np.abs(imgs - 1.0) < tol] = 0.0
+    keep = []
+    for q in imgs:
+        if not any(np.all(np.abs((q - k + 0.5) % 1.0 - 0.5) < tol) for k in keep):
+            keep.append(q)
+    return len(keep)
+
+
+@lru_cache(maxsize=256)
+def _wyckoff_forms(number: int) -> dict:
+    """Multiplicity -> [(R, t)] for every orbit member of every Wyckoff position (pyxtal, spglib's setting,
+    which is the one pymatgen's SpaceGroup uses to rebuild the operations)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pyxtal.symmetry import Group
+
+        g = Group(number, style="spglib")
+    out: dict[int, list] = {}
+    for wp in g.Wyckoff_positions:
+        out.setdefault(int(wp.multiplicity), []).extend((op.rotation_matrix, op.translation_vector) for op in wp.ops)
+    return out
+
+
+def _orbit(p, rots, trans):
+    import numpy as np
+
+    return (rots @ p + trans) % 1.0
+
+
+def _min_dist(a, b, lattice) -> float:
+    """Smallest periodic distance (angstrom) between two sets of fractional points."""
+    import numpy as np
+
+    if len(a) == 0 or len(b) == 0:
+        return np.inf
+    d = a[:, None, :] - b[None, :, :]
+    d -= np.round(d)
+    return float(np.linalg.norm(d @ lattice.matrix, axis=-1).min())
+
+
+def snap_site(p, m: int, sg: str, lattice, placed=None, clash: float = 0.5):
+    """The nearest point to fractional ``p`` (in angstrom) lying on a Wyckoff position of multiplicity ``m``.
+
+    Each orbit member of each such position is an affine subspace ``R u + t`` (mod lattice
+    translations); ``p`` is projected onto every one (least squares in Cartesian space) and the
+    closest projection whose orbit stays ``clash`` angstrom away from the atoms ``placed`` so
+    far is kept (the closest of all if none does). Returns (position, displacement), or (None, inf).
+    """
+    import numpy as np
+
+    from domains.crystals.tokenizer import spacegroup_symbols
+
+    rots, trans = _ops(sg)
+    p = np.asarray(p, float) % 1.0
+    placed = np.zeros((0, 3)) if placed is None else placed
+    if _orbit_size(p, rots, trans) == m and _min_dist(_orbit(p, rots, trans), placed, lattice) >= clash:
+        return p, 0.0
+    forms = _wyckoff_forms(spacegroup_symbols().index(sg) + 1).get(int(m), [])
+    LT = lattice.matrix.T  # cartesian = LT @ fractional
+    cands = []
+    for R, t in forms:
+        M = LT @ R
+        n = np.round(p - t)
+        for _ in range(2):
+            u = np.linalg.lstsq(M, LT @ (p - t - n), rcond=None)[0]
+            q = R @ u + t + n
+            n = n + np.round(p - q)
+        q = R @ u + t + n
+        cands.append((float(np.linalg.norm(LT @ (q - p))), q % 1.0))
+    if not cands:
+        return None, np.inf
+    cands.sort(key=lambda c: c[0])
+    for d, q in cands:
+        if _min_dist(_orbit(q, rots, trans), placed, lattice) >= clash:
+            return q, d
+    return cands[0][1], cands[0][0]
+
+
+def snap_to_wyckoff(text: str) -> tuple[str, int]:
+    """Snap every site of a generated CIF onto a position of its stated multiplicity.
+
+    Returns (text, number of sites moved). Sites that cannot be snapped are left as generated.
+    """
+    import re
+
+    from pymatgen.core import Lattice
+
+    from domains.crystals.cif import cif_field
+
+    try:
+        sg = cif_field(text, SG_KEY)
+        lat = Lattice.from_parameters(*(float(cif_field(text, f"_cell_{k}")) for k in (
+            "length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma")))
+        _ops(sg)
+    except Exception:
+        return text, 0
+    import numpy as np
+
+    moved = 0
+    rots, trans = _ops(sg)
+    placed = np.zeros((0, 3))
+
+    def fix(m):
+        nonlocal moved, placed
+        el, label, mult, x, y, z, occ = m.group(1, 2, 3, 4, 5, 6, 7)
+        p = (float(x), float(y), float(z))
+        q, _ = snap_site(p, int(mult), sg, lat, placed)
+        if q is None:
+            return m.group(0)
+        placed = np.vstack([placed, _orbit(np.asarray(q), rots, trans)])
+        new = tuple(fmt4(v % 1.0) if round(v % 1.0, 4) < 1.0 else "0.0000" for v in q)
+        if new != (x, y, z):
+            moved += 1
+        return f" {el} {label} {mult} {new[0]} {new[1]} {new[2]} {occ}"
+
+    out = re.sub(r"^ ([A-Z][a-z]?) (\S+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+) (\S+)$", fix, text, flags=re.M)
+    return out, moved

@@ -183,7 +183,7 @@ def check_cif(text: str, bonds: bool = True) -> dict:
             s = CifParser.from_str(full).parse_structures(primitive=False)[0]
     except (DataError, Exception) as e:
         r["error"] = f"unparseable: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        return _finish(r)
+        return _finish(r, bonds)
     r["structure"] = s
     try:
         want = _comp(cif_field(text, "_chemical_formula_sum"))
