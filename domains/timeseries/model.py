@@ -36,6 +36,7 @@ class HeadConfig:
     hidden: int = 256
     dropout: float = 0.1
     time: bool = True  # calendar position embeddings
+    rollout: int = 0  # extra training passes that feed the model its own predictions after the lookback
     eps: float = 1e-5
 
     def __post_init__(self):
@@ -126,8 +127,17 @@ class SegmentForecaster(nn.Module):
         xn, _, _ = self.normalise(x, min(self.head.context, n_seg - 1) * S)
         segs = xn.view(x.shape[0], n_seg, S)
         m = marks[:, : n_seg - 1] if marks is not None else None
-        h = self.trunk(embeds=self.tokens(segs[:, :-1], m))
-        return F.mse_loss(self.proj(h), segs[:, 1:])
+        inp, tgt = segs[:, :-1], segs[:, 1:]
+        pred = self.proj(self.trunk(embeds=self.tokens(inp, m)))
+        loss = F.mse_loss(pred, tgt)
+        k = min(self.head.context, n_seg - 1)
+        for _ in range(self.head.rollout if n_seg - 1 > k else 0):
+            # what a rollout sees: inputs after the lookback replaced by the previous pass's predictions of them
+            # (pass r sees r-times-fed-back predictions); gradients flow through the fed-back segments
+            inp = torch.cat([inp[:, :k], pred[:, k - 1 : -1]], dim=1)
+            pred = self.proj(self.trunk(embeds=self.tokens(inp, m)))
+            loss = loss + F.mse_loss(pred[:, k - 1 :], tgt[:, k - 1 :])
+        return loss / (1 + (self.head.rollout if n_seg - 1 > k else 0))
 
     def _roll(self, ctx, marks, horizon, prompt=None, prompt_marks=None, max_context=None, noise: float = 0.0,
               generator: torch.Generator | None = None) -> torch.Tensor:

@@ -192,7 +192,7 @@ def init_model(init: str | Path | None, preset: str, segment: int, context: int,
 def train_on_series(csv, out, target=None, features="all", init=None, adapter_only=False, preset="default",
                     lookback=672, segment=96, embed="mlp", time=True, split="auto", fill="error", max_steps=None,
                     batch_size=None, lr=None, device="auto", progress=True, resume=True, series: Series | None = None,
-                    seed: int = 1337) -> dict:
+                    seed: int = 1337, rollout: int | None = None, window: int | None = None) -> dict:
     """``sciar timeseries train``: fit one dataset's training split, validate on its validation split."""
     from .data import read_series
 
@@ -210,6 +210,10 @@ def train_on_series(csv, out, target=None, features="all", init=None, adapter_on
     chans = None if features == "all" else [series.columns.index(series.target)]
     tr, va = dataset_parts(prep, chans)
     model, init_info = init_model(init, preset, segment, lookback // segment, embed, time)
+    if rollout is not None:
+        model.head.rollout = rollout
+    if window is not None:
+        model.head.window = window
     fit_window(model, tr, va)
     tcfg = train_config(preset, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device, progress=progress,
                         seed=seed)
