@@ -31,6 +31,7 @@ from domains.crystals.cif import canonicalize, read_inputs, structure_from_cif
 from sciar.errors import DataError, SciarError
 
 STRATEGIES = ("lm", "retrieval", "hybrid")
+HYBRID_LM_WEIGHT = 1.0  # the model's samples together weigh this much against the retrieval pool's 1
 
 
 def matcher():
@@ -145,8 +146,14 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
 
     strategies = list(strategies)
     for st in strategies:
-        if st not in STRATEGIES:
-            raise SciarError(f"unknown strategy {st!r} (lm, retrieval or hybrid)")
+        base, _, w = st.partition(":")
+        if base not in STRATEGIES or (w and base != "hybrid"):
+            raise SciarError(f"unknown strategy {st!r} (lm, retrieval, hybrid or hybrid:<model vote weight>)")
+        if w:
+            try:
+                float(w)
+            except ValueError:
+                raise SciarError(f"bad model vote weight in {st!r}") from None
     if n < 1:
         raise SciarError("n must be at least 1")
     t_start = time.perf_counter()
@@ -154,7 +161,8 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
     sm = matcher()
     gen = index = None
     info = {}
-    if {"lm", "hybrid"} & set(strategies):
+    bases = {st.partition(":")[0] for st in strategies}
+    if {"lm", "hybrid"} & bases:
         from domains.crystals.generate import CrystalGenerator
 
         if checkpoint is None:
@@ -164,7 +172,7 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
         gen = CrystalGenerator(checkpoint)
         info["checkpoint"] = str(gen.path)
         info["checkpoint_data"] = gen.ck.domain.get("data")
-    if {"retrieval", "hybrid"} & set(strategies):
+    if {"retrieval", "hybrid"} & bases:
         if train is None:
             raise SciarError("the retrieval strategy needs --train (the template index)")
         from domains.crystals.retrieval import RetrievalIndex
@@ -202,7 +210,8 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
                 for c in cands:
                     c.csp_ok = c.structure is not None and csp_filter(c.structure)
             else:
-                cands = hybrid_candidates(index, lm, comp, n, sm)
+                w = st.partition(":")[2]
+                cands = hybrid_candidates(index, lm, comp, n, sm, lm_weight=float(w) if w else HYBRID_LM_WEIGHT)
             rms = []
             for c in cands:
                 key = id(c.structure)
@@ -268,7 +277,7 @@ def _prompt_composition(cif_text: str, target):
 
 
 def hybrid_candidates(index, lm_cands: list[Cand], comp, n: int, sm, pool: int = 40, tau: float = 4.0,
-                      lm_weight: float = 1.0) -> list[Cand]:
+                      lm_weight: float = HYBRID_LM_WEIGHT) -> list[Cand]:
     """Consensus of the two predictors: cluster the retrieval pool and the model's samples with the matcher.
 
     Each of the ``pool`` most similar templates votes with its similarity weight ``exp(-d / tau)``
@@ -307,6 +316,14 @@ def hybrid_candidates(index, lm_cands: list[Cand], comp, n: int, sm, pool: int =
             else:
                 clusters.append([c, r, lw, c.score if c.source == "lm" else -np.inf])
     clusters.sort(key=lambda cl: (-(cl[1] + cl[2]), -cl[3]))
+    # a quarter of the slots is kept for the model's own proposals, so that structures only the
+    # model finds are not crowded out by the long tail of retrieved templates
+    k_lm = n // 4
+    head = clusters[: n - k_lm]
+    rest = clusters[n - k_lm :]
+    lm_rest = [cl for cl in rest if cl[2] > 0][:k_lm]
+    others = [cl for cl in rest if not any(cl is x for x in lm_rest)]
+    clusters = head + lm_rest + others
     out = []
     for rep, r, lw, best in clusters:
         rep.extra.update(votes_retrieval=round(r, 4), votes_lm=round(lw, 4))
