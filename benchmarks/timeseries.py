@@ -38,13 +38,14 @@ def main(argv=None):
     ap.add_argument("--datasets", nargs="*", help="file names in ../shared/data/timeseries (default: all)")
     ap.add_argument("--out", default="runs/bench-timeseries", help="checkpoints and JSON go here")
     ap.add_argument("--preset", default="default")
-    ap.add_argument("--init", default=None, help="fine-tune from this backbone (e.g. timeseries-pretrained)")
+    ap.add_argument("--init", default="timeseries-pretrained",
+                    help="fine-tune from this backbone, kept if fine-tuning never beats it on validation ('' = from scratch)")
     ap.add_argument("--adapter-only", action="store_true")
     ap.add_argument("--zero-shot", default="timeseries-pretrained", help="backbone scored zero-shot ('' to skip)")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--ablate-time", action="store_true", help="also train without calendar embeddings")
     ap.add_argument("--full", action="store_true", help="every test window on the large sets too")
-    ap.add_argument("--max-windows", type=int, default=2000, help="windows scored on the large sets without --full")
+    ap.add_argument("--max-windows", type=int, default=1000, help="windows scored on the large sets without --full")
     ap.add_argument("--no-ets", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -64,7 +65,7 @@ def main(argv=None):
         print(f"== {name}: lookback {st['lookback']}, horizons {st['horizons']}, "
               f"{'every test window' if mw is None else f'{mw} test windows'}", flush=True)
         res = run_benchmark(SHARED / name, st["lookback"], st["horizons"], out / f"{name.split('.')[0]}.json",
-                            init=args.init, adapter_only=args.adapter_only, zero_shot=args.zero_shot or None,
+                            init=args.init or None, adapter_only=args.adapter_only, zero_shot=args.zero_shot or None,
                             preset=args.preset, max_steps=args.max_steps, ablate_time=args.ablate_time,
                             out=out / name.split(".")[0], ets=not args.no_ets, max_windows=mw, progress=False)
         res["wall_seconds"] = round(time.perf_counter() - t0, 1)

@@ -112,7 +112,7 @@ def test_benchmark_json_and_evaluate(checkpoint, hourly_csv, tmp_path):
                "--max-windows", "40", "--no-progress"])
     assert rc == 0
     res = json.loads(js.read_text())
-    for m in ("sciar", "dlinear", "nlinear", "seasonal_naive", "ets", "zero_shot"):
+    for m in ("sciar", "sciar+nlinear", "dlinear", "nlinear", "seasonal_naive", "ets", "zero_shot"):
         r = res["methods"][m]
         assert set(r["96"]) == {"mse", "mae"} and r["avg"]["mse"] == pytest.approx((r["96"]["mse"] + r["192"]["mse"]) / 2)
         assert "target" in r

@@ -150,3 +150,18 @@ def test_presets_are_valid():
         assert mcfg.vocab_size == 0 and head.segment == 96 and mcfg.block_size >= head.context + 1
     with pytest.raises(SciarError, match="preset"):
         model_configs("huge")
+
+
+def test_finetuning_keeps_the_backbone_when_validation_says_so(tmp_path):
+    from domains.timeseries.pipeline import train_on_series
+
+    s = _etth1_slice(2400)
+    # a learning rate this large wrecks the backbone: the validation split must keep the starting weights
+    summ = train_on_series(None, tmp_path / "ft", init="timeseries-pretrained", series=s, lookback=672, max_steps=4,
+                           lr=0.5, batch_size=8, progress=False, device="cpu")
+    assert summ["kept_start"] and summ["start_val"] < summ["best_val"]
+    ft, ck = load_forecaster(tmp_path / "ft")
+    base, _ = load_forecaster("timeseries-pretrained")
+    assert ck.domain["kept_start"] and ck.domain["stage"] == "finetune"
+    for (k, v), (_, w) in zip(ft.state_dict().items(), base.state_dict().items()):
+        assert torch.equal(v, w), k

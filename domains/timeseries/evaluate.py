@@ -41,6 +41,13 @@ def evaluate(fn: Forecaster, test: np.ndarray, lookback: int, horizons: list[int
     ``test``: standardised values ``[T, C]`` of the test part (beginning one lookback early).
     ``max_windows``: score only this many evenly spaced windows (reported as ``windows``).
     """
+    return evaluate_many({"_": fn}, test, lookback, horizons, channels, chunk, max_windows)["_"]
+
+
+def evaluate_many(fns: dict[str, Forecaster], test: np.ndarray, lookback: int, horizons: list[int],
+                  channels: list[int] | None = None, chunk: int = 4096, max_windows: int | None = None) -> dict:
+    """:func:`evaluate` for several forecasters over the same windows, called in order on each chunk
+    (so a later one may combine an earlier one's forecasts of the same chunk)."""
     H = max(horizons)
     T, C = test.shape
     n_win = {h: T - lookback - h + 1 for h in horizons}
@@ -50,33 +57,53 @@ def evaluate(fn: Forecaster, test: np.ndarray, lookback: int, horizons: list[int
     starts_all = np.arange(n_win[min(horizons)])
     if max_windows and len(starts_all) > max_windows:
         starts_all = np.unique(np.linspace(0, len(starts_all) - 1, max_windows).round().astype(int))
-    sse = {h: np.zeros(C) for h in horizons}
-    sae = {h: np.zeros(C) for h in horizons}
-    cnt = {h: np.zeros(C) for h in horizons}
+    acc = {name: {k: {h: np.zeros(C) for h in horizons} for k in ("sse", "sae", "cnt")} for name in fns}
+    secs = {name: 0.0 for name in fns}
     # pad the end so every window has H targets; windows that run past the data are masked per horizon
     padded = np.concatenate([test, np.full((H, C), np.nan, dtype=test.dtype)])
-    t0 = time.perf_counter()
     pairs = np.array([(s, c) for s in starts_all for c in chans])
     for i in range(0, len(pairs), chunk):
         p = pairs[i : i + chunk]
         idx = p[:, 0][:, None] + np.arange(lookback + H)[None, :]
         win = padded[idx, p[:, 1][:, None]]
-        pred = np.asarray(fn(win[:, :lookback].astype(np.float32), p[:, 0]), dtype=np.float64)
-        if pred.ndim != 2 or pred.shape[0] != len(p) or pred.shape[1] < H:
-            raise RuntimeError(f"forecaster returned {pred.shape}, expected {(len(p), H)}")
-        err = pred[:, :H] - win[:, lookback:]
-        for h in horizons:
-            ok = p[:, 0] < n_win[h]
-            e = err[ok, :h]
-            ch = p[ok, 1]
-            np.add.at(sse[h], ch, np.square(e).sum(axis=1))
-            np.add.at(sae[h], ch, np.abs(e).sum(axis=1))
-            np.add.at(cnt[h], ch, h)
-    out = _summary({h: (sse[h][chans].sum(), sae[h][chans].sum(), cnt[h][chans].sum()) for h in horizons})
-    out["per_channel"] = {int(c): _summary({h: (sse[h][c], sae[h][c], cnt[h][c]) for h in horizons}) for c in chans}
-    out["windows"] = int(len(starts_all))
-    out["seconds"] = round(time.perf_counter() - t0, 2)
-    return out
+        ctx = win[:, :lookback].astype(np.float32)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            pred = np.asarray(fn(ctx, p[:, 0]), dtype=np.float64)
+            secs[name] += time.perf_counter() - t0
+            if pred.ndim != 2 or pred.shape[0] != len(p) or pred.shape[1] < H:
+                raise RuntimeError(f"forecaster {name} returned {pred.shape}, expected {(len(p), H)}")
+            err = pred[:, :H] - win[:, lookback:]
+            a = acc[name]
+            for h in horizons:
+                ok = p[:, 0] < n_win[h]
+                e = err[ok, :h]
+                ch = p[ok, 1]
+                np.add.at(a["sse"][h], ch, np.square(e).sum(axis=1))
+                np.add.at(a["sae"][h], ch, np.abs(e).sum(axis=1))
+                np.add.at(a["cnt"][h], ch, h)
+    results = {}
+    for name, a in acc.items():
+        sse, sae, cnt = a["sse"], a["sae"], a["cnt"]
+        out = _summary({h: (sse[h][chans].sum(), sae[h][chans].sum(), cnt[h][chans].sum()) for h in horizons})
+        out["per_channel"] = {int(c): _summary({h: (sse[h][c], sae[h][c], cnt[h][c]) for h in horizons}) for c in chans}
+        out["windows"] = int(len(starts_all))
+        out["seconds"] = round(secs[name], 2)
+        results[name] = out
+    return results
+
+
+class Memo:
+    """Remembers a forecaster's last chunk, so that a combination evaluated after it reuses the forecasts."""
+
+    def __init__(self, fn: Forecaster):
+        self.fn, self.key, self.value = fn, None, None
+
+    def __call__(self, ctx, starts):
+        key = (ctx.shape, float(ctx[:, -1].sum()), int(starts.sum()))
+        if key != self.key:
+            self.key, self.value = key, self.fn(ctx, starts)
+        return self.value
 
 
 def _summary(acc: dict) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +88,13 @@ def load_forecaster(checkpoint: str | Path, device: str = "cpu") -> tuple[Segmen
 def fit(
     model: SegmentForecaster, train_parts: list[Part], val_parts: list[Part] | None, out: str | Path, tcfg: TrainConfig,
     extra_config: dict | None = None, domain_extra: dict | None = None, adapter_only: bool = False, resume: bool = True,
+    keep_start: bool = False,
 ) -> dict:
-    """Train ``model`` on windows of the parts with :func:`sciar.train.train`; writes a checkpoint to ``out``."""
+    """Train ``model`` on windows of the parts with :func:`sciar.train.train`; writes a checkpoint to ``out``.
+
+    ``keep_start``: also score the starting weights on the validation batches and keep them when no
+    training step beats them (fine-tuning a backbone that already generalises better than it can be tuned).
+    """
     head = model.head
     src = SegmentWindows(train_parts, val_parts, head.segment, head.window - 1)
     model.freeze_trunk(adapter_only)
@@ -98,10 +103,37 @@ def fit(
                                                       for p in train_parts])
     domain = {"domain": DOMAIN, "data_fingerprint": fp, "adapter_only": adapter_only,
               "trainable_params": count_params(model, True), "params": count_params(model), **(domain_extra or {})}
+    start_val = None
+    if keep_start and src.has_val and not (resume and (Path(out) / "last" / "trainer.json").is_file()):
+        start_val = val_loss(model, src, tcfg)
+        start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     summary = train(model, src, tcfg, out, checkpoint_config=config, tokenizer=None, domain=domain, resume=resume)
+    if start_val is not None:
+        summary["start_val"] = start_val
+        summary["kept_start"] = bool(start_val <= summary["best_val"])
+        if summary["kept_start"]:
+            # fine-tuning never beat the starting weights on the validation split: keep those
+            from sciar.checkpoint import save_checkpoint
+
+            model.load_state_dict(start_state)
+            save_checkpoint(out, model, config, None, dict(domain, train_config=asdict(tcfg), step=0,
+                                                           kept_start=True, start_val=start_val))
     summary["train_windows"] = src.num_windows("train")
     summary["trainable_params"] = domain["trainable_params"]
     return summary
+
+
+@torch.no_grad()
+def val_loss(model: SegmentForecaster, src: SegmentWindows, tcfg: TrainConfig) -> float:
+    """The validation loss exactly as :func:`sciar.train.train` computes it (same batches)."""
+    from sciar.train import _batch_generator
+
+    was = model.training
+    model.eval()
+    losses = [float(model(**src.get_batch("val", tcfg.batch_size, _batch_generator(tcfg.seed + 7, 0, i))))
+              for i in range(tcfg.eval_batches)]
+    model.train(was)
+    return sum(losses) / len(losses)
 
 
 def window_marks(cal: np.ndarray, starts: np.ndarray, n_seg: int, segment: int) -> np.ndarray:
@@ -215,8 +247,12 @@ def train_on_series(csv, out, target=None, features="all", init=None, adapter_on
     if window is not None:
         model.head.window = window
     fit_window(model, tr, va)
+    if init is not None:
+        # fine-tuning a backbone: a gentler rate, short schedule and frequent validation (small sets overfit fast)
+        lr = lr or PRESETS[preset]["lr"] / 5
+        max_steps = max_steps or min(PRESETS[preset]["max_steps"], 600)
     tcfg = train_config(preset, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device, progress=progress,
-                        seed=seed)
+                        seed=seed, **({"eval_every": 50, "save_every": 50} if init is not None else {}))
     data_info = {"name": series.name, "columns": series.columns, "target": series.target, "features": features,
                  "lookback": lookback, "split": prep.splits.kind, "scaler": prep.scaler.to_dict(),
                  "step": str(series.step) if series.step is not None else None}
@@ -225,7 +261,7 @@ def train_on_series(csv, out, target=None, features="all", init=None, adapter_on
     t0 = _time.perf_counter()
     summary = fit(model, [tr], [va], out, tcfg, extra_config={"data": data_info},
                   domain_extra={"stage": "adapter" if adapter_only else ("finetune" if init else "train"), **init_info},
-                  adapter_only=adapter_only, resume=resume)
+                  adapter_only=adapter_only, resume=resume, keep_start=init is not None)
     summary["seconds"] = round(_time.perf_counter() - t0, 1)
     return summary
 
@@ -234,10 +270,14 @@ def evaluate_model(model: SegmentForecaster, prep: Prepared, lookback: int, hori
                    max_windows: int | None = None, channels: list[int] | None = None, device: str = "cpu") -> dict:
     from .evaluate import evaluate
 
-    H = max(horizons)
-    cal = extended_calendar(prep.test.cal, prep.series, prep.splits.test[1], H + model.head.segment)
-    fn = model_forecaster(model, cal, lookback, H, device=device)
+    fn = split_forecaster(model, prep, lookback, max(horizons), device)
     return evaluate(fn, prep.test.values, lookback, horizons, channels=channels, max_windows=max_windows)
+
+
+def split_forecaster(model: SegmentForecaster, prep: Prepared, lookback: int, horizon: int, device: str = "cpu"):
+    """The model as a forecaster over the test part of ``prep`` (calendar continued past its end)."""
+    cal = extended_calendar(prep.test.cal, prep.series, prep.splits.test[1], horizon + model.head.segment)
+    return model_forecaster(model, cal, lookback, horizon, device=device)
 
 
 def evaluate_checkpoint(checkpoint, series: Series, lookback: int, horizons: list[int], split: str = "auto",
