@@ -166,9 +166,11 @@ def train(
     dinfo = init_distributed(device)
     if dinfo.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dinfo.local_rank)
-    if cfg.grad_accum % dinfo.world:
-        raise SciarError(f"grad_accum ({cfg.grad_accum}) must be a multiple of the number of processes ({dinfo.world})")
-    local_accum = cfg.grad_accum // dinfo.world
+    # the processes share a step's micro-batches; with fewer micro-batches than processes each takes one
+    local_accum = max(1, round(cfg.grad_accum / dinfo.world))
+    if dinfo.main and local_accum * dinfo.world != cfg.grad_accum:
+        print(f"note: {dinfo.world} processes x {local_accum} micro-batches of {cfg.batch_size}: "
+              f"{local_accum * dinfo.world * cfg.batch_size} sequences per step (grad_accum {cfg.grad_accum} asked)")
     torch.manual_seed(cfg.seed)
     model.to(device)
     opt = make_optimizer(model, cfg, device)
