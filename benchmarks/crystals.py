@@ -1,13 +1,16 @@
 """Crystal benchmarks: structure prediction on every split with all three strategies, and generation speed.
 
     python benchmarks/crystals.py --limit 50 --json crystals.json             # shipped model, CPU
+    python benchmarks/crystals.py --splits --no-speed                         # only the held-out validity
     python benchmarks/crystals.py --limit 300 --checkpoint CK --json out.json # a bigger run
 
 For each split in ../shared/data/crystals/ (perov_5, carbon_24, mp_20; MP-20's train file is
 a subset of the published one) it runs ``lm``, ``retrieval`` and ``hybrid`` on the same seeded
 test subset and prints match rate and RMSE at n=1 and n=20, valid rate and count. Then it
 times generation of 20 structures for one composition with the shipped model, with the KV
-cache and without it (the reference), and prints the ratio.
+cache and without it (the reference), and prints the ratio, and measures validity (every check,
+CrystalNN bonds included) of n samples for each of k MP-20 test compositions whose reduced
+formula is in none of the training data, with and without Wyckoff snapping.
 """
 
 from __future__ import annotations
@@ -46,6 +49,46 @@ def speed(checkpoint: str, composition: str = "Na4Cl4", n: int = 20, repeats: in
     return out
 
 
+def validity_heldout(checkpoint: str, data: Path, k: int = 10, n: int = 20, seed: int = 0, bonds: bool = True) -> dict:
+    """Validity of n samples for each of k MP-20 test compositions whose reduced formula is in no training data."""
+    import pandas as pd
+    from pymatgen.core import Composition
+
+    from domains.crystals.cif import canonicalize, structure_from_cif
+    from domains.crystals.generate import CrystalGenerator, make_prompt
+    from domains.crystals.validity import check_cif
+
+    seen = set(pd.read_parquet(ROOT / "data" / "crystals" / "default.parquet")["reduced_formula"])
+    for split in SPLITS:
+        seen |= {Composition(f).reduced_formula for f in pd.read_csv(data / split / "train.csv.gz")["formula"]}
+    test = pd.read_csv(data / "mp_20" / "test.csv.gz").sample(frac=1.0, random_state=seed)
+    gen = CrystalGenerator(checkpoint)
+    rows, comps = [], []
+    for cif in test["cif"]:
+        if len(comps) == k:
+            break
+        try:
+            c = canonicalize(structure_from_cif(cif, rebuild=False))
+        except Exception:
+            continue
+        if c.reduced_formula in seen:
+            continue
+        comps.append(c.formula)
+        for snap in (False, True):
+            for smp in gen.sample([make_prompt(Composition(c.formula))], n, seed=seed, snap=snap):
+                r = check_cif(smp.text, bonds=bonds)
+                rows.append({"composition": c.formula, "snap": snap, "valid": r["valid"], "smact": r["smact"],
+                             **{ch: r[ch] for ch in ("sensible", "formula", "multiplicity", "sites", "min_distance",
+                                                     "bonds", "spacegroup")}})
+    df = pd.DataFrame(rows)
+    out = {"compositions": comps, "n": n, "bonds_checked": bonds}
+    for snap, g in df.groupby("snap"):
+        out["snapped" if snap else "raw"] = {"count": int(len(g)), "valid_rate": float(g["valid"].mean()),
+                                             **{f"{c}_rate": float(g[c].mean()) for c in g.columns
+                                                if c not in ("composition", "snap", "valid")}}
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "crystals"))
@@ -56,25 +99,40 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--no-validity", action="store_true")
+    ap.add_argument("--validity-k", type=int, default=10, help="held-out compositions for the validity figure")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     import torch
 
     torch.set_num_threads(1)
-    from domains.crystals.benchmark import format_result, run_benchmark
+    from domains.crystals.benchmark import format_result, run_benchmarks
 
     results = {"limit": args.limit, "n": args.n, "seed": args.seed, "checkpoint": args.checkpoint, "runs": []}
     for split in args.splits:
         d = Path(args.data) / split
-        for strat in args.strategies:
-            r = run_benchmark(d / "test.csv.gz", d / "train.csv.gz", strat, checkpoint=args.checkpoint if strat != "retrieval" else None,
-                              n=args.n, limit=args.limit, seed=args.seed, progress=False)
+        t = time.perf_counter()
+        rs = run_benchmarks(d / "test.csv.gz", d / "train.csv.gz", args.strategies, checkpoint=args.checkpoint,
+                            n=args.n, limit=args.limit, seed=args.seed, progress=False)
+        for r in rs:
             r["split"] = split
             results["runs"].append(r)
-            print(f"{split:<10} {format_result(r)}  ({r['seconds']} s)", flush=True)
-            if args.json:
-                Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+            print(f"{split:<10} {format_result(r)}", flush=True)
+        print(f"{split:<10} ({time.perf_counter() - t:.0f} s for all strategies)", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    if not args.no_validity:
+        v = validity_heldout(args.checkpoint, Path(args.data), k=args.validity_k, n=args.n, seed=args.seed)
+        results["validity_heldout"] = v
+        for key in ("raw", "snapped"):
+            if key in v:
+                print(f"validity on {len(v['compositions'])} held-out MP-20 compositions x {v['n']} ({key}): "
+                      f"{v[key]['valid_rate']:.1%} valid (" + ", ".join(f"{c[:-5]} {x:.0%}" for c, x in v[key].items()
+                                                              if c.endswith("_rate") and c != "valid_rate") + ")",
+                      flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     if not args.no_speed:
         s = speed(args.checkpoint, n=args.n, seed=args.seed)
         results["speed"] = s

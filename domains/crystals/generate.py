@@ -383,9 +383,38 @@ class CrystalGenerator:
                 out.append(Sample(p.text, text, g.logprob, len(g.tokens), g.stopped, moved))
         return out
 
+    def header_logprobs(self, prompts: list[Prompt]) -> list[float]:
+        """The model's log-probability of each prompt's ``data_<formula>`` line (its prior over Z)."""
+        import torch.nn.functional as F
+
+        out = []
+        for p in prompts:
+            ids = self.tok.encode(f"data_{p.formula}\n")
+            x = torch.tensor([ids])
+            with torch.no_grad():
+                logits = self.model(x)
+            lp = F.log_softmax(logits[0, :-1].float(), -1).gather(1, x[0, 1:, None])
+            out.append(float(lp.sum()))
+        return out
+
+    def allocate(self, prompts: list[Prompt], n: int) -> list[int]:
+        """Spread n samples over prompts (formula-unit counts) in proportion to the model's prior."""
+        import numpy as np
+
+        if len(prompts) == 1:
+            return [n]
+        lp = np.array(self.header_logprobs(prompts))
+        w = np.exp(lp - lp.max())
+        w /= w.sum()
+        base = np.floor(w * n).astype(int)
+        for i in np.argsort(-(w * n - base))[: n - base.sum()]:
+            base[i] += 1
+        return base.tolist()
+
     def sample_composition(self, composition: str, n: int = 20, spacegroup: str | None = None, z: int | None = None,
                            **kw) -> list[Sample]:
-        """``n`` samples for a user's composition, spread over the formula-unit counts that fit."""
+        """``n`` samples for a user's composition, spread over the formula-unit counts that fit
+        in proportion to the model's probability of each ``data_`` header."""
         prompts = prompts_for(composition, spacegroup, z)
         fitting, err = [], None
         for p in prompts:
@@ -396,7 +425,7 @@ class CrystalGenerator:
                 err = err or e
         if not fitting:
             raise err
-        per = [n // len(fitting) + (1 if i < n % len(fitting) else 0) for i in range(len(fitting))]
+        per = self.allocate(fitting, n)
         out = []
         for p, k in zip(fitting, per):
             if k:
