@@ -25,7 +25,7 @@ from sciar.errors import SciarError
 
 DEFAULT_CHECKPOINT = "crystal-small"
 TABLE_COLUMNS = ["simulation", "prompt", "formula", "spacegroup", "energy", "reward", "valid", "checks_valid", "reasons",
-                 "bond_score", "n_atoms", "error", "duplicate", "n_tokens", "stopped", "elapsed_s", "cif"]
+                 "bond_score", "n_atoms", "moved_sites", "error", "duplicate", "n_tokens", "stopped", "elapsed_s", "cif"]
 
 
 @lru_cache(maxsize=2)
@@ -113,11 +113,29 @@ def evaluate_cifs(texts: list[str], scorer) -> list:
     return out
 
 
-def crystal_evaluator(tok, scorer):
-    """``evaluate(token sequences) -> [Evaluation]`` for :class:`mcts.Problem`."""
+def crystal_evaluator(tok, scorer, snap: bool = True):
+    """``evaluate(token sequences) -> [Evaluation]`` for :class:`mcts.Problem`.
+
+    Complete CIFs get what ``sample`` does to its output: with ``snap``, sites the model placed
+    off a position of their stated multiplicity move onto the nearest such Wyckoff position
+    (:func:`domains.crystals.generate.snap_to_wyckoff`); ``moved_sites`` counts them.
+    """
+    from domains.crystals.generate import snap_to_wyckoff
 
     def evaluate(seqs):
-        return evaluate_cifs([tok.decode(s).rstrip("\n") + "\n" for s in seqs], scorer)
+        texts, moved = [], []
+        for s in seqs:
+            raw = tok.decode(s)
+            text = raw.rstrip("\n") + "\n"
+            m = 0
+            if snap and raw.endswith("\n\n"):  # stopped: a complete CIF
+                text, m = snap_to_wyckoff(text)
+            texts.append(text)
+            moved.append(m)
+        evs = evaluate_cifs(texts, scorer)
+        for ev, m in zip(evs, moved):
+            ev.info["moved_sites"] = m
+        return evs
 
     return evaluate
 
@@ -152,7 +170,7 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
                        scorer: str | object = "cgcnn", relax: bool = False, seed: int | None = 0,
                        checkpoint: str = DEFAULT_CHECKPOINT, batch: int = 8, selection: str = "puct",
                        rollout_top_k: int | None = None, temperature: float = 1.0, cache: str = "tree",
-                       progress: bool = True, generator=None) -> CrystalSearch:
+                       snap: bool = True, progress: bool = True, generator=None) -> CrystalSearch:
     """MCTS over CIFs for one composition. ``scorer``: ``cgcnn``, ``chgnet`` or any callable on structures."""
     from domains.crystals.energy import make_scorer
     from domains.crystals.generate import cif_grammar, prompts_for
@@ -178,7 +196,7 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
     nl = gen.vocab.nl
     problem = Problem(
         prompts=[tok.encode(p.text) for p in fitting],
-        evaluate=crystal_evaluator(tok, score_fn),
+        evaluate=crystal_evaluator(tok, score_fn, snap),
         stop=[[nl, nl]],
         grammar=lambda i: cif_grammar(gen.vocab, fitting[i]),
         decode=lambda s: tok.decode(s),
