@@ -60,7 +60,8 @@ class SearchConfig:
     width: int = 10  # children per node: the model's top-k next tokens
     c: float = 5.0  # exploration constant
     selection: str = "puct"  # puct | uct
-    fpu: str = "parent"  # value of an unvisited child under PUCT: the parent's mean (parent) or 0 (zero)
+    fpu: str = "parent"  # value of an unvisited child under PUCT: the parent's value (parent) or 0 (zero)
+    backup: str = "mean"  # a node's value: mean reward below it (CrystaLLM) or the best (max)
     rollout_top_k: int | None = None  # top-k of rollout sampling (default: width, as CrystaLLM)
     temperature: float = 1.0
     forced: float = 0.99  # chain tokens above this probability into one edge
@@ -79,6 +80,8 @@ class SearchConfig:
             raise SciarError("width must be at least 1")
         if self.selection not in ("puct", "uct"):
             raise SciarError(f"unknown selection rule {self.selection!r} (puct or uct)")
+        if self.backup not in ("mean", "max"):
+            raise SciarError(f"unknown backup {self.backup!r} (mean or max)")
         if self.fpu not in ("parent", "zero"):
             raise SciarError(f"unknown fpu {self.fpu!r} (parent or zero)")
         if self.cache not in ("tree", "prefill", "none"):
@@ -213,59 +216,49 @@ def search(model: LanguageModel, problem: Problem, config: SearchConfig | None =
     while sims < budget and not root.exhausted:
         if cfg.seconds is not None and time.perf_counter() - t0 >= cfg.seconds:
             break
-        picks: list[tuple[Node, int | None]] = []
-        n_want = int(min(cfg.batch, budget - sims))
-        for _ in range(n_want):
-            sel = select(root, cfg.c, cfg.selection, cfg.fpu)
-            if sel is None:
+        expand: list[tuple[Node, int]] = []
+        for _ in range(int(min(cfg.batch, budget - sims))):
+            sel = select(root, cfg.c, cfg.selection, cfg.fpu, cfg.backup)
+            if sel is None:  # every remaining choice is pending in this batch or exhausted
                 break
             node, action = sel
-            if action is None:  # a finished sequence: its reward is known
-                backup(node, node.reward if node.reward is not None else -1.0)
-                sims += 1
-                picks.append((node, None))
-                if sims >= budget:
-                    break
-                continue
             node.pending.add(action)
             add_virtual_loss(node, cfg.rollouts)
-            picks.append((node, action))
-        expand = [(n, a) for n, a in picks if a is not None]
-        if not picks:
+            expand.append((node, action))
+        if not expand:
             break
-        if expand:
-            reqs = []
-            for node, a in expand:
-                segs = node.segments() if cfg.cache == "tree" else None
-                reqs += [Request(node.tokens, node.prompt, node.prompt_len, segs, a)] * cfg.rollouts
-            outs = rollout_batch(dec, reqs, gen)
-            evs = score_all([o.sequence for o in outs])
-            for j, (node, a) in enumerate(expand):
-                sim = sims + 1
-                group = outs[j * cfg.rollouts:(j + 1) * cfg.rollouts]
-                gevs = evs[j * cfg.rollouts:(j + 1) * cfg.rollouts]
-                rs = []
-                for o, ev in zip(group, gevs):
-                    r = float(reward_fn(ev))
-                    key = tuple(o.sequence)
-                    record(o.sequence, node.prompt_len, node.prompt, ev, r, sim, o.stopped, key in seen)
-                    seen.add(key)
-                    rs.append(r)
-                first = group[0]
-                child = Node(node, first.edge, node.tokens + first.edge, first.edge_kv, first.child_probs,
-                             cfg.width, first.child_terminal, node.prompt, node.prompt_len)
-                if child.terminal:
-                    child.reward = rs[0]
-                node.children[a] = child
-                node.pending.discard(a)
-                n_nodes += 1
-                add_virtual_loss(node, -cfg.rollouts)
-                backup(child, sum(rs) / len(rs))
-                sims += 1
-                hist.append({"simulation": sims, "best_reward": best_reward, "mean_reward": reward_sum / max(n_rewards, 1),
-                             "valid": valid_count, "sequences": n_rewards, "best_score": best_score,
-                             "elapsed_s": time.perf_counter() - t0})
-        bar.update(len(picks))
+        reqs = []
+        for node, a in expand:
+            segs = node.segments() if cfg.cache == "tree" else None
+            reqs += [Request(node.tokens, node.prompt, node.prompt_len, segs, a)] * cfg.rollouts
+        outs = rollout_batch(dec, reqs, gen)
+        evs = score_all([o.sequence for o in outs])
+        for j, (node, a) in enumerate(expand):
+            sim = sims + 1
+            group = outs[j * cfg.rollouts:(j + 1) * cfg.rollouts]
+            gevs = evs[j * cfg.rollouts:(j + 1) * cfg.rollouts]
+            rs = []
+            for o, ev in zip(group, gevs):
+                r = float(reward_fn(ev))
+                key = tuple(o.sequence)
+                record(o.sequence, node.prompt_len, node.prompt, ev, r, sim, o.stopped, key in seen)
+                seen.add(key)
+                rs.append(r)
+            first = group[0]
+            child = Node(node, first.edge, node.tokens + first.edge, first.edge_kv, first.child_probs,
+                         cfg.width, first.child_terminal, node.prompt, node.prompt_len)
+            if child.terminal:
+                child.reward = rs[0]
+            node.children[a] = child
+            node.pending.discard(a)
+            n_nodes += 1
+            add_virtual_loss(node, -cfg.rollouts)
+            backup(child, sum(rs) / len(rs))
+            sims += 1
+            hist.append({"simulation": sims, "best_reward": best_reward, "mean_reward": reward_sum / max(n_rewards, 1),
+                         "valid": valid_count, "sequences": n_rewards, "best_score": best_score,
+                         "elapsed_s": time.perf_counter() - t0})
+        bar.update(len(expand))
         bar.set_postfix(valid=valid_count, best=f"{best_score:.3f}" if best_score < math.inf else "-", refresh=False)
         if on_batch is not None:
             on_batch({"simulations": sims, "valid": valid_count, "best_score": best_score, "sequences": n_rewards})

@@ -13,7 +13,7 @@ class Node:
     """A token prefix. Its children are the model's top-``width`` next tokens with renormalised priors."""
 
     __slots__ = ("parent", "edge", "tokens", "prompt", "prompt_len", "kv", "actions", "priors", "children",
-                 "pending", "N", "W", "vloss", "terminal", "reward", "exhausted")
+                 "pending", "N", "W", "M", "vloss", "terminal", "reward", "exhausted")
 
     def __init__(self, parent: "Node | None", edge: list[int], tokens: list[int], kv: Segment | None,
                  probs: torch.Tensor | None, width: int, terminal: bool, prompt: int = 0, prompt_len: int = 0):
@@ -34,7 +34,8 @@ class Node:
         self.children: dict[int, Node] = {}
         self.pending: set[int] = set()  # actions being expanded in the current batch
         self.N = 0
-        self.W = 0.0
+        self.W = 0.0  # sum of backed-up rewards
+        self.M = -math.inf  # best reward below this node
         self.vloss = 0
         self.reward: float | None = None  # a terminal node's reward (its sequence is scored once)
         self.exhausted = terminal  # nothing left to expand below
@@ -42,6 +43,15 @@ class Node:
     @property
     def Q(self) -> float:
         return self.W / self.N if self.N else 0.0
+
+    def value(self, backup: str) -> tuple[float, int]:
+        """(value, visits) with pending simulations counted as visits of reward -1 (virtual loss)."""
+        n = self.N + self.vloss
+        if n == 0:
+            return 0.0, 0
+        if backup == "max":
+            return (self.M * self.N - self.vloss) / n, n
+        return (self.W - self.vloss) / n, n
 
     @classmethod
     def virtual_root(cls, children: list["Node"]) -> "Node":
@@ -79,40 +89,38 @@ class Node:
         )
 
 
-def select(root: Node, c: float, rule: str = "puct", fpu: str = "parent") -> tuple[Node, int | None] | None:
+def select(root: Node, c: float, rule: str = "puct", fpu: str = "parent", backup: str = "mean") -> tuple[Node, int] | None:
     """Walk from the root to a node and pick an action to expand.
 
     Returns ``(node, action)`` for a new child, or None when every choice is pending or
     exhausted. Finished sequences are not selected again (their one visit stays counted),
-    so every simulation yields a new sequence.
-    Virtual losses (each pending simulation counts as a visit with reward -1) spread
-    one batch of simulations over different branches.
+    so every simulation yields a new sequence. Virtual losses (each pending simulation
+    counts as a visit with reward -1) spread one batch of simulations over different
+    branches. ``backup``: a node's value is the mean reward below it (CrystaLLM) or the best.
     """
     node = root
     while True:
         if node.terminal:
-            return node, None
+            return None
         best, best_score = None, -math.inf
-        n_parent = node.N + node.vloss
+        parent_q, n_parent = node.value(backup)
         for a, p in zip(node.actions, node.priors):
             if a in node.pending:
                 continue
             child = node.children.get(a)
             if child is not None and child.exhausted:
                 continue  # a finished sequence or a fully searched subtree: nothing new to learn there
-            if child is None or child.N + child.vloss == 0:
+            q, n = child.value(backup) if child is not None else (0.0, 0)
+            if n == 0:
                 if rule == "uct":
                     score = math.inf
                 else:
-                    q = (node.W - node.vloss) / n_parent if (fpu == "parent" and n_parent) else 0.0
+                    q = parent_q if fpu == "parent" else 0.0
                     score = q + c * p * math.sqrt(max(n_parent, 1))
+            elif rule == "uct":
+                score = q + c * math.sqrt(math.log(max(n_parent, 1)) / n)
             else:
-                n = child.N + child.vloss
-                q = (child.W - child.vloss) / n
-                if rule == "uct":
-                    score = q + c * math.sqrt(math.log(max(n_parent, 1)) / n)
-                else:
-                    score = q + c * p * math.sqrt(n_parent) / (1 + n)
+                score = q + c * p * math.sqrt(n_parent) / (1 + n)
             if score > best_score:
                 best, best_score = a, score
         if best is None:
@@ -133,4 +141,5 @@ def backup(node: Node, reward: float):
     for n in node.path():
         n.N += 1
         n.W += reward
+        n.M = max(n.M, reward)
         n.update_exhausted()

@@ -96,8 +96,10 @@ def test_search_steers_toward_low_scores(model):
     assert sum(mcts_best) <= sum(samp_best) + 4, (mcts_best, samp_best)
 
 
-def test_uct_and_several_prompts(model):
+def test_uct_max_backup_and_several_prompts(model):
     res = search(model, problem(), cfg(selection="uct", c=1.0), progress=False)
+    assert len(res.table) == 60 and res.table["valid"].any()
+    res = search(model, problem(), cfg(backup="max", c=1.0), progress=False)
     assert len(res.table) == 60 and res.table["valid"].any()
     p = Problem([[BOS], [BOS] + TOK.encode("x=7")], toy_evaluate, stop=[NL])
     t = search(model, p, cfg(simulations=40), progress=False).table
@@ -149,6 +151,8 @@ def test_budgets_and_bad_input(model):
         search(model, problem(), cfg(simulations=0))
     with pytest.raises(SciarError, match="selection"):
         search(model, problem(), cfg(selection="best"))
+    with pytest.raises(SciarError, match="backup"):
+        search(model, problem(), cfg(backup="median"))
     with pytest.raises(SciarError, match="no room"):
         search(model, Problem([[BOS] * 16], toy_evaluate, stop=[NL]), cfg())
     t0 = time.perf_counter()

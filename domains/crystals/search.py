@@ -170,14 +170,15 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
                        scorer: str | object = "cgcnn", relax: bool = False, seed: int | None = 0,
                        checkpoint: str = DEFAULT_CHECKPOINT, batch: int = 8, selection: str = "puct",
                        rollout_top_k: int | None = None, temperature: float = 1.0, cache: str = "tree",
-                       snap: bool = True, progress: bool = True, generator=None) -> CrystalSearch:
+                       backup: str = "mean", snap: bool = True, progress: bool = True, generator=None) -> CrystalSearch:
     """MCTS over CIFs for one composition. ``scorer``: ``cgcnn``, ``chgnet`` or any callable on structures."""
     from domains.crystals.energy import make_scorer
     from domains.crystals.generate import cif_grammar, prompts_for
     from mcts import Problem, SearchConfig, search
 
     cfg = SearchConfig(simulations=simulations, seconds=seconds, width=width, c=c, selection=selection,
-                       rollout_top_k=rollout_top_k, temperature=temperature, batch=batch, seed=seed, cache=cache)
+                       rollout_top_k=rollout_top_k, temperature=temperature, batch=batch, seed=seed, cache=cache,
+                       backup=backup)
     cfg.check()  # a zero budget fails before any model is loaded
     prompts = prompts_for(composition, spacegroup, z)  # unknown elements, bad formulas and space groups fail here
     gen = generator or load_generator(checkpoint)
@@ -280,7 +281,7 @@ def summarise(cs: CrystalSearch) -> dict:
         "seconds": round(float(cs.result.seconds), 2),
         "simulations_per_s": round(cs.result.simulations / cs.result.seconds, 3) if cs.result.seconds else None,
         "nodes": int(cs.result.nodes), "scorer_errors": int(t["error"].fillna("").str.startswith(("cgcnn", "chgnet", "scorer")).sum()),
-        "config": {k: cs.result.config[k] for k in ("width", "c", "selection", "batch", "seed", "cache")},
+        "config": {k: cs.result.config[k] for k in ("width", "c", "selection", "backup", "batch", "seed", "cache")},
     }
 
 
@@ -456,13 +457,14 @@ def search_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: best CIFs, results.csv/.parquet, rewards.png, summary.json."),
     checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, "--checkpoint", help="Crystal model: shipped name or checkpoint folder."),
     selection: str = typer.Option("puct", "--selection", help="Selection rule: puct or uct."),
+    backup: str = typer.Option("mean", "--backup", help="Node value: mean reward below it (CrystaLLM) or max (the best found; searches for the single lowest energy)."),
     batch: int = typer.Option(8, "--batch", help="Simulations whose rollouts and scoring run as one batch."),
     top: int = typer.Option(5, "--top", help="How many of the best distinct structures to write as CIFs."),
 ):
     """Monte Carlo tree search for low-formation-energy structures of a composition (CrystaLLM's MCTS)."""
     cs = search_composition(composition, spacegroup, z, simulations=simulations, seconds=seconds, width=width, c=c,
                             scorer=scorer, relax=relax, seed=seed, checkpoint=checkpoint, batch=batch,
-                            selection=selection, progress=True)
+                            selection=selection, backup=backup, progress=True)
     s = write_search(cs, out, top=top)
     typer.echo(summary_line(s))
     if s["best_files"]:

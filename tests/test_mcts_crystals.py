@@ -1,0 +1,175 @@
+"""MCTS structure search on crystals: evaluation and rewards, the search with the shipped model, CLI, batch."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from cli import main
+from domains.crystals.cif import canonical_cif
+from domains.crystals.search import evaluate_cifs, search_composition, search_row_fn
+from domains.crystals.energy import CGCNNScorer
+from sciar.batch import run_batch
+from sciar.errors import SciarError
+
+
+def nacl(a=5.64):
+    return canonical_cif(Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]))
+
+
+@pytest.fixture(scope="module")
+def cgcnn():
+    return CGCNNScorer()
+
+
+def test_evaluate_cifs_rewards_as_crystallm(cgcnn, monkeypatch):
+    good, squeezed, garbage = nacl(), nacl(3.6), "data_Na4Cl4\n_cell_length_a 5.\n"
+    ev_good, ev_sq, ev_bad = evaluate_cifs([good, squeezed, garbage], cgcnn)
+    assert ev_good.valid and ev_good.score == pytest.approx(-2.11, abs=0.05)
+    assert ev_good.info["formula"] == "Na4Cl4" and ev_good.info["spacegroup"] == "Fm-3m"
+    # only the bond check fails, with bond score 0: reward -(1 - 0)
+    assert not ev_sq.valid and ev_sq.info["reasons"] == "bonds" and ev_sq.invalid_reward == -1.0
+    assert not ev_bad.valid and ev_bad.invalid_reward == -1.0 and ev_bad.error
+    # a partial bond score earns a milder penalty; other failures get -1 whatever the bond score
+    import domains.crystals.validity as validity
+
+    monkeypatch.setattr(validity, "bond_score", lambda s: 0.75)
+    (ev,) = evaluate_cifs([good], cgcnn)
+    assert not ev.valid and ev.info["reasons"] == "bonds" and ev.invalid_reward == pytest.approx(-0.25)
+    real = validity.check_cif
+
+    def fake(text, bonds=True):
+        r = real(text, bonds)
+        r.update(valid=False, reasons="spacegroup")
+        return r
+
+    monkeypatch.setattr(validity, "check_cif", fake)
+    (ev,) = evaluate_cifs([good], cgcnn)
+    assert ev.invalid_reward == -1.0
+
+
+def test_evaluate_cifs_scorer_failures_are_kept():
+    def raising(structs):
+        raise RuntimeError("model server down")
+
+    (ev,) = evaluate_cifs([nacl()], raising)
+    assert ev.valid and math.isnan(ev.score) and "model server down" in ev.error  # the search turns it invalid
+    (ev,) = evaluate_cifs([nacl()], lambda s: [float("nan")])
+    assert "NaN" in ev.error
+
+
+@pytest.fixture(scope="module")
+def small_search():
+    return search_composition("Na4Cl4", simulations=12, batch=6, seed=0, progress=False)
+
+
+def test_search_table_and_rewards(small_search):
+    cs = small_search
+    t = cs.table
+    assert cs.result.simulations == 12 and len(t) == 12
+    assert sorted(t["simulation"]) == list(range(1, 13))
+    assert (t["formula"] == "Na4Cl4").all()
+    v = t["valid"].astype(bool)
+    assert (t.loc[v, "reward"].between(0, 1)).all() and t.loc[v, "energy"].notna().all()
+    assert (t.loc[~v, "reward"] <= 0).all() and t.loc[~v, "energy"].isna().all()
+    assert (t.loc[~v, "error"].str.len() > 0).all()
+    assert v.any(), "the shipped model found no valid Na4Cl4 structure in 12 simulations"
+    best = cs.best(3)
+    assert best["energy"].is_monotonic_increasing and len(best) >= 1
+
+
+def test_search_is_repeatable(small_search):
+    again = search_composition("Na4Cl4", simulations=12, batch=6, seed=0, progress=False)
+    assert again.table["cif"].tolist() == small_search.table["cif"].tolist()
+
+
+def test_search_with_failing_scorer_goes_on():
+    calls = []
+
+    def scorer(structs):
+        calls.append(len(structs))
+        raise ValueError("no energy today")
+
+    cs = search_composition("Na4Cl4", simulations=8, batch=4, seed=1, scorer=scorer, progress=False)
+    t = cs.table
+    assert len(t) == 8 and not t["valid"].any()
+    checked = t[t["checks_valid"].astype(bool)]
+    assert len(checked) >= 1 and calls
+    assert checked["error"].str.contains("no energy today").all() and (checked["reward"] == -1.0).all()
+
+
+def test_search_bad_input():
+    with pytest.raises(SciarError, match="unknown element"):
+        search_composition("Xx2O3", simulations=4)
+    with pytest.raises(SciarError, match="budget is zero"):
+        search_composition("Na4Cl4", simulations=0)
+    with pytest.raises(SciarError, match="too large"):
+        search_composition("Na300Cl300", simulations=4)
+    with pytest.raises(SciarError, match="unknown scorer"):
+        search_composition("Na4Cl4", simulations=4, scorer="alignn")
+
+
+def test_cli_search_writes_everything(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["crystal", "search", "--composition", "Na4Cl4", "--simulations", "6", "--batch", "6", "--seed", "0",
+               "--out", str(out)])
+    assert rc == 0
+    assert (out / "results.csv").is_file() and (out / "results.parquet").is_file() and (out / "rewards.png").stat().st_size > 1000
+    t = pd.read_parquet(out / "results.parquet")
+    assert len(t) == 6 and {"energy", "reward", "valid", "error", "simulation", "cif"} <= set(t.columns)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["simulations"] == 6 and s["sequences"] == 6
+    for f in s["best_files"]:
+        st = Structure.from_file(out / f)  # full symmetry operations: the cell holds every atom
+        assert st.composition.reduced_formula == "NaCl"
+    assert "simulations" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--composition", "Na4Xx4"], "unknown element"),
+    (["--composition", "Na4Cl4", "--simulations", "0"], "budget is zero"),
+    (["--composition", "Na4Cl4", "--spacegroup", "Q99"], "unknown space group"),
+])
+def test_cli_search_bad_input_exits_2(tmp_path, capsys, args, msg):
+    rc = main(["crystal", "search", *args, "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_score_table(tmp_path, capsys):
+    (tmp_path / "NaCl.cif").write_text(nacl())
+    (tmp_path / "broken.cif").write_text("data_x\nnot a cif\n")
+    rc = main(["crystal", "score", str(tmp_path), "--out", str(tmp_path / "e.csv")])
+    assert rc == 0
+    df = pd.read_csv(tmp_path / "e.csv")
+    row = df[df["file"].str.endswith("NaCl.cif")].iloc[0]
+    assert row["formation_energy_per_atom"] == pytest.approx(-2.11, abs=0.05)
+    bad = df[df["file"].str.endswith("broken.cif")].iloc[0]
+    assert math.isnan(bad["formation_energy_per_atom"]) and "unparseable" in bad["error"]
+    assert main(["crystal", "score", str(tmp_path / "missing.cif")]) == 2
+
+
+def test_batch_rows_in_search_mode(tmp_path):
+    rows = pd.DataFrame({"composition": ["Na4Cl4", "Qq2"], "simulations": [4, 4]})
+    df = run_batch(rows, search_row_fn(width=5, top=2), output=tmp_path / "out.parquet", progress=False)
+    ok = df[df["composition"] == "Na4Cl4"]
+    assert (ok["status"] == "ok").all() and (ok["search_simulations"] == 4).all()
+    bad = df[df["composition"] == "Qq2"]
+    assert (bad["status"] == "error").all() and "unknown element" in bad["error"].iloc[0]
+
+
+def test_cli_relax_moves_a_strained_cell_back(tmp_path):
+    import numpy as np
+
+    prim = np.array([[0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
+    s = Structure(Lattice(5.64 * 1.04 * prim), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])  # 4% too large
+    s.to(filename=str(tmp_path / "NaCl.cif"))
+    out = tmp_path / "relaxed"
+    assert main(["crystal", "relax", str(tmp_path / "NaCl.cif"), "--out", str(out)]) == 0
+    df = pd.read_csv(out / "relax.csv")
+    assert df["formation_energy_per_atom"].iloc[0] == pytest.approx(-2.09, abs=0.15)
+    r = Structure.from_file(df["relaxed_file"].iloc[0])
+    # CHGNet's NaCl: a near 5.6-5.7 A (conventional), so the primitive cell shrinks
+    assert r.volume / len(r) < s.volume / len(s) - 1.0
