@@ -165,3 +165,24 @@ def test_finetuning_keeps_the_backbone_when_validation_says_so(tmp_path):
     assert ck.domain["kept_start"] and ck.domain["stage"] == "finetune"
     for (k, v), (_, w) in zip(ft.state_dict().items(), base.state_dict().items()):
         assert torch.equal(v, w), k
+
+
+def test_skip_path_starts_as_the_least_squares_linear_forecaster():
+    from domains.timeseries.pipeline import init_skip
+
+    t = np.arange(3000)
+    rng = np.random.default_rng(1)
+    v = (np.sin(2 * np.pi * t / 24) + 0.05 * rng.normal(size=t.size)).astype(np.float32)[:, None]
+    torch.manual_seed(0)
+    mcfg = ModelConfig(vocab_size=0, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
+    m = SegmentForecaster(mcfg, HeadConfig(segment=24, context=3, hidden=32, dropout=0.0, time=False, skip=3))
+    init_skip(m, [Part(v[:2500], np.zeros((2500, 5), dtype=np.int64))])
+    m.eval()
+    ctx = torch.from_numpy(np.stack([v[s : s + 72, 0] for s in range(2500, 2900, 17)]))
+    truth = np.stack([v[s + 72 : s + 96, 0] for s in range(2500, 2900, 17)])
+    pred = m.forecast(ctx, None, 24).numpy()
+    # the projection starts at zero: the forecast is the linear map alone, and it already fits the cycle
+    xn = (ctx - ctx.mean(1, keepdim=True)) / torch.sqrt(ctx.var(1, keepdim=True, unbiased=False) + 1e-5)
+    lin = (xn @ m.skip.weight.T) * torch.sqrt(ctx.var(1, keepdim=True, unbiased=False) + 1e-5) + ctx.mean(1, keepdim=True)
+    assert np.allclose(pred, lin.detach().numpy(), atol=1e-4)
+    assert float(np.mean((pred - truth) ** 2)) < 0.01

@@ -74,7 +74,8 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
         model, ck = load_forecaster(run_dir / "sciar")
         train_info = {"checkpoint": str(ck.path), "train_seconds": summ["seconds"], "steps": summ["steps"],
                       "trainable_params": summ["trainable_params"], "preset": preset, "init": init,
-                      "adapter_only": adapter_only}
+                      "adapter_only": adapter_only, "kept_start": summ.get("kept_start"),
+                      "start_val": summ.get("start_val"), "best_val": summ.get("best_val")}
     dev = "cuda" if device in ("auto", "cuda") and _cuda() else "cpu"
     model.to(dev)
     # ours, and ours averaged with the NLinear-style map (one pass of the model serves both)

@@ -115,6 +115,7 @@ def train_cmd(
     fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
     max_steps: Optional[int] = typer.Option(None, help="Training steps (default: the preset's)."),
     rollout: Optional[int] = typer.Option(None, help="Extra training passes that feed back the model's own predictions after the lookback."),
+    skip: int = typer.Option(0, help="From scratch: add a linear path from the last SKIP segments, started by least squares."),
     batch_size: Optional[int] = typer.Option(None, help="Windows per step."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -129,7 +130,7 @@ def train_cmd(
     summary = train_on_series(csv, out, target=target, features=features, init=init, adapter_only=adapter_only,
                               preset=preset, lookback=lookback, segment=segment, embed=embed, time=time, split=split,
                               fill=fill, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device,
-                              progress=progress, resume=resume, rollout=rollout)
+                              progress=progress, resume=resume, rollout=rollout, skip=skip)
     typer.echo(json.dumps(summary))
     typer.echo(f"checkpoint: {out}")
 

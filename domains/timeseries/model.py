@@ -37,6 +37,7 @@ class HeadConfig:
     dropout: float = 0.1
     time: bool = True  # calendar position embeddings
     rollout: int = 0  # extra training passes that feed the model its own predictions after the lookback
+    skip: int = 0  # segments read by a linear path added to the projection (0: none, the pure AutoTimes head)
     eps: float = 1e-5
 
     def __post_init__(self):
@@ -92,6 +93,11 @@ class SegmentForecaster(nn.Module):
         self.proj = _mlp(model_cfg.n_embd, head.segment, head)
         self.time = CalendarEmbedding(model_cfg.n_embd) if head.time else None
         self.mix = nn.Parameter(torch.ones(1))  # AutoTimes' learnable weight of the timestamp embedding
+        # optional linear path from the last `skip` segments to the next one: the transformer then learns the
+        # residual of a linear forecaster (initialised by least squares, see pipeline.init_skip)
+        self.skip = nn.Linear(head.skip * head.segment, head.segment, bias=False) if head.skip else None
+        if self.skip is not None:
+            nn.init.zeros_(self.skip.weight)
 
     # ------------------------------------------------------------------------------------------- parameters
     def adapter_parameters(self):
@@ -108,6 +114,20 @@ class SegmentForecaster(nn.Module):
         if self.time is not None and marks is not None:
             e = e + self.mix * self.time(marks)
         return e
+
+    def skip_inputs(self, segs: torch.Tensor) -> torch.Tensor:
+        """``[B, n, S]`` -> ``[B, n, skip*S]``: each position's last ``skip`` segments (zeros before the start)."""
+        B, n, S = segs.shape
+        k = self.head.skip
+        padded = torch.cat([segs.new_zeros(B, k - 1, S), segs], dim=1) if k > 1 else segs
+        return padded.unfold(1, k, 1).permute(0, 1, 3, 2).reshape(B, n, k * S)
+
+    def head_out(self, h: torch.Tensor, segs: torch.Tensor) -> torch.Tensor:
+        """Next-segment predictions from hidden states (and the inputs, for the linear path)."""
+        out = self.proj(h)
+        if self.skip is not None:
+            out = out + self.skip(self.skip_inputs(segs))
+        return out
 
     def normalise(self, x: torch.Tensor, n: int):
         """Per-window statistics of the first ``n`` steps (the lookback)."""
@@ -128,14 +148,14 @@ class SegmentForecaster(nn.Module):
         segs = xn.view(x.shape[0], n_seg, S)
         m = marks[:, : n_seg - 1] if marks is not None else None
         inp, tgt = segs[:, :-1], segs[:, 1:]
-        pred = self.proj(self.trunk(embeds=self.tokens(inp, m)))
+        pred = self.head_out(self.trunk(embeds=self.tokens(inp, m)), inp)
         loss = F.mse_loss(pred, tgt)
         k = min(self.head.context, n_seg - 1)
         for _ in range(self.head.rollout if n_seg - 1 > k else 0):
             # what a rollout sees: inputs after the lookback replaced by the previous pass's predictions of them
             # (pass r sees r-times-fed-back predictions); gradients flow through the fed-back segments
             inp = torch.cat([inp[:, :k], pred[:, k - 1 : -1]], dim=1)
-            pred = self.proj(self.trunk(embeds=self.tokens(inp, m)))
+            pred = self.head_out(self.trunk(embeds=self.tokens(inp, m)), inp)
             loss = loss + F.mse_loss(pred[:, k - 1 :], tgt[:, k - 1 :])
         return loss / (1 + (self.head.rollout if n_seg - 1 > k else 0))
 
@@ -159,12 +179,16 @@ class SegmentForecaster(nn.Module):
         outs = []
         for _ in range(steps):
             lo = max(0, len(seq) - max_context)
-            e = self.tokens(torch.stack(seq[lo:], dim=1), marks[:, lo : len(seq)] if marks is not None else None)
+            segs = torch.stack(seq[lo:], dim=1)
+            e = self.tokens(segs, marks[:, lo : len(seq)] if marks is not None else None)
             if pre is not None:
                 e = torch.cat([pre, e], dim=1)
             if e.shape[1] > self.cfg.block_size:
                 raise SciarError(f"{e.shape[1]} segments exceed the model's context of {self.cfg.block_size}")
             nxt = self.proj(self.trunk(embeds=e)[:, -1])
+            if self.skip is not None:
+                recent = torch.stack(seq[-self.head.skip :], dim=1)
+                nxt = nxt + self.skip(self.skip_inputs(recent)[:, -1])
             if noise:
                 nxt = nxt + noise * torch.randn(nxt.shape, generator=generator, device=nxt.device)
             seq.append(nxt)

@@ -31,7 +31,8 @@ PRESETS = {
 
 
 def model_configs(preset: str, segment: int = 96, context: int = 7, embed: str = "mlp", time: bool = True,
-                  block_size: int = 32, dropout: float = 0.1, window: int = 16) -> tuple[ModelConfig, HeadConfig]:
+                  block_size: int = 32, dropout: float = 0.1, window: int = 16, skip: int = 0
+                  ) -> tuple[ModelConfig, HeadConfig]:
     if preset not in PRESETS:
         raise SciarError(f"unknown preset {preset!r} ({', '.join(PRESETS)})")
     p = PRESETS[preset]
@@ -39,7 +40,7 @@ def model_configs(preset: str, segment: int = 96, context: int = 7, embed: str =
     mcfg = ModelConfig(vocab_size=0, block_size=max(block_size, window), n_layer=p["n_layer"], n_head=p["n_head"],
                        n_embd=p["n_embd"], dropout=dropout, pos="rope")
     head = HeadConfig(segment=segment, context=context, window=window, embed=embed, hidden=p["hidden"], dropout=dropout,
-                      time=time)
+                      time=time, skip=skip)
     return mcfg, head
 
 
@@ -199,6 +200,37 @@ def fit_window(model: SegmentForecaster, train: Part, val: Part | None):
         model.head.window = model.cfg.block_size
 
 
+def init_skip(model: SegmentForecaster, parts: list[Part], ridge: float = 0.1, max_rows: int = 200_000, seed: int = 0):
+    """Least-squares start for the linear path: the next segment from the last ``skip`` segments of the
+    lookback, on windows normalised by their lookback as in training; the projection's last layer starts
+    at zero, so training begins from this linear forecaster and learns what it misses."""
+    S, k, n = model.head.segment, model.head.skip, model.head.context
+    L = n * S
+    rows = [(i, c, s) for i, p in enumerate(parts) for c in range(p.values.shape[1])
+            for s in range(p.values.shape[0] - L - S + 1)]
+    if not rows:
+        return
+    rng = np.random.default_rng(seed)
+    if len(rows) > max_rows:
+        rows = [rows[j] for j in rng.choice(len(rows), max_rows, replace=False)]
+    xtx, xty = np.zeros((k * S, k * S)), np.zeros((k * S, S))
+    for a in range(0, len(rows), 8192):
+        w = np.stack([parts[i].values[s : s + L + S, c] for i, c, s in rows[a : a + 8192]]).astype(np.float64)
+        mean, std = w[:, :L].mean(1, keepdims=True), np.sqrt(w[:, :L].var(1, keepdims=True) + model.head.eps)
+        w = (w - mean) / std
+        X = np.zeros((len(w), k * S))
+        m = min(k, n) * S
+        X[:, k * S - m :] = w[:, L - m : L]
+        xtx += X.T @ X
+        xty += X.T @ w[:, L:]
+    W = np.linalg.solve(xtx + ridge * np.trace(xtx) / (k * S) * np.eye(k * S), xty)
+    with torch.no_grad():
+        model.skip.weight.copy_(torch.from_numpy(W.T).float())
+        last = model.proj[-1] if isinstance(model.proj, torch.nn.Sequential) else model.proj
+        last.weight.zero_()
+        last.bias.zero_()
+
+
 def dataset_parts(prep: Prepared, channels: list[int] | None) -> tuple[Part, Part]:
     def sel(p: Part) -> Part:
         return p if channels is None else Part(p.values[:, channels], p.cal, p.name)
@@ -207,11 +239,14 @@ def dataset_parts(prep: Prepared, channels: list[int] | None) -> tuple[Part, Par
 
 
 def init_model(init: str | Path | None, preset: str, segment: int, context: int, embed: str, time: bool,
-               dropout: float = 0.1) -> tuple[SegmentForecaster, dict]:
+               dropout: float = 0.1, skip: int = 0) -> tuple[SegmentForecaster, dict]:
     """A fresh model, or one loaded from a checkpoint (its shapes win; the training context is ``context``)."""
     if init is None:
-        mcfg, head = model_configs(preset, segment=segment, context=context, embed=embed, time=time, dropout=dropout)
+        mcfg, head = model_configs(preset, segment=segment, context=context, embed=embed, time=time, dropout=dropout,
+                                   skip=skip)
         return SegmentForecaster(mcfg, head), {}
+    if skip:
+        raise SciarError("--skip applies to a model trained from scratch, not to --init")
     model, ck = load_forecaster(init)
     if model.head.segment != segment:
         raise SciarError(f"{ck.path} uses segments of {model.head.segment} steps, not {segment}")
@@ -224,7 +259,7 @@ def init_model(init: str | Path | None, preset: str, segment: int, context: int,
 def train_on_series(csv, out, target=None, features="all", init=None, adapter_only=False, preset="default",
                     lookback=672, segment=96, embed="mlp", time=True, split="auto", fill="error", max_steps=None,
                     batch_size=None, lr=None, device="auto", progress=True, resume=True, series: Series | None = None,
-                    seed: int = 1337, rollout: int | None = None, window: int | None = None) -> dict:
+                    seed: int = 1337, rollout: int | None = None, window: int | None = None, skip: int = 0) -> dict:
     """``sciar timeseries train``: fit one dataset's training split, validate on its validation split."""
     from .data import read_series
 
@@ -241,12 +276,14 @@ def train_on_series(csv, out, target=None, features="all", init=None, adapter_on
     prep = prepare(series, lookback, split)
     chans = None if features == "all" else [series.columns.index(series.target)]
     tr, va = dataset_parts(prep, chans)
-    model, init_info = init_model(init, preset, segment, lookback // segment, embed, time)
+    model, init_info = init_model(init, preset, segment, lookback // segment, embed, time, skip=skip)
     if rollout is not None:
         model.head.rollout = rollout
     if window is not None:
         model.head.window = window
     fit_window(model, tr, va)
+    if skip:
+        init_skip(model, [tr])
     if init is not None:
         # fine-tuning a backbone: a gentler rate, short schedule and frequent validation (small sets overfit fast)
         lr = lr or PRESETS[preset]["lr"] / 5
@@ -261,7 +298,7 @@ def train_on_series(csv, out, target=None, features="all", init=None, adapter_on
     t0 = _time.perf_counter()
     summary = fit(model, [tr], [va], out, tcfg, extra_config={"data": data_info},
                   domain_extra={"stage": "adapter" if adapter_only else ("finetune" if init else "train"), **init_info},
-                  adapter_only=adapter_only, resume=resume, keep_start=init is not None)
+                  adapter_only=adapter_only, resume=resume, keep_start=init is not None or bool(skip))
     summary["seconds"] = round(_time.perf_counter() - t0, 1)
     return summary
 
