@@ -165,3 +165,18 @@ def test_evaluate_scores_shorter_horizons_on_more_windows():
     perfect = lambda ctx, starts: np.stack([np.sin((s + 48 + np.arange(24)) / 5.0) for s in starts])
     r = evaluate(perfect, x, 48, [12, 24])
     assert r["12"]["mse"] < 1e-10 and r["24"]["mse"] < 1e-10 and r["windows"] == 400 - 48 - 12 + 1
+
+
+def test_duplicates_keep_policy_and_short_window_ets(tmp_path):
+    from domains.timeseries.evaluate import ets_forecaster
+
+    dup = _csv(tmp_path, "date,OT\n2020-01-01,1\n2020-01-01,2\n2020-01-02,3\n", "dup.csv")
+    with pytest.raises(DataError, match="--duplicates keep"):
+        read_csv(dup)
+    assert read_csv(dup, duplicates="keep").values[:, 0].tolist() == [1, 2, 3]
+    # windows shorter than two seasons: Holt-Winters falls back to a damped trend instead of failing
+    rng = np.random.default_rng(0)
+    x = np.sin(np.arange(600) * 2 * np.pi / 52) + 0.1 * rng.normal(size=600)
+    fn = ets_forecaster(x[:500], 52, 10, lookback=96)
+    out = fn(x[None, 500:596].astype(np.float32), np.array([0]))
+    assert out.shape == (1, 10) and np.isfinite(out).all()

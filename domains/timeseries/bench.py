@@ -30,8 +30,8 @@ def _strip(res: dict, target_idx: int) -> dict:
 def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=None, init=None, adapter_only=False,
                   zero_shot=None, preset="default", max_steps=None, ablate_time=False, out="runs/timeseries-bench",
                   split="auto", fill="error", ets=True, max_windows=None, device="auto", progress=True,
-                  log=print) -> dict:
-    series = read_series(csv, fill=fill)
+                  log=print, duplicates="error") -> dict:
+    series = read_series(csv, fill=fill, duplicates=duplicates)
     prep = prepare(series, lookback, split)
     tgt = series.columns.index(series.target)
     H = max(horizons)
@@ -105,7 +105,7 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
     # ------------------------------------------------------------------------------------- exponential smoothing
     if ets:
         t0 = time.perf_counter()
-        fn = ets_forecaster(prep.train.values[:, tgt], period, H)
+        fn = ets_forecaster(prep.train.values[:, tgt], period, H, lookback)
         res = evaluate(fn, prep.test.values, lookback, horizons, channels=[tgt], max_windows=max_windows)
         res["seconds"] = round(time.perf_counter() - t0, 2)
         record("ets", res, channels="target only", period=period, params={k: float(v) for k, v in fn.params.items()},

@@ -240,6 +240,7 @@ def benchmark(
     out: Path = typer.Option(Path("runs/timeseries-bench"), help="Where trained checkpoints go."),
     split: str = typer.Option("auto", help="auto, ett or ratio."),
     fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
+    duplicates: str = typer.Option("error", help="Repeated timestamps: error, or keep (use the rows in file order)."),
     ets: bool = typer.Option(True, help="Run the statsmodels exponential-smoothing baseline (target only; slow)."),
     max_windows: int = typer.Option(0, help="Score only this many evenly spaced test windows (0: all, stride 1)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -252,7 +253,7 @@ def benchmark(
 
     res = run_benchmark(csv, lookback, _ints(horizons, "--horizons"), json_out, checkpoint=checkpoint, init=init,
                         adapter_only=adapter_only, zero_shot=zero_shot, preset=preset, max_steps=max_steps,
-                        ablate_time=ablate_time, out=out, split=split, fill=fill, ets=ets,
+                        ablate_time=ablate_time, out=out, split=split, fill=fill, ets=ets, duplicates=duplicates,
                         max_windows=max_windows or None, device=device, progress=progress)
     for name, m in res["methods"].items():
         typer.echo(f"{name:<16} avg mse {m['avg']['mse']:.4f}  mae {m['avg']['mae']:.4f}")

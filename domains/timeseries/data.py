@@ -101,11 +101,11 @@ def parse_timestamps(col: pd.Series, where: str) -> pd.DatetimeIndex:
     return ts
 
 
-def check_timestamps(ts: pd.DatetimeIndex, where: str):
+def check_timestamps(ts: pd.DatetimeIndex, where: str, duplicates: str = "error"):
     dup = ts.duplicated()
-    if dup.any():
+    if dup.any() and duplicates != "keep":
         i = int(np.flatnonzero(dup)[0])
-        raise DataError(f"{where}: duplicate timestamp {ts[i]} (row {i + 2})")
+        raise DataError(f"{where}: duplicate timestamp {ts[i]} (row {i + 2}); pass --duplicates keep to use the rows as given")
     if not ts.is_monotonic_increasing:
         i = int(np.flatnonzero(np.diff(ts.asi8) < 0)[0]) + 1
         raise DataError(f"{where}: timestamps out of order at row {i + 2} ({ts[i]} after {ts[i - 1]})")
@@ -159,14 +159,20 @@ def numeric_columns(df: pd.DataFrame, cols: list[str], where: str) -> np.ndarray
 
 def frame_to_series(
     df: pd.DataFrame, name: str, target: str | None = None, columns: list[str] | None = None,
-    fill: str = "error", time_col: str | None = None,
+    fill: str = "error", time_col: str | None = None, duplicates: str = "error",
 ) -> Series:
-    """A Series from a wide table: a time column (optional) and numeric channels."""
+    """A Series from a wide table: a time column (optional) and numeric channels.
+
+    ``duplicates="keep"`` accepts repeated timestamps and uses the rows in file order (the long-horizon
+    benchmarks' protocol reads rows, not dates: Weather has one repeated timestamp).
+    """
+    if duplicates not in ("error", "keep"):
+        raise DataError(f"unknown duplicates policy {duplicates!r} (error or keep)")
     tcol = find_time_column(df, time_col)
     ts = None
     if tcol is not None:
         ts = parse_timestamps(df[tcol], name)
-        check_timestamps(ts, name)
+        check_timestamps(ts, name, duplicates)
     cols = [str(c) for c in df.columns if c != tcol]
     df = df.rename(columns=str)
     if columns:
@@ -190,10 +196,10 @@ def frame_to_series(
 
 
 def read_csv(path: str | Path, target: str | None = None, columns: list[str] | None = None, fill: str = "error",
-             time_col: str | None = None) -> Series:
+             time_col: str | None = None, duplicates: str = "error") -> Series:
     """An Informer-format CSV (``date`` + numeric channels) as a Series."""
     path = Path(path)
-    return frame_to_series(read_csv_table(path), path.name, target, columns, fill, time_col)
+    return frame_to_series(read_csv_table(path), path.name, target, columns, fill, time_col, duplicates)
 
 
 _TSF_FREQ = {
@@ -260,7 +266,8 @@ def read_tsf(path: str | Path, fill: str = "error") -> list[Series]:
     return out
 
 
-def read_series(path: str | Path, target: str | None = None, fill: str = "error", time_col: str | None = None) -> Series:
+def read_series(path: str | Path, target: str | None = None, fill: str = "error", time_col: str | None = None,
+                duplicates: str = "error") -> Series:
     """One Series from a CSV (wide) or the first series of a ``.tsf`` file."""
     path = Path(path)
     if path.suffix == ".tsf" or path.name.endswith(".tsf.gz"):
@@ -271,7 +278,7 @@ def read_series(path: str | Path, target: str | None = None, fill: str = "error"
                 raise DataError(f"{path}: no series named {target!r}")
             return match[0]
         return series[0]
-    return read_csv(path, target=target, fill=fill, time_col=time_col)
+    return read_csv(path, target=target, fill=fill, time_col=time_col, duplicates=duplicates)
 
 
 # ------------------------------------------------------------------------------------------------------ splits

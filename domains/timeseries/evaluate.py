@@ -176,14 +176,16 @@ class LinearMap:
         return out + last
 
 
-def ets_forecaster(train_target: np.ndarray, period: int, horizon: int) -> Forecaster:
+def ets_forecaster(train_target: np.ndarray, period: int, horizon: int, lookback: int | None = None) -> Forecaster:
     """statsmodels Holt-Winters (additive damped trend, additive season): parameters fitted once on the
     training part of the target, then re-run over each test window with those parameters fixed."""
     import warnings
 
     from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
-    seasonal = "add" if period > 1 and len(train_target) >= 2 * period + 10 else None
+    # Holt-Winters' heuristic start needs two full seasons in every window: otherwise a damped trend alone
+    shortest = min(len(train_target), lookback or len(train_target))
+    seasonal = "add" if period > 1 and shortest >= 2 * period else None
     sp = period if seasonal else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
