@@ -8,6 +8,10 @@ the same formation-energy scorer (CGCNN by default). Reported per composition an
 overall: ``valid_rate_mcts``, ``valid_rate_sampling``, ``best_energy_mcts``,
 ``best_energy_sampling``, ``win_rate`` (share of compositions where the search found
 the lower best energy; a tie within 1e-4 eV/atom counts half), ``simulations_per_s``.
+Two search arms run on the same budget: CrystaLLM's mean backup (the default of
+``sciar crystal search``, whose figures are the headline keys) and max backup
+(``--backup max``: a node's value is the best reward below it); keys of the second
+arm end in ``_max``.
 
 Speed, in the same run and on the same compositions: the search with KV-cache
 rollouts (each node stores its edge's keys/values; rollouts start from the cached
@@ -36,6 +40,17 @@ COMPOSITIONS = ["Na4Cl4", "Mg4O4", "Zn2O2", "Ga4As4", "Ti2O4", "Ca4F8", "Ba1Ti1O
                 "Cs1Cl1", "Li8O4", "K4Br4", "Zn4S4"]
 
 
+def outcome(bm: float, bs: float) -> float:
+    """1 if the search found the lower best energy, 0 if sampling did, 0.5 for a tie (1e-4 eV/atom) or neither valid."""
+    if math.isnan(bm) and math.isnan(bs):
+        return 0.5
+    if math.isnan(bs) or (not math.isnan(bm) and bm < bs - 1e-4):
+        return 1.0
+    if math.isnan(bm) or bm > bs + 1e-4:
+        return 0.0
+    return 0.5
+
+
 def best(evs) -> float:
     e = [ev.score for ev in evs if ev.valid and math.isfinite(ev.score)]
     return min(e) if e else math.nan
@@ -50,6 +65,7 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=5)
     ap.add_argument("--c", type=float, default=1.0)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--backup", default="mean,max", help="search arms by backup rule; the first gives the headline figures")
     ap.add_argument("--scorer", default="cgcnn")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--speed-compositions", type=int, default=None, help="compositions timed in all three cache modes (default 2, quick 1)")
@@ -76,58 +92,62 @@ def main(argv=None):
           f"{torch.get_num_threads()} threads; {len(comps)} compositions, {sims} simulations each, width {args.width}, "
           f"c {args.c}, batch {args.batch}, scorer {args.scorer}", flush=True)
 
+    arms = [x.strip() for x in args.backup.split(",") if x.strip()]
     rows = []
     for comp in comps:
-        t0 = time.perf_counter()
-        cs = search_composition(comp, simulations=sims, width=args.width, c=args.c, scorer=scorer, seed=args.seed,
-                                batch=args.batch, generator=gen, progress=False)
-        t_mcts = time.perf_counter() - t0
-        t = cs.table
-        n = len(t)
+        runs = {}
+        for arm in arms:
+            t0 = time.perf_counter()
+            cs = search_composition(comp, simulations=sims, width=args.width, c=args.c, scorer=scorer, seed=args.seed,
+                                    batch=args.batch, backup=arm, generator=gen, progress=False)
+            runs[arm] = (cs, time.perf_counter() - t0)
+        n = len(runs[arms[0]][0].table)
         t0 = time.perf_counter()
         samples = gen.sample([make_prompt(comp)], n=n, seed=args.seed)  # the sample command's defaults
         evs = evaluate_cifs([s.text for s in samples], scorer)
         t_samp = time.perf_counter() - t0
-        bm = float(t.loc[t["valid"].astype(bool), "energy"].min()) if t["valid"].any() else math.nan
         bs = best(evs)
-        if math.isnan(bm) and math.isnan(bs):
-            win = 0.5
-        elif math.isnan(bs) or (not math.isnan(bm) and bm < bs - 1e-4):
-            win = 1.0
-        elif math.isnan(bm) or bm > bs + 1e-4:
-            win = 0.0
-        else:
-            win = 0.5
-        r = {"composition": comp, "sequences": n, "simulations": int(cs.result.simulations),
-             "valid_rate_mcts": float(t["valid"].mean()), "valid_rate_sampling": sum(e.valid for e in evs) / len(evs),
-             "best_energy_mcts": bm, "best_energy_sampling": bs, "win": win,
-             "mean_energy_mcts": float(t.loc[t["valid"].astype(bool), "energy"].mean()) if t["valid"].any() else math.nan,
-             "mean_energy_sampling": (sum(e.score for e in evs if e.valid) / max(1, sum(e.valid for e in evs))) if any(e.valid for e in evs) else math.nan,
-             "seconds_mcts": round(t_mcts, 2), "seconds_sampling": round(t_samp, 2),
-             "simulations_per_s": round(cs.result.simulations / t_mcts, 3)}
+        r = {"composition": comp, "sequences": n,
+             "valid_rate_sampling": sum(e.valid for e in evs) / len(evs), "best_energy_sampling": bs,
+             "mean_energy_sampling": (sum(e.score for e in evs if e.valid) / max(1, sum(e.valid for e in evs)))
+             if any(e.valid for e in evs) else math.nan, "seconds_sampling": round(t_samp, 2)}
+        line = [f"{comp:>9}: n={n:3d} sampling valid {r['valid_rate_sampling']:.2f} best {bs:8.4f}"]
+        for arm in arms:
+            cs, t_mcts = runs[arm]
+            t = cs.table
+            v = t["valid"].astype(bool)
+            bm = float(t.loc[v, "energy"].min()) if v.any() else math.nan
+            sfx = "" if arm == arms[0] else f"_{arm}"
+            r.update({f"valid_rate_mcts{sfx}": float(v.mean()), f"best_energy_mcts{sfx}": bm,
+                      f"win{sfx}": outcome(bm, bs), f"mean_energy_mcts{sfx}": float(t.loc[v, "energy"].mean()) if v.any() else math.nan,
+                      f"seconds_mcts{sfx}": round(t_mcts, 2), f"simulations{sfx}": int(cs.result.simulations),
+                      f"simulations_per_s{sfx}": round(cs.result.simulations / t_mcts, 3)})
+            line.append(f"mcts[{arm}] valid {v.mean():.2f} best {bm:8.4f} win {r[f'win{sfx}']} ({t_mcts:5.1f} s)")
         rows.append(r)
-        print(f"{comp:>9}: n={n:3d} valid mcts {r['valid_rate_mcts']:.2f} sampling {r['valid_rate_sampling']:.2f} | "
-              f"best E mcts {bm:8.4f} sampling {bs:8.4f} | win {win} | {t_mcts:6.1f} s mcts, {t_samp:6.1f} s sampling", flush=True)
+        print(" | ".join(line) + f" | sampling {t_samp:5.1f} s", flush=True)
 
     def mean(key):
         v = [r[key] for r in rows if not (isinstance(r[key], float) and math.isnan(r[key]))]
         return sum(v) / len(v) if v else math.nan
 
     n_seq = sum(r["sequences"] for r in rows)
-    overall = {
-        "compositions": len(rows),
-        "valid_rate_mcts": sum(r["valid_rate_mcts"] * r["sequences"] for r in rows) / n_seq,
-        "valid_rate_sampling": sum(r["valid_rate_sampling"] * r["sequences"] for r in rows) / n_seq,
-        "best_energy_mcts": mean("best_energy_mcts"), "best_energy_sampling": mean("best_energy_sampling"),
-        "win_rate": sum(r["win"] for r in rows) / len(rows),
-        "wins": sum(r["win"] == 1.0 for r in rows), "ties": sum(r["win"] == 0.5 for r in rows),
-        "losses": sum(r["win"] == 0.0 for r in rows),
-        "simulations_per_s": sum(r["simulations"] for r in rows) / sum(r["seconds_mcts"] for r in rows),
-    }
-    print(f"overall: win_rate {overall['win_rate']:.2f} ({overall['wins']} wins, {overall['ties']} ties, {overall['losses']} losses); "
-          f"valid mcts {overall['valid_rate_mcts']:.3f} vs sampling {overall['valid_rate_sampling']:.3f}; "
-          f"mean best E mcts {overall['best_energy_mcts']:.4f} vs sampling {overall['best_energy_sampling']:.4f}; "
-          f"{overall['simulations_per_s']:.2f} simulations/s", flush=True)
+    overall = {"compositions": len(rows),
+               "valid_rate_sampling": sum(r["valid_rate_sampling"] * r["sequences"] for r in rows) / n_seq,
+               "best_energy_sampling": mean("best_energy_sampling")}
+    for arm in arms:
+        sfx = "" if arm == arms[0] else f"_{arm}"
+        overall.update({
+            f"valid_rate_mcts{sfx}": sum(r[f"valid_rate_mcts{sfx}"] * r["sequences"] for r in rows) / n_seq,
+            f"best_energy_mcts{sfx}": mean(f"best_energy_mcts{sfx}"),
+            f"win_rate{sfx}": sum(r[f"win{sfx}"] for r in rows) / len(rows),
+            f"wins{sfx}": sum(r[f"win{sfx}"] == 1.0 for r in rows), f"ties{sfx}": sum(r[f"win{sfx}"] == 0.5 for r in rows),
+            f"losses{sfx}": sum(r[f"win{sfx}"] == 0.0 for r in rows),
+            f"simulations_per_s{sfx}": sum(r[f"simulations{sfx}"] for r in rows) / sum(r[f"seconds_mcts{sfx}"] for r in rows),
+        })
+        print(f"overall mcts[{arm}] backup: win_rate {overall[f'win_rate{sfx}']:.2f} ({overall[f'wins{sfx}']} wins, "
+              f"{overall[f'ties{sfx}']} ties, {overall[f'losses{sfx}']} losses); valid mcts {overall[f'valid_rate_mcts{sfx}']:.3f} "
+              f"vs sampling {overall['valid_rate_sampling']:.3f}; mean best E mcts {overall[f'best_energy_mcts{sfx}']:.4f} "
+              f"vs sampling {overall['best_energy_sampling']:.4f}; {overall[f'simulations_per_s{sfx}']:.2f} simulations/s", flush=True)
 
     # ---- speed: the same searches with the KV cache and with re-encoding (same seed, same sequences)
     n_speed = args.speed_compositions or (1 if args.quick else 2)
@@ -153,7 +173,8 @@ def main(argv=None):
             try:
                 t0 = time.perf_counter()
                 cs = search_composition(comp, simulations=s_sims, width=args.width, c=args.c, scorer=scorer,
-                                        seed=args.seed, batch=args.batch, generator=gen, progress=False, cache=mode)
+                                        seed=args.seed, batch=args.batch, backup=arms[0], generator=gen,
+                                        progress=False, cache=mode)
                 total_t += time.perf_counter() - t0
             finally:
                 engine.rollout_batch = orig
@@ -175,7 +196,7 @@ def main(argv=None):
 
     result = {"benchmark": "mcts", "quick": args.quick, "checkpoint": str(gen.path), "device": str(dev),
               "threads": torch.get_num_threads(), "config": {"simulations": sims, "width": args.width, "c": args.c,
-              "batch": args.batch, "scorer": args.scorer, "seed": args.seed,
+              "batch": args.batch, "scorer": args.scorer, "seed": args.seed, "backup": arms,
               "sampling": "sample command defaults: temperature 1, top_k 10, grammar on"},
               "per_composition": rows, "overall": overall, "speed": speed, **overall}
     if args.json:
