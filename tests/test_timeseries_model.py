@@ -186,3 +186,17 @@ def test_skip_path_starts_as_the_least_squares_linear_forecaster():
     lin = (xn @ m.skip.weight.T) * torch.sqrt(ctx.var(1, keepdim=True, unbiased=False) + 1e-5) + ctx.mean(1, keepdim=True)
     assert np.allclose(pred, lin.detach().numpy(), atol=1e-4)
     assert float(np.mean((pred - truth) ** 2)) < 0.01
+
+
+def test_flat_windows_do_not_blow_up():
+    """A window that is flat but for a tiny blip (no rain for days) stays on the scale of the data."""
+    m = tiny(time=False).eval()
+    ctx = torch.zeros(2, 72)
+    ctx[:, 40] = 1e-4
+    y = m.forecast(ctx, None, 48)
+    assert torch.isfinite(y).all() and y.abs().max() < 0.5
+    x = torch.zeros(2, 96)
+    x[:, 10] = 1e-4
+    x[:, 80] = 5.0  # a jump right after a flat lookback: the loss stays bounded
+    with torch.no_grad():
+        assert float(m(x)) < 1e6

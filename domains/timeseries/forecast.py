@@ -90,9 +90,8 @@ def backtest_residual(model: SegmentForecaster, xs: np.ndarray, lookback: int, s
         cal = calendar(series.timestamps, series.length, series.step)
         marks = torch.from_numpy(np.stack([segment_marks(cal[s : s + lookback + S], S) for s in starts]))
     pred = model.forecast(ctx, marks, S).numpy()
-    c = ctx.numpy()
-    sd = np.sqrt(c.var(axis=1, keepdims=True) + model.head.eps)
-    return float(np.sqrt(np.mean(((pred - tgt) / sd) ** 2)))
+    _, _, sd = model.normalise(ctx, lookback)
+    return float(np.sqrt(np.mean(((pred - tgt) / sd.numpy()) ** 2)))
 
 
 def forecast_frame(series: Series, column: str, result: dict, horizon: int) -> pd.DataFrame:

@@ -39,6 +39,7 @@ class HeadConfig:
     rollout: int = 0  # extra training passes that feed the model its own predictions after the lookback
     skip: int = 0  # segments read by a linear path added to the projection (0: none, the pure AutoTimes head)
     eps: float = 1e-5
+    std_floor: float = 0.01  # least window deviation (in training-split standard units): flat windows, e.g. no rain
 
     def __post_init__(self):
         if self.embed not in ("linear", "mlp"):
@@ -133,7 +134,7 @@ class SegmentForecaster(nn.Module):
         """Per-window statistics of the first ``n`` steps (the lookback)."""
         ctx = x[:, :n]
         mean = ctx.mean(dim=1, keepdim=True)
-        std = torch.sqrt(ctx.var(dim=1, keepdim=True, unbiased=False) + self.head.eps)
+        std = torch.sqrt(ctx.var(dim=1, keepdim=True, unbiased=False) + self.head.eps).clamp_min(self.head.std_floor)
         return (x - mean) / std, mean, std
 
     def forward(self, x: torch.Tensor, marks: torch.Tensor | None = None) -> torch.Tensor:
