@@ -52,13 +52,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def fingerprint(paths_or_texts) -> str:
-    """A short sha256 over files (by content) or strings, in the given order."""
+def fingerprint(items) -> str:
+    """A short sha256 over items in order: ``Path`` objects by file content, bytes and strings as they are."""
     h = hashlib.sha256()
-    for item in paths_or_texts:
-        p = Path(item) if not isinstance(item, bytes) else None
-        if p is not None and len(str(item)) < 4096 and p.is_file():
-            h.update(sha256_file(p).encode())
+    for item in items:
+        if isinstance(item, Path):
+            h.update(sha256_file(item).encode() if item.is_file() else str(item).encode())
         else:
             h.update(item if isinstance(item, bytes) else str(item).encode())
     return h.hexdigest()[:16]

@@ -173,3 +173,18 @@ def test_cli_relax_moves_a_strained_cell_back(tmp_path):
     r = Structure.from_file(df["relaxed_file"].iloc[0])
     # CHGNet's NaCl: a near 5.6-5.7 A (conventional), so the primitive cell shrinks
     assert r.volume / len(r) < s.volume / len(s) - 1.0
+
+
+def test_batch_command_mixes_sample_and_search_rows(tmp_path):
+    table = tmp_path / "prompts.csv"
+    pd.DataFrame({"composition": ["NaCl", "K2O2", "Xx2"], "mode": ["sample", "search", "search"]}).to_csv(table, index=False)
+    out = tmp_path / "out.csv"
+    assert main(["crystal", "batch", "-i", str(table), "-o", str(out), "-n", "2", "--simulations", "8"]) == 0
+    df = pd.read_csv(out)
+    assert (df[df.composition == "NaCl"].status == "ok").sum() == 2
+    search = df[df.composition == "K2O2"]
+    assert len(search) == 1 and search.status.iloc[0] == "ok" and search["mode"].iloc[0] == "search"
+    assert search["search_simulations"].iloc[0] >= 1
+    bad = df[df.composition == "Xx2"]
+    assert bad.status.iloc[0] == "error" and "Xx" in bad.error.iloc[0]
+    assert main(["crystal", "batch", "-i", str(table), "-o", str(tmp_path / "o2.csv"), "--mode", "dream"]) == 2

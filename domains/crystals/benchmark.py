@@ -343,7 +343,7 @@ def train_for_benchmark(train, preset: str, steps: int | None, seed: int, progre
     from domains.crystals.lm import train_crystal_lm
     from sciar.io import fingerprint
 
-    key = fingerprint([train, preset, str(steps), str(seed)])
+    key = fingerprint([Path(train), preset, str(steps), str(seed)])
     out = cache_dir() / "bench" / f"{preset}-{key}"
     if not (out / "model.safetensors").exists() or (out / "last").exists() and steps:
         train_crystal_lm(train, out, preset, steps=steps, seed=seed, progress=progress)

@@ -175,17 +175,40 @@ def batch(
     top_k: int = typer.Option(10, help="Top-k filtering."),
     seed: int = typer.Option(0, help="Random seed (row i uses seed + i)."),
     chunk_size: int = typer.Option(8, help="Rows between atomic writes of the output."),
+    mode: str = typer.Option("sample", help="sample (plain generation) or search (MCTS toward low formation energy); "
+                                            "a 'mode' column overrides it per row."),
+    simulations: int = typer.Option(200, help="MCTS simulations per row in search mode."),
+    width: int = typer.Option(5, help="MCTS tree width in search mode."),
 ):
-    """Generate structures for a table of compositions; one output row per structure, with validity and energy."""
+    """Generate structures for a table of compositions; one output row per structure, with validity and energy.
+
+    In search mode each row runs ``sciar crystal search`` (scorer from --energy, cgcnn or chgnet) and yields its
+    best structure.
+    """
     from domains.crystals.sampling import batch_fn
+    from domains.crystals.search import search_row_fn
     from sciar.batch import read_table, run_batch
+    from sciar.errors import DataError, SciarError
 
     df = read_table(input)
     if "composition" not in df.columns:
-        from sciar.errors import DataError
-
         raise DataError(f"{input} needs a 'composition' column (has {', '.join(map(str, df.columns))})")
-    fn = batch_fn(checkpoint, n=n, energy=energy, bonds=bonds, temperature=temperature, top_k=top_k, seed=seed)
+    modes = {"sample": None, "search": None}
+    if mode not in modes:
+        raise SciarError(f"unknown mode {mode!r} (sample or search)")
+
+    def fn(row: dict) -> list[dict]:
+        m = row.get("mode")
+        m = mode if not isinstance(m, str) or not m.strip() else m.strip()
+        if m not in modes:
+            raise SciarError(f"unknown mode {m!r} (sample or search)")
+        if modes[m] is None:  # built on first use: a table of one mode never loads the other
+            modes[m] = (batch_fn(checkpoint, n=n, energy=energy, bonds=bonds, temperature=temperature, top_k=top_k,
+                                 seed=seed) if m == "sample" else
+                        search_row_fn(checkpoint, simulations=simulations, width=width,
+                                      scorer=energy if energy != "none" else "cgcnn", seed=seed))
+        return modes[m](row)
+
     out = run_batch(df, fn, output=output, chunk_size=chunk_size, desc="crystal batch")
     ok = out[out["status"] == "ok"]
     typer.echo(f"{len(df)} rows: {len(ok)} structures ({ok['valid'].astype(str).eq('True').mean() if len(ok) else 0:.0%} valid), "

@@ -137,10 +137,10 @@ def train_crystal_lm(data, out: str | Path, preset_name: str = "tiny", steps: in
     torch.manual_seed(seed)
     model = LanguageModel(cfg)
     if isinstance(data, pd.DataFrame):
-        fp = fingerprint([t.encode() for t in df["canonical"]])  # bytes: never taken for file names
+        fp = fingerprint([t.encode() for t in df["canonical"]])
         sources = ["<table>"]
     else:
-        fp = fingerprint([*[str(Path(x)) if Path(x).is_dir() else x for x in paths], f"dedup={dedup}"])
+        fp = fingerprint([*[str(Path(x)) if Path(x).is_dir() else Path(x) for x in paths], f"dedup={dedup}"])
         sources = [str(x) for x in paths]
     domain = {"domain": DOMAIN, "data_fingerprint": fp, "data": sources, "preset": preset_name, **info}
     summary = train(model, src, tc, out, {"model": cfg.to_dict(), "tied": True}, tok, domain, resume=resume,
