@@ -437,10 +437,9 @@ def summary_line(s: dict) -> str:
 # ---------------------------------------------------------------- commands (registered in cli.py)
 
 def _echo_table(df, max_rows: int = 40):
-    import pandas as pd
+    from domains.crystals.cli import _echo_table as echo  # one table printer for the crystal commands
 
-    with pd.option_context("display.max_rows", max_rows, "display.width", 200, "display.max_columns", 20):
-        typer.echo(df.to_string(index=False))
+    echo(df, max_rows)
 
 
 def search_cmd(
