@@ -16,6 +16,7 @@ Inputs that cannot be used are reported with a reason (``unparseable``,
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -159,18 +160,33 @@ def spacegroup_of(text: str) -> str | None:
     return cif_field(text, SG_KEY)
 
 
-def rebuild_symmetry(text: str) -> str:
-    """Replace the identity-only symmetry loop by the full operations of the stated space group."""
+@functools.lru_cache(maxsize=None)
+def spacegroup(symbol: str):
+    """pymatgen's SpaceGroup for a symbol, kept alive: pymatgen's own instance cache is weak, so
+    without a reference every CIF rebuilds the group's operations (about a second for cubic groups)."""
+    import warnings
+
     from pymatgen.symmetry.groups import SpaceGroup
 
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return SpaceGroup(symbol)
+    except Exception:
+        raise DataError(f"unknown space group {symbol!r}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _symmetry_rows(symbol: str) -> str:
+    return "\n".join(f" {i} '{op.as_xyz_str()}'" for i, op in enumerate(spacegroup(symbol).symmetry_ops, 1))
+
+
+def rebuild_symmetry(text: str) -> str:
+    """Replace the identity-only symmetry loop by the full operations of the stated space group."""
     sg = spacegroup_of(text)
     if not sg:
         raise DataError("no space group in the CIF")
-    try:
-        ops = SpaceGroup(sg).symmetry_ops
-    except Exception:
-        raise DataError(f"unknown space group {sg!r}") from None
-    rows = "\n".join(f" {i} '{op.as_xyz_str()}'" for i, op in enumerate(ops, 1))
+    rows = _symmetry_rows(sg)
     pat = re.compile(r"(_symmetry_equiv_pos_as_xyz\n)[ \t]*1[ \t]+'x, y, z'")
     if not pat.search(text):
         raise DataError("the CIF has no identity-only symmetry loop to rebuild")

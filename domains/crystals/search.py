@@ -40,24 +40,15 @@ def _first_line(e: Exception) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
-_SPACEGROUPS: dict = {}
-
-
 def _keep_spacegroup(symbol: str | None):
-    """Hold pymatgen's SpaceGroup for this symbol alive: its instance cache is weak, so without a
-    reference every CIF check rebuilds the group's operations (about a second for cubic groups)."""
-    if not symbol or symbol in _SPACEGROUPS:
-        return
-    try:
-        import warnings
+    """Build (once) and keep pymatgen's SpaceGroup for this symbol, so later checks reuse it."""
+    from domains.crystals.cif import spacegroup
 
-        from pymatgen.symmetry.groups import SpaceGroup
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _SPACEGROUPS[symbol] = SpaceGroup(symbol)
-    except Exception:
-        _SPACEGROUPS[symbol] = None  # unknown symbol: the validity check reports it
+    if symbol:
+        try:
+            spacegroup(symbol)
+        except SciarError:
+            pass  # unknown symbol: the validity check reports it
 
 
 def evaluate_cifs(texts: list[str], scorer) -> list:
