@@ -353,6 +353,19 @@ class CrystalGenerator:
             raise SciarError(f"composition {p.formula} is too large for the model's context of {self.block} tokens "
                              f"(needs at least about {least})")
 
+    def fitting(self, prompts: list[Prompt]) -> list[Prompt]:
+        """The prompts whose CIFs can fit the context; the first prompt's error when none can."""
+        fitting, err = [], None
+        for p in prompts:
+            try:
+                self.check_fits(p)
+                fitting.append(p)
+            except SciarError as e:
+                err = err or e
+        if not fitting:
+            raise err
+        return fitting
+
     def sample(self, prompts: list[Prompt], n: int = 1, temperature: float = 1.0, top_k: int | None = 10,
                seed: int | None = None, constrained: bool = True, max_new_tokens: int | None = None,
                use_cache: bool = True, snap: bool = True) -> list[Sample]:
@@ -415,16 +428,7 @@ class CrystalGenerator:
                            **kw) -> list[Sample]:
         """``n`` samples for a user's composition, spread over the formula-unit counts that fit
         in proportion to the model's probability of each ``data_`` header."""
-        prompts = prompts_for(composition, spacegroup, z)
-        fitting, err = [], None
-        for p in prompts:
-            try:
-                self.check_fits(p)
-                fitting.append(p)
-            except SciarError as e:
-                err = err or e
-        if not fitting:
-            raise err
+        fitting = self.fitting(prompts_for(composition, spacegroup, z))
         per = self.allocate(fitting, n)
         out = []
         for p, k in zip(fitting, per):

@@ -173,15 +173,7 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
     cfg.check()  # a zero budget fails before any model is loaded
     prompts = prompts_for(composition, spacegroup, z)  # unknown elements, bad formulas and space groups fail here
     gen = generator or load_generator(checkpoint)
-    fitting, err = [], None
-    for p in prompts:
-        try:
-            gen.check_fits(p)
-            fitting.append(p)
-        except SciarError as e:
-            err = err or e
-    if not fitting:
-        raise err
+    fitting = gen.fitting(prompts)
     scorer_name = scorer if isinstance(scorer, str) else getattr(scorer, "name", type(scorer).__name__)
     score_fn = make_scorer(scorer, relax) if isinstance(scorer, str) else scorer
     tok = gen.tok
