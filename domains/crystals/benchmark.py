@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from domains.crystals.cif import canonicalize, read_inputs, structure_from_cif
+from domains.crystals.cif import canonicalize, load_canonical, read_inputs, structure_from_cif
 from sciar.errors import DataError, SciarError
 
 STRATEGIES = ("lm", "retrieval", "hybrid")
@@ -177,7 +177,7 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
             raise SciarError("the retrieval strategy needs --train (the template index)")
         from domains.crystals.retrieval import RetrievalIndex
 
-        index = RetrievalIndex.from_table(read_inputs(train), progress=progress)
+        index = RetrievalIndex.from_table(load_canonical(train, progress=progress), progress=progress)
         info["index_size"] = len(index.structures)
 
     rows = {st: [] for st in strategies}

@@ -61,16 +61,24 @@ class Candidate:
 class RetrievalIndex:
     """Training structures grouped by count pattern."""
 
-    def __init__(self, structures: list, ids: list[str] | None = None):
+    def __init__(self, structures: list, ids: list[str] | None = None, n_atoms: list[int] | None = None):
         self.structures = structures
         self.ids = ids or [str(i) for i in range(len(structures))]
+        # atoms in each template's canonical (conventional) cell: prompts name that cell, and a
+        # training file may hold the same crystal in its primitive cell
+        self.n_atoms = list(n_atoms) if n_atoms is not None else [len(s) for s in structures]
+        self._votes: dict[tuple, list] = {}
         self.groups: dict[tuple, list[int]] = defaultdict(list)
         for i, s in enumerate(structures):
             self.groups[count_pattern(s.composition)].append(i)
 
     @classmethod
     def from_table(cls, df: pd.DataFrame, progress: bool = False) -> "RetrievalIndex":
-        """From a table with a ``cif`` column (original structures) or canonical CIFs."""
+        """From a table with a ``cif`` column (original structures) or canonical CIFs.
+
+        With the ``n_atoms`` column of :func:`~domains.crystals.cif.load_canonical`, templates are
+        matched to a prompt by the atom count of their canonical cell.
+        """
         from tqdm.auto import tqdm
 
         from domains.crystals.cif import structure_from_cif
@@ -78,20 +86,23 @@ class RetrievalIndex:
         col = "cif" if "cif" in df.columns else "canonical"
         if col not in df.columns:
             raise DataError("a retrieval index needs a table with a 'cif' or 'canonical' column")
-        structs, ids = [], []
+        structs, ids, counts = [], [], []
         ok = df[df["reason"].isna()] if "reason" in df.columns else df
         id_col = ok["id"] if "id" in ok.columns else pd.Series(range(len(ok))).astype(str)
-        for text, i in tqdm(zip(ok[col], id_col), total=len(ok), desc="index", disable=not progress):
+        n_col = ok["n_atoms"] if "n_atoms" in ok.columns else [None] * len(ok)
+        for text, i, n in tqdm(zip(ok[col], id_col, n_col), total=len(ok), desc="index", disable=not progress):
             if not isinstance(text, str):
                 continue
             try:
-                structs.append(structure_from_cif(text, rebuild=col == "canonical"))
-                ids.append(str(i))
+                s = structure_from_cif(text, rebuild=col == "canonical")
             except DataError:
                 continue
+            structs.append(s)
+            ids.append(str(i))
+            counts.append(int(n) if n is not None and n == n else len(s))
         if not structs:
             raise DataError("no readable structures for the retrieval index")
-        return cls(structs, ids)
+        return cls(structs, ids, counts)
 
     def candidates(self, composition, max_candidates: int = 200) -> list[Candidate]:
         """Substituted templates for a composition, most similar first (not deduplicated)."""
@@ -104,7 +115,7 @@ class RetrievalIndex:
                 continue
             mapping = {te: qe for k in q for te, qe in zip(tb[k], q[k])}
             score = sum(abs(_mendeleev(te) - _mendeleev(qe)) for te, qe in mapping.items())
-            out.append((score, abs(len(t) - composition.num_atoms), i, mapping))
+            out.append((score, abs(self.n_atoms[i] - composition.num_atoms), i, mapping))
         out.sort(key=lambda x: (x[0], x[1], x[2]))
         res = []
         for score, _, i, mapping in out[:max_candidates]:
@@ -133,7 +144,13 @@ class RetrievalIndex:
 
         sm = matcher or StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
         cands = self.candidates(composition, max(pool, 4 * n))
-        clusters = vote(cands[:pool], sm, tau)
+        # a pool of the same templates under the same substitution clusters the same way (every
+        # pure-carbon prompt of one cell size draws the same pool): cluster it once
+        key = (tuple((c.template, tuple(sorted(c.mapping.items()))) for c in cands[:pool]), tau,
+               sm.ltol, sm.stol, sm.angle_tol)
+        if key not in self._votes:
+            self._votes[key] = vote(cands[:pool], sm, tau)
+        clusters = [(cands[j], w) for j, w in self._votes[key]]
         ranked = [c for c, _ in sorted(clusters, key=lambda cv: -cv[1])]
         if len(ranked) < n:
             ranked += dedupe(ranked + cands[pool:], n, sm)[len(ranked):]
@@ -162,23 +179,23 @@ def dedupe(cands: list, n: int, sm) -> list:
     return kept
 
 
-def vote(cands: list, sm, tau: float) -> list[tuple]:
-    """Cluster candidates (in similarity order) with the matcher: [(representative, summed weight)]."""
+def vote(cands: list, sm, tau: float) -> list[tuple[int, float]]:
+    """Cluster candidates (in similarity order) with the matcher: [(index of the representative, summed weight)]."""
     clusters: list[list] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for c in cands:
+        for j, c in enumerate(cands):
             w = float(np.exp(-c.score / tau))
             for cl in clusters:
                 try:
-                    if sm.fit(cl[0].structure, c.structure):
+                    if sm.fit(cands[cl[0]].structure, c.structure):
                         cl[1] += w
                         break
                 except Exception:
                     continue
             else:
-                clusters.append([c, w])
-    return [(c, w) for c, w in clusters]
+                clusters.append([j, w])
+    return [(j, w) for j, w in clusters]
 
 
 def volume_scaled(structure, target_per_atom: float):
