@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sciar.errors import DataError
+from sciar.errors import DataError, SciarError
 from domains.timeseries.data import (CALENDAR_SIZES, SegmentWindows, Part, calendar, read_csv, read_series, read_tsf,
                                      segment_marks, standard_splits, StandardScaler, future_timestamps)
 from domains.timeseries.evaluate import LinearMap, evaluate, seasonal_naive, seasonal_period
@@ -180,3 +180,45 @@ def test_duplicates_keep_policy_and_short_window_ets(tmp_path):
     fn = ets_forecaster(x[:500], 52, 10, lookback=96)
     out = fn(x[None, 500:596].astype(np.float32), np.array([0]))
     assert out.shape == (1, 10) and np.isfinite(out).all()
+
+
+def test_prompted_evaluation_scores_the_same_windows():
+    """In-context evaluation: the same test windows, each with earlier segments in front as a prompt."""
+    import torch
+
+    from domains.timeseries.model import HeadConfig, SegmentForecaster
+    from domains.timeseries.pipeline import evaluate_model, prepare
+    from sciar.model import ModelConfig
+
+    s = read_csv(SHARED / "ETTh1.csv")
+    prep = prepare(s, 96)
+    torch.manual_seed(0)
+    m = SegmentForecaster(ModelConfig(vocab_size=0, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0),
+                          HeadConfig(segment=24, context=4, hidden=32, dropout=0.0)).eval()
+    plain = evaluate_model(m, prep, 96, [24, 48], max_windows=50)
+    p2 = evaluate_model(m, prep, 96, [24, 48], max_windows=50, prompt_segments=2)
+    assert p2["windows"] == plain["windows"] == 50
+    assert p2["avg"]["mse"] != plain["avg"]["mse"] and np.isfinite(p2["avg"]["mse"])
+    with pytest.raises(SciarError, match="no room"):
+        evaluate_model(m, prepare(s, 96), 96, [24], max_windows=5, prompt_segments=10_000)
+
+
+def test_m4_in_context_benchmark(tmp_path):
+    """M4 Hourly slice, zero-shot with and without prompts; seasonal naive's sMAPE checked by hand."""
+    from domains.timeseries.bench import read_m4, run_in_context, smape
+
+    src = SHARED / "m4"
+    for name in ("Hourly-train.csv", "Hourly-test.csv"):
+        (tmp_path / name).write_text("".join(open(src / name).readlines()[:13]))
+    res = run_in_context(tmp_path / "Hourly-train.csv", tmp_path / "Hourly-test.csv", prompts=(0, 2),
+                         json_out=tmp_path / "icl.json", log=lambda *_: None)
+    assert res["series"] == 12 and res["horizon"] == 48 and (tmp_path / "icl.json").is_file()
+    m = res["methods"]
+    assert set(m) == {"seasonal_naive", "prompt_0", "prompt_2", "lookback_576"}
+    assert m["prompt_0"]["smape"] != m["prompt_2"]["smape"]
+    tr, te = read_m4(tmp_path / "Hourly-train.csv"), read_m4(tmp_path / "Hourly-test.csv")
+    sn = np.stack([np.tile(x[-24:], 2) for x in tr])
+    assert abs(m["seasonal_naive"]["smape"] - smape(sn, np.stack(te))) < 1e-5
+    (tmp_path / "short.csv").write_text("".join(open(src / "Hourly-test.csv").readlines()[:5]))
+    with pytest.raises(SciarError, match="series"):
+        run_in_context(tmp_path / "Hourly-train.csv", tmp_path / "short.csv", log=lambda *_: None)

@@ -200,3 +200,82 @@ def test_flat_windows_do_not_blow_up():
     x[:, 80] = 5.0  # a jump right after a flat lookback: the loss stays bounded
     with torch.no_grad():
         assert float(m(x)) < 1e6
+
+
+def test_rolled_validation_scores_the_rolled_forecast(tmp_path):
+    """Validation by rolling: the loss on a val batch is the benchmark's figure (MSE of the rolled forecast,
+    averaged over horizons, in standardised units), and training selects checkpoints by it."""
+    from domains.timeseries.data import SegmentWindows
+    from domains.timeseries.pipeline import rolled_horizons, val_loss
+
+    m = tiny().eval()
+    x = torch.randn(3, 24 * 6) * 2 + 1
+    marks = torch.randint(0, 4, (3, 6, 10))
+    pred = m.forecast(x[:, :72], marks, 60)
+    want = np.mean([float(((pred[:, :h] - x[:, 72 : 72 + h]) ** 2).mean()) for h in (24, 60)])
+    with torch.no_grad():
+        got = float(m(x, marks, horizons=torch.tensor([24, 60])))
+        nxt = float(m(x, marks))
+    assert abs(got - want) < 1e-5
+    assert abs(got - nxt) > 1e-3  # not the next-segment loss
+    with pytest.raises(SciarError, match="cannot score"):
+        m(x, marks, horizons=torch.tensor([96]))
+
+    m.head.window = 5  # 5 segments of 24 after a lookback of 72 leave 48 steps to score
+    assert rolled_horizons(m.head, [24, 96, 720]) == [24, 48] and rolled_horizons(m.head, None) is None
+    s = _etth1_slice()
+    prep = prepare(s, 72)
+    src = SegmentWindows([prep.train], [prep.val], 24, 4, val_horizons=[24, 48])
+    g = torch.Generator().manual_seed(0)
+    assert "horizons" not in src.get_batch("train", 4, g) and src.get_batch("val", 4, g)["horizons"].tolist() == [24, 48]
+    tc = train_config("tiny", max_steps=20, progress=False, eval_every=10, save_every=10, device="cpu", batch_size=8)
+    summ = fit(m.train(), [prep.train], [prep.val], tmp_path / "rv", tc, val_horizons=[24, 96])
+    assert summ["val_horizons"] == [24, 48]
+    best, ck = load_forecaster(tmp_path / "rv")
+    assert ck.domain["val_horizons"] == [24, 48]
+    # the kept checkpoint's validation loss is the rolled figure train() recorded as the best
+    assert abs(val_loss(best, src, tc) - summ["best_val"]) < 1e-4
+
+
+def test_stats_embedding_starts_silent_then_reads_the_level(tmp_path):
+    """The window-statistics embedding: a backbone given it forecasts as before; once trained it sees the
+    level the normalisation removed (no longer shift-equivariant); checkpoints keep it."""
+    m = tiny(time=False).eval()
+    ctx = torch.randn(3, 72)
+    before = m.forecast(ctx, None, 48)
+    m.add_stats()
+    assert m.head.stats and torch.allclose(m.forecast(ctx, None, 48), before)
+    with torch.no_grad():
+        m.stats.weight.normal_(0, 1.0)
+    after = m.forecast(ctx, None, 48)
+    assert not torch.allclose(after, before, atol=1e-3)
+    shifted = m.forecast(ctx + 3.0, None, 48)
+    assert not torch.allclose(shifted, after + 3.0, atol=1e-3)  # the level now matters
+    assert any(p is m.stats.weight for p in m.adapter_parameters())
+    # the rolled training loss: next-segment loss plus the rolled forecast's error, with gradients to both paths
+    m.train()
+    m.head.rolled_loss = 48
+    x = torch.randn(4, 24 * 6)
+    loss = m(x)
+    with torch.no_grad():
+        m.eval()
+        want = m.next_loss(x) + m.rolled_loss(x, None, [48])
+    m.train()
+    assert abs(loss.item() - want.item()) < 1e-4  # dropout is 0 in tiny()
+    loss.backward()
+    assert m.stats.weight.grad.abs().sum() > 0
+
+
+def test_stats_checkpoint_roundtrip(tmp_path):
+    from sciar.checkpoint import save_checkpoint
+
+    m = tiny(time=False)
+    m.add_stats()
+    with torch.no_grad():
+        m.stats.bias.fill_(0.5)
+    save_checkpoint(tmp_path / "ck", m, {"model": m.cfg.to_dict(), "head": m.head.to_dict()}, None,
+                    {"domain": "timeseries"})
+    back, _ = load_forecaster(tmp_path / "ck")
+    assert back.stats is not None and torch.equal(back.stats.bias, m.stats.bias)
+    ctx = torch.randn(2, 72)
+    assert torch.allclose(back.forecast(ctx, None, 30), m.eval().forecast(ctx, None, 30))

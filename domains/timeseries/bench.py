@@ -17,7 +17,8 @@ from sciar.io import write_json_atomic
 
 from .data import read_series
 from .evaluate import LinearMap, Memo, ets_forecaster, evaluate, evaluate_many, seasonal_naive, seasonal_period
-from .pipeline import evaluate_model, load_forecaster, prepare, split_forecaster, train_on_series
+from .pipeline import (evaluate_model, load_forecaster, model_forecaster, prepare, split_forecaster, split_values,
+                       train_on_series)
 
 
 def _strip(res: dict, target_idx: int) -> dict:
@@ -30,7 +31,8 @@ def _strip(res: dict, target_idx: int) -> dict:
 def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=None, init=None, adapter_only=False,
                   zero_shot=None, preset="default", max_steps=None, ablate_time=False, out="runs/timeseries-bench",
                   split="auto", fill="error", ets=True, max_windows=None, device="auto", progress=True,
-                  log=print, duplicates="error") -> dict:
+                  log=print, duplicates="error", prompt_segments: list[int] | None = None, stats: bool = False,
+                  rolled_loss: int | None = None) -> dict:
     series = read_series(csv, fill=fill, duplicates=duplicates)
     prep = prepare(series, lookback, split)
     tgt = series.columns.index(series.target)
@@ -70,7 +72,7 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
     else:
         summ = train_on_series(csv, run_dir / "sciar", init=init, adapter_only=adapter_only, preset=preset,
                                lookback=lookback, split=split, fill=fill, max_steps=max_steps, device=device,
-                               progress=progress, series=series)
+                               progress=progress, series=series, stats=stats, rolled_loss=rolled_loss)
         model, ck = load_forecaster(run_dir / "sciar")
         train_info = {"checkpoint": str(ck.path), "train_seconds": summ["seconds"], "steps": summ["steps"],
                       "trainable_params": summ["trainable_params"], "preset": preset, "init": init,
@@ -101,6 +103,18 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
         zs.to(dev)
         record("zero_shot", evaluate_model(zs, prep, lookback, horizons, max_windows, device=dev),
                checkpoint=str(zck.path), note="pretrained backbone, never trained on this dataset")
+        S = zs.head.segment
+        for p in prompt_segments or []:
+            # in-context: the p segments before each test window's lookback as a prompt, against the same
+            # history given as a longer plain lookback (the same test windows either way)
+            record(f"zero_shot_prompt{p}", evaluate_model(zs, prep, lookback, horizons, max_windows, device=dev,
+                                                          prompt_segments=p),
+                   checkpoint=str(zck.path), prompt_segments=p, note=f"zero-shot, {p} earlier segments as a prompt")
+            values, cal = split_values(zs, prep, "test", H, p * S)
+            fn = model_forecaster(zs, cal, lookback + p * S, H, device=dev)
+            record(f"zero_shot_lookback{lookback + p * S}",
+                   evaluate(fn, values, lookback + p * S, horizons, max_windows=max_windows),
+                   checkpoint=str(zck.path), note=f"zero-shot, the same {p} segments as part of a longer lookback")
 
     # ------------------------------------------------------------------------------------- exponential smoothing
     if ets:
@@ -133,3 +147,90 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------------------------------ in-context forecasting
+
+
+def read_m4(path) -> list[np.ndarray]:
+    """An M4 competition file (id column ``V1``, then one series per row, padded with empty cells)."""
+    import pandas as pd
+
+    from sciar.errors import DataError
+
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    vals = df.iloc[:, 1:].to_numpy(dtype=np.float64)
+    return [row[~np.isnan(row)] for row in vals]
+
+
+def smape(pred: np.ndarray, true: np.ndarray) -> float:
+    return float(np.mean(200.0 * np.abs(pred - true) / np.maximum(np.abs(pred) + np.abs(true), 1e-8)))
+
+
+def run_in_context(train_csv, test_csv, checkpoint="timeseries-pretrained", lookback: int = 384,
+                   prompts: tuple[int, ...] = (0, 1, 2, 3), period: int = 24, json_out=None, log=print) -> dict:
+    """In-context forecasting on an M4 set, zero-shot: the backbone forecasts each series' test horizon from
+    its last ``lookback`` steps, with the ``p`` segments before them put in front as a prompt (``p`` in
+    ``prompts``; 0 = no prompt), against the same backbone given those steps as a longer lookback instead,
+    and seasonal naive. Metrics: M4's sMAPE and MASE (seasonal period ``period``) on the original values, and
+    MSE/MAE on values standardised by each series' training part."""
+    import torch
+
+    from sciar.errors import DataError
+
+    train, test = read_m4(train_csv), read_m4(test_csv)
+    if len(train) != len(test):
+        raise DataError(f"{train_csv} holds {len(train)} series, {test_csv} {len(test)}")
+    model, ck = load_forecaster(checkpoint)
+    S = model.head.segment
+    H = min(len(t) for t in test)
+    need = lookback + max(prompts) * S
+    keep = [i for i, x in enumerate(train) if len(x) >= need and len(x) > period]
+    if not keep:
+        raise DataError(f"no series holds the lookback ({lookback}) plus {max(prompts)} prompt segments of {S}")
+    mu = np.array([train[i].mean() for i in keep])[:, None]
+    sd = np.array([train[i].std() + 1e-8 for i in keep])[:, None]
+    scale = np.array([np.mean(np.abs(train[i][period:] - train[i][:-period])) + 1e-8 for i in keep])[:, None]
+    truth = np.stack([test[i][:H] for i in keep])
+
+    def tail(n):
+        return np.stack([(train[i][-n:] - mu[j, 0]) / sd[j, 0] for j, i in enumerate(keep)]).astype(np.float32)
+
+    def score(pred_std: np.ndarray, **extra) -> dict:
+        pred = pred_std[:, :H] * sd + mu
+        z, zt = pred_std[:, :H], (truth - mu) / sd
+        return {"smape": smape(pred, truth), "mase": float(np.mean(np.abs(pred - truth) / scale)),
+                "mse": float(np.mean((z - zt) ** 2)), "mae": float(np.mean(np.abs(z - zt))), **extra}
+
+    methods = {}
+    sn = tail(period)
+    methods["seasonal_naive"] = score(np.tile(sn, (1, -(-H // period))), period=period)
+    from .data import calendar, segment_marks
+
+    def marks(n_seg):  # M4 gives no timestamps: every segment gets the calendar's "unknown" entries
+        if model.time is None:
+            return None
+        m = segment_marks(calendar(None, n_seg * S, None), S)
+        return torch.from_numpy(np.repeat(m[None], len(keep), axis=0))
+
+    fut = -(-H // S)
+    with torch.no_grad():
+        for p in prompts:
+            ctx = torch.from_numpy(tail(lookback + p * S))
+            prompt = ctx[:, : p * S] if p else None
+            pm = marks(p) if p else None
+            pred = model.forecast(ctx[:, p * S :], marks(lookback // S + fut), H, prompt=prompt, prompt_marks=pm).numpy()
+            methods[f"prompt_{p}"] = score(pred, lookback=lookback, prompt_segments=p)
+            if p:  # the same history as a plain lookback
+                pred = model.forecast(ctx, marks(lookback // S + p + fut), H).numpy()
+                methods[f"lookback_{lookback + p * S}"] = score(pred, lookback=lookback + p * S, prompt_segments=0)
+    for k, v in methods.items():
+        log(f"{k:<16} sMAPE {v['smape']:7.3f}  MASE {v['mase']:6.3f}  MSE {v['mse']:.4f}  MAE {v['mae']:.4f}")
+    result = {"dataset": Path(train_csv).name, "series": len(keep), "of": len(train), "horizon": H,
+              "checkpoint": str(ck.path), "calendar": "unknown (M4 has no timestamps)", "methods": methods}
+    if json_out:
+        write_json_atomic(json_out, result)
+    return result

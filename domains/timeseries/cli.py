@@ -53,6 +53,10 @@ def _ints(text: str, what: str) -> list[int]:
     return v
 
 
+def _val_horizons(text: str) -> list[int] | None:
+    return None if text.strip().lower() == "next" else _ints(text, "--val-horizons")
+
+
 def _threads(threads: int):
     import torch
 
@@ -116,6 +120,9 @@ def train_cmd(
     max_steps: Optional[int] = typer.Option(None, help="Training steps (default: the preset's)."),
     rollout: Optional[int] = typer.Option(None, help="Extra training passes that feed back the model's own predictions after the lookback."),
     skip: int = typer.Option(0, help="From scratch: add a linear path from the last SKIP segments, started by least squares."),
+    val_horizons: str = typer.Option("96,192,336,720", help="Validate (early stopping, best checkpoint) on the rolled forecast's MSE averaged over these horizons; 'next': on the next-segment loss."),
+    stats: Optional[bool] = typer.Option(None, help="Feed the lookback's mean and deviation back to the model as an embedding (default: on)."),
+    rolled_loss: Optional[int] = typer.Option(None, help="Also train on the error of the model rolled this many steps past the lookback (0: off; default: 720)."),
     batch_size: Optional[int] = typer.Option(None, help="Windows per step."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -130,7 +137,8 @@ def train_cmd(
     summary = train_on_series(csv, out, target=target, features=features, init=init, adapter_only=adapter_only,
                               preset=preset, lookback=lookback, segment=segment, embed=embed, time=time, split=split,
                               fill=fill, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device,
-                              progress=progress, resume=resume, rollout=rollout, skip=skip)
+                              progress=progress, resume=resume, rollout=rollout, skip=skip,
+                              val_horizons=_val_horizons(val_horizons), stats=stats, rolled_loss=rolled_loss)
     typer.echo(json.dumps(summary))
     typer.echo(f"checkpoint: {out}")
 
@@ -241,6 +249,9 @@ def benchmark(
     split: str = typer.Option("auto", help="auto, ett or ratio."),
     fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
     duplicates: str = typer.Option("error", help="Repeated timestamps: error, or keep (use the rows in file order)."),
+    prompt_segments: str = typer.Option("", help="With --zero-shot: also score it with this many earlier segments as an in-context prompt (comma separated, e.g. 1,2,4)."),
+    stats: Optional[bool] = typer.Option(None, help="Train with the lookback statistics embedding (default: on)."),
+    rolled_loss: Optional[int] = typer.Option(None, help="Rolled training loss over this many steps (0: off; default: 720)."),
     ets: bool = typer.Option(True, help="Run the statsmodels exponential-smoothing baseline (target only; slow)."),
     max_windows: int = typer.Option(0, help="Score only this many evenly spaced test windows (0: all, stride 1)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -254,7 +265,9 @@ def benchmark(
     res = run_benchmark(csv, lookback, _ints(horizons, "--horizons"), json_out, checkpoint=checkpoint, init=init,
                         adapter_only=adapter_only, zero_shot=zero_shot, preset=preset, max_steps=max_steps,
                         ablate_time=ablate_time, out=out, split=split, fill=fill, ets=ets, duplicates=duplicates,
-                        max_windows=max_windows or None, device=device, progress=progress)
+                        max_windows=max_windows or None, device=device, progress=progress, stats=stats,
+                        rolled_loss=rolled_loss,
+                        prompt_segments=_ints(prompt_segments, "--prompt-segments") if prompt_segments else None)
     for name, m in res["methods"].items():
         typer.echo(f"{name:<16} avg mse {m['avg']['mse']:.4f}  mae {m['avg']['mae']:.4f}")
     typer.echo(f"results: {json_out}")

@@ -411,8 +411,11 @@ class SegmentWindows:
     segment's first and last step).
     """
 
-    def __init__(self, train: list[Part], val: list[Part] | None, segment: int, context: int):
+    def __init__(self, train: list[Part], val: list[Part] | None, segment: int, context: int,
+                 val_horizons: list[int] | None = None):
         self.segment, self.context = segment, context
+        # validation batches carry the horizons to score by rolling the model (SegmentForecaster.rolled_loss)
+        self.val_horizons = list(val_horizons) if val_horizons else None
         self.length = (context + 1) * segment
         self.splits = {"train": self._index(train, "train")}
         if val:
@@ -453,4 +456,7 @@ class SegmentWindows:
             p = parts[pi]
             xs.append(p.values[start : start + self.length, c])
             ms.append(segment_marks(p.cal[start : start + self.length], self.segment))
-        return {"x": torch.from_numpy(np.stack(xs)).float(), "marks": torch.from_numpy(np.stack(ms))}
+        batch = {"x": torch.from_numpy(np.stack(xs)).float(), "marks": torch.from_numpy(np.stack(ms))}
+        if split == "val" and self.val_horizons:
+            batch["horizons"] = torch.tensor(self.val_horizons)
+        return batch

@@ -38,6 +38,8 @@ class HeadConfig:
     time: bool = True  # calendar position embeddings
     rollout: int = 0  # extra training passes that feed the model its own predictions after the lookback
     skip: int = 0  # segments read by a linear path added to the projection (0: none, the pure AutoTimes head)
+    rolled_loss: int = 0  # train on the rolled forecast's error over this many steps after the lookback (0: next-segment loss only)
+    stats: bool = False  # feed the lookback's mean and deviation (removed by the normalisation) back as an embedding
     eps: float = 1e-5
     std_floor: float = 0.01  # least window deviation (in training-split standard units): flat windows, e.g. no rain
 
@@ -99,6 +101,20 @@ class SegmentForecaster(nn.Module):
         self.skip = nn.Linear(head.skip * head.segment, head.segment, bias=False) if head.skip else None
         if self.skip is not None:
             nn.init.zeros_(self.skip.weight)
+        self.stats = None
+        if head.stats:
+            self.add_stats()
+
+    def add_stats(self):
+        """Give the model the window statistics that the per-window normalisation hides (the level and scale
+        of the lookback in the training split's units, as Non-stationary Transformers feed back theirs): an
+        embedding of (mean, log deviation, mean/deviation) added to every segment token. Starts at zero, so
+        a backbone given it forecasts exactly as before until training moves it."""
+        self.head.stats = True
+        self.stats = nn.Linear(3, self.cfg.n_embd)
+        nn.init.zeros_(self.stats.weight)
+        nn.init.zeros_(self.stats.bias)
+        return self
 
     # ------------------------------------------------------------------------------------------- parameters
     def adapter_parameters(self):
@@ -110,10 +126,14 @@ class SegmentForecaster(nn.Module):
             p.requires_grad_(not frozen)
 
     # ---------------------------------------------------------------------------------------------- forward
-    def tokens(self, segs: torch.Tensor, marks: torch.Tensor | None) -> torch.Tensor:
+    def tokens(self, segs: torch.Tensor, marks: torch.Tensor | None, mean: torch.Tensor | None = None,
+               std: torch.Tensor | None = None) -> torch.Tensor:
         e = self.embed(segs)
         if self.time is not None and marks is not None:
             e = e + self.mix * self.time(marks)
+        if self.stats is not None and mean is not None:
+            f = torch.cat([mean, std.log(), mean / std], dim=-1).clamp(-10.0, 10.0)  # [B, 3]
+            e = e + self.stats(f)[:, None, :]
         return e
 
     def skip_inputs(self, segs: torch.Tensor) -> torch.Tensor:
@@ -137,28 +157,54 @@ class SegmentForecaster(nn.Module):
         std = torch.sqrt(ctx.var(dim=1, keepdim=True, unbiased=False) + self.head.eps).clamp_min(self.head.std_floor)
         return (x - mean) / std, mean, std
 
-    def forward(self, x: torch.Tensor, marks: torch.Tensor | None = None) -> torch.Tensor:
-        """``x [B, (k+1)*S]``, ``marks [B, k+1, 10]``: loss of predicting segments 2..k+1 from 1..k."""
+    def forward(self, x: torch.Tensor, marks: torch.Tensor | None = None,
+                horizons: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [B, (k+1)*S]``, ``marks [B, k+1, 10]``: loss of predicting segments 2..k+1 from 1..k.
+
+        With ``horizons`` (a 1-D tensor of step counts) it returns :meth:`rolled_loss` instead: the
+        validation metric that matches how the model is used (one-for-all rolling from the lookback).
+        """
+        if horizons is not None:
+            return self.rolled_loss(x, marks, [int(h) for h in horizons])
+        if self.training and self.head.rolled_loss:
+            # train as the model is used: roll it from the lookback over the rest of the window (gradients flow
+            # through the fed-back segments), added to the teacher-forced next-segment loss
+            h = min(self.head.rolled_loss, x.shape[1] - self.head.lookback)
+            return self.next_loss(x, marks) + self.rolled_loss(x, marks, [h])
+        return self.next_loss(x, marks)
+
+    def next_loss(self, x: torch.Tensor, marks: torch.Tensor | None = None) -> torch.Tensor:
         S = self.head.segment
         n_seg = x.shape[1] // S
         if n_seg < 2 or x.shape[1] % S:
             raise SciarError(f"a training window must hold at least two whole segments of {S} steps")
         # statistics of the lookback part only, as at forecast time; later segments are normalised by them too,
         # so the positions after the lookback train the model on what a rollout sees
-        xn, _, _ = self.normalise(x, min(self.head.context, n_seg - 1) * S)
+        xn, mean, std = self.normalise(x, min(self.head.context, n_seg - 1) * S)
         segs = xn.view(x.shape[0], n_seg, S)
         m = marks[:, : n_seg - 1] if marks is not None else None
         inp, tgt = segs[:, :-1], segs[:, 1:]
-        pred = self.head_out(self.trunk(embeds=self.tokens(inp, m)), inp)
+        pred = self.head_out(self.trunk(embeds=self.tokens(inp, m, mean, std)), inp)
         loss = F.mse_loss(pred, tgt)
         k = min(self.head.context, n_seg - 1)
         for _ in range(self.head.rollout if n_seg - 1 > k else 0):
             # what a rollout sees: inputs after the lookback replaced by the previous pass's predictions of them
             # (pass r sees r-times-fed-back predictions); gradients flow through the fed-back segments
             inp = torch.cat([inp[:, :k], pred[:, k - 1 : -1]], dim=1)
-            pred = self.head_out(self.trunk(embeds=self.tokens(inp, m)), inp)
+            pred = self.head_out(self.trunk(embeds=self.tokens(inp, m, mean, std)), inp)
             loss = loss + F.mse_loss(pred[:, k - 1 :], tgt[:, k - 1 :])
         return loss / (1 + (self.head.rollout if n_seg - 1 > k else 0))
+
+    def rolled_loss(self, x: torch.Tensor, marks: torch.Tensor | None, horizons: list[int]) -> torch.Tensor:
+        """The benchmark's figure on a batch of windows: roll the model from the lookback (the first
+        ``context`` segments) over the rest of the window, then average over ``horizons`` the MSE of the
+        first ``h`` forecast steps, in the data's (standardised) units rather than per-window ones."""
+        L = self.head.lookback
+        H = max(horizons)
+        if x.shape[1] < L + H:
+            raise SciarError(f"a window of {x.shape[1]} steps cannot score a lookback of {L} and a horizon of {H}")
+        err = (self._roll(x[:, :L], marks, H) - x[:, L : L + H]).square()
+        return torch.stack([err[:, :h].mean() for h in horizons]).mean()
 
     def _roll(self, ctx, marks, horizon, prompt=None, prompt_marks=None, max_context=None, noise: float = 0.0,
               generator: torch.Generator | None = None) -> torch.Tensor:
@@ -181,7 +227,7 @@ class SegmentForecaster(nn.Module):
         for _ in range(steps):
             lo = max(0, len(seq) - max_context)
             segs = torch.stack(seq[lo:], dim=1)
-            e = self.tokens(segs, marks[:, lo : len(seq)] if marks is not None else None)
+            e = self.tokens(segs, marks[:, lo : len(seq)] if marks is not None else None, mean, std)
             if pre is not None:
                 e = torch.cat([pre, e], dim=1)
             if e.shape[1] > self.cfg.block_size:

@@ -30,8 +30,12 @@ PRESETS = {
 }
 
 
+# the horizons a dataset model is validated on by default (rolled forecasts, as the benchmark scores them)
+VAL_HORIZONS = [96, 192, 336, 720]
+
+
 def model_configs(preset: str, segment: int = 96, context: int = 7, embed: str = "mlp", time: bool = True,
-                  block_size: int = 32, dropout: float = 0.1, window: int = 16, skip: int = 0
+                  block_size: int = 32, dropout: float = 0.1, window: int = 16, skip: int = 0, stats: bool = False
                   ) -> tuple[ModelConfig, HeadConfig]:
     if preset not in PRESETS:
         raise SciarError(f"unknown preset {preset!r} ({', '.join(PRESETS)})")
@@ -40,7 +44,7 @@ def model_configs(preset: str, segment: int = 96, context: int = 7, embed: str =
     mcfg = ModelConfig(vocab_size=0, block_size=max(block_size, window), n_layer=p["n_layer"], n_head=p["n_head"],
                        n_embd=p["n_embd"], dropout=dropout, pos="rope")
     head = HeadConfig(segment=segment, context=context, window=window, embed=embed, hidden=p["hidden"], dropout=dropout,
-                      time=time, skip=skip)
+                      time=time, skip=skip, stats=stats)
     return mcfg, head
 
 
@@ -89,20 +93,23 @@ def load_forecaster(checkpoint: str | Path, device: str = "cpu") -> tuple[Segmen
 def fit(
     model: SegmentForecaster, train_parts: list[Part], val_parts: list[Part] | None, out: str | Path, tcfg: TrainConfig,
     extra_config: dict | None = None, domain_extra: dict | None = None, adapter_only: bool = False, resume: bool = True,
-    keep_start: bool = False,
+    keep_start: bool = False, val_horizons: list[int] | None = None,
 ) -> dict:
     """Train ``model`` on windows of the parts with :func:`sciar.train.train`; writes a checkpoint to ``out``.
 
     ``keep_start``: also score the starting weights on the validation batches and keep them when no
     training step beats them (fine-tuning a backbone that already generalises better than it can be tuned).
+    ``val_horizons``: validate (early stopping, best checkpoint, ``keep_start``) on the rolled forecast's MSE
+    averaged over these horizons (:meth:`SegmentForecaster.rolled_loss`) instead of the next-segment loss.
     """
     head = model.head
-    src = SegmentWindows(train_parts, val_parts, head.segment, head.window - 1)
+    val_horizons = rolled_horizons(head, val_horizons)
+    src = SegmentWindows(train_parts, val_parts, head.segment, head.window - 1, val_horizons=val_horizons)
     model.freeze_trunk(adapter_only)
     config = {"model": model.cfg.to_dict(), "head": head.to_dict(), **(extra_config or {})}
     fp = fingerprint([p.name for p in train_parts] + [str(p.values.shape) + str(float(p.values[:100].sum()))
                                                       for p in train_parts])
-    domain = {"domain": DOMAIN, "data_fingerprint": fp, "adapter_only": adapter_only,
+    domain = {"domain": DOMAIN, "data_fingerprint": fp, "adapter_only": adapter_only, "val_horizons": val_horizons,
               "trainable_params": count_params(model, True), "params": count_params(model), **(domain_extra or {})}
     start_val = None
     if keep_start and src.has_val and not (resume and (Path(out) / "last" / "trainer.json").is_file()):
@@ -119,9 +126,20 @@ def fit(
             model.load_state_dict(start_state)
             save_checkpoint(out, model, config, None, dict(domain, train_config=asdict(tcfg), step=0,
                                                            kept_start=True, start_val=start_val))
+    summary["val_horizons"] = val_horizons
     summary["train_windows"] = src.num_windows("train")
     summary["trainable_params"] = domain["trainable_params"]
     return summary
+
+
+def rolled_horizons(head: HeadConfig, horizons: list[int] | None) -> list[int] | None:
+    """The validation horizons that a training window holds after its lookback (longer ones are cut to it)."""
+    if not horizons:
+        return None
+    room = head.window * head.segment - head.lookback
+    if room < 1:
+        return None
+    return sorted({min(int(h), room) for h in horizons})
 
 
 @torch.no_grad()
@@ -153,10 +171,14 @@ def extended_calendar(prep_part_cal: np.ndarray, series: Series, end_row: int, e
 
 
 def model_forecaster(model: SegmentForecaster, cal: np.ndarray | None, lookback: int, horizon: int,
-                     batch: int = 2048, device: str = "cpu"):
-    """Wrap the model as an :func:`evaluate` forecaster over a part whose (extended) calendar is ``cal``."""
+                     batch: int = 2048, device: str = "cpu", prompt_segments: int = 0):
+    """Wrap the model as an :func:`evaluate` forecaster over a part whose (extended) calendar is ``cal``.
+
+    ``prompt_segments``: the windows it gets hold that many segments before the lookback, which go in
+    front of it as an in-context prompt (normalised on their own, with their own calendar marks)."""
     S = model.head.segment
-    n_seg = lookback // S + -(-horizon // S)
+    P = prompt_segments * S
+    n_seg = (P + lookback) // S + -(-horizon // S)
 
     def fn(ctx: np.ndarray, starts: np.ndarray) -> np.ndarray:
         outs = []
@@ -165,7 +187,10 @@ def model_forecaster(model: SegmentForecaster, cal: np.ndarray | None, lookback:
             m = None
             if cal is not None and model.time is not None:
                 m = torch.from_numpy(window_marks(cal, starts[i : i + batch], n_seg, S)).to(device)
-            outs.append(model.forecast(c, m, horizon).cpu().numpy())
+            pr = c[:, :P] if P else None
+            pm = m[:, :prompt_segments] if P and m is not None else None
+            outs.append(model.forecast(c[:, P:], m[:, prompt_segments:] if m is not None else None, horizon,
+                                       prompt=pr, prompt_marks=pm).cpu().numpy())
         return np.concatenate(outs)
 
     return fn
@@ -239,11 +264,11 @@ def dataset_parts(prep: Prepared, channels: list[int] | None) -> tuple[Part, Par
 
 
 def init_model(init: str | Path | None, preset: str, segment: int, context: int, embed: str, time: bool,
-               dropout: float = 0.1, skip: int = 0) -> tuple[SegmentForecaster, dict]:
+               dropout: float = 0.1, skip: int = 0, stats: bool = False) -> tuple[SegmentForecaster, dict]:
     """A fresh model, or one loaded from a checkpoint (its shapes win; the training context is ``context``)."""
     if init is None:
         mcfg, head = model_configs(preset, segment=segment, context=context, embed=embed, time=time, dropout=dropout,
-                                   skip=skip)
+                                   skip=skip, stats=stats)
         return SegmentForecaster(mcfg, head), {}
     if skip:
         raise SciarError("--skip applies to a model trained from scratch, not to --init")
@@ -253,13 +278,17 @@ def init_model(init: str | Path | None, preset: str, segment: int, context: int,
     model.head.context = context
     if model.cfg.block_size < context + 1:
         raise SciarError(f"{ck.path} takes at most {model.cfg.block_size} segments; the lookback needs {context + 1}")
+    if stats and model.stats is None:
+        model.add_stats()
     return model, {"init": str(ck.path), "init_sha256": ck.domain.get("weights_sha256")}
 
 
 def train_on_series(csv, out, target=None, features="all", init=None, adapter_only=False, preset="default",
                     lookback=672, segment=96, embed="mlp", time=True, split="auto", fill="error", max_steps=None,
                     batch_size=None, lr=None, device="auto", progress=True, resume=True, series: Series | None = None,
-                    seed: int = 1337, rollout: int | None = None, window: int | None = None, skip: int = 0) -> dict:
+                    seed: int = 1337, rollout: int | None = None, window: int | None = None, skip: int = 0,
+                    val_horizons: list[int] | None = VAL_HORIZONS, stats: bool = False,
+                    rolled_loss: int | None = None) -> dict:
     """``sciar timeseries train``: fit one dataset's training split, validate on its validation split."""
     from .data import read_series
 
@@ -276,9 +305,11 @@ def train_on_series(csv, out, target=None, features="all", init=None, adapter_on
     prep = prepare(series, lookback, split)
     chans = None if features == "all" else [series.columns.index(series.target)]
     tr, va = dataset_parts(prep, chans)
-    model, init_info = init_model(init, preset, segment, lookback // segment, embed, time, skip=skip)
+    model, init_info = init_model(init, preset, segment, lookback // segment, embed, time, skip=skip, stats=stats)
     if rollout is not None:
         model.head.rollout = rollout
+    if rolled_loss is not None:
+        model.head.rolled_loss = rolled_loss
     if window is not None:
         model.head.window = window
     fit_window(model, tr, va)
@@ -298,22 +329,43 @@ def train_on_series(csv, out, target=None, features="all", init=None, adapter_on
     t0 = _time.perf_counter()
     summary = fit(model, [tr], [va], out, tcfg, extra_config={"data": data_info},
                   domain_extra={"stage": "adapter" if adapter_only else ("finetune" if init else "train"), **init_info},
-                  adapter_only=adapter_only, resume=resume, keep_start=init is not None or bool(skip))
+                  adapter_only=adapter_only, resume=resume, keep_start=init is not None or bool(skip),
+                  val_horizons=val_horizons)
     summary["seconds"] = round(_time.perf_counter() - t0, 1)
     return summary
 
 
 def evaluate_model(model: SegmentForecaster, prep: Prepared, lookback: int, horizons: list[int],
-                   max_windows: int | None = None, channels: list[int] | None = None, device: str = "cpu") -> dict:
+                   max_windows: int | None = None, channels: list[int] | None = None, device: str = "cpu",
+                   split: str = "test", prompt_segments: int = 0) -> dict:
+    """The benchmark's figures of the model on the test (or val) split; with ``prompt_segments`` the same
+    windows, each with that many segments before its lookback as an in-context prompt."""
     from .evaluate import evaluate
 
-    fn = split_forecaster(model, prep, lookback, max(horizons), device)
-    return evaluate(fn, prep.test.values, lookback, horizons, channels=channels, max_windows=max_windows)
+    values, cal = split_values(model, prep, split, max(horizons), prompt_segments * model.head.segment)
+    fn = model_forecaster(model, cal, lookback, max(horizons), device=device, prompt_segments=prompt_segments)
+    return evaluate(fn, values, lookback + prompt_segments * model.head.segment, horizons, channels=channels,
+                    max_windows=max_windows)
 
 
-def split_forecaster(model: SegmentForecaster, prep: Prepared, lookback: int, horizon: int, device: str = "cpu"):
-    """The model as a forecaster over the test part of ``prep`` (calendar continued past its end)."""
-    cal = extended_calendar(prep.test.cal, prep.series, prep.splits.test[1], horizon + model.head.segment)
+def split_values(model: SegmentForecaster, prep: Prepared, split: str, horizon: int, before: int = 0):
+    """A split's standardised values starting ``before`` rows early (in-context prompts read them) and its
+    calendar continued past its end."""
+    part, (lo, hi) = getattr(prep, split), getattr(prep.splits, split)
+    if not before:
+        return part.values, extended_calendar(part.cal, prep.series, hi, horizon + model.head.segment)
+    if lo - before < 0:
+        raise SciarError(f"the {split} split starts {lo} rows into the series: no room for a prompt of {before} steps")
+    s = prep.series
+    values = prep.scaler.transform(s.values[lo - before : hi]).astype(np.float32)
+    cal = calendar(s.timestamps, s.length, s.step)[lo - before : hi]
+    return values, extended_calendar(cal, s, hi, horizon + model.head.segment)
+
+
+def split_forecaster(model: SegmentForecaster, prep: Prepared, lookback: int, horizon: int, device: str = "cpu",
+                     split: str = "test"):
+    """The model as a forecaster over the test (or val) part of ``prep`` (calendar continued past its end)."""
+    _, cal = split_values(model, prep, split, horizon)
     return model_forecaster(model, cal, lookback, horizon, device=device)
 
 
