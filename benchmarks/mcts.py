@@ -6,7 +6,7 @@ simulations; plain sampling with the ``sample`` command's defaults then draws as
 many CIFs as the search completed. Both go through the same validity checks and
 the same formation-energy scorer (CGCNN by default). Reported per composition and
 overall: ``valid_rate_mcts``, ``valid_rate_sampling``, ``best_energy_mcts``,
-``best_energy_sampling``, ``win_rate`` (share of compositions where the search found
+``best_energy_sampling``, ``win_rate`` (share of composition-seed pairs where the search found
 the lower best energy; a tie within 1e-4 eV/atom counts half), ``simulations_per_s``.
 Two search arms run on the same budget: CrystaLLM's mean backup (the default of
 ``sciar crystal search``, whose figures are the headline keys) and max backup
@@ -20,7 +20,7 @@ sequence for every token as CrystaLLM's MCTS does (no KV cache), ``prefill``
 re-encodes the node's prefix once per rollout and then decodes with a cache.
 All three runs use the same seed and draw the same sequences.
 
-    python benchmarks/mcts.py --quick --json mcts.json
+    python benchmarks/mcts.py --quick --seeds 0,1,2 --json mcts.json
 """
 
 from __future__ import annotations
@@ -65,9 +65,10 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=5)
     ap.add_argument("--c", type=float, default=1.0)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--rollout-top-k", type=int, default=None, help="top-k of the rollouts (default: the width, as CrystaLLM)")
     ap.add_argument("--backup", default="mean,max", help="search arms by backup rule; the first gives the headline figures")
     ap.add_argument("--scorer", default="cgcnn")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds: each composition is searched and sampled once per seed")
     ap.add_argument("--speed-compositions", type=int, default=None, help="compositions timed in all three cache modes (default 2, quick 1)")
     ap.add_argument("--speed-simulations", type=int, default=None, help="simulations per speed run (default 16, quick 8)")
     ap.add_argument("--limit", type=int, help="only the first N compositions")
@@ -93,25 +94,28 @@ def main(argv=None):
           f"c {args.c}, batch {args.batch}, scorer {args.scorer}", flush=True)
 
     arms = [x.strip() for x in args.backup.split(",") if x.strip()]
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    args.seed = seeds[0]
     rows = []
-    for comp in comps:
+    for seed, comp in [(sd, cp) for sd in seeds for cp in comps]:
         runs = {}
         for arm in arms:
             t0 = time.perf_counter()
-            cs = search_composition(comp, simulations=sims, width=args.width, c=args.c, scorer=scorer, seed=args.seed,
-                                    batch=args.batch, backup=arm, generator=gen, progress=False)
+            cs = search_composition(comp, simulations=sims, width=args.width, c=args.c, scorer=scorer, seed=seed,
+                                    batch=args.batch, backup=arm, generator=gen, progress=False,
+                                    rollout_top_k=args.rollout_top_k)
             runs[arm] = (cs, time.perf_counter() - t0)
         n = len(runs[arms[0]][0].table)
         t0 = time.perf_counter()
-        samples = gen.sample([make_prompt(comp)], n=n, seed=args.seed)  # the sample command's defaults
+        samples = gen.sample([make_prompt(comp)], n=n, seed=seed)  # the sample command's defaults
         evs = evaluate_cifs([s.text for s in samples], scorer)
         t_samp = time.perf_counter() - t0
         bs = best(evs)
-        r = {"composition": comp, "sequences": n,
+        r = {"composition": comp, "seed": seed, "sequences": n,
              "valid_rate_sampling": sum(e.valid for e in evs) / len(evs), "best_energy_sampling": bs,
              "mean_energy_sampling": (sum(e.score for e in evs if e.valid) / max(1, sum(e.valid for e in evs)))
              if any(e.valid for e in evs) else math.nan, "seconds_sampling": round(t_samp, 2)}
-        line = [f"{comp:>9}: n={n:3d} sampling valid {r['valid_rate_sampling']:.2f} best {bs:8.4f}"]
+        line = [f"{comp:>9} seed {seed}: n={n:3d} sampling valid {r['valid_rate_sampling']:.2f} best {bs:8.4f}"]
         for arm in arms:
             cs, t_mcts = runs[arm]
             t = cs.table
@@ -131,7 +135,7 @@ def main(argv=None):
         return sum(v) / len(v) if v else math.nan
 
     n_seq = sum(r["sequences"] for r in rows)
-    overall = {"compositions": len(rows),
+    overall = {"compositions": len(comps), "seeds": seeds, "runs": len(rows),
                "valid_rate_sampling": sum(r["valid_rate_sampling"] * r["sequences"] for r in rows) / n_seq,
                "best_energy_sampling": mean("best_energy_sampling")}
     for arm in arms:
@@ -196,7 +200,7 @@ def main(argv=None):
 
     result = {"benchmark": "mcts", "quick": args.quick, "checkpoint": str(gen.path), "device": str(dev),
               "threads": torch.get_num_threads(), "config": {"simulations": sims, "width": args.width, "c": args.c,
-              "batch": args.batch, "scorer": args.scorer, "seed": args.seed, "backup": arms,
+              "batch": args.batch, "scorer": args.scorer, "seeds": seeds, "backup": arms,
               "sampling": "sample command defaults: temperature 1, top_k 10, grammar on"},
               "per_composition": rows, "overall": overall, "speed": speed, **overall}
     if args.json:
