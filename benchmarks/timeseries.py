@@ -42,7 +42,8 @@ def main(argv=None):
     ap.add_argument("--preset", default="default")
     ap.add_argument("--init", default="timeseries-pretrained",
                     help="fine-tune from this backbone, kept if fine-tuning never beats it on validation ('' = from scratch)")
-    ap.add_argument("--adapter-only", action="store_true")
+    ap.add_argument("--adapter-only", action="store_true", help="train only the adapter (the default with --init)")
+    ap.add_argument("--full-finetune", action="store_true", help="fine-tune the whole backbone instead of the adapter")
     ap.add_argument("--zero-shot", default="timeseries-pretrained", help="backbone scored zero-shot ('' to skip)")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--ablate-time", action="store_true", help="also train without calendar embeddings")
@@ -50,6 +51,13 @@ def main(argv=None):
     ap.add_argument("--max-windows", type=int, default=1000, help="windows scored on the large sets without --full")
     ap.add_argument("--no-ets", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--prompt-segments", default="", help="also score the zero-shot backbone with this many earlier "
+                    "segments as an in-context prompt, e.g. 1,2,4 (against the same history as a longer lookback)")
+    ap.add_argument("--score-split", default="test", choices=["test", "val"],
+                    help="score on the validation split instead (for choosing settings without looking at test)")
+    ap.add_argument("--checkpoint", default=None, help="score this trained checkpoint instead of training (one dataset)")
+    ap.add_argument("--in-context", action="store_true", help="only the zero-shot in-context benchmark on M4 Hourly "
+                    "(414 series, horizon 48): prompts of 0-3 segments before a 384-step lookback")
     args = ap.parse_args(argv)
 
     import torch
@@ -57,20 +65,33 @@ def main(argv=None):
     from domains.timeseries.bench import run_benchmark
 
     torch.set_num_threads(args.threads)
-    names = args.datasets or sorted(p.name for p in SHARED.iterdir() if p.is_file() and ".csv" in p.name)
     out = Path(args.out)
+    if args.in_context:
+        from domains.timeseries.bench import run_in_context
+
+        m4 = SHARED / "m4"
+        print("== M4 Hourly, zero-shot in-context (sMAPE/MASE on the original values, MSE/MAE standardised per series)")
+        res = run_in_context(m4 / "Hourly-train.csv", m4 / "Hourly-test.csv", args.zero_shot or "timeseries-pretrained",
+                             json_out=out / "m4_hourly_in_context.json")
+        print(f"{res['series']} series, horizon {res['horizon']}; results: {out / 'm4_hourly_in_context.json'}")
+        return
+    prompts = [int(p) for p in args.prompt_segments.split(",") if p.strip()]
+    names = args.datasets or sorted(p.name for p in SHARED.iterdir() if p.is_file() and ".csv" in p.name)
     summary = {}
     for name in names:
         st = SETTINGS.get(name, {"lookback": 672, "horizons": [96, 192, 336, 720]})
         mw = None if (args.full or name not in LARGE) else args.max_windows
         t0 = time.perf_counter()
         print(f"== {name}: lookback {st['lookback']}, horizons {st['horizons']}, "
-              f"{'every test window' if mw is None else f'{mw} test windows'}", flush=True)
+              f"{'every' if mw is None else mw} {args.score_split} window{'' if mw == 1 else 's'}", flush=True)
         res = run_benchmark(SHARED / name, st["lookback"], st["horizons"], out / f"{name.split('.')[0]}.json",
-                            init=args.init or None, adapter_only=args.adapter_only, zero_shot=args.zero_shot or None,
+                            init=args.init or None,
+                            adapter_only=True if args.adapter_only else (False if args.full_finetune else None),
+                            zero_shot=args.zero_shot or None,
                             preset=args.preset, max_steps=args.max_steps, ablate_time=args.ablate_time,
                             out=out / name.split(".")[0], ets=not args.no_ets, max_windows=mw, progress=False,
-                            duplicates=DUPLICATES.get(name, "error"))
+                            duplicates=DUPLICATES.get(name, "error"), prompt_segments=prompts,
+                            score_split=args.score_split, checkpoint=args.checkpoint)
         res["wall_seconds"] = round(time.perf_counter() - t0, 1)
         summary[name] = res
         (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -109,9 +109,13 @@ def test_benchmark_json_and_evaluate(checkpoint, hourly_csv, tmp_path):
     js = tmp_path / "b.json"
     rc = main(["timeseries", "benchmark", "--csv", str(hourly_csv), "--lookback", "192", "--horizons", "96,192",
                "--json", str(js), "--checkpoint", str(checkpoint), "--zero-shot", str(checkpoint),
-               "--max-windows", "40", "--no-progress"])
+               "--max-windows", "40", "--no-progress", "--prompt-segments", "1"])
     assert rc == 0
     res = json.loads(js.read_text())
+    # in-context: the zero-shot model with one earlier segment as a prompt, and as a longer lookback
+    for m in ("zero_shot_prompt1", "zero_shot_lookback288"):
+        assert res["methods"][m]["windows"] == res["methods"]["zero_shot"]["windows"] == 40
+    assert res["methods"]["zero_shot_prompt1"]["avg"] != res["methods"]["zero_shot"]["avg"]
     for m in ("sciar", "sciar+nlinear", "dlinear", "nlinear", "seasonal_naive", "ets", "zero_shot"):
         r = res["methods"][m]
         assert set(r["96"]) == {"mse", "mae"} and r["avg"]["mse"] == pytest.approx((r["96"]["mse"] + r["192"]["mse"]) / 2)

@@ -162,9 +162,13 @@ def test_finetuning_keeps_the_backbone_when_validation_says_so(tmp_path):
     assert summ["kept_start"] and summ["start_val"] < summ["best_val"]
     ft, ck = load_forecaster(tmp_path / "ft")
     base, _ = load_forecaster("timeseries-pretrained")
-    assert ck.domain["kept_start"] and ck.domain["stage"] == "finetune"
-    for (k, v), (_, w) in zip(ft.state_dict().items(), base.state_dict().items()):
-        assert torch.equal(v, w), k
+    # the defaults from a backbone: adapter-only, with the statistics embedding (kept at its silent start)
+    assert ck.domain["kept_start"] and ck.domain["stage"] == "adapter" and ck.domain["adapter_only"]
+    assert ft.stats is not None and not base.head.stats
+    st = ft.state_dict()
+    for k, w in base.state_dict().items():
+        assert torch.equal(st[k], w), k
+    assert all(float(v.abs().sum()) == 0 for k, v in st.items() if k.startswith("stats"))
 
 
 def test_skip_path_starts_as_the_least_squares_linear_forecaster():
@@ -279,3 +283,19 @@ def test_stats_checkpoint_roundtrip(tmp_path):
     assert back.stats is not None and torch.equal(back.stats.bias, m.stats.bias)
     ctx = torch.randn(2, 72)
     assert torch.allclose(back.forecast(ctx, None, 30), m.eval().forecast(ctx, None, 30))
+
+
+def test_forecast_uses_the_training_scaler_only_where_the_level_matters():
+    from domains.timeseries.forecast import forecast_channel
+
+    s = _etth1_slice(600)
+    m = tiny(time=False).eval()
+    a = forecast_channel(m, s, "OT", 30, 72)["mean"]
+    b = forecast_channel(m, s, "OT", 30, 72, scaler=(5.0, 2.0))["mean"]
+    assert np.allclose(a, b, rtol=1e-4, atol=1e-4)  # per-window normalisation: the scaler cancels out
+    m.add_stats()
+    with torch.no_grad():
+        m.stats_out.weight.normal_(0, 1.0)
+    a = forecast_channel(m, s, "OT", 30, 72)["mean"]
+    b = forecast_channel(m, s, "OT", 30, 72, scaler=(5.0, 2.0))["mean"]
+    assert not np.allclose(a, b, atol=1e-3)  # the level, in training units, now shapes the forecast

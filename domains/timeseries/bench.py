@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sciar.errors import SciarError
 from sciar.io import write_json_atomic
 
 from .data import read_series
@@ -28,13 +29,16 @@ def _strip(res: dict, target_idx: int) -> dict:
     return out
 
 
-def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=None, init=None, adapter_only=False,
+def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=None, init=None, adapter_only=None,
                   zero_shot=None, preset="default", max_steps=None, ablate_time=False, out="runs/timeseries-bench",
                   split="auto", fill="error", ets=True, max_windows=None, device="auto", progress=True,
                   log=print, duplicates="error", prompt_segments: list[int] | None = None, stats: bool = False,
-                  rolled_loss: int | None = None) -> dict:
+                  rolled_loss: int | None = None, score_split: str = "test") -> dict:
+    if score_split not in ("test", "val"):
+        raise SciarError(f"--score-split must be test or val (got {score_split!r})")
     series = read_series(csv, fill=fill, duplicates=duplicates)
     prep = prepare(series, lookback, split)
+    scored = getattr(prep, score_split).values  # val: model selection without looking at the test split
     tgt = series.columns.index(series.target)
     H = max(horizons)
     period = seasonal_period(series.step)
@@ -42,6 +46,7 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
     info: dict = {"dataset": series.name, "rows": series.length, "channels": len(series.columns),
                   "target": series.target, "lookback": lookback, "horizons": horizons, "split": prep.splits.kind,
                   "split_rows": {"train": prep.splits.train, "val": prep.splits.val, "test": prep.splits.test},
+                  "scored_split": score_split,
                   "protocol": "standardised by the training split; every test window (stride 1) unless max_windows; "
                               "MSE/MAE averaged over windows, steps and channels"}
 
@@ -53,12 +58,12 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
     # ---------------------------------------------------------------------------------------------- baselines
     sn = seasonal_naive(period)
     sn.horizon = H
-    record("seasonal_naive", evaluate(sn, prep.test.values, lookback, horizons, max_windows=max_windows), period=period)
+    record("seasonal_naive", evaluate(sn, scored, lookback, horizons, max_windows=max_windows), period=period)
     for kind in ("dlinear", "nlinear"):
         per_h, t0 = {}, time.perf_counter()
         for h in horizons:  # one closed-form fit per horizon, as the literature trains one model per horizon
             lm = LinearMap(kind).fit(prep.train.values, lookback, h)
-            per_h[h] = evaluate(lm, prep.test.values, lookback, [h], max_windows=max_windows)
+            per_h[h] = evaluate(lm, scored, lookback, [h], max_windows=max_windows)
         res = _merge(per_h, horizons)
         res["seconds"] = round(time.perf_counter() - t0, 2)
         record(kind, res, fit="closed-form least squares, shared by all channels, one map per horizon")
@@ -76,14 +81,14 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
         model, ck = load_forecaster(run_dir / "sciar")
         train_info = {"checkpoint": str(ck.path), "train_seconds": summ["seconds"], "steps": summ["steps"],
                       "trainable_params": summ["trainable_params"], "preset": preset, "init": init,
-                      "adapter_only": adapter_only, "kept_start": summ.get("kept_start"),
+                      "adapter_only": summ["adapter_only"], "stats": summ["stats"], "kept_start": summ.get("kept_start"),
                       "start_val": summ.get("start_val"), "best_val": summ.get("best_val")}
     dev = "cuda" if device in ("auto", "cuda") and _cuda() else "cpu"
     model.to(dev)
     # ours, and ours averaged with the NLinear-style map (one pass of the model serves both)
-    ours = Memo(split_forecaster(model, prep, lookback, H, dev))
+    ours = Memo(split_forecaster(model, prep, lookback, H, dev, score_split))
     nl = LinearMap("nlinear").fit(prep.train.values, lookback, H)
-    both = evaluate_many({"sciar": ours, "ens": lambda c, s: 0.5 * (ours(c, s)[:, :H] + nl(c))}, prep.test.values,
+    both = evaluate_many({"sciar": ours, "ens": lambda c, s: 0.5 * (ours(c, s)[:, :H] + nl(c))}, scored,
                          lookback, horizons, max_windows=max_windows)
     record("sciar", both["sciar"], **train_info)
     record("sciar+nlinear", both["ens"], note="mean of the sciar forecast and the NLinear-style map fitted for the "
@@ -95,22 +100,24 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
                                series=series, time=False)
         m2, _ = load_forecaster(run_dir / "sciar_no_time")
         m2.to(dev)
-        record("sciar_no_time", evaluate_model(m2, prep, lookback, horizons, max_windows, device=dev),
+        record("sciar_no_time",
+               evaluate_model(m2, prep, lookback, horizons, max_windows, device=dev, split=score_split),
                train_seconds=summ["seconds"], note="same preset without calendar position embeddings")
 
     if zero_shot is not None:
         zs, zck = load_forecaster(zero_shot)
         zs.to(dev)
-        record("zero_shot", evaluate_model(zs, prep, lookback, horizons, max_windows, device=dev),
+        record("zero_shot",
+               evaluate_model(zs, prep, lookback, horizons, max_windows, device=dev, split=score_split),
                checkpoint=str(zck.path), note="pretrained backbone, never trained on this dataset")
         S = zs.head.segment
         for p in prompt_segments or []:
             # in-context: the p segments before each test window's lookback as a prompt, against the same
             # history given as a longer plain lookback (the same test windows either way)
             record(f"zero_shot_prompt{p}", evaluate_model(zs, prep, lookback, horizons, max_windows, device=dev,
-                                                          prompt_segments=p),
+                                                          prompt_segments=p, split=score_split),
                    checkpoint=str(zck.path), prompt_segments=p, note=f"zero-shot, {p} earlier segments as a prompt")
-            values, cal = split_values(zs, prep, "test", H, p * S)
+            values, cal = split_values(zs, prep, score_split, H, p * S)
             fn = model_forecaster(zs, cal, lookback + p * S, H, device=dev)
             record(f"zero_shot_lookback{lookback + p * S}",
                    evaluate(fn, values, lookback + p * S, horizons, max_windows=max_windows),
@@ -120,7 +127,7 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
     if ets:
         t0 = time.perf_counter()
         fn = ets_forecaster(prep.train.values[:, tgt], period, H, lookback)
-        res = evaluate(fn, prep.test.values, lookback, horizons, channels=[tgt], max_windows=max_windows)
+        res = evaluate(fn, scored, lookback, horizons, channels=[tgt], max_windows=max_windows)
         res["seconds"] = round(time.perf_counter() - t0, 2)
         record("ets", res, channels="target only", period=period, params={k: float(v) for k, v in fn.params.items()},
                model="statsmodels Holt-Winters, additive damped trend and season; parameters fitted on the "

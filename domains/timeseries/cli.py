@@ -109,7 +109,7 @@ def train_cmd(
     target: Optional[str] = typer.Option(None, help="Target column (default OT, else the last column)."),
     features: str = typer.Option("all", help="all: every channel as a separate sample (channel independence); target: only the target."),
     init: Optional[str] = typer.Option(None, help="Start from this checkpoint (a pretrained backbone)."),
-    adapter_only: bool = typer.Option(False, help="Freeze the backbone; train only the segment embedding, projection and timestamp embedding (the AutoTimes recipe)."),
+    adapter_only: Optional[bool] = typer.Option(None, "--adapter-only/--full", help="With --init: freeze the backbone and train only the segment embedding, projection, timestamp and statistics embeddings (the AutoTimes recipe; the default), or fine-tune everything (--full)."),
     preset: str = typer.Option("default", help="Model size and schedule: tiny, small, default, base."),
     lookback: int = typer.Option(672, help="Lookback in steps (a multiple of --segment)."),
     segment: int = typer.Option(96, help="Segment (token) length in steps."),
@@ -121,8 +121,8 @@ def train_cmd(
     rollout: Optional[int] = typer.Option(None, help="Extra training passes that feed back the model's own predictions after the lookback."),
     skip: int = typer.Option(0, help="From scratch: add a linear path from the last SKIP segments, started by least squares."),
     val_horizons: str = typer.Option("96,192,336,720", help="Validate (early stopping, best checkpoint) on the rolled forecast's MSE averaged over these horizons; 'next': on the next-segment loss."),
-    stats: Optional[bool] = typer.Option(None, help="Feed the lookback's mean and deviation back to the model as an embedding (default: on)."),
-    rolled_loss: Optional[int] = typer.Option(None, help="Also train on the error of the model rolled this many steps past the lookback (0: off; default: 720)."),
+    stats: Optional[bool] = typer.Option(None, help="Feed the lookback's mean and deviation back to the model (an embedding and an offset; default: on with --init)."),
+    rolled_loss: Optional[int] = typer.Option(None, help="Also train on the error of the model rolled this many steps past the lookback (default: off)."),
     batch_size: Optional[int] = typer.Option(None, help="Windows per step."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -192,7 +192,13 @@ def forecast(
             other = read_series(prompt_csv, fill=fill)
             prompt = other.values[:, other.columns.index(other.target)]
             prompt = prompt[-(min(len(prompt) // S, model.cfg.block_size - lb // S - 1) * S):]
-        r = forecast_channel(model, series, c, horizon, lb, samples=samples, quantiles=q, prompt=prompt, seed=seed)
+        data = ck.config.get("data") or {}
+        sc = None
+        if c in data.get("columns", []) and "scaler" in data:  # the checkpoint's own dataset: its training scaler
+            i = data["columns"].index(c)
+            sc = (data["scaler"]["mean"][i], data["scaler"]["std"][i])
+        r = forecast_channel(model, series, c, horizon, lb, samples=samples, quantiles=q, prompt=prompt, seed=seed,
+                             scaler=sc)
         results[c] = r
         f = forecast_frame(series, c, r, horizon)
         frames.append(f if not frames else f.drop(columns=["timestamp"]))
@@ -240,7 +246,7 @@ def benchmark(
     json_out: Path = typer.Option(Path("benchmark.json"), "--json", help="Where to write the results."),
     checkpoint: Optional[str] = typer.Option(None, help="Load this trained checkpoint instead of training."),
     init: Optional[str] = typer.Option(None, help="Fine-tune from this pretrained backbone."),
-    adapter_only: bool = typer.Option(False, help="With --init: train only the adapter on the frozen backbone."),
+    adapter_only: Optional[bool] = typer.Option(None, "--adapter-only/--full", help="With --init: train only the adapter on the frozen backbone (default), or everything."),
     zero_shot: Optional[str] = typer.Option(None, help="Also score this checkpoint zero-shot (e.g. the pretrained backbone)."),
     preset: str = typer.Option("default", help="Model size and schedule when training."),
     max_steps: Optional[int] = typer.Option(None, help="Training steps (default: the preset's)."),
@@ -250,8 +256,9 @@ def benchmark(
     fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
     duplicates: str = typer.Option("error", help="Repeated timestamps: error, or keep (use the rows in file order)."),
     prompt_segments: str = typer.Option("", help="With --zero-shot: also score it with this many earlier segments as an in-context prompt (comma separated, e.g. 1,2,4)."),
-    stats: Optional[bool] = typer.Option(None, help="Train with the lookback statistics embedding (default: on)."),
-    rolled_loss: Optional[int] = typer.Option(None, help="Rolled training loss over this many steps (0: off; default: 720)."),
+    stats: Optional[bool] = typer.Option(None, help="Train with the lookback statistics embedding (default: on with --init)."),
+    rolled_loss: Optional[int] = typer.Option(None, help="Also train on the rolled forecast's error over this many steps (default: off)."),
+    score_split: str = typer.Option("test", help="Score every method on the test split, or on the validation split (to choose settings without looking at test)."),
     ets: bool = typer.Option(True, help="Run the statsmodels exponential-smoothing baseline (target only; slow)."),
     max_windows: int = typer.Option(0, help="Score only this many evenly spaced test windows (0: all, stride 1)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -266,7 +273,7 @@ def benchmark(
                         adapter_only=adapter_only, zero_shot=zero_shot, preset=preset, max_steps=max_steps,
                         ablate_time=ablate_time, out=out, split=split, fill=fill, ets=ets, duplicates=duplicates,
                         max_windows=max_windows or None, device=device, progress=progress, stats=stats,
-                        rolled_loss=rolled_loss,
+                        rolled_loss=rolled_loss, score_split=score_split,
                         prompt_segments=_ints(prompt_segments, "--prompt-segments") if prompt_segments else None)
     for name, m in res["methods"].items():
         typer.echo(f"{name:<16} avg mse {m['avg']['mse']:.4f}  mae {m['avg']['mae']:.4f}")

@@ -41,8 +41,12 @@ def _marks(series: Series, start: int, n_ctx_seg: int, n_future_seg: int, S: int
 def forecast_channel(
     model: SegmentForecaster, series: Series, column: str, horizon: int, lookback: int | None = None,
     samples: int = 0, quantiles: list[float] | None = None, prompt: np.ndarray | None = None, seed: int = 0,
+    scaler: tuple[float, float] | None = None,
 ) -> dict:
-    """Forecast one channel: ``{"mean": [H], "samples": [n, H] | None, "quantiles": {q: [H]}}`` in data units."""
+    """Forecast one channel: ``{"mean": [H], "samples": [n, H] | None, "quantiles": {q: [H]}}`` in data units.
+
+    ``scaler``: the (mean, deviation) the model was trained with for this channel (a dataset checkpoint's
+    training split; the statistics embedding reads the level in those units); default: the series' own."""
     check_horizon(horizon)
     S = model.head.segment
     lb = resolve_lookback(model, lookback)
@@ -50,7 +54,7 @@ def forecast_channel(
         raise DataError(f"{series.name}: {series.length} rows is shorter than the lookback of {lb} "
                         f"({lb // S} segments of {S}); pass a shorter --lookback (a multiple of {S})")
     x = series.values[:, series.columns.index(column)]
-    sc = StandardScaler.fit(x[:, None])
+    sc = StandardScaler(np.array([scaler[0]]), np.array([scaler[1]])) if scaler else StandardScaler.fit(x[:, None])
     xs = sc.transform(x[:, None])[:, 0].astype(np.float32)
     ctx = torch.from_numpy(xs[-lb:])[None]
     steps = -(-horizon // S)

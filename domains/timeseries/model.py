@@ -98,12 +98,19 @@ class SegmentForecaster(nn.Module):
         self.mix = nn.Parameter(torch.ones(1))  # AutoTimes' learnable weight of the timestamp embedding
         # optional linear path from the last `skip` segments to the next one: the transformer then learns the
         # residual of a linear forecaster (initialised by least squares, see pipeline.init_skip)
-        self.skip = nn.Linear(head.skip * head.segment, head.segment, bias=False) if head.skip else None
-        if self.skip is not None:
-            nn.init.zeros_(self.skip.weight)
-        self.stats = None
+        self.skip = None
+        if head.skip:
+            self.add_skip(head.skip)
+        self.stats = self.stats_out = None
         if head.stats:
             self.add_stats()
+
+    def add_skip(self, k: int):
+        """The linear path from the last ``k`` segments, at zero: a backbone given it forecasts as before."""
+        self.head.skip = k
+        self.skip = nn.Linear(k * self.head.segment, self.head.segment, bias=False)
+        nn.init.zeros_(self.skip.weight)
+        return self
 
     def add_stats(self):
         """Give the model the window statistics that the per-window normalisation hides (the level and scale
@@ -112,9 +119,14 @@ class SegmentForecaster(nn.Module):
         a backbone given it forecasts exactly as before until training moves it."""
         self.head.stats = True
         self.stats = nn.Linear(3, self.cfg.n_embd)
-        nn.init.zeros_(self.stats.weight)
-        nn.init.zeros_(self.stats.bias)
+        self.stats_out = nn.Linear(3, self.head.segment)  # and a direct offset of each predicted segment
+        for t in (self.stats.weight, self.stats.bias, self.stats_out.weight, self.stats_out.bias):
+            nn.init.zeros_(t)
         return self
+
+    @staticmethod
+    def stat_features(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        return torch.cat([mean, std.log(), mean / std], dim=-1).clamp(-10.0, 10.0)  # [B, 3]
 
     # ------------------------------------------------------------------------------------------- parameters
     def adapter_parameters(self):
@@ -132,8 +144,7 @@ class SegmentForecaster(nn.Module):
         if self.time is not None and marks is not None:
             e = e + self.mix * self.time(marks)
         if self.stats is not None and mean is not None:
-            f = torch.cat([mean, std.log(), mean / std], dim=-1).clamp(-10.0, 10.0)  # [B, 3]
-            e = e + self.stats(f)[:, None, :]
+            e = e + self.stats(self.stat_features(mean, std))[:, None, :]
         return e
 
     def skip_inputs(self, segs: torch.Tensor) -> torch.Tensor:
@@ -143,11 +154,14 @@ class SegmentForecaster(nn.Module):
         padded = torch.cat([segs.new_zeros(B, k - 1, S), segs], dim=1) if k > 1 else segs
         return padded.unfold(1, k, 1).permute(0, 1, 3, 2).reshape(B, n, k * S)
 
-    def head_out(self, h: torch.Tensor, segs: torch.Tensor) -> torch.Tensor:
+    def head_out(self, h: torch.Tensor, segs: torch.Tensor, mean: torch.Tensor | None = None,
+                 std: torch.Tensor | None = None) -> torch.Tensor:
         """Next-segment predictions from hidden states (and the inputs, for the linear path)."""
         out = self.proj(h)
         if self.skip is not None:
             out = out + self.skip(self.skip_inputs(segs))
+        if self.stats is not None and mean is not None:
+            out = out + self.stats_out(self.stat_features(mean, std))[:, None, :]
         return out
 
     def normalise(self, x: torch.Tensor, n: int):
@@ -184,14 +198,14 @@ class SegmentForecaster(nn.Module):
         segs = xn.view(x.shape[0], n_seg, S)
         m = marks[:, : n_seg - 1] if marks is not None else None
         inp, tgt = segs[:, :-1], segs[:, 1:]
-        pred = self.head_out(self.trunk(embeds=self.tokens(inp, m, mean, std)), inp)
+        pred = self.head_out(self.trunk(embeds=self.tokens(inp, m, mean, std)), inp, mean, std)
         loss = F.mse_loss(pred, tgt)
         k = min(self.head.context, n_seg - 1)
         for _ in range(self.head.rollout if n_seg - 1 > k else 0):
             # what a rollout sees: inputs after the lookback replaced by the previous pass's predictions of them
             # (pass r sees r-times-fed-back predictions); gradients flow through the fed-back segments
             inp = torch.cat([inp[:, :k], pred[:, k - 1 : -1]], dim=1)
-            pred = self.head_out(self.trunk(embeds=self.tokens(inp, m, mean, std)), inp)
+            pred = self.head_out(self.trunk(embeds=self.tokens(inp, m, mean, std)), inp, mean, std)
             loss = loss + F.mse_loss(pred[:, k - 1 :], tgt[:, k - 1 :])
         return loss / (1 + (self.head.rollout if n_seg - 1 > k else 0))
 
@@ -236,6 +250,8 @@ class SegmentForecaster(nn.Module):
             if self.skip is not None:
                 recent = torch.stack(seq[-self.head.skip :], dim=1)
                 nxt = nxt + self.skip(self.skip_inputs(recent)[:, -1])
+            if self.stats is not None:
+                nxt = nxt + self.stats_out(self.stat_features(mean, std))
             if noise:
                 nxt = nxt + noise * torch.randn(nxt.shape, generator=generator, device=nxt.device)
             seq.append(nxt)

@@ -127,6 +127,8 @@ def fit(
             save_checkpoint(out, model, config, None, dict(domain, train_config=asdict(tcfg), step=0,
                                                            kept_start=True, start_val=start_val))
     summary["val_horizons"] = val_horizons
+    summary["adapter_only"] = adapter_only
+    summary["stats"] = head.stats
     summary["train_windows"] = src.num_windows("train")
     summary["trainable_params"] = domain["trainable_params"]
     return summary
@@ -270,8 +272,6 @@ def init_model(init: str | Path | None, preset: str, segment: int, context: int,
         mcfg, head = model_configs(preset, segment=segment, context=context, embed=embed, time=time, dropout=dropout,
                                    skip=skip, stats=stats)
         return SegmentForecaster(mcfg, head), {}
-    if skip:
-        raise SciarError("--skip applies to a model trained from scratch, not to --init")
     model, ck = load_forecaster(init)
     if model.head.segment != segment:
         raise SciarError(f"{ck.path} uses segments of {model.head.segment} steps, not {segment}")
@@ -280,16 +280,23 @@ def init_model(init: str | Path | None, preset: str, segment: int, context: int,
         raise SciarError(f"{ck.path} takes at most {model.cfg.block_size} segments; the lookback needs {context + 1}")
     if stats and model.stats is None:
         model.add_stats()
+    if skip and model.skip is None:
+        model.add_skip(skip)  # at zero, fitted jointly with the backbone (no least-squares start)
     return model, {"init": str(ck.path), "init_sha256": ck.domain.get("weights_sha256")}
 
 
-def train_on_series(csv, out, target=None, features="all", init=None, adapter_only=False, preset="default",
+def train_on_series(csv, out, target=None, features="all", init=None, adapter_only=None, preset="default",
                     lookback=672, segment=96, embed="mlp", time=True, split="auto", fill="error", max_steps=None,
                     batch_size=None, lr=None, device="auto", progress=True, resume=True, series: Series | None = None,
                     seed: int = 1337, rollout: int | None = None, window: int | None = None, skip: int = 0,
-                    val_horizons: list[int] | None = VAL_HORIZONS, stats: bool = False,
-                    rolled_loss: int | None = None) -> dict:
-    """``sciar timeseries train``: fit one dataset's training split, validate on its validation split."""
+                    val_horizons: list[int] | None = VAL_HORIZONS, stats: bool | None = None,
+                    rolled_loss: int | None = None, patience: int | None = None,
+                    eval_batches: int | None = None) -> dict:
+    """``sciar timeseries train``: fit one dataset's training split, validate on its validation split.
+
+    From a backbone (``init``) the defaults are the ones chosen on ETTh1's validation split: adapter-only
+    training (the AutoTimes recipe) with the window-statistics embedding, learning rate twice the preset's,
+    checkpoints selected on the rolled forecast's validation MSE (``val_horizons``)."""
     from .data import read_series
 
     if features not in ("all", "target"):
@@ -298,6 +305,8 @@ def train_on_series(csv, out, target=None, features="all", init=None, adapter_on
         raise SciarError(f"the lookback ({lookback}) must be a positive multiple of the segment length ({segment})")
     if adapter_only and init is None:
         raise SciarError("--adapter-only needs --init: a pretrained backbone to freeze")
+    adapter_only = init is not None if adapter_only is None else adapter_only
+    stats = init is not None if stats is None else stats
     series = series if series is not None else read_series(csv, target=target, fill=fill)
     if series.length < lookback + segment:
         raise SciarError(f"{series.name}: {series.length} rows is shorter than the lookback ({lookback}) plus one "
@@ -313,14 +322,19 @@ def train_on_series(csv, out, target=None, features="all", init=None, adapter_on
     if window is not None:
         model.head.window = window
     fit_window(model, tr, va)
-    if skip:
+    if skip and init is None:
         init_skip(model, [tr])
-    if init is not None:
+    if adapter_only:
+        # the adapter on a frozen backbone: a faster rate, frequent validation
+        lr = lr or PRESETS[preset]["lr"] * 2
+        max_steps = max_steps or min(PRESETS[preset]["max_steps"], 1200)
+    elif init is not None:
         # fine-tuning a backbone: a gentler rate, short schedule and frequent validation (small sets overfit fast)
         lr = lr or PRESETS[preset]["lr"] / 5
         max_steps = max_steps or min(PRESETS[preset]["max_steps"], 600)
     tcfg = train_config(preset, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device, progress=progress,
-                        seed=seed, **({"eval_every": 50, "save_every": 50} if init is not None else {}))
+                        seed=seed, patience=patience, eval_batches=eval_batches,
+                        **({"eval_every": 50, "save_every": 50} if init is not None else {}))
     data_info = {"name": series.name, "columns": series.columns, "target": series.target, "features": features,
                  "lookback": lookback, "split": prep.splits.kind, "scaler": prep.scaler.to_dict(),
                  "step": str(series.step) if series.step is not None else None}
