@@ -42,8 +42,8 @@ def main(argv=None):
     ap.add_argument("--preset", default="default")
     ap.add_argument("--init", default="timeseries-pretrained",
                     help="fine-tune from this backbone, kept if fine-tuning never beats it on validation ('' = from scratch)")
-    ap.add_argument("--adapter-only", action="store_true", help="train only the adapter (the default with --init)")
-    ap.add_argument("--full-finetune", action="store_true", help="fine-tune the whole backbone instead of the adapter")
+    ap.add_argument("--adapter-only", action="store_true", help="train only the adapter on the frozen backbone")
+    ap.add_argument("--stats", action="store_true", help="train with the window-statistics inputs")
     ap.add_argument("--zero-shot", default="timeseries-pretrained", help="backbone scored zero-shot ('' to skip)")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--ablate-time", action="store_true", help="also train without calendar embeddings")
@@ -86,7 +86,7 @@ def main(argv=None):
               f"{'every' if mw is None else mw} {args.score_split} window{'' if mw == 1 else 's'}", flush=True)
         res = run_benchmark(SHARED / name, st["lookback"], st["horizons"], out / f"{name.split('.')[0]}.json",
                             init=args.init or None,
-                            adapter_only=True if args.adapter_only else (False if args.full_finetune else None),
+                            adapter_only=args.adapter_only, stats=args.stats,
                             zero_shot=args.zero_shot or None,
                             preset=args.preset, max_steps=args.max_steps, ablate_time=args.ablate_time,
                             out=out / name.split(".")[0], ets=not args.no_ets, max_windows=mw, progress=False,

@@ -162,13 +162,10 @@ def test_finetuning_keeps_the_backbone_when_validation_says_so(tmp_path):
     assert summ["kept_start"] and summ["start_val"] < summ["best_val"]
     ft, ck = load_forecaster(tmp_path / "ft")
     base, _ = load_forecaster("timeseries-pretrained")
-    # the defaults from a backbone: adapter-only, with the statistics embedding (kept at its silent start)
-    assert ck.domain["kept_start"] and ck.domain["stage"] == "adapter" and ck.domain["adapter_only"]
-    assert ft.stats is not None and not base.head.stats
-    st = ft.state_dict()
-    for k, w in base.state_dict().items():
-        assert torch.equal(st[k], w), k
-    assert all(float(v.abs().sum()) == 0 for k, v in st.items() if k.startswith("stats"))
+    assert ck.domain["kept_start"] and ck.domain["stage"] == "finetune" and not ck.domain["adapter_only"]
+    assert ck.domain["val_horizons"] == [96, 192] and ft.stats is None  # cut to what the small windows hold
+    for (k, v), (_, w) in zip(ft.state_dict().items(), base.state_dict().items()):
+        assert torch.equal(v, w), k
 
 
 def test_skip_path_starts_as_the_least_squares_linear_forecaster():
@@ -299,3 +296,20 @@ def test_forecast_uses_the_training_scaler_only_where_the_level_matters():
     a = forecast_channel(m, s, "OT", 30, 72)["mean"]
     b = forecast_channel(m, s, "OT", 30, 72, scaler=(5.0, 2.0))["mean"]
     assert not np.allclose(a, b, atol=1e-3)  # the level, in training units, now shapes the forecast
+
+
+def test_benchmark_passes_the_training_recipe_through(tmp_path):
+    """The benchmark's `sciar` from a backbone is trained as asked (here adapter-only with the window
+    statistics, the recipe that wins on ETTh1's validation split), selected on the rolled validation figure."""
+    from domains.timeseries.bench import run_benchmark
+
+    csv = tmp_path / "hourly.csv"
+    pd.read_csv(SHARED / "ETTh1.csv").iloc[:2400].to_csv(csv, index=False)
+    res = run_benchmark(csv, 672, [96], tmp_path / "b.json", init="timeseries-pretrained", max_steps=2, ets=False,
+                        max_windows=10, out=tmp_path / "run", progress=False, device="cpu", log=lambda *_: None,
+                        adapter_only=True, stats=True, score_split="val")
+    assert res["scored_split"] == "val"
+    m = res["methods"]["sciar"]
+    assert m["adapter_only"] is True and m["stats"] is True and m["start_val"] > 0
+    _, ck = load_forecaster(tmp_path / "run" / "sciar")
+    assert ck.config["head"]["stats"] and ck.domain["val_horizons"] and ck.domain["trainable_params"] < ck.domain["params"]

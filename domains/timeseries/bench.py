@@ -29,7 +29,7 @@ def _strip(res: dict, target_idx: int) -> dict:
     return out
 
 
-def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=None, init=None, adapter_only=None,
+def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=None, init=None, adapter_only=False,
                   zero_shot=None, preset="default", max_steps=None, ablate_time=False, out="runs/timeseries-bench",
                   split="auto", fill="error", ets=True, max_windows=None, device="auto", progress=True,
                   log=print, duplicates="error", prompt_segments: list[int] | None = None, stats: bool = False,

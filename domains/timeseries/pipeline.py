@@ -294,9 +294,10 @@ def train_on_series(csv, out, target=None, features="all", init=None, adapter_on
                     eval_batches: int | None = None) -> dict:
     """``sciar timeseries train``: fit one dataset's training split, validate on its validation split.
 
-    From a backbone (``init``) the defaults are the ones chosen on ETTh1's validation split: adapter-only
-    training (the AutoTimes recipe) with the window-statistics embedding, learning rate twice the preset's,
-    checkpoints selected on the rolled forecast's validation MSE (``val_horizons``)."""
+    From a backbone (``init``) the whole model is fine-tuned (``adapter_only``: only the adapter, at twice
+    the preset's rate) and checkpoints are selected on the rolled forecast's validation MSE
+    (``val_horizons``). ``stats`` adds the window-statistics inputs (off by default: on ETTh1 they win on
+    validation and lose on test, see the README)."""
     from .data import read_series
 
     if features not in ("all", "target"):
@@ -305,8 +306,7 @@ def train_on_series(csv, out, target=None, features="all", init=None, adapter_on
         raise SciarError(f"the lookback ({lookback}) must be a positive multiple of the segment length ({segment})")
     if adapter_only and init is None:
         raise SciarError("--adapter-only needs --init: a pretrained backbone to freeze")
-    adapter_only = init is not None if adapter_only is None else adapter_only
-    stats = init is not None if stats is None else stats
+    adapter_only, stats = bool(adapter_only), bool(stats)
     series = series if series is not None else read_series(csv, target=target, fill=fill)
     if series.length < lookback + segment:
         raise SciarError(f"{series.name}: {series.length} rows is shorter than the lookback ({lookback}) plus one "
