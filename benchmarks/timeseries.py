@@ -102,7 +102,7 @@ def main(argv=None):
 def table(name: str, res: dict):
     m = res["methods"]
     base = m["dlinear"]["avg"]["mse"]
-    pub = PUBLISHED.get(name)
+    pub = PUBLISHED.get(name) if res.get("scored_split", "test") == "test" else None  # published: test figures
     print(f"{'method':<16}{'avg MSE':>9}{'avg MAE':>9}{'/dlinear':>10}" + (f"{'/AutoTimes':>12}" if pub else ""))
     for k, r in m.items():
         a = r["avg"]
