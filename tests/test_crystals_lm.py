@@ -202,3 +202,25 @@ def test_snapping_moves_perturbed_sites_back_onto_their_wyckoff_positions(perov)
         assert sm.fit(structure_from_cif(text), structure_from_cif(snapped))
         fixed += moved > 0
     assert fixed >= 3  # most perturbed CIFs needed moving
+
+
+def test_sample_with_retrieval_and_hybrid_strategies(tmp_path, perov, tiny_ck):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    templates = tmp_path / "templates.csv"
+    perov[["material_id", "cif"]].to_csv(templates, index=False)
+    target = structure_from_cif(perov["cif"][7], rebuild=False)
+    formula = canonicalize(target).formula
+    out = tmp_path / "ret"
+    rc = main(["crystal", "sample", "-c", formula, "-n", "3", "--strategy", "retrieval", "--templates", str(templates),
+               "--out", str(out), "--no-bonds"])
+    assert rc == 0
+    df = pd.read_csv(out / "summary.csv")
+    assert 1 <= len(df) <= 3 and df["source"].str.startswith("template ").all()
+    sm = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+    first = structure_from_cif((out / df["file"][0]).read_text(), rebuild=False)
+    assert sm.fit(first, target)  # the composition's own structure is among the templates: it ranks first
+    rc = main(["crystal", "sample", "-c", formula, "-n", "2", "--strategy", "hybrid", "--templates", str(templates),
+               "--checkpoint", str(tiny_ck), "--out", str(tmp_path / "hyb"), "--no-bonds", "--seed", "0"])
+    assert rc == 0 and len(pd.read_csv(tmp_path / "hyb" / "summary.csv")) == 2
+    assert main(["crystal", "sample", "-c", formula, "--strategy", "nearest", "--out", str(tmp_path / "x")]) == 2

@@ -95,25 +95,36 @@ def sample(
     snap: bool = typer.Option(True, help="Move sites onto the nearest Wyckoff position of their stated multiplicity."),
     bonds: bool = typer.Option(True, help="Run the CrystalNN bond-length check (slower) in the summary."),
     threads: int = typer.Option(1, help="CPU threads for decoding (1 is fastest for small models)."),
+    strategy: str = typer.Option("lm", help="lm: the language model; retrieval: substituted known structures from "
+                                 "--templates (no model); hybrid: both, clustered and ranked by their votes."),
+    templates: Optional[List[Path]] = typer.Option(None, help="Known structures for retrieval/hybrid: corpus tables, "
+                                                   "CDVAE CSVs or CIF folders (default: the shipped corpus)."),
 ):
     """Generate crystal structures for a composition; writes CIFs (full symmetry operations) and a summary table."""
     import time
 
     from domains.crystals.generate import CrystalGenerator
-    from domains.crystals.sampling import write_samples
+    from domains.crystals.sampling import retrieved_samples, write_samples
+    from sciar.paths import data_dir
 
     if n < 1:
         raise typer.BadParameter("-n must be at least 1")
+    if strategy not in ("lm", "retrieval", "hybrid"):
+        raise typer.BadParameter(f"unknown strategy {strategy!r} (lm, retrieval or hybrid)")
     t0 = time.perf_counter()
-    gen = CrystalGenerator(checkpoint, threads=threads)
+    gen = CrystalGenerator(checkpoint, threads=threads) if strategy != "retrieval" else None
     t1 = time.perf_counter()
-    samples = gen.sample_composition(composition, n=n, spacegroup=spacegroup, z=z, temperature=temperature,
-                                     top_k=top_k or None, seed=seed, constrained=constrained, snap=snap)
+    kw = dict(temperature=temperature, top_k=top_k or None, constrained=constrained, snap=snap)
+    if strategy == "lm":
+        samples = gen.sample_composition(composition, n=n, spacegroup=spacegroup, z=z, seed=seed, **kw)
+    else:
+        samples = retrieved_samples(composition, n, list(templates or [data_dir() / "crystals" / "default.parquet"]),
+                                    strategy, spacegroup, z, gen, seed, **kw)
     t2 = time.perf_counter()
     df = write_samples(samples, out, bonds=bonds)
-    typer.echo(f"{len(samples)} structures for {composition} in {t2 - t1:.1f} s (model load {t1 - t0:.1f} s); "
-               f"valid {df['valid'].mean():.0%}; written to {out}")
-    _echo_table(df[["file", "formula", "spacegroup", "n_atoms", "logprob", "valid", "reasons"]])
+    typer.echo(f"{len(samples)} structures for {composition} ({strategy}) in {t2 - t1:.1f} s "
+               f"(model load {t1 - t0:.1f} s); valid {df['valid'].mean():.0%}; written to {out}")
+    _echo_table(df[["file", "formula", "spacegroup", "n_atoms", "source" if strategy != "lm" else "logprob", "valid", "reasons"]])
 
 
 @app.command()

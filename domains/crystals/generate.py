@@ -318,6 +318,7 @@ class Sample:
     n_tokens: int
     complete: bool
     moved_sites: int = 0  # sites moved onto a Wyckoff position of their multiplicity (snap)
+    source: str = "lm"  # lm, or the retrieved template (retrieval and hybrid strategies)
 
 
 class CrystalGenerator:

@@ -25,11 +25,69 @@ def sample_rows(samples, bonds: bool = True) -> list[dict]:
         rows.append({
             "index": i, "formula": header_formula(s.text), "spacegroup": cif_field(s.text, "_symmetry_space_group_name_H-M"),
             "n_atoms": len(st) if st is not None else None, "logprob": round(s.logprob, 3), "n_tokens": s.n_tokens,
-            "complete": s.complete, "moved_sites": s.moved_sites, "valid": r["valid"], "reasons": r["reasons"],
+            "complete": s.complete, "moved_sites": s.moved_sites, "source": s.source, "valid": r["valid"],
+            "reasons": r["reasons"],
             **{f"check_{k}": r[k] for k in CHECKS + ["smact"]}, "bond_score": r["bond_score"],
             "detected_spacegroup": r["detected_spacegroup"], "cif": text,
         })
     return rows
+
+
+def retrieved_samples(composition: str, n: int, templates, strategy: str = "retrieval", spacegroup: str | None = None,
+                      z: int | None = None, gen=None, seed: int | None = None, **kw) -> list:
+    """``n`` structures for a composition from template retrieval (or the hybrid of retrieval and the model),
+    as :class:`~domains.crystals.generate.Sample` s whose ``source`` names the template.
+
+    ``templates``: corpus table(s) or CIF inputs (canonicalised and cached). The prompt's cell
+    composition picks the templates (a reduced formula: the first formula-unit count that fits);
+    ``spacegroup`` keeps only candidates of that space group.
+    """
+    import math
+
+    from domains.crystals.benchmark import Cand, csp_filter, hybrid_candidates, matcher
+    from domains.crystals.cif import canonicalize, load_canonical, structure_from_cif
+    from domains.crystals.generate import Sample, prompts_for
+    from domains.crystals.retrieval import RetrievalIndex
+    from domains.crystals.tokenizer import normalise_spacegroup
+    from pymatgen.core import Composition
+    from sciar.errors import SciarError
+
+    if strategy not in ("retrieval", "hybrid"):
+        raise SciarError(f"unknown strategy {strategy!r} (lm, retrieval or hybrid)")
+    prompts = prompts_for(composition, None, z)
+    sg = normalise_spacegroup(spacegroup) if spacegroup else None
+    index = RetrievalIndex.from_table(load_canonical(templates, progress=False))
+    comp = Composition(prompts[0].formula)
+    sm = matcher()
+    pool = n * 4 if sg else n
+    if strategy == "retrieval":
+        cands = [Cand(c.structure, None, -c.score, c.template) for c in index.predict(comp, pool, sm)]
+    else:
+        if gen is None:
+            raise SciarError("the hybrid strategy needs a model checkpoint")
+        lm = []
+        for smp in gen.sample_composition(composition, n=n, spacegroup=spacegroup, z=z, seed=seed, **kw):
+            try:
+                struct = structure_from_cif(smp.text)
+            except SciarError:
+                continue
+            lm.append(Cand(struct, smp.text, smp.logprob / max(1, smp.n_tokens), "lm", csp_ok=csp_filter(struct)))
+        cands = hybrid_candidates(index, lm, comp, pool, sm)
+    out = []
+    for c in cands:
+        try:
+            can = canonicalize(c.structure) if c.text is None else canonicalize(c.text)
+        except SciarError:
+            continue
+        if sg is not None and can.spacegroup != sg:
+            continue
+        src = c.source if c.source in ("lm", "both") else f"template {c.extra.get('template', c.source)}"
+        out.append(Sample(prompts[0].text, can.cif, math.nan, 0, True, 0, src))
+        if len(out) >= n:
+            break
+    if not out:
+        raise SciarError(f"no template fits {composition}" + (f" in {spacegroup}" if spacegroup else ""))
+    return out
 
 
 def write_samples(samples, out: str | Path, bonds: bool = True) -> pd.DataFrame:
