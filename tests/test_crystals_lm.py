@@ -224,3 +224,19 @@ def test_sample_with_retrieval_and_hybrid_strategies(tmp_path, perov, tiny_ck):
                "--checkpoint", str(tiny_ck), "--out", str(tmp_path / "hyb"), "--no-bonds", "--seed", "0"])
     assert rc == 0 and len(pd.read_csv(tmp_path / "hyb" / "summary.csv")) == 2
     assert main(["crystal", "sample", "-c", formula, "--strategy", "nearest", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_retrieval_index_cache(tmp_path, perov, monkeypatch):
+    from domains.crystals.retrieval import load_index
+
+    monkeypatch.setenv("SCIAR_CACHE", str(tmp_path / "cache"))
+    table = tmp_path / "t.csv"
+    perov[["material_id", "cif"]].head(12).to_csv(table, index=False)
+    first = load_index(table)
+    files = list((tmp_path / "cache").glob("index-*.json.gz"))
+    assert len(files) == 1 and len(first.structures) == 12
+    again = load_index(table)  # from the cache
+    assert again.ids == first.ids and again.n_atoms == first.n_atoms
+    assert all(a == b for a, b in zip(again.structures, first.structures))
+    files[0].write_bytes(b"not gzip")  # a corrupt cache is rebuilt, not an error
+    assert load_index(table).ids == first.ids

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from domains.crystals.cif import canonicalize, load_canonical, read_inputs, structure_from_cif
+from domains.crystals.cif import canonicalize, read_inputs, structure_from_cif
 from sciar.errors import DataError, SciarError
 
 STRATEGIES = ("lm", "retrieval", "hybrid")
@@ -175,9 +175,9 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
     if {"retrieval", "hybrid"} & bases:
         if train is None:
             raise SciarError("the retrieval strategy needs --train (the template index)")
-        from domains.crystals.retrieval import RetrievalIndex
+        from domains.crystals.retrieval import load_index
 
-        index = RetrievalIndex.from_table(load_canonical(train, progress=progress), progress=progress)
+        index = load_index(train, progress=progress)
         info["index_size"] = len(index.structures)
 
     rows = {st: [] for st in strategies}

@@ -69,8 +69,10 @@ class RetrievalIndex:
         self.n_atoms = list(n_atoms) if n_atoms is not None else [len(s) for s in structures]
         self._votes: dict[tuple, list] = {}
         self.groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, s in enumerate(structures):
-            self.groups[count_pattern(s.composition)].append(i)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pymatgen warns about the noble gases' electronegativity
+            for i, s in enumerate(structures):
+                self.groups[count_pattern(s.composition)].append(i)
 
     @classmethod
     def from_table(cls, df: pd.DataFrame, progress: bool = False) -> "RetrievalIndex":
@@ -155,6 +157,49 @@ class RetrievalIndex:
         if len(ranked) < n:
             ranked += dedupe(ranked + cands[pool:], n, sm)[len(ranked):]
         return ranked[:n]
+
+
+INDEX_VERSION = 1
+
+
+def load_index(paths, progress: bool = False) -> RetrievalIndex:
+    """The retrieval index of structure inputs (corpus tables, CDVAE splits, CIF folders).
+
+    Parsing thousands of CIFs takes a while (16 s for the shipped corpus), so the parsed
+    structures of file inputs are cached by content under ``build/crystals`` as gzipped
+    pymatgen JSON (no pickle); a cache that cannot be read is rebuilt.
+    """
+    import gzip
+    import json
+    from pathlib import Path
+
+    from pymatgen.core import Structure
+
+    from domains.crystals.cif import cache_dir, load_canonical
+    from sciar.io import atomic_path, fingerprint
+
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    files = [Path(p) for p in paths if Path(p).is_file()]
+    key = fingerprint([*files, *(str(Path(p).resolve()) for p in paths if not Path(p).is_file()),
+                       f"index-v{INDEX_VERSION}"]) if len(files) == len(paths) else None
+    cached = cache_dir() / f"index-{key}.json.gz" if key else None
+    if cached is not None and cached.is_file():
+        try:
+            with gzip.open(cached, "rt") as f:
+                d = json.load(f)
+            structs = [Structure.from_dict(x) for x in d["structures"]]
+            return RetrievalIndex(structs, d["ids"], d["n_atoms"])
+        except (OSError, ValueError, KeyError):
+            pass  # rebuilt below
+    index = RetrievalIndex.from_table(load_canonical(paths, progress=progress), progress=progress)
+    if cached is not None:
+        try:
+            with atomic_path(cached) as tmp, gzip.open(tmp, "wt") as f:
+                json.dump({"ids": index.ids, "n_atoms": index.n_atoms,
+                           "structures": [st.as_dict() for st in index.structures]}, f)
+        except OSError:
+            pass  # a read-only tree still works, only slower
+    return index
 
 
 def dedupe(cands: list, n: int, sm) -> list:

@@ -45,9 +45,9 @@ def retrieved_samples(composition: str, n: int, templates, strategy: str = "retr
     import math
 
     from domains.crystals.benchmark import Cand, csp_filter, hybrid_candidates, matcher
-    from domains.crystals.cif import canonicalize, load_canonical, structure_from_cif
+    from domains.crystals.cif import canonicalize, structure_from_cif
     from domains.crystals.generate import Sample, prompts_for
-    from domains.crystals.retrieval import RetrievalIndex
+    from domains.crystals.retrieval import load_index
     from domains.crystals.tokenizer import normalise_spacegroup
     from pymatgen.core import Composition
     from sciar.errors import SciarError
@@ -56,7 +56,7 @@ def retrieved_samples(composition: str, n: int, templates, strategy: str = "retr
         raise SciarError(f"unknown strategy {strategy!r} (lm, retrieval or hybrid)")
     prompts = prompts_for(composition, None, z)
     sg = normalise_spacegroup(spacegroup) if spacegroup else None
-    index = RetrievalIndex.from_table(load_canonical(templates, progress=False))
+    index = load_index(templates)
     comp = Composition(prompts[0].formula)
     sm = matcher()
     pool = n * 4 if sg else n
