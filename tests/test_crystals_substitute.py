@@ -49,3 +49,5 @@ def test_enlarge_labels_and_marks_generated_rows(tmp_path, small_corpus):
     # bad input: one line, exit 2
     assert main(["crystal", "build-corpus", "--base", str(tmp_path / "missing.parquet"), "--substitute", "1"]) == 2
     assert main(["crystal", "build-corpus", "--base", str(base), "--substitute", "-1"]) == 2
+    (tmp_path / "bad.parquet").write_text("not a table")
+    assert main(["crystal", "build-corpus", "--base", str(tmp_path / "bad.parquet"), "--substitute", "1"]) == 2

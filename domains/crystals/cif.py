@@ -29,6 +29,9 @@ import pandas as pd
 
 from sciar.errors import DataError, SciarError
 
+# pymatgen sorts formulas by electronegativity and warns for the noble gases, which have none
+warnings.filterwarnings("ignore", message="No Pauling electronegativity")
+
 CANON_VERSION = 1  # bump when the canonical text changes (invalidates caches)
 SYMPREC = 0.1
 SG_KEY = "_symmetry_space_group_name_H-M"
@@ -430,7 +433,10 @@ def load_canonical(paths, workers: int | None = None, progress: bool = True, cac
     for raw in paths:
         p = Path(raw)
         if p.is_file() and _is_table(p):
-            head = pd.read_parquet(p) if p.name.endswith((".parquet", ".pq")) else None
+            try:
+                head = pd.read_parquet(p) if p.name.endswith((".parquet", ".pq")) else None
+            except Exception as e:  # pyarrow raises its own types for files that are not parquet
+                raise DataError(f"cannot read table {p}: {str(e).splitlines()[0][:120]}") from None
             if head is not None and "canonical" in head.columns:
                 frames.append(head)
                 continue
@@ -440,8 +446,11 @@ def load_canonical(paths, workers: int | None = None, progress: bool = True, cac
             key = fingerprint([*files, f"canon-v{CANON_VERSION}-{SYMPREC}"]) if files else key
         cached = cache_dir() / f"canon-{key}.parquet"
         if cache and cached.is_file():
-            frames.append(pd.read_parquet(cached))
-            continue
+            try:
+                frames.append(pd.read_parquet(cached))
+                continue
+            except Exception:  # a damaged cache is rebuilt
+                pass
         df = canonicalize_records(read_inputs(p), workers=workers, progress=progress)
         if cache:
             try:

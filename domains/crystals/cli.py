@@ -250,7 +250,10 @@ def build_corpus(
     if base is not None:
         if not base.is_file():
             raise SciarError(f"corpus table {base} not found")
-        corpus = pd.read_parquet(base)
+        try:
+            corpus = pd.read_parquet(base)
+        except Exception as e:  # pyarrow raises its own types for files that are not parquet
+            raise SciarError(f"cannot read corpus table {base}: {str(e).splitlines()[0][:120]}") from None
         if "canonical" not in corpus.columns:
             raise SciarError(f"{base} is not a corpus table (no 'canonical' column)")
     else:

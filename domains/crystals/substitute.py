@@ -38,7 +38,10 @@ def _ions(structure):
     from pymatgen.core import Species
 
     comp = structure.composition
-    guesses = comp.oxi_state_guesses(max_sites=-20)
+    try:
+        guesses = comp.oxi_state_guesses(max_sites=-1)  # on the reduced formula
+    except ValueError:
+        return None
     if not guesses:
         return None
     return [Species(str(el), guesses[0][str(el)]) for el in comp.elements]
