@@ -106,15 +106,20 @@ def lm_candidates(gen, compositions: list, n: int, seed: int, temperature: float
         except SciarError:
             res.append([])
             continue
-        cands = []
-        for s in samples:
-            try:
-                st = structure_from_cif(s.text)
-            except DataError:
-                st = None
-            cands.append(Cand(st, s.text, s.logprob / max(1, s.n_tokens), "lm"))
-        res.append(cands)
+        res.append(sample_cands(samples))
     return res
+
+
+def sample_cands(samples) -> list[Cand]:
+    """The model's samples as candidates scored by log-likelihood per token (structure None if unreadable)."""
+    cands = []
+    for s in samples:
+        try:
+            st = structure_from_cif(s.text)
+        except DataError:
+            st = None
+        cands.append(Cand(st, s.text, s.logprob / max(1, s.n_tokens), "lm"))
+    return cands
 
 
 def retrieval_candidates(index, comp, n: int, sm) -> list[Cand]:

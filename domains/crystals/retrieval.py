@@ -19,6 +19,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+import domains.crystals.cif  # noqa: F401  (its warning filter: pymatgen on the noble gases' electronegativity)
 from sciar.errors import DataError
 
 
@@ -69,10 +70,8 @@ class RetrievalIndex:
         self.n_atoms = list(n_atoms) if n_atoms is not None else [len(s) for s in structures]
         self._votes: dict[tuple, list] = {}
         self.groups: dict[tuple, list[int]] = defaultdict(list)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pymatgen warns about the noble gases' electronegativity
-            for i, s in enumerate(structures):
-                self.groups[count_pattern(s.composition)].append(i)
+        for i, s in enumerate(structures):
+            self.groups[count_pattern(s.composition)].append(i)
 
     @classmethod
     def from_table(cls, df: pd.DataFrame, progress: bool = False) -> "RetrievalIndex":

@@ -44,8 +44,8 @@ def retrieved_samples(composition: str, n: int, templates, strategy: str = "retr
     """
     import math
 
-    from domains.crystals.benchmark import Cand, csp_filter, hybrid_candidates, matcher
-    from domains.crystals.cif import canonicalize, structure_from_cif
+    from domains.crystals.benchmark import Cand, csp_filter, hybrid_candidates, matcher, sample_cands
+    from domains.crystals.cif import canonicalize
     from domains.crystals.generate import Sample, prompts_for
     from domains.crystals.retrieval import load_index
     from domains.crystals.tokenizer import normalise_spacegroup
@@ -65,13 +65,9 @@ def retrieved_samples(composition: str, n: int, templates, strategy: str = "retr
     else:
         if gen is None:
             raise SciarError("the hybrid strategy needs a model checkpoint")
-        lm = []
-        for smp in gen.sample_composition(composition, n=n, spacegroup=spacegroup, z=z, seed=seed, **kw):
-            try:
-                struct = structure_from_cif(smp.text)
-            except SciarError:
-                continue
-            lm.append(Cand(struct, smp.text, smp.logprob / max(1, smp.n_tokens), "lm", csp_ok=csp_filter(struct)))
+        lm = sample_cands(gen.sample_composition(composition, n=n, spacegroup=spacegroup, z=z, seed=seed, **kw))
+        for c in lm:
+            c.csp_ok = c.structure is not None and csp_filter(c.structure)
         cands = hybrid_candidates(index, lm, comp, pool, sm)
     out = []
     for c in cands:
