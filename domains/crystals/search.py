@@ -161,7 +161,8 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
                        scorer: str | object = "cgcnn", relax: bool = False, seed: int | None = 0,
                        checkpoint: str = DEFAULT_CHECKPOINT, batch: int = 8, selection: str = "puct",
                        rollout_top_k: int | None = None, temperature: float = 1.0, cache: str = "tree",
-                       backup: str = "mean", snap: bool = True, progress: bool = True, generator=None) -> CrystalSearch:
+                       backup: str = "mean", k: float = 2.0, snap: bool = True, progress: bool = True,
+                       generator=None) -> CrystalSearch:
     """MCTS over CIFs for one composition. ``scorer``: ``cgcnn``, ``chgnet`` or any callable on structures."""
     from domains.crystals.energy import make_scorer
     from domains.crystals.generate import cif_grammar, prompts_for
@@ -169,7 +170,7 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
 
     cfg = SearchConfig(simulations=simulations, seconds=seconds, width=width, c=c, selection=selection,
                        rollout_top_k=rollout_top_k, temperature=temperature, batch=batch, seed=seed, cache=cache,
-                       backup=backup)
+                       backup=backup, k=k)
     cfg.check()  # a zero budget fails before any model is loaded
     prompts = prompts_for(composition, spacegroup, z)  # unknown elements, bad formulas and space groups fail here
     gen = generator or load_generator(checkpoint)
