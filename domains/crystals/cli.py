@@ -53,7 +53,7 @@ def canonicalize(
 def train(
     data: List[Path] = typer.Option(..., "--data", help="Training structures: CIF files/folders, CDVAE CSV splits, tables; repeat for several."),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (resumes if it holds a run)."),
-    preset: str = typer.Option("tiny", help="Model and budget: tiny (CPU, minutes), small (the shipped shape), crystallm-small (8x8x512, GPU)."),
+    preset: str = typer.Option("tiny", help="Model and budget: tiny (CPU, minutes), small (4x4x128, CPU), medium (6x8x256, the shipped shape, GPU), crystallm-small (8x8x512, GPU)."),
     val: Optional[Path] = typer.Option(None, help="Validation structures (default: 2% of the training CIFs held out)."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: the preset's)."),
     batch_size: Optional[int] = typer.Option(None, help="Windows per step (default: the preset's)."),

@@ -23,6 +23,12 @@ PRESETS = {
         "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=1024, dropout=0.0),
         "train": dict(max_steps=1200, batch_size=8, lr=2e-3, min_lr=2e-4, warmup_steps=50, eval_every=100, save_every=50),
     },
+    # the shipped model since stop 9 (about 4.8 M parameters): trained on a GPU (benchmarks/gpu_train.py),
+    # small enough to sample 20 structures in seconds on 2 CPU cores
+    "medium": {
+        "model": dict(n_layer=6, n_head=8, n_embd=256, block_size=1024, dropout=0.1),
+        "train": dict(max_steps=20000, batch_size=32, lr=1.5e-3, min_lr=1.5e-4, warmup_steps=200, eval_every=500, save_every=500),
+    },
     # CrystaLLM's small model: 8 layers, 8 heads, width 512, context 1024 (~25 M parameters)
     "crystallm-small": {
         "model": dict(n_layer=8, n_head=8, n_embd=512, block_size=1024, dropout=0.1),
@@ -99,6 +105,28 @@ def make_source(df: pd.DataFrame, tok, block_size: int, val_fraction: float = 0.
     return src, info
 
 
+def corpus_source(data, block_size: int, dedup: bool = True, val=None, seed: int = 1337,
+                  workers: int | None = None, progress: bool = True):
+    """The training source for ``data`` (paths or a DataFrame): (TokenWindows, info, fingerprint, sources)."""
+    from domains.crystals.tokenizer import cif_tokenizer
+    from sciar.io import fingerprint
+
+    tok = cif_tokenizer()
+    paths = [data] if isinstance(data, (str, Path)) else data
+    df = data if isinstance(data, pd.DataFrame) else load_corpus(paths, dedup=dedup, workers=workers, progress=progress)
+    val_df = None
+    if val is not None:
+        val_df = load_corpus([val] if isinstance(val, (str, Path)) else val, dedup=False, workers=workers, progress=progress)
+    src, info = make_source(df, tok, block_size, seed=seed, val_df=val_df)
+    if isinstance(data, pd.DataFrame):
+        fp = fingerprint([t.encode() for t in df["canonical"]])
+        sources = ["<table>"]
+    else:
+        fp = fingerprint([*[str(Path(x)) if Path(x).is_dir() else Path(x) for x in paths], f"dedup={dedup}"])
+        sources = [str(x) for x in paths]
+    return src, info, fp, sources
+
+
 def train_crystal_lm(data, out: str | Path, preset_name: str = "tiny", steps: int | None = None,
                      batch_size: int | None = None, lr: float | None = None, block_size: int | None = None,
                      device: str = "auto", seed: int = 1337, dedup: bool = True, val=None, progress: bool = True,
@@ -107,7 +135,6 @@ def train_crystal_lm(data, out: str | Path, preset_name: str = "tiny", steps: in
     import torch
 
     from domains.crystals.tokenizer import cif_tokenizer
-    from sciar.io import fingerprint
     from sciar.model import LanguageModel, ModelConfig
     from sciar.train import TrainConfig, train
 
@@ -117,12 +144,8 @@ def train_crystal_lm(data, out: str | Path, preset_name: str = "tiny", steps: in
     if block_size:
         mcfg["block_size"] = block_size
     cfg = ModelConfig(vocab_size=tok.vocab_size, **mcfg)
-    paths = [data] if isinstance(data, (str, Path)) else data
-    df = data if isinstance(data, pd.DataFrame) else load_corpus(paths, dedup=dedup, workers=workers, progress=progress)
-    val_df = None
-    if val is not None:
-        val_df = load_corpus([val] if isinstance(val, (str, Path)) else val, dedup=False, workers=workers, progress=progress)
-    src, info = make_source(df, tok, cfg.block_size, seed=seed, val_df=val_df)
+    src, info, fp, sources = corpus_source(data, cfg.block_size, dedup=dedup, val=val, seed=seed, workers=workers,
+                                           progress=progress)
     tcfg = dict(p["train"])
     if steps is not None:
         tcfg["max_steps"] = steps
@@ -136,12 +159,6 @@ def train_crystal_lm(data, out: str | Path, preset_name: str = "tiny", steps: in
     tc = TrainConfig(device=device, seed=seed, progress=progress, eval_batches=10, **tcfg)
     torch.manual_seed(seed)
     model = LanguageModel(cfg)
-    if isinstance(data, pd.DataFrame):
-        fp = fingerprint([t.encode() for t in df["canonical"]])
-        sources = ["<table>"]
-    else:
-        fp = fingerprint([*[str(Path(x)) if Path(x).is_dir() else Path(x) for x in paths], f"dedup={dedup}"])
-        sources = [str(x) for x in paths]
     domain = {"domain": DOMAIN, "data_fingerprint": fp, "data": sources, "preset": preset_name, **info}
     summary = train(model, src, tc, out, {"model": cfg.to_dict(), "tied": True}, tok, domain, resume=resume,
                     callback=callback)
