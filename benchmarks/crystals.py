@@ -92,7 +92,7 @@ def validity_heldout(checkpoint: str, data: Path, k: int = 10, n: int = 20, seed
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "crystals"))
-    ap.add_argument("--checkpoint", default="crystal-small")
+    ap.add_argument("--checkpoint", default="crystal-medium")
     ap.add_argument("--splits", nargs="*", default=list(SPLITS))
     ap.add_argument("--strategies", nargs="*", default=["retrieval", "lm", "hybrid"])
     ap.add_argument("--limit", type=int, default=50)
@@ -101,6 +101,8 @@ def main(argv=None):
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--no-validity", action="store_true")
     ap.add_argument("--validity-k", type=int, default=10, help="held-out compositions for the validity figure")
+    ap.add_argument("--on", choices=["test", "val"], default="test",
+                    help="the split to score: val to choose settings (e.g. hybrid:<weight>) without looking at test")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
@@ -113,7 +115,7 @@ def main(argv=None):
     for split in args.splits:
         d = Path(args.data) / split
         t = time.perf_counter()
-        rs = run_benchmarks(d / "test.csv.gz", d / "train.csv.gz", args.strategies, checkpoint=args.checkpoint,
+        rs = run_benchmarks(d / f"{args.on}.csv.gz", d / "train.csv.gz", args.strategies, checkpoint=args.checkpoint,
                             n=args.n, limit=args.limit, seed=args.seed, progress=False)
         for r in rs:
             r["split"] = split

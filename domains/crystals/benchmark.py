@@ -207,6 +207,7 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
                 c.csp_ok = c.structure is not None and csp_filter(c.structure)
         rms_cache: dict[int, float | None] = {}
         valid_cache: dict[int, bool] = {}
+        clusters = None
         for st in strategies:
             if st == "lm":
                 cands = lm[:n]
@@ -216,7 +217,10 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
                     c.csp_ok = c.structure is not None and csp_filter(c.structure)
             else:
                 w = st.partition(":")[2]
-                cands = hybrid_candidates(index, lm, comp, n, sm, lm_weight=float(w) if w else HYBRID_LM_WEIGHT)
+                if clusters is None:
+                    clusters = hybrid_clusters(index, lm, comp, n, sm)
+                cands = hybrid_candidates(index, lm, comp, n, sm, lm_weight=float(w) if w else HYBRID_LM_WEIGHT,
+                                          clusters=clusters)
             rms = []
             for c in cands:
                 key = id(c.structure)
@@ -282,14 +286,43 @@ def _prompt_composition(cif_text: str, target):
 
 
 def hybrid_candidates(index, lm_cands: list[Cand], comp, n: int, sm, pool: int = 40, tau: float = 4.0,
-                      lm_weight: float = HYBRID_LM_WEIGHT) -> list[Cand]:
+                      lm_weight: float = HYBRID_LM_WEIGHT, clusters=None) -> list[Cand]:
     """Consensus of the two predictors: cluster the retrieval pool and the model's samples with the matcher.
 
     Each of the ``pool`` most similar templates votes with its similarity weight ``exp(-d / tau)``
     (normalised to sum 1), each model sample passing the filter with ``lm_weight / samples``;
     clusters are ranked by their summed votes (then by the model's best likelihood per token),
     so a structure both predictors propose ranks first. Represented by their first member
-    (the most similar template, else the model's sample).
+    (the most similar template, else the model's sample). ``clusters``: the result of
+    :func:`hybrid_clusters` for these inputs, to rank them again with another weight.
+    """
+    rc, clusters = clusters if clusters is not None else hybrid_clusters(index, lm_cands, comp, n, sm, pool, tau)
+    ranked = sorted(clusters, key=lambda cl: (-(cl[1] + lm_weight * cl[2]), -cl[3]))
+    # a quarter of the slots is kept for the model's own proposals, so that structures only the
+    # model finds are not crowded out by the long tail of retrieved templates
+    k_lm = n // 4
+    head = ranked[: n - k_lm]
+    rest = ranked[n - k_lm :]
+    lm_rest = [cl for cl in rest if cl[2] > 0][:k_lm]
+    others = [cl for cl in rest if not any(cl is x for x in lm_rest)]
+    out = []
+    for rep, r, lw, best in head + lm_rest + others:
+        c = Cand(rep.structure, rep.text, rep.score, "both" if r > 0 and lw > 0 else rep.source, csp_ok=rep.csp_ok, valid=rep.valid,
+                 extra=dict(rep.extra, votes_retrieval=round(r, 4), votes_lm=round(lm_weight * lw, 4)))
+        out.append(c)
+    if len(out) < n and len(rc) > pool:
+        from domains.crystals.retrieval import dedupe
+
+        extra = [Cand(c.structure, None, -c.score, "retrieval") for c in rc[pool:]]
+        out = dedupe(out + extra, n, sm)
+    return out[:n]
+
+
+def hybrid_clusters(index, lm_cands: list[Cand], comp, n: int, sm, pool: int = 40, tau: float = 4.0):
+    """The retrieval pool and the model's filtered samples clustered by the matcher.
+
+    Returns (retrieved candidates, clusters); a cluster is [representative, retrieval votes,
+    share of the model's samples, best model score].
     """
     import math
 
@@ -300,8 +333,8 @@ def hybrid_candidates(index, lm_cands: list[Cand], comp, n: int, sm, pool: int =
     items = [(Cand(c.structure, None, -c.score, "retrieval", csp_ok=csp_filter(c.structure),
                    extra={"template": c.template}), w / total, 0.0) for c, w in zip(head, wr)]
     ok = [c for c in lm_cands if c.csp_ok]
-    items += [(c, 0.0, lm_weight / len(ok)) for c in ok]
-    clusters: list[list] = []  # [representative, retrieval votes, model votes, best model score]
+    items += [(c, 0.0, 1.0 / len(ok)) for c in ok]
+    clusters: list[list] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for c, r, lw in items:
@@ -320,26 +353,7 @@ def hybrid_candidates(index, lm_cands: list[Cand], comp, n: int, sm, pool: int =
                     break
             else:
                 clusters.append([c, r, lw, c.score if c.source == "lm" else -np.inf])
-    clusters.sort(key=lambda cl: (-(cl[1] + cl[2]), -cl[3]))
-    # a quarter of the slots is kept for the model's own proposals, so that structures only the
-    # model finds are not crowded out by the long tail of retrieved templates
-    k_lm = n // 4
-    head = clusters[: n - k_lm]
-    rest = clusters[n - k_lm :]
-    lm_rest = [cl for cl in rest if cl[2] > 0][:k_lm]
-    others = [cl for cl in rest if not any(cl is x for x in lm_rest)]
-    clusters = head + lm_rest + others
-    out = []
-    for rep, r, lw, best in clusters:
-        rep.extra.update(votes_retrieval=round(r, 4), votes_lm=round(lw, 4))
-        rep.source = "both" if r > 0 and lw > 0 else rep.source
-        out.append(rep)
-    if len(out) < n and len(rc) > pool:
-        from domains.crystals.retrieval import dedupe
-
-        extra = [Cand(c.structure, None, -c.score, "retrieval") for c in rc[pool:]]
-        out = dedupe(out + extra, n, sm)
-    return out[:n]
+    return rc, clusters
 
 
 def train_for_benchmark(train, preset: str, steps: int | None, seed: int, progress: bool) -> Path:
