@@ -60,7 +60,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small budgets (minutes on 2 CPU cores)")
     ap.add_argument("--json", type=Path, help="write the results here")
-    ap.add_argument("--checkpoint", default="crystal-small")
+    ap.add_argument("--checkpoint", default="crystal-medium")
     ap.add_argument("--simulations", type=int, help="per composition (default 100, quick 32)")
     ap.add_argument("--width", type=int, default=5)
     ap.add_argument("--c", type=float, default=1.0)

@@ -15,7 +15,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-DEFAULT_CHECKPOINT = "crystal-small"
+DEFAULT_CHECKPOINT = "crystal-medium"
 
 
 def _echo_table(df, max_rows: int = 40):

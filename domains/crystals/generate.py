@@ -324,7 +324,7 @@ class Sample:
 class CrystalGenerator:
     """A loaded crystal checkpoint that samples CIFs for compositions."""
 
-    def __init__(self, checkpoint: str | Path = "crystal-small", device: str = "cpu", threads: int | None = 1):
+    def __init__(self, checkpoint: str | Path = "crystal-medium", device: str = "cpu", threads: int | None = 1):
         from sciar.checkpoint import load_language_model
         from sciar.paths import find_checkpoint
 

@@ -23,7 +23,7 @@ import typer
 
 from sciar.errors import SciarError
 
-DEFAULT_CHECKPOINT = "crystal-small"
+DEFAULT_CHECKPOINT = "crystal-medium"
 TABLE_COLUMNS = ["simulation", "prompt", "formula", "spacegroup", "energy", "reward", "valid", "checks_valid", "reasons",
                  "bond_score", "n_atoms", "moved_sites", "error", "duplicate", "n_tokens", "stopped", "elapsed_s", "cif"]
 
