@@ -64,7 +64,7 @@ def main(argv=None):
     ap.add_argument("--simulations", type=int, help="per composition (default 100, quick 32)")
     ap.add_argument("--width", type=int, default=5)
     ap.add_argument("--c", type=float, default=1.0)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--k", type=float, default=2.0, help="reward sigmoid steepness")
     ap.add_argument("--temperature", type=float, default=1.0, help="temperature of the search's rollouts")
     ap.add_argument("--rollout-top-k", type=int, default=None, help="top-k of the rollouts (default: the width, as CrystaLLM)")
@@ -74,6 +74,8 @@ def main(argv=None):
     ap.add_argument("--speed-compositions", type=int, default=None, help="compositions timed in all three cache modes (default 2, quick 1)")
     ap.add_argument("--speed-simulations", type=int, default=None, help="simulations per speed run (default 16, quick 8)")
     ap.add_argument("--limit", type=int, help="only the first N compositions")
+    ap.add_argument("--compositions", default=None,
+                    help="comma-separated cell compositions instead of the fixed list (to check a setting on others)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
 
@@ -87,7 +89,8 @@ def main(argv=None):
     from domains.crystals.search import evaluate_cifs, load_generator, search_composition
 
     sims = args.simulations or (32 if args.quick else 100)
-    comps = COMPOSITIONS[: args.limit] if args.limit else COMPOSITIONS
+    comps = args.compositions.split(",") if args.compositions else COMPOSITIONS
+    comps = comps[: args.limit] if args.limit else comps
     gen = load_generator(args.checkpoint)
     scorer = make_scorer(args.scorer)
     dev = next(gen.model.parameters()).device
