@@ -49,8 +49,9 @@ def speed(checkpoint: str, composition: str = "Na4Cl4", n: int = 20, repeats: in
     return out
 
 
-def validity_heldout(checkpoint: str, data: Path, k: int = 10, n: int = 20, seed: int = 0, bonds: bool = True) -> dict:
-    """Validity of n samples for each of k MP-20 test compositions whose reduced formula is in no training data."""
+def validity_heldout(checkpoint: str, data: Path, k: int = 10, n: int = 20, seed: int = 0, bonds: bool = True,
+                     split: str = "test", temperature: float = 1.0) -> dict:
+    """Validity of n samples for each of k MP-20 ``split`` compositions whose reduced formula is in no training data."""
     import pandas as pd
     from pymatgen.core import Composition
 
@@ -61,7 +62,7 @@ def validity_heldout(checkpoint: str, data: Path, k: int = 10, n: int = 20, seed
     seen = set(pd.read_parquet(ROOT / "data" / "crystals" / "default.parquet")["reduced_formula"])
     for split in SPLITS:
         seen |= {Composition(f).reduced_formula for f in pd.read_csv(data / split / "train.csv.gz")["formula"]}
-    test = pd.read_csv(data / "mp_20" / "test.csv.gz").sample(frac=1.0, random_state=seed)
+    test = pd.read_csv(data / "mp_20" / f"{split}.csv.gz").sample(frac=1.0, random_state=seed)
     gen = CrystalGenerator(checkpoint)
     rows, comps = [], []
     for cif in test["cif"]:
@@ -75,13 +76,14 @@ def validity_heldout(checkpoint: str, data: Path, k: int = 10, n: int = 20, seed
             continue
         comps.append(c.formula)
         for snap in (False, True):
-            for smp in gen.sample([make_prompt(Composition(c.formula))], n, seed=seed, snap=snap):
+            for smp in gen.sample([make_prompt(Composition(c.formula))], n, seed=seed, snap=snap,
+                                  temperature=temperature):
                 r = check_cif(smp.text, bonds=bonds)
                 rows.append({"composition": c.formula, "snap": snap, "valid": r["valid"], "smact": r["smact"],
                              **{ch: r[ch] for ch in ("sensible", "formula", "multiplicity", "sites", "min_distance",
                                                      "bonds", "spacegroup")}})
     df = pd.DataFrame(rows)
-    out = {"compositions": comps, "n": n, "bonds_checked": bonds}
+    out = {"compositions": comps, "n": n, "bonds_checked": bonds, "split": split, "temperature": temperature}
     for snap, g in df.groupby("snap"):
         out["snapped" if snap else "raw"] = {"count": int(len(g)), "valid_rate": float(g["valid"].mean()),
                                              **{f"{c}_rate": float(g[c].mean()) for c in g.columns
@@ -103,6 +105,7 @@ def main(argv=None):
     ap.add_argument("--validity-k", type=int, default=10, help="held-out compositions for the validity figure")
     ap.add_argument("--on", choices=["test", "val"], default="test",
                     help="the split to score: val to choose settings (e.g. hybrid:<weight>) without looking at test")
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the validity figure")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
@@ -125,7 +128,8 @@ def main(argv=None):
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     if not args.no_validity:
-        v = validity_heldout(args.checkpoint, Path(args.data), k=args.validity_k, n=args.n, seed=args.seed)
+        v = validity_heldout(args.checkpoint, Path(args.data), k=args.validity_k, n=args.n, seed=args.seed,
+                             split=args.on, temperature=args.temperature)
         results["validity_heldout"] = v
         for key in ("raw", "snapped"):
             if key in v:

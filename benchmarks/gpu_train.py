@@ -35,12 +35,12 @@ DATA = ["data/crystals/default.parquet", "../shared/data/crystals/perov_5/train.
 SHARD_BYTES = 15 * 2**20
 
 
-def prepare(out: Path, block_size: int = 1024):
+def prepare(out: Path, block_size: int = 1024, data=DATA):
     """Write the token stream (train/val ids and window starts) and what a checkpoint records about it."""
     from domains.crystals.lm import corpus_source
     from domains.crystals.tokenizer import cif_tokenizer
 
-    src, info, fp, sources = corpus_source(DATA, block_size, dedup=False)
+    src, info, fp, sources = corpus_source(data, block_size, dedup=False)
     out.mkdir(parents=True, exist_ok=True)
     (tr, trs), (va, vas) = src.splits["train"], src.splits["val"]
     np.savez_compressed(out / "crystal_tokens.npz", train=tr.numpy().astype(np.uint16), train_starts=trs.numpy(),
@@ -114,7 +114,7 @@ def export(ck_dir: Path, name: str, out: Path, tar: tarfile.TarFile):
 
 
 def run(data: Path, out: Path, seconds: float, presets: list[str], shares: list[float], work: Path,
-        device: str = "cuda", probe_steps: int = 20):
+        device: str = "cuda", probe_steps: int = 20, min_steps: int = 50):
     from domains.crystals import DOMAIN
     from domains.crystals.lm import preset
     from sciar.model import LanguageModel, ModelConfig
@@ -140,8 +140,9 @@ def run(data: Path, out: Path, seconds: float, presets: list[str], shares: list[
         left = seconds - (time.perf_counter() - t_start)
         budget = left * share / sum(shares[presets.index(name):])
         # evaluation and saving take the rest of the budget
-        steps = max(50, int(budget * rate * 0.85))
-        tcfg.update(max_steps=steps, eval_every=max(50, steps // 20), save_every=max(50, steps // 2))
+        steps = max(min_steps, int(budget * rate * 0.85))
+        tcfg.update(max_steps=steps, eval_every=max(min_steps, steps // 20), save_every=max(min_steps, steps // 2),
+                    warmup_steps=min(tcfg["warmup_steps"], max(1, steps // 10)))
         print(f"{name}: {rate:.2f} steps/s = {tok_s:,.0f} tokens/s (probe); {steps} steps in ~{budget:.0f} s "
               f"({steps * tcfg['batch_size'] * cfg.block_size / meta['train_tokens']:.1f} epochs)", flush=True)
         torch.manual_seed(1337)
@@ -219,6 +220,7 @@ def main():
     a.add_argument("--work", type=Path, default=Path("/tmp/sciar-gpu"))
     a.add_argument("--device", default="cuda")
     a.add_argument("--probe-steps", type=int, default=20)
+    a.add_argument("--min-steps", type=int, default=50)
     a = sub.add_parser("assemble")
     a.add_argument("--shards", type=Path, required=True)
     a.add_argument("--out", type=Path, default=Path("build/crystals/runs"))
@@ -228,7 +230,8 @@ def main():
     elif args.cmd == "run":
         presets = args.presets.split(",")
         shares = [float(x) for x in args.shares.split(",")] if args.shares else [1.0] * len(presets)
-        run(args.data, args.out, args.seconds, presets, shares, args.work, args.device, args.probe_steps)
+        run(args.data, args.out, args.seconds, presets, shares, args.work, args.device, args.probe_steps,
+            args.min_steps)
     else:
         assemble(args.shards, args.out)
 

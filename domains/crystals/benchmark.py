@@ -307,9 +307,9 @@ def hybrid_candidates(index, lm_cands: list[Cand], comp, n: int, sm, pool: int =
     others = [cl for cl in rest if not any(cl is x for x in lm_rest)]
     out = []
     for rep, r, lw, best in head + lm_rest + others:
-        c = Cand(rep.structure, rep.text, rep.score, "both" if r > 0 and lw > 0 else rep.source, csp_ok=rep.csp_ok, valid=rep.valid,
-                 extra=dict(rep.extra, votes_retrieval=round(r, 4), votes_lm=round(lm_weight * lw, 4)))
-        out.append(c)
+        source = "both" if r > 0 and lw > 0 else rep.source
+        out.append(Cand(rep.structure, rep.text, rep.score, source, csp_ok=rep.csp_ok, valid=rep.valid,
+                        extra=dict(rep.extra, votes_retrieval=round(r, 4), votes_lm=round(lm_weight * lw, 4))))
     if len(out) < n and len(rc) > pool:
         from domains.crystals.retrieval import dedupe
 

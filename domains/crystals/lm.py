@@ -23,7 +23,7 @@ PRESETS = {
         "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=1024, dropout=0.0),
         "train": dict(max_steps=1200, batch_size=8, lr=2e-3, min_lr=2e-4, warmup_steps=50, eval_every=100, save_every=50),
     },
-    # the shipped model since stop 9 (about 4.8 M parameters): trained on a GPU (benchmarks/gpu_train.py),
+    # the shipped default model (about 4.8 M parameters): trained on a GPU (benchmarks/gpu_train.py),
     # small enough to sample 20 structures in seconds on 2 CPU cores
     "medium": {
         "model": dict(n_layer=6, n_head=8, n_embd=256, block_size=1024, dropout=0.1),
