@@ -60,8 +60,8 @@ def validity_heldout(checkpoint: str, data: Path, k: int = 10, n: int = 20, seed
     from domains.crystals.validity import check_cif
 
     seen = set(pd.read_parquet(ROOT / "data" / "crystals" / "default.parquet")["reduced_formula"])
-    for split in SPLITS:
-        seen |= {Composition(f).reduced_formula for f in pd.read_csv(data / split / "train.csv.gz")["formula"]}
+    for name in SPLITS:
+        seen |= {Composition(f).reduced_formula for f in pd.read_csv(data / name / "train.csv.gz")["formula"]}
     test = pd.read_csv(data / "mp_20" / f"{split}.csv.gz").sample(frac=1.0, random_state=seed)
     gen = CrystalGenerator(checkpoint)
     rows, comps = [], []
