@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from domains.crystals import DEFAULT_CHECKPOINT  # noqa: E402
+
 SPLITS = ("perov_5", "carbon_24", "mp_20")
 
 
@@ -94,7 +96,7 @@ def validity_heldout(checkpoint: str, data: Path, k: int = 10, n: int = 20, seed
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "crystals"))
-    ap.add_argument("--checkpoint", default="crystal-medium")
+    ap.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     ap.add_argument("--splits", nargs="*", default=list(SPLITS))
     ap.add_argument("--strategies", nargs="*", default=["retrieval", "lm", "hybrid"])
     ap.add_argument("--limit", type=int, default=50)

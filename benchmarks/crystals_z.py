@@ -20,13 +20,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from domains.crystals import DEFAULT_CHECKPOINT  # noqa: E402
+
 ALL_Z = (1, 2, 3, 4, 6, 8)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--formulas", required=True, help="comma-separated reduced formulas")
-    ap.add_argument("--checkpoint", default="crystal-medium")
+    ap.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     ap.add_argument("--n", type=int, default=8, help="samples per formula and Z")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)

@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from domains.crystals import DEFAULT_CHECKPOINT  # noqa: E402
+
 COMPOSITIONS = ["Na4Cl4", "Mg4O4", "Zn2O2", "Ga4As4", "Ti2O4", "Ca4F8", "Ba1Ti1O3", "Sr1Ti1O3",
                 "Cs1Cl1", "Li8O4", "K4Br4", "Zn4S4"]
 
@@ -60,7 +62,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small budgets (minutes on 2 CPU cores)")
     ap.add_argument("--json", type=Path, help="write the results here")
-    ap.add_argument("--checkpoint", default="crystal-medium")
+    ap.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     ap.add_argument("--simulations", type=int, help="per composition (default 100, quick 32)")
     ap.add_argument("--width", type=int, default=5)
     ap.add_argument("--c", type=float, default=1.0)

@@ -8,3 +8,4 @@ prediction), ``cli`` (``sciar crystal ...``).
 """
 
 DOMAIN = "crystal"
+DEFAULT_CHECKPOINT = "crystal-medium"  # the shipped model used when no --checkpoint is given

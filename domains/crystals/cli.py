@@ -10,12 +10,13 @@ from typing import List, Optional
 
 import typer
 
+from domains.crystals import DEFAULT_CHECKPOINT
+
 app = typer.Typer(
     help="Crystal structures as CIF text: a CrystaLLM-style language model (train, sample, evaluate, benchmark, batch).",
     no_args_is_help=True,
 )
 
-DEFAULT_CHECKPOINT = "crystal-medium"
 
 
 def _echo_table(df, max_rows: int = 40):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from domains.crystals import DOMAIN
+from domains.crystals import DEFAULT_CHECKPOINT, DOMAIN
 from domains.crystals.cif import SG_KEY, atom_props_block, cell_formula, parse_composition, round_numbers
 from sciar.errors import SciarError
 
@@ -327,7 +327,7 @@ class Sample:
 class CrystalGenerator:
     """A loaded crystal checkpoint that samples CIFs for compositions."""
 
-    def __init__(self, checkpoint: str | Path = "crystal-medium", device: str = "cpu", threads: int | None = 1):
+    def __init__(self, checkpoint: str | Path = DEFAULT_CHECKPOINT, device: str = "cpu", threads: int | None = 1):
         from sciar.checkpoint import load_language_model
         from sciar.paths import find_checkpoint
 

@@ -21,9 +21,9 @@ from typing import List, Optional
 
 import typer
 
+from domains.crystals import DEFAULT_CHECKPOINT
 from sciar.errors import SciarError
 
-DEFAULT_CHECKPOINT = "crystal-medium"
 TABLE_COLUMNS = ["simulation", "prompt", "formula", "spacegroup", "energy", "reward", "valid", "checks_valid", "reasons",
                  "bond_score", "n_atoms", "moved_sites", "error", "duplicate", "n_tokens", "stopped", "elapsed_s", "cif"]
 
