@@ -5,7 +5,8 @@
     python benchmarks/crystals.py --limit 300 --checkpoint CK --json out.json # a bigger run
 
 For each split in ../shared/data/crystals/ (perov_5, carbon_24, mp_20; MP-20's train file is
-a subset of the published one) it runs ``lm``, ``retrieval`` and ``hybrid`` on the same seeded
+a subset of the published one) it runs ``retrieval``, ``samples`` (the model's first n samples),
+``lm`` (its distinct structures from 2n samples, most often drawn first) and ``hybrid`` on the same seeded
 test subset and prints match rate and RMSE at n=1 and n=20, valid rate and count. Then it
 times generation of 20 structures for one composition with the shipped model, with the KV
 cache and without it (the reference), and prints the ratio, and measures validity (every check,
@@ -98,7 +99,8 @@ def main(argv=None):
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "crystals"))
     ap.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     ap.add_argument("--splits", nargs="*", default=list(SPLITS))
-    ap.add_argument("--strategies", nargs="*", default=["retrieval", "lm", "hybrid"])
+    ap.add_argument("--strategies", nargs="*", default=["retrieval", "samples", "lm", "hybrid"])
+    ap.add_argument("--draws", type=int, default=None, help="model samples per test structure (default 2n)")
     ap.add_argument("--limit", type=int, default=50)
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
@@ -121,7 +123,7 @@ def main(argv=None):
         d = Path(args.data) / split
         t = time.perf_counter()
         rs = run_benchmarks(d / f"{args.on}.csv.gz", d / "train.csv.gz", args.strategies, checkpoint=args.checkpoint,
-                            n=args.n, limit=args.limit, seed=args.seed, progress=False)
+                            n=args.n, limit=args.limit, seed=args.seed, progress=False, draws=args.draws)
         for r in rs:
             r["split"] = split
             results["runs"].append(r)

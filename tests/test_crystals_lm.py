@@ -138,6 +138,32 @@ def test_benchmark_json(tmp_path, perov, tiny_ck):
     assert rc == 0
     r = json.loads(out.read_text())
     assert r["strategy"] == "hybrid" and set(r["match_rate"]) == {"1", "2"} and 0 <= r["valid_rate"] <= 1
+    rc = main(["crystal", "benchmark", "--test", str(test), "--train", str(train), "--strategy", "lm,samples",
+               "--checkpoint", str(tiny_ck), "-n", "2", "--draws", "5", "--json", str(out)])
+    assert rc == 0
+    lm, samples = json.loads(out.read_text())
+    assert (lm["strategy"], samples["strategy"], lm["draws"], samples["draws"]) == ("lm", "samples", 5, 5)
+    assert main(["crystal", "benchmark", "--test", str(test), "--train", str(train), "--strategy", "lm",
+                 "--checkpoint", str(tiny_ck), "-n", "4", "--draws", "2"]) == 2  # fewer draws than candidates
+
+
+def test_ranked_samples_puts_the_most_often_drawn_structure_first():
+    from pymatgen.core import Lattice, Structure
+
+    from domains.crystals.benchmark import Cand, matcher, ranked_samples
+
+    rock = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    cscl = Structure(Lattice.cubic(3.3), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    drawn = [(cscl, True), (rock, True), (rock.copy(), False), (rock.copy(), True), (cscl.copy(), True),
+             (rock.copy(), True)]
+    cands = [Cand(st, None, -1.0, "lm", csp_ok=ok) for st, ok in drawn]
+    ranked = ranked_samples(cands, 5, matcher())
+    assert [c.extra["drawn"] for c in ranked] == [3, 2]  # the filtered-out sample does not count
+    assert ranked[0].structure is rock and ranked[1].structure is cscl
+    assert len(ranked_samples(cands, 1, matcher())) == 1
+    from domains.crystals.sampling import structure_groups
+
+    assert structure_groups([cscl, rock, None, rock.copy()]) == [(2, 1), (1, 2), (None, 0), (1, 2)]
 
 
 def test_cli_sample_evaluate_batch_and_bad_input(tmp_path, tiny_ck, capsys):
@@ -155,6 +181,8 @@ def test_cli_sample_evaluate_batch_and_bad_input(tmp_path, tiny_ck, capsys):
     assert len(ops) == len(SpaceGroup(sg).symmetry_ops)  # full symmetry operations written
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 3 and set(summary["formula"]) == {"Sr1Ti1O3"}
+    sizes = summary.dropna(subset=["group"]).groupby("group")["drawn"].agg(["first", "size"])
+    assert (sizes["first"] == sizes["size"]).all() and sizes["size"].is_monotonic_decreasing
     (out / "junk.cif").write_text("not a cif at all")
     assert main(["crystal", "evaluate", str(out), "--no-bonds"]) == 0
     assert "valid_rate" in capsys.readouterr().out

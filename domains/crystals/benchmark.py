@@ -3,7 +3,9 @@
 For each test structure, the prompt is its cell composition (the ``data_`` formula of
 its canonical CIF, as CrystaLLM prompts); a strategy proposes up to ``n`` structures:
 
-- ``lm``: samples of the language model (grammar-constrained decoding);
+- ``lm``: the language model alone: ``draws`` samples (grammar-constrained decoding) clustered
+  with the matcher, the ``n`` most often drawn structures first (:func:`ranked_samples`);
+- ``samples``: the model's first ``n`` samples as drawn (the CDVAE / CrystaLLM protocol);
 - ``retrieval``: substituted training templates (:mod:`domains.crystals.retrieval`);
 - ``hybrid``: consensus of both: the retrieval pool and the model's samples are clustered
   with the matcher and clusters ranked by their summed votes (:func:`hybrid_candidates`).
@@ -30,7 +32,8 @@ import pandas as pd
 from domains.crystals.cif import canonicalize, read_inputs, structure_from_cif
 from sciar.errors import DataError, SciarError
 
-STRATEGIES = ("lm", "retrieval", "hybrid")
+STRATEGIES = ("lm", "samples", "retrieval", "hybrid")
+DRAWS_PER_CANDIDATE = 2  # the lm strategy draws this many samples per candidate it returns
 HYBRID_LM_WEIGHT = 1.0  # the model's samples together weigh this much against the retrieval pool's 1
 
 
@@ -122,6 +125,17 @@ def sample_cands(samples) -> list[Cand]:
     return cands
 
 
+def ranked_samples(cands: list[Cand], n: int, sm) -> list[Cand]:
+    """The model's samples that pass the filter, clustered by the matcher; up to ``n`` representatives
+    (each cluster's first sample), the most often drawn structure first (ties: drawn first)."""
+    from domains.crystals.retrieval import cluster
+
+    ok = [c for c in cands if c.csp_ok]
+    clusters = sorted(cluster([c.structure for c in ok], sm), key=lambda cl: (-len(cl), cl[0]))
+    return [Cand(ok[cl[0]].structure, ok[cl[0]].text, ok[cl[0]].score, "lm", csp_ok=True,
+                 extra={"drawn": len(cl)}) for cl in clusters[:n]]
+
+
 def retrieval_candidates(index, comp, n: int, sm) -> list[Cand]:
     kept = index.predict(comp, n, sm)
     return [Cand(c.structure, None, -c.score, "retrieval", extra={"template": c.template}) for c in kept]
@@ -143,8 +157,13 @@ def run_benchmark(test, train, strategy: str = "lm", **kw) -> dict:
 
 def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = None, preset: str = "tiny",
                    n: int = 20, limit: int | None = None, seed: int = 0, temperature: float = 1.0, top_k: int = 10,
-                   steps: int | None = None, bonds: bool = False, progress: bool = True, json_path=None) -> list[dict]:
-    """Run several strategies on the same test subset, sharing the model's samples and the index."""
+                   steps: int | None = None, bonds: bool = False, progress: bool = True, json_path=None,
+                   draws: int | None = None) -> list[dict]:
+    """Run several strategies on the same test subset, sharing the model's samples and the index.
+
+    ``draws``: samples per test structure (default ``DRAWS_PER_CANDIDATE * n``), shared by
+    ``lm``, ``samples`` (the first ``n``) and ``hybrid`` (all of them vote).
+    """
     from tqdm.auto import tqdm
 
     from domains.crystals.validity import check_cif
@@ -153,7 +172,7 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
     for st in strategies:
         base, _, w = st.partition(":")
         if base not in STRATEGIES or (w and base != "hybrid"):
-            raise SciarError(f"unknown strategy {st!r} (lm, retrieval, hybrid or hybrid:<model vote weight>)")
+            raise SciarError(f"unknown strategy {st!r} (lm, samples, retrieval, hybrid or hybrid:<model vote weight>)")
         if w:
             try:
                 float(w)
@@ -161,13 +180,16 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
                 raise SciarError(f"bad model vote weight in {st!r}") from None
     if n < 1:
         raise SciarError("n must be at least 1")
+    draws = DRAWS_PER_CANDIDATE * n if draws is None else draws
+    if draws < n:
+        raise SciarError(f"draws ({draws}) must be at least n ({n})")
     t_start = time.perf_counter()
     df = load_test(test, limit, seed)
     sm = matcher()
     gen = index = None
     info = {}
     bases = {st.partition(":")[0] for st in strategies}
-    if {"lm", "hybrid"} & bases:
+    if {"lm", "samples", "hybrid"} & bases:
         from domains.crystals.generate import CrystalGenerator
 
         if checkpoint is None:
@@ -200,9 +222,9 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
         lm = []
         if gen is not None:
             t0 = time.perf_counter()
-            lm = lm_candidates(gen, [comp], n, seed + 1000 * i, temperature, top_k)[0]
+            lm = lm_candidates(gen, [comp], draws, seed + 1000 * i, temperature, top_k)[0]
             gen_time += time.perf_counter() - t0
-            n_generated += n
+            n_generated += draws
             for c in lm:
                 c.csp_ok = c.structure is not None and csp_filter(c.structure)
         rms_cache: dict[int, float | None] = {}
@@ -210,6 +232,8 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
         clusters = None
         for st in strategies:
             if st == "lm":
+                cands = ranked_samples(lm, n, sm)
+            elif st == "samples":
                 cands = lm[:n]
             elif st == "retrieval":
                 cands = retrieval_candidates(index, comp, n, sm)
@@ -249,7 +273,7 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
         res = pd.DataFrame(rows[st])
         out = {
             "strategy": st, "test": str(test), "train": str(train) if train is not None else None, "n": n,
-            "count": int(len(res)), "seed": seed, "limit": limit,
+            "count": int(len(res)), "seed": seed, "limit": limit, "draws": draws if st != "retrieval" else None,
             "match_rate": {"1": float(res["match1"].mean()), str(n): float(res["matchn"].mean())},
             "rmse": {"1": _mean(res.get("rms1")), str(n): _mean(res.get("rmsn"))},
             "valid_rate": float(np.mean(valid_flags[st])) if valid_flags[st] else 0.0,

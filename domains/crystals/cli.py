@@ -125,7 +125,8 @@ def sample(
     df = write_samples(samples, out, bonds=bonds)
     typer.echo(f"{len(samples)} structures for {composition} ({strategy}) in {t2 - t1:.1f} s "
                f"(model load {t1 - t0:.1f} s); valid {df['valid'].mean():.0%}; written to {out}")
-    _echo_table(df[["file", "formula", "spacegroup", "n_atoms", "source" if strategy != "lm" else "logprob", "valid", "reasons"]])
+    _echo_table(df[["file", "formula", "spacegroup", "n_atoms", "source" if strategy != "lm" else "logprob", "group", "valid",
+                    "reasons"]])
 
 
 @app.command()
@@ -151,11 +152,15 @@ def evaluate(
 def benchmark(
     test: Path = typer.Option(..., "--test", help="Test split (CDVAE CSV, e.g. ../shared/data/crystals/mp_20/test.csv.gz)."),
     train: Optional[Path] = typer.Option(None, "--train", help="Train split: the retrieval index, and the training data when no --checkpoint is given."),
-    strategy: str = typer.Option("lm", help="lm, retrieval or hybrid; several comma-separated share one pass (JSON then holds a list)."),
+    strategy: str = typer.Option("lm", help="lm (the model's distinct structures, most often drawn first), samples (its first n "
+                                            "samples as drawn), retrieval or hybrid; several comma-separated share one pass "
+                                            "(JSON then holds a list)."),
     checkpoint: Optional[str] = typer.Option(None, help="Model to use (else a --preset model is trained on --train)."),
     preset: str = typer.Option("tiny", help="Preset trained on --train when no --checkpoint is given."),
     steps: Optional[int] = typer.Option(None, help="Training steps for that model (default: the preset's)."),
     n: int = typer.Option(20, "--n", "-n", help="Candidates per test structure (match rate at 1 and at n)."),
+    draws: Optional[int] = typer.Option(None, min=1, help="Model samples per test structure (default 2n): lm ranks them, "
+                                                          "samples keeps the first n, hybrid counts them all as votes."),
     limit: Optional[int] = typer.Option(None, help="Evaluate this many test structures (a seeded random subset)."),
     seed: int = typer.Option(0, help="Random seed (subset and sampling)."),
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
@@ -168,7 +173,7 @@ def benchmark(
 
     rs = run_benchmarks(test, train, [s.strip() for s in strategy.split(",") if s.strip()], checkpoint=checkpoint,
                         preset=preset, n=n, limit=limit, seed=seed, temperature=temperature, top_k=top_k,
-                        steps=steps, bonds=bonds, json_path=json_path)
+                        steps=steps, bonds=bonds, json_path=json_path, draws=draws)
     for r in rs:
         typer.echo(format_result(r))
     if json_path is None:

@@ -223,23 +223,28 @@ def dedupe(cands: list, n: int, sm) -> list:
     return kept
 
 
-def vote(cands: list, sm, tau: float) -> list[tuple[int, float]]:
-    """Cluster candidates (in similarity order) with the matcher: [(index of the representative, summed weight)]."""
-    clusters: list[list] = []
+def cluster(structures: list, sm) -> list[list[int]]:
+    """Greedy clustering in order with the matcher: member indices per cluster, the first is its representative."""
+    clusters: list[list[int]] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for j, c in enumerate(cands):
-            w = float(np.exp(-c.score / tau))
+        for j, s in enumerate(structures):
             for cl in clusters:
                 try:
-                    if sm.fit(cands[cl[0]].structure, c.structure):
-                        cl[1] += w
+                    if sm.fit(structures[cl[0]], s):
+                        cl.append(j)
                         break
                 except Exception:
                     continue
             else:
-                clusters.append([j, w])
-    return [(j, w) for j, w in clusters]
+                clusters.append([j])
+    return clusters
+
+
+def vote(cands: list, sm, tau: float) -> list[tuple[int, float]]:
+    """Cluster candidates (in similarity order) with the matcher: [(index of the representative, summed weight)]."""
+    return [(cl[0], float(sum(np.exp(-cands[j].score / tau) for j in cl)))
+            for cl in cluster([c.structure for c in cands], sm)]
 
 
 def volume_scaled(structure, target_per_atom: float):

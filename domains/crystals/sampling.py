@@ -13,11 +13,16 @@ from sciar.io import write_table_atomic, write_text_atomic
 
 
 def sample_rows(samples, bonds: bool = True) -> list[dict]:
-    """One row per sample: formula, space group, validity and the full CIF text."""
-    rows = []
+    """One row per sample: formula, space group, validity, structure group and the full CIF text.
+
+    ``group`` numbers the distinct structures among the samples (the structure matcher's clusters),
+    1 being the one drawn most often; ``drawn`` is how many samples share it.
+    """
+    rows, structures = [], []
     for i, s in enumerate(samples):
         r = check_cif(s.text, bonds=bonds)
         st = r.pop("structure")
+        structures.append(st)
         try:
             text = full_cif(s.text)
         except DataError:
@@ -30,7 +35,23 @@ def sample_rows(samples, bonds: bool = True) -> list[dict]:
             **{f"check_{k}": r[k] for k in CHECKS + ["smact"]}, "bond_score": r["bond_score"],
             "detected_spacegroup": r["detected_spacegroup"], "cif": text,
         })
+    for r, (g, k) in zip(rows, structure_groups(structures)):
+        r["group"], r["drawn"] = g, k
     return rows
+
+
+def structure_groups(structures: list) -> list[tuple[int | None, int]]:
+    """(group, size) per structure: matcher clusters numbered from 1 by size (ties: first seen); None unreadable."""
+    from domains.crystals.benchmark import matcher
+    from domains.crystals.retrieval import cluster
+
+    idx = [i for i, st in enumerate(structures) if st is not None]
+    clusters = sorted(cluster([structures[i] for i in idx], matcher()), key=lambda cl: (-len(cl), cl[0]))
+    out: list[tuple[int | None, int]] = [(None, 0)] * len(structures)
+    for g, cl in enumerate(clusters, 1):
+        for j in cl:
+            out[idx[j]] = (g, len(cl))
+    return out
 
 
 def retrieved_samples(composition: str, n: int, templates, strategy: str = "retrieval", spacegroup: str | None = None,
