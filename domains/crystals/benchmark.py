@@ -350,6 +350,8 @@ def hybrid_clusters(index, lm_cands: list[Cand], comp, n: int, sm, pool: int = 4
     """
     import math
 
+    from domains.crystals.retrieval import cluster
+
     rc = index.candidates(comp, max(pool, 4 * n))
     head = rc[:pool]
     wr = [math.exp(-c.score / tau) for c in head]
@@ -358,25 +360,13 @@ def hybrid_clusters(index, lm_cands: list[Cand], comp, n: int, sm, pool: int = 4
                    extra={"template": c.template}), w / total, 0.0) for c, w in zip(head, wr)]
     ok = [c for c in lm_cands if c.csp_ok]
     items += [(c, 0.0, 1.0 / len(ok)) for c in ok]
-    clusters: list[list] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for c, r, lw in items:
-            if c.structure is None:
-                continue
-            for cl in clusters:
-                try:
-                    same = sm.fit(cl[0].structure, c.structure)
-                except Exception:
-                    same = False
-                if same:
-                    cl[1] += r
-                    cl[2] += lw
-                    if c.source == "lm":
-                        cl[3] = max(cl[3], c.score)
-                    break
-            else:
-                clusters.append([c, r, lw, c.score if c.source == "lm" else -np.inf])
+    items = [it for it in items if it[0].structure is not None]
+    clusters = []
+    for members in cluster([c.structure for c, _, _ in items], sm):
+        group = [items[j] for j in members]
+        model = [c.score for c, _, _ in group if c.source == "lm"]
+        clusters.append([group[0][0], sum(r for _, r, _ in group), sum(lw for _, _, lw in group),
+                         max(model) if model else -np.inf])
     return rc, clusters
 
 
