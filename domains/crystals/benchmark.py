@@ -128,10 +128,10 @@ def sample_cands(samples) -> list[Cand]:
 def ranked_samples(cands: list[Cand], n: int, sm) -> list[Cand]:
     """The model's samples that pass the filter, clustered by the matcher; up to ``n`` representatives
     (each cluster's first sample), the most often drawn structure first (ties: drawn first)."""
-    from domains.crystals.retrieval import cluster
+    from domains.crystals.retrieval import clusters_by_size
 
     ok = [c for c in cands if c.csp_ok]
-    clusters = sorted(cluster([c.structure for c in ok], sm), key=lambda cl: (-len(cl), cl[0]))
+    clusters = clusters_by_size([c.structure for c in ok], sm)
     return [Cand(ok[cl[0]].structure, ok[cl[0]].text, ok[cl[0]].score, "lm", csp_ok=True,
                  extra={"drawn": len(cl)}) for cl in clusters[:n]]
 

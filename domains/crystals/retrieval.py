@@ -241,6 +241,11 @@ def cluster(structures: list, sm) -> list[list[int]]:
     return clusters
 
 
+def clusters_by_size(structures: list, sm) -> list[list[int]]:
+    """:func:`cluster`, the largest cluster first (ties: the one seen first)."""
+    return sorted(cluster(structures, sm), key=lambda cl: (-len(cl), cl[0]))
+
+
 def vote(cands: list, sm, tau: float) -> list[tuple[int, float]]:
     """Cluster candidates (in similarity order) with the matcher: [(index of the representative, summed weight)]."""
     return [(cl[0], float(sum(np.exp(-cands[j].score / tau) for j in cl)))

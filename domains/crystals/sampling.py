@@ -43,10 +43,10 @@ def sample_rows(samples, bonds: bool = True) -> list[dict]:
 def structure_groups(structures: list) -> list[tuple[int | None, int]]:
     """(group, size) per structure: matcher clusters numbered from 1 by size (ties: first seen); None unreadable."""
     from domains.crystals.benchmark import matcher
-    from domains.crystals.retrieval import cluster
+    from domains.crystals.retrieval import clusters_by_size
 
     idx = [i for i, st in enumerate(structures) if st is not None]
-    clusters = sorted(cluster([structures[i] for i in idx], matcher()), key=lambda cl: (-len(cl), cl[0]))
+    clusters = clusters_by_size([structures[i] for i in idx], matcher())
     out: list[tuple[int | None, int]] = [(None, 0)] * len(structures)
     for g, cl in enumerate(clusters, 1):
         for j in cl:
