@@ -18,6 +18,9 @@ from sciar import __version__
 from sciar.errors import SciarError
 from domains import DOMAINS
 
+# click's base error (vendored by newer typer), reached through typer's public BadParameter
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
 app = typer.Typer(
     name="sciar",
     help="sciar: one autoregressive transformer core for crystals, time series and other scientific objects.",
@@ -88,14 +91,20 @@ for _name, _module in DOMAINS.items():
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code.
 
-    typer itself reports bad options and missing arguments (one line, exit code 2);
-    this turns the errors raised inside commands into one line each.
+    Bad options and missing arguments, and the errors raised inside commands, each
+    become one line on stderr.
     """
     try:
-        app(args=argv, prog_name="sciar")
+        rv = app(args=argv, prog_name="sciar", standalone_mode=False)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except KeyboardInterrupt:
+    except _CLICK_ERROR as e:
+        if type(e).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            typer.echo(f"error: {' '.join(e.format_message().split())}{hint}", err=True)
+        return e.exit_code
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
         return 130
     except SciarError as e:
@@ -110,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else ""
         typer.echo(f"internal error: {type(e).__name__}: {msg} (set SCIAR_DEBUG=1 for the traceback)", err=True)
         return 1
-    return 0
+    # without standalone mode, an explicit exit (typer.Exit, --help) comes back as its code
+    return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
 
 
 def run():

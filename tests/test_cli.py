@@ -20,7 +20,11 @@ def test_version_help_info(capsys):
 
 
 def test_bad_options_exit_2_without_traceback():
-    for args in (["--bogus"], ["info", "extra"], ["inspect"], ["inspect", "/no/such/checkpoint"]):
+    for args in (["--bogus"], ["info", "extra"], ["inspect"], ["inspect", "/no/such/checkpoint"],
+                 ["crystal", "sample", "-c", "NaCl", "-n", "abc", "--out", "x"],
+                 ["timeseries", "forecast", "--horizon", "0", "--out", "x.csv"]):
         r = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True)
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr
+        # one line naming the problem, not a usage box
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), (args, r.stderr)
