@@ -185,7 +185,13 @@ def test_cli_sample_evaluate_batch_and_bad_input(tmp_path, tiny_ck, capsys):
     assert (sizes["first"] == sizes["size"]).all() and sizes["size"].is_monotonic_decreasing
     (out / "junk.cif").write_text("not a cif at all")
     assert main(["crystal", "evaluate", str(out), "--no-bonds"]) == 0
-    assert "valid_rate" in capsys.readouterr().out
+    report = capsys.readouterr().out
+    assert "valid_rate" in report and "bonds_rate" not in report  # not checked, so not reported as 0
+    table = tmp_path / "junk.csv"
+    assert main(["crystal", "evaluate", str(out / "junk.cif"), str(cifs[0]), "--no-bonds", "--out", str(table)]) == 0
+    capsys.readouterr()
+    ev = pd.read_csv(table)
+    assert list(ev["file"].map(lambda f: Path(f).name)) == ["junk.cif", cifs[0].name] and not ev["valid"].iloc[0]
     for args, msg in [
         (["--composition", "Xx2O3"], "unknown element"),
         (["--composition", "NaCl$"], "malformed formula"),

@@ -340,6 +340,28 @@ def read_cif_file(p: Path) -> list[dict]:
     return [{"id": f"{p.stem}#{i}", "source": str(p), "cif": b} for i, b in enumerate(blocks)]
 
 
+def cif_file_texts(paths) -> list[tuple[str, str | None, str]]:
+    """(path, text, error) of every .cif among files and folders (recursive); text None where unreadable.
+
+    SciarError for a path that does not exist or when no CIF is found."""
+    items = []
+    for p in map(Path, [paths] if isinstance(paths, (str, Path)) else paths):
+        if p.is_dir():
+            files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() == ".cif")
+        elif p.is_file():
+            files = [p]
+        else:
+            raise SciarError(f"{p} not found")
+        for f in files:
+            try:
+                items.append((str(f), f.read_text(), ""))
+            except (OSError, UnicodeDecodeError) as e:
+                items.append((str(f), None, f"unreadable: {e}"))
+    if not items:
+        raise SciarError("no .cif files in the given paths")
+    return items
+
+
 def read_inputs(paths) -> pd.DataFrame:
     """Records from CIF files, folders of CIFs (recursive), CDVAE CSV splits or tables with a ``cif`` column."""
     if isinstance(paths, pd.DataFrame):

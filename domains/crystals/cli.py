@@ -131,15 +131,15 @@ def sample(
 
 @app.command()
 def evaluate(
-    folder: Path = typer.Argument(..., help="Folder of generated .cif files."),
+    paths: list[Path] = typer.Argument(..., help="CIF files, or folders of them (searched recursively)."),
     out: Optional[Path] = typer.Option(None, help="Per-file table (.csv or .parquet)."),
     bonds: bool = typer.Option(True, help="Run the CrystalNN bond-length check (slower)."),
 ):
-    """Validity rates of CIFs in a folder (CrystaLLM's checks plus CDVAE's structural and SMACT checks)."""
-    from domains.crystals.validity import evaluate_folder, rates
+    """Validity rates of CIF files (CrystaLLM's checks plus CDVAE's structural and SMACT checks)."""
+    from domains.crystals.validity import evaluate_files, rates
     from sciar.io import write_table_atomic
 
-    df = evaluate_folder(folder, bonds=bonds)
+    df = evaluate_files(paths, bonds=bonds)
     r = rates(df)
     for k, v in r.items():
         typer.echo(f"{k:<20} {v:.3f}" if isinstance(v, float) else f"{k:<20} {v}")

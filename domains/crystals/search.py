@@ -315,26 +315,6 @@ def search_row_fn(checkpoint: str = DEFAULT_CHECKPOINT, simulations: int = 200, 
 
 # ---------------------------------------------------------------- score / relax CIF files
 
-def _cif_inputs(paths) -> list[tuple[str, str]]:
-    """(name, text) of every CIF in files and folders; SciarError for missing paths or none found."""
-    items = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files = sorted(p.rglob("*.cif"))
-        elif p.is_file():
-            files = [p]
-        else:
-            raise SciarError(f"{p} not found")
-        for f in files:
-            try:
-                items.append((str(f), f.read_text()))
-            except (OSError, UnicodeDecodeError) as e:
-                items.append((str(f), f"\x00unreadable: {e}"))
-    if not items:
-        raise SciarError("no .cif files in the given paths")
-    return items
-
-
 def _parse(text: str):
     from domains.crystals.cif import structure_from_cif
 
@@ -350,11 +330,15 @@ def score_files(paths, scorer: str = "cgcnn", relax: bool = False, progress: boo
 
     from domains.crystals.energy import make_scorer, score_structures
 
-    items = _cif_inputs(paths)
+    from domains.crystals.cif import cif_file_texts
+
+    items = cif_file_texts(paths)
     fn = make_scorer(scorer, relax)
     rows, structs = [], []
-    for name, text in items:
+    for name, text, err in items:
         try:
+            if text is None:
+                raise SciarError(err)
             s = _parse(text)
             rows.append({"file": name, "formula": s.composition.reduced_formula, "n_atoms": len(s), "error": ""})
             structs.append(s)

@@ -221,26 +221,22 @@ def _finish(r: dict, bonds: bool = True) -> dict:
     return r
 
 
-def evaluate_folder(folder: str | Path, bonds: bool = True, progress: bool = True) -> pd.DataFrame:
-    """Check every .cif in a folder; one row per file."""
+def evaluate_files(paths, bonds: bool = True, progress: bool = True) -> pd.DataFrame:
+    """Check every .cif among files and folders (recursive); one row per file."""
     from tqdm.auto import tqdm
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder")
-    files = sorted(folder.rglob("*.cif"))
-    if not files:
-        raise DataError(f"no .cif files in {folder}")
+    from domains.crystals.cif import cif_file_texts
+
     rows = []
-    for f in tqdm(files, desc="evaluate", unit="cif", disable=not progress):
-        try:
-            text = f.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            rows.append({"file": f.name, "valid": False, "reasons": f"unreadable: {e}"})
+    for name, text, err in tqdm(cif_file_texts(paths), desc="evaluate", unit="cif", disable=not progress):
+        if text is None:
+            rows.append({"file": name, "valid": False, "reasons": err})
             continue
         r = check_cif(text, bonds=bonds)
         r.pop("structure")
-        rows.append({"file": f.name, **r})
+        if not bonds:  # not checked: no column, rather than a rate of 0
+            del r["bonds"], r["bond_score"]
+        rows.append({"file": name, **r})
     return pd.DataFrame(rows)
 
 
