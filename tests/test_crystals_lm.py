@@ -79,6 +79,21 @@ def test_constrained_sampling_is_consistent_even_untrained():
     assert not any(is_multiplicity_consistent(s.text) for s in free)
 
 
+def test_site_clash_keeps_a_new_site_a_bond_length_away_from_the_placed_ones():
+    from domains.crystals.generate import SiteClash
+    from domains.crystals.validity import expected_bond
+
+    clash = SiteClash("Fm-3m", 5.64, 5.64, 5.64, 90, 90, 90)
+    assert clash.z_digits("Cl", (0.0, 0.0), "0.") is None  # nothing placed yet: no restriction
+    clash.place("Na", (0.0, 0.0, 0.0))  # its orbit: the face-centred Na sublattice
+    d = SiteClash.CLOSEST * expected_bond("Na", "Cl")  # ionic radii: 0.72 x 2.83 A
+    # Cl on the cell's edge (0, 0, z) must stay d from Na at z = 0 and z = 1: 0.362 <= z <= 0.638
+    assert clash.z_digits("Cl", (0.0, 0.0), "0.") == ["3", "4", "5", "6"]
+    second = clash.z_digits("Cl", (0.0, 0.0), "0.3")
+    assert second == [str(k) for k in range(10) if 5.64 * (0.3 + k / 100 + 0.005) >= d]
+    assert clash.z_digits("Cl", (0.0, 0.0), "0.36") is None  # later digits are free
+
+
 def test_reduced_formula_samples_several_z():
     zs = {p.composition.num_atoms / 2 for p in prompts_for("NaCl")}
     assert {1, 2, 4}.issubset(zs)

@@ -164,8 +164,9 @@ def _force(v: Vocab, text: str):
             raise RuntimeError("grammar: a forced token was not taken")
 
 
-def _number(v: Vocab, int_digits: tuple[int, int], lead: list[str] | None = None):
-    """Free decimal ``\\d{lo,hi}\\.\\d{4}``; returns the text. ``lead`` limits the first digit."""
+def _number(v: Vocab, int_digits: tuple[int, int], lead: list[str] | None = None, decimals=None):
+    """Free decimal ``\\d{lo,hi}\\.\\d{4}``; returns the text. ``lead`` limits the first digit;
+    ``decimals(text so far) -> digits`` the next decimal digits (None: any)."""
     lo, hi = int_digits
     s = ""
     while True:
@@ -184,7 +185,8 @@ def _number(v: Vocab, int_digits: tuple[int, int], lead: list[str] | None = None
         s += v.id_to_digit[got]
     s += "."
     for _ in range(4):
-        got = yield list(v.digit.values())
+        digs = decimals(s) if decimals is not None else None
+        got = yield [v.digit[d] for d in digs] if digs else list(v.digit.values())
         s += v.id_to_digit[got]
     return s
 
@@ -206,6 +208,59 @@ def _choose_int(v: Vocab, options: list[int]):
             s += v.id_to_digit[got]
         else:
             return int(s), got  # the separator was taken already
+
+
+class SiteClash:
+    """Keeps a generated site's z coordinate from putting it (or its symmetry images) closer to the sites
+    already placed than ``CLOSEST`` times their expected bond length: too-short bonds are what most
+    often makes a generated structure fail the bond-length check."""
+
+    CLOSEST = 0.72  # the bond-length check rejects below 0.68; a little margin for the snap that follows
+
+    def __init__(self, sg: str, a, b, c, alpha, beta, gamma):
+        from pymatgen.core import Lattice
+
+        self.rots, self.trans = _ops(sg)
+        self.matrix = Lattice.from_parameters(a, b, c, alpha, beta, gamma).matrix
+        self.frac: list = []  # (element, orbit [k, 3])
+
+    def place(self, el: str, xyz):
+        import numpy as np
+
+        self.frac.append((el, _orbit(np.asarray(xyz, float), self.rots, self.trans)))
+
+    def _ok(self, el: str, pts):
+        """For candidate points [n, 3]: does none come too close to a placed site? (The operations are
+        isometries, so a point's distance to a placed orbit is also that of each of its images.)"""
+        import numpy as np
+
+        from domains.crystals.validity import expected_bond
+
+        ok = np.ones(len(pts), bool)
+        for other, orbit in self.frac:
+            d0 = expected_bond(el, other)
+            if d0 is None:
+                continue
+            d = pts[:, None, :] - orbit[None, :, :]
+            d -= np.round(d)
+            ok &= np.linalg.norm(d @ self.matrix, axis=-1).min(axis=1) >= self.CLOSEST * d0
+        return ok
+
+    def z_digits(self, el: str, xy, text: str) -> list[str] | None:
+        """The next decimal digits of z ("0." or "0.d" so far) that leave room for a clash-free site;
+        None (no restriction) past the second decimal, with nothing placed, or where every digit clashes."""
+        import numpy as np
+
+        done = text[2:]
+        if not self.frac or len(done) > 1:
+            return None
+        base = float("0." + done) if done else 0.0
+        step = 0.1 ** (len(done) + 1)
+        sub = np.arange(10) * step / 10 + step / 20 if not done else np.array([step / 2])
+        zs = base + np.arange(10)[:, None] * step + sub[None, :]  # [digit, points within its interval]
+        pts = np.column_stack([np.full(zs.size, xy[0]), np.full(zs.size, xy[1]), zs.ravel()])
+        ok = self._ok(el, pts).reshape(zs.shape).any(axis=1)
+        return [str(d) for d in range(10) if ok[d]] or None
 
 
 def cif_grammar(v: Vocab, prompt: Prompt):
@@ -255,6 +310,7 @@ def cif_grammar(v: Vocab, prompt: Prompt):
     remaining = dict(counts)
     label = 0
     sp = v.tok.token_id(" ", "symbol")
+    clash = SiteClash(sg, *(float(vals[k]) for k in ("a", "b", "c", "alpha", "beta", "gamma")))
     while any(remaining.values()):
         yield from _force(v, " ")
         got = yield [v.element[e] for e, n in remaining.items() if n > 0]
@@ -270,9 +326,12 @@ def cif_grammar(v: Vocab, prompt: Prompt):
             m = res
             yield from _force(v, " ")
         remaining[el] -= m
+        xyz = []
         for k in range(3):
-            yield from _number(v, (1, 1), lead=["0"])
+            steer = (lambda t, el=el, xy=tuple(xyz): clash.z_digits(el, xy, t)) if k == 2 else None
+            xyz.append(float((yield from _number(v, (1, 1), lead=["0"], decimals=steer))))
             yield from _force(v, " " if k < 2 else " 1.0\n")
+        clash.place(el, xyz)
     yield from _force(v, "\n")
     del sp
 

@@ -80,6 +80,30 @@ def is_multiplicity_consistent(text: str) -> bool:
     return bool(got) and {k: float(v) for k, v in got.items()} == {k: float(v) for k, v in want.items()}
 
 
+def expected_bond(a: str, b: str) -> float | None:
+    """CrystaLLM's expected bond length (angstrom): ionic radii if the electronegativities differ by 1.7 or
+    more, else atomic radii (as the bond-length check uses); None where pymatgen has no radius."""
+    return _expected_bond(*sorted((a, b)))
+
+
+@lru_cache(maxsize=4096)
+def _expected_bond(a: str, b: str) -> float | None:
+    from pymatgen.core import Element
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ea, eb = Element(a), Element(b)
+            if abs(ea.X - eb.X) >= 1.7:
+                cat, an = (ea, eb) if ea.X < eb.X else (eb, ea)
+                d = cat.average_cationic_radius + an.average_anionic_radius
+            else:
+                d = ea.atomic_radius + eb.atomic_radius
+            return float(d) if d and d == d else None
+        except Exception:
+            return None
+
+
 def bond_score(structure, tolerance: float = 0.32, h_factor: float = 2.5) -> float:
     """CrystaLLM's bond-length reasonableness: the fraction of CrystalNN bonds of plausible length."""
     from pymatgen.analysis.local_env import CrystalNN
@@ -97,11 +121,9 @@ def bond_score(structure, tolerance: float = 0.32, h_factor: float = 2.5) -> flo
                 other = info["site"]
                 length = site.distance(other)
                 a, b = site.specie, other.specie
-                if abs(a.X - b.X) >= 1.7:
-                    cat, an = (a, b) if a.X < b.X else (b, a)
-                    expected = cat.average_cationic_radius + an.average_anionic_radius
-                else:
-                    expected = a.atomic_radius + b.atomic_radius
+                expected = expected_bond(a.symbol, b.symbol)
+                if expected is None:
+                    raise ValueError(f"no radius for the {a.symbol}-{b.symbol} bond")
                 ratio = length / expected
                 if "H" in (a.symbol, b.symbol):
                     score += ratio < h_factor
