@@ -541,8 +541,6 @@ def _wyckoff_forms(number: int) -> dict:
 
 
 def _orbit(p, rots, trans):
-    import numpy as np
-
     return (rots @ p + trans) % 1.0
 
 

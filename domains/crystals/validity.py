@@ -23,7 +23,6 @@ import re
 import warnings
 from functools import lru_cache
 from math import gcd
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
