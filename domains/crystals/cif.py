@@ -340,6 +340,11 @@ def read_cif_file(p: Path) -> list[dict]:
     return [{"id": f"{p.stem}#{i}", "source": str(p), "cif": b} for i, b in enumerate(blocks)]
 
 
+def cif_files_in(folder: Path) -> list[Path]:
+    """Every .cif file below a folder (recursive, any case of the suffix), sorted."""
+    return sorted(q for q in folder.rglob("*") if q.is_file() and q.suffix.lower() == ".cif")
+
+
 def cif_file_texts(paths) -> list[tuple[str, str | None, str]]:
     """(path, text, error) of every .cif among files and folders (recursive); text None where unreadable.
 
@@ -347,7 +352,7 @@ def cif_file_texts(paths) -> list[tuple[str, str | None, str]]:
     items = []
     for p in map(Path, [paths] if isinstance(paths, (str, Path)) else paths):
         if p.is_dir():
-            files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() == ".cif")
+            files = cif_files_in(p)
         elif p.is_file():
             files = [p]
         else:
@@ -372,7 +377,7 @@ def read_inputs(paths) -> pd.DataFrame:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() == ".cif")
+            files = cif_files_in(p)
             if not files:
                 raise DataError(f"no .cif files in folder {p}")
             frames.append(pd.DataFrame([r for f in files for r in read_cif_file(f)]))
@@ -464,7 +469,7 @@ def load_canonical(paths, workers: int | None = None, progress: bool = True, cac
                 continue
         key = fingerprint([str(p.resolve()) if p.is_dir() else p, f"canon-v{CANON_VERSION}-{SYMPREC}"])
         if p.is_dir():
-            files = sorted(q for q in p.rglob("*.cif"))
+            files = cif_files_in(p)
             key = fingerprint([*files, f"canon-v{CANON_VERSION}-{SYMPREC}"]) if files else key
         cached = cache_dir() / f"canon-{key}.parquet"
         if cache and cached.is_file():

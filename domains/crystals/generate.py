@@ -241,9 +241,7 @@ class SiteClash:
             d0 = expected_bond(el, other)
             if d0 is None:
                 continue
-            d = pts[:, None, :] - orbit[None, :, :]
-            d -= np.round(d)
-            ok &= np.linalg.norm(d @ self.matrix, axis=-1).min(axis=1) >= self.CLOSEST * d0
+            ok &= _nearest(pts, orbit, self.matrix) >= self.CLOSEST * d0
         return ok
 
     def z_digits(self, el: str, xy, text: str) -> list[str] | None:
@@ -544,15 +542,22 @@ def _orbit(p, rots, trans):
     return (rots @ p + trans) % 1.0
 
 
+def _nearest(a, b, matrix):
+    """For each fractional point of ``a``: its smallest periodic distance (angstrom) to the points of ``b``."""
+    import numpy as np
+
+    d = a[:, None, :] - b[None, :, :]
+    d -= np.round(d)
+    return np.linalg.norm(d @ matrix, axis=-1).min(axis=1)
+
+
 def _min_dist(a, b, lattice) -> float:
     """Smallest periodic distance (angstrom) between two sets of fractional points."""
     import numpy as np
 
     if len(a) == 0 or len(b) == 0:
         return np.inf
-    d = a[:, None, :] - b[None, :, :]
-    d -= np.round(d)
-    return float(np.linalg.norm(d @ lattice.matrix, axis=-1).min())
+    return float(_nearest(a, b, lattice.matrix).min())
 
 
 def snap_site(p, m: int, sg: str, lattice, placed=None, clash: float = 0.5):
