@@ -289,3 +289,77 @@ def test_retrieval_index_cache(tmp_path, perov, monkeypatch):
     assert all(a == b for a, b in zip(again.structures, first.structures))
     files[0].write_bytes(b"not gzip")  # a corrupt cache is rebuilt, not an error
     assert load_index(table).ids == first.ids
+
+
+def test_site_steering_keeps_an_orbit_at_its_stated_multiplicity():
+    from domains.crystals.generate import SiteClash
+
+    # R-3m, 18h through (1/2, 0, z): at z = 0 or 1/2 the orbit collapses to the 9 points of 9e / 9d
+    clash = SiteClash("R-3m", 4.95, 4.95, 24.8, 90, 90, 120)
+    assert clash.z_digits("Ni", (0.5, 0.0), "0.", 18) == list("0123456789")  # room in every tenth
+    second = clash.z_digits("Ni", (0.5, 0.0), "0.0", 18)
+    assert second is not None and "0" not in second and "9" in second  # z = 0.00x would put Ni on 9e
+    assert clash.z_digits("Ni", (0.5, 0.0), "0.0") is None  # without a multiplicity: nothing to keep
+
+
+def test_a_fixed_wyckoff_position_holds_one_site():
+    from domains.crystals.generate import WyckoffSlots
+
+    slots = WyckoffSlots(166)  # R-3m: 3a (0, 0, 0) and 3b (0, 0, 1/2) are the only 3-fold positions
+    assert slots.points(6) is None  # 6c (0, 0, z) has a free parameter: any coordinates
+    assert ("0.0000", "0.0000", "0.5000") in slots.points(3) and ("0.3333", "0.6667", "0.6667") in slots.points(3)
+    slots.take(3, (0.6667, 0.3333, 0.3333))  # an orbit member of 3a
+    assert ("0.0000", "0.0000", "0.0000") not in slots.points(3) and ("0.0000", "0.0000", "0.5000") in slots.points(3)
+    assert WyckoffSlots.digits(slots.points(3), (), "0.") == ["0", "3", "6"]
+    assert WyckoffSlots.digits(slots.points(3), ("0.0000",), "0.") == ["0"]
+    slots.take(3, (0.0, 0.0, 0.5))
+    assert not slots.available(3) and slots.available(6)
+
+
+NDNI3 = """data_Nd9Ni27
+_symmetry_space_group_name_H-M R-3m
+_cell_length_a 4.9485
+_cell_length_b 4.9485
+_cell_length_c 24.8046
+_cell_angle_alpha 90.0000
+_cell_angle_beta 90.0000
+_cell_angle_gamma 120.0000
+_symmetry_Int_Tables_number 166
+_chemical_formula_structural NdNi3
+_chemical_formula_sum 'Nd9 Ni27'
+_cell_volume 526.0294
+_cell_formula_units_Z 9
+loop_
+ _symmetry_equiv_pos_site_id
+ _symmetry_equiv_pos_as_xyz
+ 1 'x, y, z'
+loop_
+ _atom_site_type_symbol
+ _atom_site_label
+ _atom_site_symmetry_multiplicity
+ _atom_site_fract_x
+ _atom_site_fract_y
+ _atom_site_fract_z
+ _atom_site_occupancy
+ Nd Nd0 6 0.0000 0.0000 0.1395 1.0
+ Nd Nd1 3 0.0000 0.0000 0.0000 1.0
+ Ni Ni2 18 0.9931 0.4966 0.0822 1.0
+ Ni Ni3 6 0.0000 0.0000 0.3364 1.0
+ Ni Ni4 3 0.0000 0.0000 0.5000 1.0
+"""
+
+
+def test_snapping_writes_special_positions_so_that_a_reader_rebuilds_their_orbits():
+    from domains.crystals.generate import snap_to_wyckoff
+
+    # 18h (2x, x, z) written as (0.9931, 0.4966): 2 x 0.4966 = 0.9932, so pymatgen's reader makes
+    # near-duplicate Ni atoms 0.001 A apart (40 atoms instead of 36)
+    before = check_cif(NDNI3, bonds=False)
+    assert not before["min_distance"] and len(before["structure"]) > 36
+    snapped, moved = snap_to_wyckoff(NDNI3)
+    after = check_cif(snapped, bonds=False)
+    assert after["min_distance"] and after["sites"] and len(after["structure"]) == 36, after["reasons"]
+    assert moved == 0  # a last-decimal correction is not a move
+    ni2 = re.search(r"^ Ni Ni2 18 ([\d.]+) ([\d.]+) ([\d.]+) 1\.0$", snapped, flags=re.M).groups()
+    x, y, z = map(float, ni2)
+    assert abs(x - 2 * y) < 1e-9 and z == 0.0822  # the relation holds exactly; z untouched

@@ -211,11 +211,13 @@ def _choose_int(v: Vocab, options: list[int]):
 
 
 class SiteClash:
-    """Keeps a generated site's z coordinate from putting it (or its symmetry images) closer to the sites
-    already placed than ``CLOSEST`` times their expected bond length: too-short bonds are what most
-    often makes a generated structure fail the bond-length check."""
+    """Keeps a generated site's z coordinate from putting it closer to the sites already placed, or to
+    its own symmetry images, than ``CLOSEST`` times their expected bond length, and from giving its
+    orbit another size than the multiplicity it states: too-short bonds and sites that overlap their
+    own images are what most often makes a generated structure invalid."""
 
     CLOSEST = 0.72  # the bond-length check rejects below 0.68; a little margin for the snap that follows
+    SAME = 0.3  # images closer than this (angstrom) are one point that the snap will merge
 
     def __init__(self, sg: str, a, b, c, alpha, beta, gamma):
         from pymatgen.core import Lattice
@@ -229,9 +231,10 @@ class SiteClash:
 
         self.frac.append((el, _orbit(np.asarray(xyz, float), self.rots, self.trans)))
 
-    def _ok(self, el: str, pts):
+    def _ok(self, el: str, pts, m: int | None = None):
         """For candidate points [n, 3]: does none come too close to a placed site? (The operations are
-        isometries, so a point's distance to a placed orbit is also that of each of its images.)"""
+        isometries, so a point's distance to a placed orbit is also that of each of its images.) With
+        ``m``: is the point's orbit also of size m, its distinct images far enough apart?"""
         import numpy as np
 
         from domains.crystals.validity import expected_bond
@@ -242,23 +245,68 @@ class SiteClash:
             if d0 is None:
                 continue
             ok &= _nearest(pts, orbit, self.matrix) >= self.CLOSEST * d0
+        d0 = expected_bond(el, el)
+        if m and d0 is not None:
+            imgs = (np.einsum("gij,nj->ngi", self.rots, pts) + self.trans[None]) % 1.0  # [n, ops, 3]
+            d = imgs - pts[:, None, :]
+            d = np.linalg.norm((d - np.round(d)) @ self.matrix, axis=-1)
+            same = (d < self.SAME).sum(axis=1)
+            ok &= (same * m == len(self.rots)) & ((d < self.SAME) | (d >= self.CLOSEST * d0)).all(axis=1)
         return ok
 
-    def z_digits(self, el: str, xy, text: str) -> list[str] | None:
-        """The next decimal digits of z ("0." or "0.d" so far) that leave room for a clash-free site;
-        None (no restriction) past the second decimal, with nothing placed, or where every digit clashes."""
+    def z_digits(self, el: str, xy, text: str, m: int | None = None) -> list[str] | None:
+        """The next decimal digits of z ("0." or "0.d" so far) that leave room for a site clear of the placed
+        ones and (with its multiplicity ``m``) of its own images; None (no restriction) past the second
+        decimal or where every digit fails."""
         import numpy as np
 
         done = text[2:]
-        if not self.frac or len(done) > 1:
+        if (not self.frac and not m) or len(done) > 1:
             return None
         base = float("0." + done) if done else 0.0
         step = 0.1 ** (len(done) + 1)
         sub = np.arange(10) * step / 10 + step / 20 if not done else np.array([step / 2])
         zs = base + np.arange(10)[:, None] * step + sub[None, :]  # [digit, points within its interval]
         pts = np.column_stack([np.full(zs.size, xy[0]), np.full(zs.size, xy[1]), zs.ravel()])
-        ok = self._ok(el, pts).reshape(zs.shape).any(axis=1)
+        ok = self._ok(el, pts, m).reshape(zs.shape).any(axis=1)
         return [str(d) for d in range(10) if ok[d]] or None
+
+
+class WyckoffSlots:
+    """Which Wyckoff positions are still free: a position with free parameters holds any number of sites,
+    one without (a fixed point orbit, such as 3a in R-3m) holds one. Keeps a site from restating a
+    fixed position already taken, and spells out the coordinates of an untaken one."""
+
+    def __init__(self, number: int):
+        self.free, self.fixed = _wyckoff_slots(number)
+        self.used: set = set()  # (multiplicity, index) of fixed positions taken
+
+    def available(self, m: int) -> bool:
+        return m in self.free or any((m, i) not in self.used for i in range(len(self.fixed.get(m, []))))
+
+    def points(self, m: int) -> list[tuple[str, str, str]] | None:
+        """The coordinate strings a site of multiplicity m may take; None where it may take any."""
+        if m in self.free:
+            return None
+        return [tuple(fmt4(v) if round(v, 4) < 1.0 else "0.0000" for v in q)
+                for i, orbit in enumerate(self.fixed.get(m, [])) if (m, i) not in self.used for q in orbit]
+
+    def take(self, m: int, xyz):
+        """Mark the fixed position the site at ``xyz`` occupies (only multiplicities without a free one)."""
+        import numpy as np
+
+        if m in self.free or not self.fixed.get(m):
+            return
+        p = np.asarray(xyz, float)
+        dist = [np.abs((orbit - p + 0.5) % 1.0 - 0.5).max(axis=1).min() for orbit in self.fixed[m]]
+        self.used.add((m, int(np.argmin(dist))))
+
+    @staticmethod
+    def digits(points, done: tuple, text: str) -> list[str] | None:
+        """Next digits of coordinate ``len(done)`` (text so far, "0." or longer) among ``points``."""
+        k = len(done)
+        nxt = sorted({q[k][len(text)] for q in points if q[:k] == done and q[k].startswith(text)})
+        return nxt or None
 
 
 def cif_grammar(v: Vocab, prompt: Prompt):
@@ -309,6 +357,7 @@ def cif_grammar(v: Vocab, prompt: Prompt):
     label = 0
     sp = v.tok.token_id(" ", "symbol")
     clash = SiteClash(sg, *(float(vals[k]) for k in ("a", "b", "c", "alpha", "beta", "gamma")))
+    slots = WyckoffSlots(num)
     while any(remaining.values()):
         yield from _force(v, " ")
         got = yield [v.element[e] for e, n in remaining.items() if n > 0]
@@ -317,6 +366,8 @@ def cif_grammar(v: Vocab, prompt: Prompt):
         label += 1
         left = remaining[el]
         options = [m for m in mults if m <= left and representable(left - m, mults)]
+        # a fixed position already taken is no option (unless nothing else is)
+        options = [m for m in options if slots.available(m)] or options
         res = yield from _choose_int(v, options)
         if isinstance(res, tuple):
             m, _ = res
@@ -324,12 +375,20 @@ def cif_grammar(v: Vocab, prompt: Prompt):
             m = res
             yield from _force(v, " ")
         remaining[el] -= m
-        xyz = []
+        points = slots.points(m)
+        xyz, strs = [], []
         for k in range(3):
-            steer = (lambda t, el=el, xy=tuple(xyz): clash.z_digits(el, xy, t)) if k == 2 else None
-            xyz.append(float((yield from _number(v, (1, 1), lead=["0"], decimals=steer))))
+            if points:
+                steer = (lambda t, done=tuple(strs): WyckoffSlots.digits(points, done, t))
+            elif k == 2:
+                steer = (lambda t, el=el, xy=tuple(xyz), m=m: clash.z_digits(el, xy, t, m))
+            else:
+                steer = None
+            strs.append((yield from _number(v, (1, 1), lead=["0"], decimals=steer)))
+            xyz.append(float(strs[-1]))
             yield from _force(v, " " if k < 2 else " 1.0\n")
         clash.place(el, xyz)
+        slots.take(m, xyz)
     yield from _force(v, "\n")
     del sp
 
@@ -538,6 +597,29 @@ def _wyckoff_forms(number: int) -> dict:
     return out
 
 
+@lru_cache(maxsize=256)
+def _wyckoff_slots(number: int) -> tuple[set, dict]:
+    """The multiplicities that have a Wyckoff position with free parameters; for the others, each fixed
+    position's orbit points (fractional, in [0, 1))."""
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pyxtal.symmetry import Group
+
+        g = Group(number, style="spglib")
+    free, fixed = set(), {}
+    for wp in g.Wyckoff_positions:
+        m = int(wp.multiplicity)
+        if wp.get_dof() > 0:
+            free.add(m)
+        else:
+            fixed.setdefault(m, []).append(np.array([op.translation_vector for op in wp.ops]) % 1.0)
+    return free, {m: orbits for m, orbits in fixed.items() if m not in free}
+
+
 def _orbit(p, rots, trans):
     return (rots @ p + trans) % 1.0
 
@@ -575,9 +657,10 @@ def snap_site(p, m: int, sg: str, lattice, placed=None, clash: float = 0.5):
     rots, trans = _ops(sg)
     p = np.asarray(p, float) % 1.0
     placed = np.zeros((0, 3)) if placed is None else placed
+    number = spacegroup_symbols().index(sg) + 1
     if _orbit_size(p, rots, trans) == m and _min_dist(_orbit(p, rots, trans), placed, lattice) >= clash:
-        return p, 0.0
-    forms = _wyckoff_forms(spacegroup_symbols().index(sg) + 1).get(int(m), [])
+        return _written_exactly(p, m, number, rots, trans), 0.0
+    forms = _wyckoff_forms(number).get(int(m), [])
     LT = lattice.matrix.T  # cartesian = LT @ fractional
     cands = []
     for R, t in forms:
@@ -587,15 +670,66 @@ def snap_site(p, m: int, sg: str, lattice, placed=None, clash: float = 0.5):
             u = np.linalg.lstsq(M, LT @ (p - t - n), rcond=None)[0]
             q = R @ u + t + n
             n = n + np.round(p - q)
-        q = R @ u + t + n
+        # the free parameters at 4 decimals, so that the written coordinates keep the position's own
+        # relations (x, 2x, ...) exactly: else a CIF reader makes near-duplicate images of the site
+        q = R @ np.round(u, 4) + t + n
         cands.append((float(np.linalg.norm(LT @ (q - p))), q % 1.0))
     if not cands:
         return None, np.inf
     cands.sort(key=lambda c: c[0])
     for d, q in cands:
         if _min_dist(_orbit(q, rots, trans), placed, lattice) >= clash:
-            return q, d
-    return cands[0][1], cands[0][0]
+            return _written_exactly(q, m, number, rots, trans), d
+    return _written_exactly(cands[0][1], m, number, rots, trans), cands[0][0]
+
+
+def _written_exactly(q, m: int, number: int, rots, trans):
+    """An orbit member of ``q`` whose 4-decimal coordinates still give an orbit of exactly ``m`` points.
+
+    A CIF reader rebuilds the orbit from the written coordinates and merges only images closer than 1e-4
+    (after rounding 0.3333 to 1/3 and the like); a representative written as (2x + 1/3, x, z) breaks
+    the relation between its images by about 1e-4, which leaves near-duplicate atoms. So each orbit
+    member is written through its own Wyckoff form with the free parameters at 4 decimals, ``q``'s
+    own first, and the first whose orbit comes out clean is kept (``q`` if none does).
+    """
+    import numpy as np
+
+    def parsed(r):
+        r = r.copy()
+        for k in range(12):  # the reader's ideal values (multiples of 1/12 cover 1/3, 1/6, 1/4, 1/2 ...)
+            r[np.abs(r - k / 12) < 1e-4] = k / 12
+        return r
+
+    def clean(r):
+        orb = _orbit(parsed(r), rots, trans)
+        d = np.abs((orb[:, None, :] - orb[None, :, :] + 0.5) % 1.0 - 0.5).max(axis=-1)
+        return bool(((d < 1e-6) | (d > 1e-3)).all()) and len(orb) == m * int((d[0] < 1e-6).sum())
+
+    q = np.round(np.asarray(q, float) % 1.0, 4) % 1.0
+    if clean(q):
+        return q
+    imgs = _orbit(q, rots, trans)
+    shifts = np.array(np.meshgrid(*[[-1, 0, 1]] * 3)).reshape(3, -1).T.astype(float)
+    cands = []
+    for R, t in _wyckoff_forms(number).get(int(m), []):
+        # the image of q lying on this form (with every nearby lattice translation) and its parameters
+        pts = (np.round(imgs - t)[:, None, :] + shifts[None]).reshape(-1, 3)
+        pts = np.repeat(imgs, len(shifts), axis=0) - t - pts
+        u = np.linalg.lstsq(R, pts.T, rcond=None)[0].T
+        on = np.abs(pts - u @ R.T).max(axis=1) < 2e-3  # on it to within the written decimals
+        if not on.any():
+            continue
+        u = np.round(u[on], 4)
+        off = np.abs(((u @ R.T + t) % 1.0 - q + 0.5) % 1.0 - 0.5).max(axis=1)
+        # the parameters one last decimal either way too: the reader also rounds 0.4999 to 1/2
+        r = (u[int(np.argmin(off))] + 1e-4 * shifts) @ R.T + t
+        off = np.abs((r - q + 0.5) % 1.0 - 0.5).sum(axis=1)
+        cands += [(float(o), x) for o, x in zip(off, r % 1.0)]
+    for _, r in sorted(cands, key=lambda c: c[0]):
+        r = np.round(r, 4) % 1.0
+        if clean(r):
+            return r
+    return q
 
 
 def snap_to_wyckoff(text: str) -> tuple[str, int]:
@@ -626,12 +760,12 @@ def snap_to_wyckoff(text: str) -> tuple[str, int]:
         nonlocal moved, placed
         el, label, mult, x, y, z, occ = m.group(1, 2, 3, 4, 5, 6, 7)
         p = (float(x), float(y), float(z))
-        q, _ = snap_site(p, int(mult), sg, lat, placed)
+        q, d = snap_site(p, int(mult), sg, lat, placed)
         if q is None:
             return m.group(0)
         placed = np.vstack([placed, _orbit(np.asarray(q), rots, trans)])
         new = tuple(fmt4(v % 1.0) if round(v % 1.0, 4) < 1.0 else "0.0000" for v in q)
-        if new != (x, y, z):
+        if new != (x, y, z) and d > 0:  # not counted: a last-decimal correction of a site already in place
             moved += 1
         return f" {el} {label} {mult} {new[0]} {new[1]} {new[2]} {occ}"
 
