@@ -363,3 +363,24 @@ def test_snapping_writes_special_positions_so_that_a_reader_rebuilds_their_orbit
     ni2 = re.search(r"^ Ni Ni2 18 ([\d.]+) ([\d.]+) ([\d.]+) 1\.0$", snapped, flags=re.M).groups()
     x, y, z = map(float, ni2)
     assert abs(x - 2 * y) < 1e-9 and z == 0.0822  # the relation holds exactly; z untouched
+
+
+def test_snapping_moves_a_clashing_site_a_short_way_along_its_free_parameters():
+    import numpy as np
+    from pymatgen.core import Lattice
+
+    from domains.crystals.generate import SiteClash, _nearest, _orbit, _ops, snap_site
+    from domains.crystals.validity import expected_bond
+
+    lat = Lattice.from_parameters(11.03, 5.10, 7.29, 90, 106, 90)
+    rots, trans = _ops("C2/m")
+    placed = _orbit(np.array([0.25, 0.25, 0.5]), rots, trans)  # Cu on 4f
+    need = SiteClash.CLOSEST * expected_bond("Cu", "Cu")
+    p = np.array([0.2, 0.5, 0.45])  # on 4i (x, 0, z) shifted by the centring, 1.40 A from a placed Cu
+    assert _nearest(placed, _orbit(p, rots, trans), lat.matrix).min() < need
+    q, moved = snap_site(p, 4, "C2/m", lat, placed, clash=np.full(len(placed), need), el="Cu")
+    assert _nearest(placed, _orbit(q, rots, trans), lat.matrix).min() >= need
+    assert q[1] == 0.5 and moved < 1.2  # still on 4i, moved along x and z; not to a far fixed point (4e is 3.7 A away)
+    # with only the old 0.5 A rule the site stays where it was generated
+    q0, d0 = snap_site(p, 4, "C2/m", lat, placed)
+    assert np.allclose(q0, p) and d0 == 0.0

@@ -93,7 +93,7 @@ def sample(
     top_k: int = typer.Option(10, help="Top-k filtering (0: off)."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     constrained: bool = typer.Option(True, help="Grammar-constrained decoding (consistent formulas, multiplicities, lattice)."),
-    snap: bool = typer.Option(True, help="Move sites onto the nearest Wyckoff position of their stated multiplicity."),
+    snap: bool = typer.Option(True, help="Move sites onto the nearest Wyckoff position of their stated multiplicity, and a short way clear of too-short bonds."),
     bonds: bool = typer.Option(True, help="Run the CrystalNN bond-length check (slower) in the summary."),
     threads: int = typer.Option(1, help="CPU threads for decoding (1 is fastest for small models)."),
     strategy: str = typer.Option("lm", help="lm: the language model; retrieval: substituted known structures from "

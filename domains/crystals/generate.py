@@ -642,13 +642,17 @@ def _min_dist(a, b, lattice) -> float:
     return float(_nearest(a, b, lattice.matrix).min())
 
 
-def snap_site(p, m: int, sg: str, lattice, placed=None, clash: float = 0.5):
+def snap_site(p, m: int, sg: str, lattice, placed=None, clash=0.5, el: str | None = None, reach: float = 1.2):
     """The nearest point to fractional ``p`` (in angstrom) lying on a Wyckoff position of multiplicity ``m``.
 
     Each orbit member of each such position is an affine subspace ``R u + t`` (mod lattice
     translations); ``p`` is projected onto every one (least squares in Cartesian space) and the
-    closest projection whose orbit stays ``clash`` angstrom away from the atoms ``placed`` so
-    far is kept (the closest of all if none does). Returns (position, displacement), or (None, inf).
+    closest projection whose orbit keeps the atoms ``placed`` so far at least ``clash`` angstrom
+    away (one distance, or one per placed atom) is kept. If none does, the site moves along the
+    free parameters of the nearest positions, up to ``reach`` angstrom, to the closest point that
+    does (and, given its element ``el``, keeps its own images apart by ``SiteClash.CLOSEST`` times
+    their bond length); failing that, the closest projection clear by 0.5 angstrom, else the closest.
+    Returns (position, displacement), or (None, inf).
     """
     import numpy as np
 
@@ -657,8 +661,13 @@ def snap_site(p, m: int, sg: str, lattice, placed=None, clash: float = 0.5):
     rots, trans = _ops(sg)
     p = np.asarray(p, float) % 1.0
     placed = np.zeros((0, 3)) if placed is None else placed
+    thr = np.broadcast_to(np.asarray(clash, float), (len(placed),))
+
+    def clear(q):
+        return not len(placed) or bool((_nearest(placed, _orbit(q, rots, trans), lattice.matrix) >= thr).all())
+
     number = spacegroup_symbols().index(sg) + 1
-    if _orbit_size(p, rots, trans) == m and _min_dist(_orbit(p, rots, trans), placed, lattice) >= clash:
+    if _orbit_size(p, rots, trans) == m and clear(p):
         return _written_exactly(p, m, number, rots, trans), 0.0
     forms = _wyckoff_forms(number).get(int(m), [])
     LT = lattice.matrix.T  # cartesian = LT @ fractional
@@ -672,15 +681,69 @@ def snap_site(p, m: int, sg: str, lattice, placed=None, clash: float = 0.5):
             n = n + np.round(p - q)
         # the free parameters at 4 decimals, so that the written coordinates keep the position's own
         # relations (x, 2x, ...) exactly: else a CIF reader makes near-duplicate images of the site
-        q = R @ np.round(u, 4) + t + n
-        cands.append((float(np.linalg.norm(LT @ (q - p))), q % 1.0))
+        u = np.round(u, 4)
+        q = R @ u + t + n
+        cands.append((float(np.linalg.norm(LT @ (q - p))), q % 1.0, R, t + n, u))
     if not cands:
         return None, np.inf
     cands.sort(key=lambda c: c[0])
-    for d, q in cands:
-        if _min_dist(_orbit(q, rots, trans), placed, lattice) >= clash:
+    # a projection can land where the position degenerates (x = 0 on (x, 0, z)): its orbit is smaller
+    cands = [c for c in cands if _orbit_size(c[1], rots, trans) == m] or cands
+    # the nearest clear point: a projection, or a short move along the nearest positions' parameters
+    best = next(((d, q) for d, q, *_ in cands if clear(q)), None)
+    moved = _move_clear(p, m, cands[:3], lattice, rots, trans, placed, thr, el, min(reach, best[0]) if best else reach)
+    best = moved if moved is not None and (best is None or moved[0] < best[0]) else best
+    if best is not None:
+        return _written_exactly(best[1], m, number, rots, trans), best[0]
+    if _orbit_size(p, rots, trans) == m and _min_dist(_orbit(p, rots, trans), placed, lattice) >= 0.5:
+        return _written_exactly(p, m, number, rots, trans), 0.0
+    for d, q, *_ in cands:
+        if _min_dist(_orbit(q, rots, trans), placed, lattice) >= 0.5:
             return _written_exactly(q, m, number, rots, trans), d
     return _written_exactly(cands[0][1], m, number, rots, trans), cands[0][0]
+
+
+def _move_clear(p, m, forms, lattice, rots, trans, placed, thr, el, reach):
+    """(displacement, point): the closest point within ``reach`` angstrom of ``p`` on one of ``forms``
+    (nearest projections first) whose orbit has m points, clear of the placed atoms by ``thr`` and
+    of its own images by SiteClash's margin; None if there is none."""
+    import numpy as np
+
+    from domains.crystals.validity import expected_bond
+
+    d_self = expected_bond(el, el) if el else None
+    d_self = SiteClash.CLOSEST * d_self if d_self else 0.5
+    LT = lattice.matrix.T
+    best = None
+    for _, _, R, t, u in forms:
+        free = np.flatnonzero(np.abs(R).sum(axis=0) > 0)
+        if not len(free):
+            continue
+        steps = {1: np.linspace(-0.15, 0.15, 31), 2: np.linspace(-0.12, 0.12, 17)}.get(len(free), np.linspace(-0.09, 0.09, 7))
+        grid = np.array(np.meshgrid(*[steps] * len(free))).reshape(len(free), -1).T
+        U = np.repeat(u[None], len(grid), axis=0)
+        U[:, free] += grid
+        Q = U @ R.T + t  # [g, 3]
+        disp = np.linalg.norm((Q - p) @ LT.T, axis=1)
+        keep = disp <= min(reach, best[0] if best else reach)
+        if not keep.any():
+            continue
+        Q, disp = Q[keep] % 1.0, disp[keep]
+        imgs = (np.einsum("gij,nj->ngi", rots, Q) + trans[None]) % 1.0  # [n, ops, 3]
+        ok = np.ones(len(Q), bool)
+        if len(placed):
+            dd = imgs[:, :, None, :] - placed[None, None]
+            dd = np.linalg.norm((dd - np.round(dd)) @ lattice.matrix, axis=-1).min(axis=1)  # [n, placed]
+            ok &= (dd >= thr[None]).all(axis=1)
+        ds = imgs - Q[:, None, :]
+        ds = np.linalg.norm((ds - np.round(ds)) @ lattice.matrix, axis=-1)  # [n, ops]
+        same = ds < 0.05
+        ok &= (same.sum(axis=1) * m == len(rots)) & (same | (ds >= d_self)).all(axis=1)
+        if ok.any():
+            i = int(np.argmin(np.where(ok, disp, np.inf)))
+            if best is None or disp[i] < best[0]:
+                best = (float(disp[i]), Q[i])
+    return best
 
 
 def _written_exactly(q, m: int, number: int, rots, trans):
@@ -733,7 +796,8 @@ def _written_exactly(q, m: int, number: int, rots, trans):
 
 
 def snap_to_wyckoff(text: str) -> tuple[str, int]:
-    """Snap every site of a generated CIF onto a position of its stated multiplicity.
+    """Snap every site of a generated CIF onto a position of its stated multiplicity, clear of the
+    sites before it by ``SiteClash.CLOSEST`` bond lengths where a short move allows (``snap_site``).
 
     Returns (text, number of sites moved). Sites that cannot be snapped are left as generated.
     """
@@ -752,18 +816,24 @@ def snap_to_wyckoff(text: str) -> tuple[str, int]:
         return text, 0
     import numpy as np
 
+    from domains.crystals.validity import expected_bond
+
     moved = 0
     rots, trans = _ops(sg)
-    placed = np.zeros((0, 3))
+    placed, placed_el = np.zeros((0, 3)), []
 
     def fix(m):
         nonlocal moved, placed
         el, label, mult, x, y, z, occ = m.group(1, 2, 3, 4, 5, 6, 7)
         p = (float(x), float(y), float(z))
-        q, d = snap_site(p, int(mult), sg, lat, placed)
+        # as far from each placed atom as the site steering keeps new sites while decoding
+        clash = [SiteClash.CLOSEST * (expected_bond(el, e) or 0.5 / SiteClash.CLOSEST) for e in placed_el]
+        q, d = snap_site(p, int(mult), sg, lat, placed, clash=np.array(clash), el=el)
         if q is None:
             return m.group(0)
-        placed = np.vstack([placed, _orbit(np.asarray(q), rots, trans)])
+        orbit = _orbit(np.asarray(q), rots, trans)
+        placed = np.vstack([placed, orbit])
+        placed_el.extend([el] * len(orbit))
         new = tuple(fmt4(v % 1.0) if round(v % 1.0, 4) < 1.0 else "0.0000" for v in q)
         if new != (x, y, z) and d > 0:  # not counted: a last-decimal correction of a site already in place
             moved += 1
