@@ -239,20 +239,12 @@ class SiteClash:
 
         from domains.crystals.validity import expected_bond
 
-        ok = np.ones(len(pts), bool)
-        for other, orbit in self.frac:
-            d0 = expected_bond(el, other)
-            if d0 is None:
-                continue
-            ok &= _nearest(pts, orbit, self.matrix) >= self.CLOSEST * d0
+        placed = np.concatenate([o for _, o in self.frac]) if self.frac else np.zeros((0, 3))
+        thr = np.concatenate([np.full(len(o), self.CLOSEST * (expected_bond(el, other) or 0.0))
+                              for other, o in self.frac]) if self.frac else np.zeros(0)
         d0 = expected_bond(el, el)
-        if m and d0 is not None:
-            imgs = (np.einsum("gij,nj->ngi", self.rots, pts) + self.trans[None]) % 1.0  # [n, ops, 3]
-            d = imgs - pts[:, None, :]
-            d = np.linalg.norm((d - np.round(d)) @ self.matrix, axis=-1)
-            same = (d < self.SAME).sum(axis=1)
-            ok &= (same * m == len(self.rots)) & ((d < self.SAME) | (d >= self.CLOSEST * d0)).all(axis=1)
-        return ok
+        return _clear_points(pts, self.matrix, placed, thr, self.rots, self.trans, m if d0 else None,
+                             self.CLOSEST * (d0 or 0.0), same=self.SAME)
 
     def z_digits(self, el: str, xy, text: str, m: int | None = None) -> list[str] | None:
         """The next decimal digits of z ("0." or "0.d" so far) that leave room for a site clear of the placed
@@ -633,6 +625,24 @@ def _nearest(a, b, matrix):
     return np.linalg.norm(d @ matrix, axis=-1).min(axis=1)
 
 
+def _clear_points(pts, matrix, placed, thr, rots=None, trans=None, m=None, d_self=0.0, same=0.05):
+    """For fractional points [n, 3]: is each at least ``thr`` [k] angstrom from every placed point [k, 3]
+    (``placed`` holds whole orbits, so its images are too), and, given ``m``, is its orbit of m points
+    (images within ``same`` angstrom being one) with distinct images at least ``d_self`` apart?"""
+    import numpy as np
+
+    ok = np.ones(len(pts), bool)
+    if len(placed):
+        d = pts[:, None, :] - placed[None]
+        ok &= (np.linalg.norm((d - np.round(d)) @ matrix, axis=-1) >= thr[None]).all(axis=1)
+    if m:
+        d = (np.einsum("gij,nj->ngi", rots, pts) + trans[None]) % 1.0 - pts[:, None, :]  # to its images
+        d = np.linalg.norm((d - np.round(d)) @ matrix, axis=-1)
+        close = d < same
+        ok &= (close.sum(axis=1) * m == len(rots)) & (close | (d >= d_self)).all(axis=1)
+    return ok
+
+
 def _min_dist(a, b, lattice) -> float:
     """Smallest periodic distance (angstrom) between two sets of fractional points."""
     import numpy as np
@@ -664,7 +674,7 @@ def snap_site(p, m: int, sg: str, lattice, placed=None, clash=0.5, el: str | Non
     thr = np.broadcast_to(np.asarray(clash, float), (len(placed),))
 
     def clear(q):
-        return not len(placed) or bool((_nearest(placed, _orbit(q, rots, trans), lattice.matrix) >= thr).all())
+        return bool(_clear_points(q[None], lattice.matrix, placed, thr)[0])
 
     number = spacegroup_symbols().index(sg) + 1
     if _orbit_size(p, rots, trans) == m and clear(p):
@@ -729,16 +739,7 @@ def _move_clear(p, m, forms, lattice, rots, trans, placed, thr, el, reach):
         if not keep.any():
             continue
         Q, disp = Q[keep] % 1.0, disp[keep]
-        imgs = (np.einsum("gij,nj->ngi", rots, Q) + trans[None]) % 1.0  # [n, ops, 3]
-        ok = np.ones(len(Q), bool)
-        if len(placed):
-            dd = imgs[:, :, None, :] - placed[None, None]
-            dd = np.linalg.norm((dd - np.round(dd)) @ lattice.matrix, axis=-1).min(axis=1)  # [n, placed]
-            ok &= (dd >= thr[None]).all(axis=1)
-        ds = imgs - Q[:, None, :]
-        ds = np.linalg.norm((ds - np.round(ds)) @ lattice.matrix, axis=-1)  # [n, ops]
-        same = ds < 0.05
-        ok &= (same.sum(axis=1) * m == len(rots)) & (same | (ds >= d_self)).all(axis=1)
+        ok = _clear_points(Q, lattice.matrix, placed, thr, rots, trans, m, d_self)
         if ok.any():
             i = int(np.argmin(np.where(ok, disp, np.inf)))
             if best is None or disp[i] < best[0]:
