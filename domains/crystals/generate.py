@@ -827,9 +827,10 @@ def snap_to_wyckoff(text: str) -> tuple[str, int]:
         nonlocal moved, placed
         el, label, mult, x, y, z, occ = m.group(1, 2, 3, 4, 5, 6, 7)
         p = (float(x), float(y), float(z))
-        # as far from each placed atom as the site steering keeps new sites while decoding
-        clash = [SiteClash.CLOSEST * (expected_bond(el, e) or 0.5 / SiteClash.CLOSEST) for e in placed_el]
-        q, d = snap_site(p, int(mult), sg, lat, placed, clash=np.array(clash), el=el)
+        # as far from each placed atom as the site steering keeps new sites while decoding (0.5 A without radii)
+        bond = [expected_bond(el, e) for e in placed_el]
+        clash = np.array([SiteClash.CLOSEST * b if b else 0.5 for b in bond])
+        q, d = snap_site(p, int(mult), sg, lat, placed, clash=clash, el=el)
         if q is None:
             return m.group(0)
         orbit = _orbit(np.asarray(q), rots, trans)
