@@ -94,6 +94,8 @@ def sample(
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     constrained: bool = typer.Option(True, help="Grammar-constrained decoding (consistent formulas, multiplicities, lattice)."),
     snap: bool = typer.Option(True, help="Move sites onto the nearest Wyckoff position of their stated multiplicity, and a short way clear of too-short bonds."),
+    fit: bool = typer.Option(True, help="Scale the cell, or failing that nudge the atoms under the space group's symmetry, "
+                             "until every CrystalNN bond length is plausible (kept only if every check then passes)."),
     bonds: bool = typer.Option(True, help="Run the CrystalNN bond-length check (slower) in the summary."),
     threads: int = typer.Option(1, help="CPU threads for decoding (1 is fastest for small models)."),
     strategy: str = typer.Option("lm", help="lm: the language model; retrieval: substituted known structures from "
@@ -115,7 +117,7 @@ def sample(
     t0 = time.perf_counter()
     gen = CrystalGenerator(checkpoint, threads=threads) if strategy != "retrieval" else None
     t1 = time.perf_counter()
-    kw = dict(temperature=temperature, top_k=top_k or None, constrained=constrained, snap=snap)
+    kw = dict(temperature=temperature, top_k=top_k or None, constrained=constrained, snap=snap, fit=fit)
     if strategy == "lm":
         samples = gen.sample_composition(composition, n=n, spacegroup=spacegroup, z=z, seed=seed, **kw)
     else:

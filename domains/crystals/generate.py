@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -112,8 +113,6 @@ def prompts_for(composition: str, spacegroup: str | None = None, z: int | None =
     """Prompts for a user's composition: as given if it is not reduced (``Na2Cl2``), if every count is
     written (``Sr1Ti1O3``, as in a ``data_`` header) or ``z`` is set; a reduced formula written the
     usual way (``NaCl``, ``SrTiO3``) gives one prompt per formula-unit count Z that fits."""
-    import re
-
     comp = parse_composition(composition)
     red, factor = comp.get_reduced_composition_and_factor()
     # every count written (Sr1Ti1O3, as in a data_ header): a cell composition, taken as given
@@ -430,6 +429,8 @@ class Sample:
     complete: bool
     moved_sites: int = 0  # sites moved onto a Wyckoff position of their multiplicity (snap)
     source: str = "lm"  # lm, or the retrieved template (retrieval and hybrid strategies)
+    cell_scale: float = 1.0  # factor the cell lengths were scaled by to plausible bond lengths (fit)
+    nudged: bool = False  # atoms moved under the symmetry to plausible bond lengths (fit)
 
 
 class CrystalGenerator:
@@ -480,11 +481,14 @@ class CrystalGenerator:
 
     def sample(self, prompts: list[Prompt], n: int = 1, temperature: float = 1.0, top_k: int | None = 10,
                seed: int | None = None, constrained: bool = True, max_new_tokens: int | None = None,
-               use_cache: bool = True, snap: bool = True) -> list[Sample]:
+               use_cache: bool = True, snap: bool = True, fit: bool = True) -> list[Sample]:
         """``n`` samples for each prompt (in order: n for the first, then the next...).
 
         ``snap`` moves each site that the model placed off a position of its stated multiplicity
         onto the nearest such Wyckoff position (:func:`snap_to_wyckoff`); ``moved_sites`` counts them.
+        ``fit`` then scales the cell, or failing that nudges the atoms under the space group's
+        symmetry, so that every bond length is plausible (:func:`domains.crystals.bondfit.fit_bonds`);
+        ``cell_scale`` and ``nudged`` record what it did.
         """
         from sciar.sample import generate
 
@@ -502,10 +506,8 @@ class CrystalGenerator:
                             use_cache=use_cache)
             for g in gens:
                 text = (p.text + self.tok.decode(g.tokens)).rstrip("\n") + "\n"
-                moved = 0
-                if snap and g.stopped:
-                    text, moved = snap_to_wyckoff(text)
-                out.append(Sample(p.text, text, g.logprob, len(g.tokens), g.stopped, moved))
+                text, moved, scale, nudged = finish_cif(text, snap, fit) if g.stopped else (text, 0, 1.0, False)
+                out.append(Sample(p.text, text, g.logprob, len(g.tokens), g.stopped, moved, cell_scale=scale, nudged=nudged))
         return out
 
     def header_logprobs(self, prompts: list[Prompt]) -> list[float]:
@@ -550,6 +552,8 @@ class CrystalGenerator:
 
 
 # ---------------------------------------------------------------- symmetry snapping
+
+SITE_ROW = re.compile(r"^ ([A-Z][a-z]?) (\S+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+) (\S+)$", flags=re.M)  # an atom-site row
 
 @lru_cache(maxsize=256)
 def _ops(sg: str):
@@ -802,8 +806,6 @@ def snap_to_wyckoff(text: str) -> tuple[str, int]:
 
     Returns (text, number of sites moved). Sites that cannot be snapped are left as generated.
     """
-    import re
-
     from pymatgen.core import Lattice
 
     from domains.crystals.cif import cif_field
@@ -841,5 +843,19 @@ def snap_to_wyckoff(text: str) -> tuple[str, int]:
             moved += 1
         return f" {el} {label} {mult} {new[0]} {new[1]} {new[2]} {occ}"
 
-    out = re.sub(r"^ ([A-Z][a-z]?) (\S+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+) (\S+)$", fix, text, flags=re.M)
+    out = SITE_ROW.sub(fix, text)
     return out, moved
+
+
+def finish_cif(text: str, snap: bool = True, fit: bool = True) -> tuple[str, int, float, bool]:
+    """What sampling does to a complete generated CIF: (text, moved sites, cell scale, atoms nudged)
+    after :func:`snap_to_wyckoff` (with ``snap``) and then :func:`domains.crystals.bondfit.fit_bonds`
+    (with ``fit``)."""
+    from domains.crystals.bondfit import fit_bonds
+
+    moved, scale, nudged = 0, 1.0, False
+    if snap:
+        text, moved = snap_to_wyckoff(text)
+    if fit:
+        text, scale, nudged = fit_bonds(text)
+    return text, moved, scale, nudged

@@ -30,7 +30,8 @@ def sample_rows(samples, bonds: bool = True) -> list[dict]:
         rows.append({
             "index": i, "formula": header_formula(s.text), "spacegroup": cif_field(s.text, "_symmetry_space_group_name_H-M"),
             "n_atoms": len(st) if st is not None else None, "logprob": round(s.logprob, 3), "n_tokens": s.n_tokens,
-            "complete": s.complete, "moved_sites": s.moved_sites, "source": s.source, "valid": r["valid"],
+            "complete": s.complete, "moved_sites": s.moved_sites,
+            "cell_scale": round(s.cell_scale, 4), "nudged": s.nudged, "source": s.source, "valid": r["valid"],
             "reasons": r["reasons"],
             **{f"check_{k}": r[k] for k in CHECKS + ["smact"]}, "bond_score": r["bond_score"],
             "detected_spacegroup": r["detected_spacegroup"], "cif": text,

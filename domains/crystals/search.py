@@ -25,7 +25,7 @@ from domains.crystals import DEFAULT_CHECKPOINT
 from sciar.errors import SciarError
 
 TABLE_COLUMNS = ["simulation", "prompt", "formula", "spacegroup", "energy", "reward", "valid", "checks_valid", "reasons",
-                 "bond_score", "n_atoms", "moved_sites", "error", "duplicate", "n_tokens", "stopped", "elapsed_s", "cif"]
+                 "bond_score", "n_atoms", "moved_sites", "cell_scale", "nudged", "error", "duplicate", "n_tokens", "stopped", "elapsed_s", "cif"]
 
 
 @lru_cache(maxsize=2)
@@ -104,28 +104,29 @@ def evaluate_cifs(texts: list[str], scorer) -> list:
     return out
 
 
-def crystal_evaluator(tok, scorer, snap: bool = True):
+def crystal_evaluator(tok, scorer, snap: bool = True, fit: bool = True):
     """``evaluate(token sequences) -> [Evaluation]`` for :class:`mcts.Problem`.
 
-    Complete CIFs get what ``sample`` does to its output: with ``snap``, sites the model placed
-    off a position of their stated multiplicity move onto the nearest such Wyckoff position
-    (:func:`domains.crystals.generate.snap_to_wyckoff`); ``moved_sites`` counts them.
+    Complete CIFs get what ``sample`` does to its output (:func:`domains.crystals.generate.finish_cif`):
+    with ``snap``, sites the model placed off a position of their stated multiplicity move onto the
+    nearest such Wyckoff position (``moved_sites`` counts them); with ``fit``, the cell is scaled or
+    the atoms nudged under the symmetry to plausible bond lengths (``cell_scale``, ``nudged``).
     """
-    from domains.crystals.generate import snap_to_wyckoff
+    from domains.crystals.generate import finish_cif
 
     def evaluate(seqs):
-        texts, moved = [], []
+        texts, fixes = [], []
         for s in seqs:
             raw = tok.decode(s)
             text = raw.rstrip("\n") + "\n"
-            m = 0
-            if snap and raw.endswith("\n\n"):  # stopped: a complete CIF
-                text, m = snap_to_wyckoff(text)
+            fix = (0, 1.0, False)
+            if raw.endswith("\n\n"):  # stopped: a complete CIF
+                text, *fix = finish_cif(text, snap, fit)
             texts.append(text)
-            moved.append(m)
+            fixes.append(fix)
         evs = evaluate_cifs(texts, scorer)
-        for ev, m in zip(evs, moved):
-            ev.info["moved_sites"] = m
+        for ev, (m, f, nudged) in zip(evs, fixes):
+            ev.info.update(moved_sites=m, cell_scale=f, nudged=nudged)
         return evs
 
     return evaluate
@@ -161,8 +162,8 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
                        scorer: str | object = "cgcnn", relax: bool = False, seed: int | None = 0,
                        checkpoint: str = DEFAULT_CHECKPOINT, batch: int = 2, selection: str = "puct",
                        rollout_top_k: int | None = None, temperature: float = 1.0, cache: str = "tree",
-                       backup: str = "mean", k: float = 2.0, snap: bool = True, progress: bool = True,
-                       generator=None) -> CrystalSearch:
+                       backup: str = "mean", k: float = 2.0, snap: bool = True, fit: bool = True,
+                       progress: bool = True, generator=None) -> CrystalSearch:
     """MCTS over CIFs for one composition. ``scorer``: ``cgcnn``, ``chgnet`` or any callable on structures."""
     from domains.crystals.energy import make_scorer
     from domains.crystals.generate import cif_grammar, prompts_for
@@ -181,7 +182,7 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
     nl = gen.vocab.nl
     problem = Problem(
         prompts=[tok.encode(p.text) for p in fitting],
-        evaluate=crystal_evaluator(tok, score_fn, snap),
+        evaluate=crystal_evaluator(tok, score_fn, snap, fit),
         stop=[[nl, nl]],
         grammar=lambda i: cif_grammar(gen.vocab, fitting[i]),
         decode=lambda s: tok.decode(s),

@@ -30,6 +30,9 @@ import pandas as pd
 from domains.crystals.cif import SG_KEY, cif_field, header_formula, rebuild_symmetry
 from sciar.errors import DataError
 
+BOND_TOLERANCE = 0.32  # a bond passes if its length over the expected one lies in (1 - t, 1 + t)
+H_BOND_FACTOR = 2.5  # bonds to H pass below this ratio
+MAX_CHECK_ATOMS = 500  # larger structures get no space-group or bond check (they fail them)
 CHECKS = ["sensible", "formula", "multiplicity", "sites", "min_distance", "bonds", "spacegroup"]
 
 
@@ -103,33 +106,52 @@ def _expected_bond(a: str, b: str) -> float | None:
             return None
 
 
-def bond_score(structure, tolerance: float = 0.32, h_factor: float = 2.5) -> float:
-    """CrystaLLM's bond-length reasonableness: the fraction of CrystalNN bonds of plausible length."""
+def bond_ratios(structure) -> tuple[np.ndarray, np.ndarray]:
+    """(ratio, to_h) of every CrystalNN bond: its length over the expected length, and whether it is a bond to H.
+
+    Symmetry-equivalent atoms (spglib, 1e-3 A) have the same bonds: CrystalNN runs on one atom of each
+    orbit and its bonds count once per atom of the orbit, as if it had run on every atom.
+    """
     from pymatgen.analysis.local_env import CrystalNN
 
     nn = CrystalNN()
-    lo, hi = 1 - tolerance, 1 + tolerance
-    score = count = 0
+    ratios, to_h = [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for i, site in enumerate(structure):
+        for i, times in _orbit_representatives(structure):
+            site = structure[i]
             for info in nn.get_nn_info(structure, i):
-                j = info["site_index"]
-                if i == j:
+                if info["site_index"] == i:  # as CrystaLLM: not even to its own periodic image
                     continue
                 other = info["site"]
-                length = site.distance(other)
-                a, b = site.specie, other.specie
-                expected = expected_bond(a.symbol, b.symbol)
+                a, b = site.specie.symbol, other.specie.symbol
+                expected = expected_bond(a, b)
                 if expected is None:
-                    raise ValueError(f"no radius for the {a.symbol}-{b.symbol} bond")
-                ratio = length / expected
-                if "H" in (a.symbol, b.symbol):
-                    score += ratio < h_factor
-                else:
-                    score += lo < ratio < hi
-                count += 1
-    return score / count if count else 0.0
+                    raise ValueError(f"no radius for the {a}-{b} bond")
+                ratios += [site.distance(other) / expected] * times
+                to_h += ["H" in (a, b)] * times
+    return np.array(ratios, float), np.array(to_h, bool)
+
+
+def _orbit_representatives(structure) -> list[tuple[int, int]]:
+    """(index, orbit size) of one atom per symmetry orbit; every atom alone where spglib fails."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        eq = np.asarray(SpacegroupAnalyzer(structure, symprec=1e-3).get_symmetry_dataset().equivalent_atoms)
+    except Exception:
+        return [(i, 1) for i in range(len(structure))]
+    reps, counts = np.unique(eq, return_counts=True)
+    return [(int(i), int(c)) for i, c in zip(reps, counts)]
+
+
+def bond_score(structure, tolerance: float = BOND_TOLERANCE, h_factor: float = H_BOND_FACTOR) -> float:
+    """CrystaLLM's bond-length reasonableness: the fraction of CrystalNN bonds of plausible length."""
+    ratios, to_h = bond_ratios(structure)
+    if not len(ratios):
+        return 0.0
+    ok = np.where(to_h, ratios < h_factor, (1 - tolerance < ratios) & (ratios < 1 + tolerance))
+    return float(ok.mean())
 
 
 def min_distance_ok(structure, cutoff: float = 0.5) -> bool:
@@ -216,7 +238,7 @@ def check_cif(text: str, bonds: bool = True) -> dict:
         r["smact"] = smact_valid(s.composition.reduced_formula)
     except Exception:
         r["smact"] = False
-    if r["sensible"] and r["min_distance"] and len(s) <= 500:
+    if r["sensible"] and r["min_distance"] and len(s) <= MAX_CHECK_ATOMS:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
