@@ -21,7 +21,7 @@ from ase.neighborlist import neighbor_list
 from domains.crystals.cif import cif_field, structure_from_cif
 from domains.crystals.generate import SITE_ROW, fmt4
 from domains.crystals.validity import (BOND_TOLERANCE, H_BOND_FACTOR, MAX_CHECK_ATOMS, bond_ratios, expected_bond,
-                                      is_sensible, min_distance_ok)
+                                      is_sensible, quiet_spglib)
 
 INNER = 0.06  # aim this far inside the window (in ratio units) when nudging atoms
 MIN_PERIOD = 1.5  # angstrom: no real crystal repeats itself at a shorter distance
@@ -49,10 +49,11 @@ def fit_bonds(text: str) -> tuple[str, float, bool]:
 
 
 def _checkable(text: str, st) -> bool:
-    """Whether fitting is worth trying: the bond check runs on the structure, and no atom is within
-    ``MIN_PERIOD`` of its own periodic image (a needle of a cell: no crystal, and CrystalNN's Voronoi
-    search on it can run for minutes)."""
-    if not (is_sensible(text) and min_distance_ok(st) and len(st) <= MAX_CHECK_ATOMS):
+    """Whether fitting is worth trying: a sensible cell of at most ``MAX_CHECK_ATOMS`` atoms, none of
+    them within ``MIN_PERIOD`` of its own periodic image (a needle of a cell: no crystal, and
+    CrystalNN's Voronoi search on it can run for minutes). Atoms too close to each other are let
+    through: lengthening the shortest bonds often clears them."""
+    if not (is_sensible(text) and len(st) <= MAX_CHECK_ATOMS):
         return False
     try:
         return min(st.lattice.get_niggli_reduced_lattice().abc) >= MIN_PERIOD
@@ -166,7 +167,7 @@ def nudge_atoms(text: str, rounds: int = 2, steps: int = 300, reach: float = 1.5
     if not _checkable(text, st):
         return None
     atoms = AseAtomsAdaptor.get_atoms(st)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_spglib():
         warnings.simplefilter("ignore")
         atoms.set_constraint(FixSymmetry(atoms, symprec=1e-3, adjust_positions=False, adjust_cell=False))
         n_ops = len(atoms.constraints[0].rotations)
@@ -177,10 +178,10 @@ def nudge_atoms(text: str, rounds: int = 2, steps: int = 300, reach: float = 1.5
             if atoms.calc.results.get("energy", 1.0) < 1e-8:
                 break
         moved = AseAtomsAdaptor.get_structure(atoms)
-    if np.linalg.norm(atoms.get_positions() - st.cart_coords, axis=1).max() > reach:
-        return None
-    if len(SpacegroupAnalyzer(moved, symprec=1e-3).get_symmetry_operations()) < n_ops:
-        return None
+        if np.linalg.norm(atoms.get_positions() - st.cart_coords, axis=1).max() > reach:
+            return None
+        if len(SpacegroupAnalyzer(moved, symprec=1e-3).get_symmetry_operations()) < n_ops:
+            return None
     return _rewrite_sites(text, st, moved)
 
 

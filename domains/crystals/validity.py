@@ -19,8 +19,10 @@ structure-prediction benchmark's filter, as CDVAE and CrystaLLM use it.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import warnings
+from contextlib import contextmanager
 from functools import lru_cache
 from math import gcd
 
@@ -133,12 +135,27 @@ def bond_ratios(structure) -> tuple[np.ndarray, np.ndarray]:
     return np.array(ratios, float), np.array(to_h, bool)
 
 
+@contextmanager
+def quiet_spglib():
+    """spglib prints to stderr when it cannot refine a tight symmetry; where that is expected and handled, it should not."""
+    before = os.environ.get("SPGLIB_WARNING")
+    os.environ["SPGLIB_WARNING"] = "OFF"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["SPGLIB_WARNING"]
+        else:
+            os.environ["SPGLIB_WARNING"] = before
+
+
 def _orbit_representatives(structure) -> list[tuple[int, int]]:
     """(index, orbit size) of one atom per symmetry orbit; every atom alone where spglib fails."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     try:
-        eq = np.asarray(SpacegroupAnalyzer(structure, symprec=1e-3).get_symmetry_dataset().equivalent_atoms)
+        with quiet_spglib():
+            eq = np.asarray(SpacegroupAnalyzer(structure, symprec=1e-3).get_symmetry_dataset().equivalent_atoms)
     except Exception:
         return [(i, 1) for i in range(len(structure))]
     reps, counts = np.unique(eq, return_counts=True)
