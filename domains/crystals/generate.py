@@ -555,6 +555,7 @@ class CrystalGenerator:
 
 SITE_ROW = re.compile(r"^ ([A-Z][a-z]?) (\S+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+) (\S+)$", flags=re.M)  # an atom-site row
 
+
 @lru_cache(maxsize=256)
 def _ops(sg: str):
     import numpy as np
