@@ -20,8 +20,8 @@ from ase.neighborlist import neighbor_list
 
 from domains.crystals.cif import cif_field, structure_from_cif
 from domains.crystals.generate import SITE_ROW, fmt4
-from domains.crystals.validity import (BOND_TOLERANCE, H_BOND_FACTOR, MAX_CHECK_ATOMS, bond_ratios, expected_bond,
-                                      is_sensible, quiet_spglib)
+from domains.crystals.validity import (BOND_TOLERANCE, H_BOND_FACTOR, MAX_CHECK_ATOMS, bond_ratios, crystalnn_bonds,
+                                      expected_bond, is_sensible, quiet_spglib)
 
 INNER = 0.06  # aim this far inside the window (in ratio units) when nudging atoms
 MIN_PERIOD = 1.5  # angstrom: no real crystal repeats itself at a shorter distance
@@ -198,7 +198,9 @@ class BondPenalty(Calculator):
         self.close = 1 - BOND_TOLERANCE + INNER  # pairs nearer than this many expected lengths push apart
         self.far = 1 + BOND_TOLERANCE - INNER  # bonds longer than this pull together
         self.cutoff = self.close * max(self.expected.values())
-        self.bonds = _crystalnn_bonds(structure)
+        # one atom per orbit, weighted by the orbit's size: FixSymmetry spreads the forces over the orbit
+        self.bonds = [(i, j, img, e, times) for i, j, img, _, e, times in crystalnn_bonds(structure)
+                      if "H" not in (structure[i].specie.symbol, structure[j].specie.symbol)]
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -227,26 +229,6 @@ class BondPenalty(Calculator):
             np.add.at(forces, bj[on], -g)
             np.add.at(forces, bi[on], g)
         self.results = {"energy": energy, "forces": forces}
-
-
-def _crystalnn_bonds(structure) -> list[tuple[int, int, np.ndarray, float, int]]:
-    """(i, j, image of j, expected length, orbit size of i) of the CrystalNN bonds of one atom per orbit
-    (FixSymmetry spreads their forces over the orbit), bonds to H left out."""
-    from pymatgen.analysis.local_env import CrystalNN
-
-    from domains.crystals.validity import _orbit_representatives
-
-    nn, out = CrystalNN(), []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for i, times in _orbit_representatives(structure):
-            for info in nn.get_nn_info(structure, i):
-                j = info["site_index"]
-                a, b = structure[i].specie.symbol, structure[j].specie.symbol
-                if j == i or "H" in (a, b):
-                    continue
-                out.append((i, j, np.array(info["image"], float), expected_bond(a, b) or 2.0, times))
-    return out
 
 
 def _rewrite_sites(text: str, before, after) -> str:

@@ -108,30 +108,36 @@ def _expected_bond(a: str, b: str) -> float | None:
             return None
 
 
-def bond_ratios(structure) -> tuple[np.ndarray, np.ndarray]:
-    """(ratio, to_h) of every CrystalNN bond: its length over the expected length, and whether it is a bond to H.
-
-    Symmetry-equivalent atoms (spglib, 1e-3 A) have the same bonds: CrystalNN runs on one atom of each
-    orbit and its bonds count once per atom of the orbit, as if it had run on every atom.
-    """
+def crystalnn_bonds(structure) -> list[tuple[int, int, np.ndarray, float, float, int]]:
+    """The CrystalNN bonds of one atom per symmetry orbit (spglib, 1e-3 A): (i, j, image of j, length,
+    expected length, orbit size of i). Symmetry-equivalent atoms have the same bonds, so each counted
+    once per atom of its orbit stands for running CrystalNN on every atom. As CrystaLLM, an atom's
+    bond to its own periodic image is left out. ValueError where pymatgen has no radius for a bond."""
     from pymatgen.analysis.local_env import CrystalNN
 
-    nn = CrystalNN()
-    ratios, to_h = [], []
+    nn, out = CrystalNN(), []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i, times in _orbit_representatives(structure):
             site = structure[i]
             for info in nn.get_nn_info(structure, i):
-                if info["site_index"] == i:  # as CrystaLLM: not even to its own periodic image
+                j = info["site_index"]
+                if j == i:
                     continue
                 other = info["site"]
-                a, b = site.specie.symbol, other.specie.symbol
-                expected = expected_bond(a, b)
+                expected = expected_bond(site.specie.symbol, other.specie.symbol)
                 if expected is None:
-                    raise ValueError(f"no radius for the {a}-{b} bond")
-                ratios += [site.distance(other) / expected] * times
-                to_h += ["H" in (a, b)] * times
+                    raise ValueError(f"no radius for the {site.specie.symbol}-{other.specie.symbol} bond")
+                out.append((i, j, np.array(info["image"], float), site.distance(other), expected, times))
+    return out
+
+
+def bond_ratios(structure) -> tuple[np.ndarray, np.ndarray]:
+    """(ratio, to_h) of every CrystalNN bond: its length over the expected length, and whether it is a bond to H."""
+    ratios, to_h = [], []
+    for i, j, _, length, expected, times in crystalnn_bonds(structure):
+        ratios += [length / expected] * times
+        to_h += ["H" in (structure[i].specie.symbol, structure[j].specie.symbol)] * times
     return np.array(ratios, float), np.array(to_h, bool)
 
 
