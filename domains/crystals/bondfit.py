@@ -19,9 +19,9 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.neighborlist import neighbor_list
 
 from domains.crystals.cif import cif_field, structure_from_cif
-from domains.crystals.generate import SITE_ROW, fmt4
-from domains.crystals.validity import (BOND_TOLERANCE, H_BOND_FACTOR, MAX_CHECK_ATOMS, bond_ratios, crystalnn_bonds,
-                                      expected_bond, is_sensible, quiet_spglib)
+from domains.crystals.generate import SITE_ROW, fmt4, snap_to_wyckoff
+from domains.crystals.validity import (BOND_TOLERANCE, H_BOND_FACTOR, MAX_CHECK_ATOMS, bond_ratios, bonds_in_range,
+                                      check_cif, crystalnn_bonds, expected_bond, is_sensible, quiet_spglib)
 
 INNER = 0.06  # aim this far inside the window (in ratio units) when nudging atoms
 MIN_PERIOD = 1.5  # angstrom: no real crystal repeats itself at a shorter distance
@@ -29,9 +29,6 @@ MIN_PERIOD = 1.5  # angstrom: no real crystal repeats itself at a shorter distan
 
 def fit_bonds(text: str) -> tuple[str, float, bool]:
     """(text, cell scale, atoms nudged): ``text`` fitted to plausible bond lengths where that can be done."""
-    from domains.crystals.generate import snap_to_wyckoff
-    from domains.crystals.validity import check_cif
-
     scaled, f, ok = _scale(text)
     if ok:
         return scaled, f, False
@@ -59,10 +56,6 @@ def _checkable(text: str, st) -> bool:
         return min(st.lattice.get_niggli_reduced_lattice().abc) >= MIN_PERIOD
     except Exception:
         return False
-
-
-def _in_range(r, h):
-    return np.where(h, r < H_BOND_FACTOR, (1 - BOND_TOLERANCE < r) & (r < 1 + BOND_TOLERANCE))
 
 
 def scale_to_bonds(text: str, margin: float = 0.02, rounds: int = 3, most: float = 1.5) -> tuple[str, float]:
@@ -101,7 +94,7 @@ def _scale(text: str, margin: float = 0.02, rounds: int = 3, most: float = 1.5) 
                 r, h = _nearest_ratios(st)
         except Exception:
             return text, 1.0, False
-        if not empty and _in_range(r, h).all():
+        if not empty and bonds_in_range(r, h).all():
             break
         if k == rounds:
             return text, 1.0, False

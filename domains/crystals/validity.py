@@ -173,8 +173,12 @@ def bond_score(structure, tolerance: float = BOND_TOLERANCE, h_factor: float = H
     ratios, to_h = bond_ratios(structure)
     if not len(ratios):
         return 0.0
-    ok = np.where(to_h, ratios < h_factor, (1 - tolerance < ratios) & (ratios < 1 + tolerance))
-    return float(ok.mean())
+    return float(bonds_in_range(ratios, to_h, tolerance, h_factor).mean())
+
+
+def bonds_in_range(ratios, to_h, tolerance: float = BOND_TOLERANCE, h_factor: float = H_BOND_FACTOR) -> np.ndarray:
+    """Which bonds (ratios to their expected lengths, and whether each is to H) are of plausible length."""
+    return np.where(to_h, ratios < h_factor, (1 - tolerance < ratios) & (ratios < 1 + tolerance))
 
 
 def min_distance_ok(structure, cutoff: float = 0.5) -> bool:
