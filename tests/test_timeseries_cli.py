@@ -59,6 +59,30 @@ def test_forecast_writes_timestamps_values_and_png(checkpoint, hourly_csv, tmp_p
     assert list(pd.read_csv(out2).columns) == ["timestamp", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
 
 
+def test_forecast_ensemble_averages_the_model_and_two_linear_maps(checkpoint, hourly_csv, tmp_path):
+    from domains.timeseries.data import StandardScaler, read_series
+    from domains.timeseries.evaluate import LinearMap
+
+    args = ["timeseries", "forecast", "--checkpoint", str(checkpoint), "--csv", str(hourly_csv), "--horizon", "120",
+            "--lookback", "192"]
+    assert main(args + ["--out", str(tmp_path / "m.csv")]) == 0
+    assert main(args + ["--out", str(tmp_path / "e.csv"), "--ensemble"]) == 0
+    model, ens = pd.read_csv(tmp_path / "m.csv")["OT"].to_numpy(), pd.read_csv(tmp_path / "e.csv")["OT"].to_numpy()
+    # the same maps fitted by hand on the series' history, in the checkpoint's training units
+    s = read_series(hourly_csv)
+    cfg = json.loads((checkpoint / "config.json").read_text())["data"]["scaler"]
+    sc = StandardScaler(np.array([cfg["mean"][-1]]), np.array([cfg["std"][-1]]))
+    x = sc.transform(s.values[:, -1:]).astype(np.float32)
+    maps = [LinearMap(k).fit(x, 192, 120)(x[-192:].T)[0] for k in ("dlinear", "nlinear")]
+    want = (sc.transform(model[:, None])[:, 0] + maps[0] + maps[1]) / 3
+    np.testing.assert_allclose(sc.transform(ens[:, None])[:, 0], want, rtol=1e-4, atol=1e-4)
+    # too little history for the maps: one line, exit 2
+    short = tmp_path / "short.csv"
+    pd.read_csv(hourly_csv).iloc[:250].to_csv(short, index=False)
+    assert main(["timeseries", "forecast", "--checkpoint", str(checkpoint), "--csv", str(short), "--horizon", "120",
+                 "--lookback", "192", "--ensemble", "--out", str(tmp_path / "s.csv")]) == 2
+
+
 @pytest.mark.parametrize("case,args,message", [
     ("horizon0", ["--horizon", "0"], "horizon must be at least 1"),
     ("nan", [], "missing"),
@@ -116,12 +140,14 @@ def test_benchmark_json_and_evaluate(checkpoint, hourly_csv, tmp_path):
     for m in ("zero_shot_prompt1", "zero_shot_lookback288"):
         assert res["methods"][m]["windows"] == res["methods"]["zero_shot"]["windows"] == 40
     assert res["methods"]["zero_shot_prompt1"]["avg"] != res["methods"]["zero_shot"]["avg"]
-    for m in ("sciar", "sciar+nlinear", "dlinear", "nlinear", "seasonal_naive", "ets", "zero_shot"):
+    for m in ("sciar", "sciar+linear", "dlinear", "nlinear", "seasonal_naive", "ets", "zero_shot", "zero_shot+linear"):
         r = res["methods"][m]
         assert set(r["96"]) == {"mse", "mae"} and r["avg"]["mse"] == pytest.approx((r["96"]["mse"] + r["192"]["mse"]) / 2)
         assert "target" in r
     assert res["methods"]["ets"]["channels"] == "target only"
     assert res["methods"]["sciar"]["avg"] == res["methods"]["zero_shot"]["avg"]  # same checkpoint, same windows
+    assert res["methods"]["sciar+linear"]["avg"] == res["methods"]["zero_shot+linear"]["avg"]
+    assert res["methods"]["sciar+linear"]["avg"] != res["methods"]["sciar"]["avg"]
     ev = tmp_path / "e.json"
     assert main(["timeseries", "evaluate", "--checkpoint", str(checkpoint), "--csv", str(hourly_csv), "--lookback",
                  "192", "--horizons", "96", "--max-windows", "40", "--json", str(ev)]) == 0

@@ -17,9 +17,14 @@ from sciar.errors import SciarError
 from sciar.io import write_json_atomic
 
 from .data import read_series
-from .evaluate import LinearMap, Memo, ets_forecaster, evaluate, evaluate_many, seasonal_naive, seasonal_period
+from .evaluate import (LinearMap, Memo, ets_forecaster, evaluate, evaluate_many, linear_ensemble, seasonal_naive,
+                       seasonal_period)
 from .pipeline import (evaluate_model, load_forecaster, model_forecaster, prepare, split_forecaster, split_values,
                        train_on_series)
+
+
+ENSEMBLE_NOTE = ("mean of the model's forecast and the DLinear- and NLinear-style maps fitted on the training split "
+                 "for the longest horizon")
 
 
 def _strip(res: dict, target_idx: int) -> dict:
@@ -85,14 +90,12 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
                       "start_val": summ.get("start_val"), "best_val": summ.get("best_val")}
     dev = "cuda" if device in ("auto", "cuda") and _cuda() else "cpu"
     model.to(dev)
-    # ours, and ours averaged with the NLinear-style map (one pass of the model serves both)
+    # ours, and ours averaged with the DLinear- and NLinear-style maps (one pass of the model serves both)
     ours = Memo(split_forecaster(model, prep, lookback, H, dev, score_split))
-    nl = LinearMap("nlinear").fit(prep.train.values, lookback, H)
-    both = evaluate_many({"sciar": ours, "ens": lambda c, s: 0.5 * (ours(c, s)[:, :H] + nl(c))}, scored,
+    both = evaluate_many({"sciar": ours, "ens": linear_ensemble(ours, prep.train.values, lookback, H)}, scored,
                          lookback, horizons, max_windows=max_windows)
     record("sciar", both["sciar"], **train_info)
-    record("sciar+nlinear", both["ens"], note="mean of the sciar forecast and the NLinear-style map fitted for the "
-                                              "longest horizon")
+    record("sciar+linear", both["ens"], note=ENSEMBLE_NOTE)
 
     if ablate_time and checkpoint is None:
         summ = train_on_series(csv, run_dir / "sciar_no_time", init=None, preset=preset, lookback=lookback,
@@ -107,9 +110,11 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
     if zero_shot is not None:
         zs, zck = load_forecaster(zero_shot)
         zs.to(dev)
-        record("zero_shot",
-               evaluate_model(zs, prep, lookback, horizons, max_windows, device=dev, split=score_split),
-               checkpoint=str(zck.path), note="pretrained backbone, never trained on this dataset")
+        zfn = Memo(split_forecaster(zs, prep, lookback, H, dev, score_split))
+        both = evaluate_many({"zs": zfn, "ens": linear_ensemble(zfn, prep.train.values, lookback, H)}, scored,
+                             lookback, horizons, max_windows=max_windows)
+        record("zero_shot", both["zs"], checkpoint=str(zck.path), note="pretrained backbone, never trained on this dataset")
+        record("zero_shot+linear", both["ens"], checkpoint=str(zck.path), note=ENSEMBLE_NOTE)
         S = zs.head.segment
         for p in prompt_segments or []:
             # in-context: the p segments before each test window's lookback as a prompt, against the same

@@ -159,6 +159,8 @@ def forecast(
     prompt_segments: int = typer.Option(0, help="In-context: put this many earlier segments of the series before the lookback."),
     prompt_csv: Optional[Path] = typer.Option(None, help="In-context: a CSV of another series whose last segments form the prompt."),
     seed: int = typer.Option(0, help="Seed of sampled paths."),
+    ensemble: bool = typer.Option(False, "--ensemble", help="Average the model with DLinear- and NLinear-style linear "
+                                  "maps fitted on the series' own history (needs lookback + horizon rows)."),
 ):
     """Forecast a series: writes timestamps and values to OUT and a PNG of history and forecast."""
     from sciar.errors import DataError
@@ -198,7 +200,7 @@ def forecast(
             i = data["columns"].index(c)
             sc = (data["scaler"]["mean"][i], data["scaler"]["std"][i])
         r = forecast_channel(model, series, c, horizon, lb, samples=samples, quantiles=q, prompt=prompt, seed=seed,
-                             scaler=sc)
+                             scaler=sc, ensemble=ensemble)
         results[c] = r
         f = forecast_frame(series, c, r, horizon)
         frames.append(f if not frames else f.drop(columns=["timestamp"]))

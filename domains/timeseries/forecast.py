@@ -12,6 +12,7 @@ import torch
 from sciar.errors import DataError, SciarError
 
 from .data import Series, StandardScaler, calendar, future_timestamps, segment_marks
+from .evaluate import linear_ensemble
 from .model import SegmentForecaster
 
 
@@ -41,12 +42,14 @@ def _marks(series: Series, start: int, n_ctx_seg: int, n_future_seg: int, S: int
 def forecast_channel(
     model: SegmentForecaster, series: Series, column: str, horizon: int, lookback: int | None = None,
     samples: int = 0, quantiles: list[float] | None = None, prompt: np.ndarray | None = None, seed: int = 0,
-    scaler: tuple[float, float] | None = None,
+    scaler: tuple[float, float] | None = None, ensemble: bool = False,
 ) -> dict:
     """Forecast one channel: ``{"mean": [H], "samples": [n, H] | None, "quantiles": {q: [H]}}`` in data units.
 
     ``scaler``: the (mean, deviation) the model was trained with for this channel (a dataset checkpoint's
-    training split; the statistics embedding reads the level in those units); default: the series' own."""
+    training split; the statistics embedding reads the level in those units); default: the series' own.
+    ``ensemble``: average the model with DLinear- and NLinear-style maps fitted by least squares on this
+    channel's own history (:func:`linear_ensemble`; needs the lookback plus the horizon of history)."""
     check_horizon(horizon)
     S = model.head.segment
     lb = resolve_lookback(model, lookback)
@@ -67,11 +70,18 @@ def forecast_channel(
             raise DataError(f"the in-context prompt needs at least one segment of {S} steps")
         pr = torch.from_numpy(p)[None]
     mean = model.forecast(ctx, marks, horizon, prompt=pr)[0].numpy()
+    shift = 0.0
+    if ensemble:
+        if len(xs) < lb + horizon:
+            raise DataError(f"{series.name}: --ensemble fits linear maps on the series' history, which needs at least "
+                            f"the lookback plus the horizon ({lb} + {horizon} rows; it has {len(xs)})")
+        ens = linear_ensemble(lambda c, _s: mean[None], xs[:, None], lb, horizon)(ctx.numpy(), None)[0]
+        shift, mean = ens - mean, ens
     out = {"mean": sc.inverse(mean[:, None])[:, 0], "samples": None, "quantiles": {}}
     if samples or quantiles:
         n = samples or 100
         resid = backtest_residual(model, xs, lb, series)
-        paths = model.sample(ctx, marks, horizon, n, resid, seed=seed)[0].numpy()
+        paths = model.sample(ctx, marks, horizon, n, resid, seed=seed)[0].numpy() + shift  # moved with the ensemble
         paths = sc.inverse(paths.reshape(-1, 1)).reshape(n, horizon)
         out["samples"] = paths
         for q in quantiles or [0.1, 0.5, 0.9]:
