@@ -59,14 +59,14 @@ def test_forecast_writes_timestamps_values_and_png(checkpoint, hourly_csv, tmp_p
     assert list(pd.read_csv(out2).columns) == ["timestamp", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
 
 
-def test_forecast_ensemble_averages_the_model_and_two_linear_maps(checkpoint, hourly_csv, tmp_path):
+def test_forecast_ensemble_averages_the_model_and_two_linear_maps(checkpoint, hourly_csv, tmp_path, capsys):
     from domains.timeseries.data import StandardScaler, read_series
     from domains.timeseries.evaluate import LinearMap
 
     args = ["timeseries", "forecast", "--checkpoint", str(checkpoint), "--csv", str(hourly_csv), "--horizon", "120",
             "--lookback", "192"]
-    assert main(args + ["--out", str(tmp_path / "m.csv")]) == 0
-    assert main(args + ["--out", str(tmp_path / "e.csv"), "--ensemble"]) == 0
+    assert main(args + ["--out", str(tmp_path / "m.csv"), "--no-ensemble"]) == 0
+    assert main(args + ["--out", str(tmp_path / "e.csv")]) == 0  # the default where the history suffices
     model, ens = pd.read_csv(tmp_path / "m.csv")["OT"].to_numpy(), pd.read_csv(tmp_path / "e.csv")["OT"].to_numpy()
     # the same maps fitted by hand on the series' history, in the checkpoint's training units
     s = read_series(hourly_csv)
@@ -76,11 +76,13 @@ def test_forecast_ensemble_averages_the_model_and_two_linear_maps(checkpoint, ho
     maps = [LinearMap(k).fit(x, 192, 120)(x[-192:].T)[0] for k in ("dlinear", "nlinear")]
     want = (sc.transform(model[:, None])[:, 0] + maps[0] + maps[1]) / 3
     np.testing.assert_allclose(sc.transform(ens[:, None])[:, 0], want, rtol=1e-4, atol=1e-4)
-    # too little history for the maps: one line, exit 2
+    # too little history for the maps: the model alone by default, one line and exit 2 when asked for them
     short = tmp_path / "short.csv"
     pd.read_csv(hourly_csv).iloc[:250].to_csv(short, index=False)
-    assert main(["timeseries", "forecast", "--checkpoint", str(checkpoint), "--csv", str(short), "--horizon", "120",
-                 "--lookback", "192", "--ensemble", "--out", str(tmp_path / "s.csv")]) == 2
+    args = ["timeseries", "forecast", "--checkpoint", str(checkpoint), "--csv", str(short), "--horizon", "120",
+            "--lookback", "192", "--out", str(tmp_path / "s.csv")]
+    assert main(args) == 0 and "the model alone" in capsys.readouterr().out
+    assert main(args + ["--ensemble"]) == 2 and "--no-ensemble" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case,args,message", [
@@ -167,6 +169,7 @@ def test_batch_long_and_wide_with_a_bad_series(checkpoint, hourly_csv, tmp_path)
     res = pd.read_csv(out)
     ok = res[res["status"] == "ok"]
     assert sorted(ok["series"].unique()) == ["LULL", "OT"] and len(ok) == 48
+    assert ok["ensemble"].astype(bool).all()  # 500 rows hold the lookback plus the horizon: model + linear maps
     bad = res[res["series"] == "HUFL"]
     assert len(bad) == 1 and bad["status"].iloc[0] == "error" and "missing" in bad["error"].iloc[0]
     wide = tmp_path / "wide.csv"

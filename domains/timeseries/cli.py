@@ -159,8 +159,9 @@ def forecast(
     prompt_segments: int = typer.Option(0, help="In-context: put this many earlier segments of the series before the lookback."),
     prompt_csv: Optional[Path] = typer.Option(None, help="In-context: a CSV of another series whose last segments form the prompt."),
     seed: int = typer.Option(0, help="Seed of sampled paths."),
-    ensemble: bool = typer.Option(False, "--ensemble", help="Average the model with DLinear- and NLinear-style linear "
-                                  "maps fitted on the series' own history (needs lookback + horizon rows)."),
+    ensemble: Optional[bool] = typer.Option(None, "--ensemble/--no-ensemble", help="Average the model with DLinear- and "
+                                            "NLinear-style linear maps fitted on the series' own history (default: "
+                                            "whenever it holds the lookback plus the horizon)."),
 ):
     """Forecast a series: writes timestamps and values to OUT and a PNG of history and forecast."""
     from sciar.errors import DataError
@@ -210,7 +211,10 @@ def forecast(
     write_table_atomic(df, out)
     png = plot or out.with_suffix(".png")
     plot_forecast(series, cols[0], results[cols[0]], horizon, png)
-    typer.echo(f"forecast of {', '.join(cols)} ({horizon} steps, lookback {lb}) from {ck.path}: {out}, {png}")
+    how = "the model averaged with two linear maps" if results[cols[0]]["ensemble"] else "the model alone"
+    if ensemble is None and not results[cols[0]]["ensemble"]:
+        how += f" (history under lookback + horizon = {lb + horizon} rows: too short for the linear maps)"
+    typer.echo(f"forecast of {', '.join(cols)} ({horizon} steps, lookback {lb}, {how}) from {ck.path}: {out}, {png}")
 
 
 @app.command()

@@ -42,14 +42,15 @@ def _marks(series: Series, start: int, n_ctx_seg: int, n_future_seg: int, S: int
 def forecast_channel(
     model: SegmentForecaster, series: Series, column: str, horizon: int, lookback: int | None = None,
     samples: int = 0, quantiles: list[float] | None = None, prompt: np.ndarray | None = None, seed: int = 0,
-    scaler: tuple[float, float] | None = None, ensemble: bool = False,
+    scaler: tuple[float, float] | None = None, ensemble: bool | None = None,
 ) -> dict:
     """Forecast one channel: ``{"mean": [H], "samples": [n, H] | None, "quantiles": {q: [H]}}`` in data units.
 
     ``scaler``: the (mean, deviation) the model was trained with for this channel (a dataset checkpoint's
     training split; the statistics embedding reads the level in those units); default: the series' own.
     ``ensemble``: average the model with DLinear- and NLinear-style maps fitted by least squares on this
-    channel's own history (:func:`linear_ensemble`; needs the lookback plus the horizon of history)."""
+    channel's own history (:func:`linear_ensemble`; needs the lookback plus the horizon of history). ``None``
+    (the default): wherever the history is long enough; ``out["ensemble"]`` says whether it was used."""
     check_horizon(horizon)
     S = model.head.segment
     lb = resolve_lookback(model, lookback)
@@ -71,13 +72,16 @@ def forecast_channel(
         pr = torch.from_numpy(p)[None]
     mean = model.forecast(ctx, marks, horizon, prompt=pr)[0].numpy()
     shift = 0.0
+    if ensemble is None:
+        ensemble = len(xs) >= lb + horizon
     if ensemble:
         if len(xs) < lb + horizon:
             raise DataError(f"{series.name}: --ensemble fits linear maps on the series' history, which needs at least "
-                            f"the lookback plus the horizon ({lb} + {horizon} rows; it has {len(xs)})")
+                            f"the lookback plus the horizon ({lb} + {horizon} rows; it has {len(xs)}); pass --no-ensemble "
+                            f"for the model alone")
         ens = linear_ensemble(lambda c, _s: mean[None], xs[:, None], lb, horizon)(ctx.numpy(), None)[0]
         shift, mean = ens - mean, ens
-    out = {"mean": sc.inverse(mean[:, None])[:, 0], "samples": None, "quantiles": {}}
+    out = {"mean": sc.inverse(mean[:, None])[:, 0], "samples": None, "quantiles": {}, "ensemble": ensemble}
     if samples or quantiles:
         n = samples or 100
         resid = backtest_residual(model, xs, lb, series)
@@ -198,6 +202,7 @@ def batch_forecast(model: SegmentForecaster, groups: dict[str, pd.DataFrame], ho
         r = forecast_channel(model, s, "value", horizon, lookback, quantiles=quantiles)
         df = forecast_frame(s, "value", r, horizon)
         df.insert(1, "step", np.arange(1, horizon + 1))
+        df["ensemble"] = r["ensemble"]
         df = df.rename(columns={"value": "forecast", **{c: c.replace("value_", "forecast_") for c in df.columns}})
         df["timestamp"] = df["timestamp"].astype(str)
         return df.to_dict("records")
