@@ -287,14 +287,14 @@ def test_forecast_uses_the_training_scaler_only_where_the_level_matters():
 
     s = _etth1_slice(600)
     m = tiny(time=False).eval()
-    a = forecast_channel(m, s, "OT", 30, 72)["mean"]
-    b = forecast_channel(m, s, "OT", 30, 72, scaler=(5.0, 2.0))["mean"]
+    a = forecast_channel(m, s, "OT", 30, 72, ensemble=False)["mean"]  # the model alone
+    b = forecast_channel(m, s, "OT", 30, 72, scaler=(5.0, 2.0), ensemble=False)["mean"]
     assert np.allclose(a, b, rtol=1e-4, atol=1e-4)  # per-window normalisation: the scaler cancels out
     m.add_stats()
     with torch.no_grad():
         m.stats_out.weight.normal_(0, 1.0)
-    a = forecast_channel(m, s, "OT", 30, 72)["mean"]
-    b = forecast_channel(m, s, "OT", 30, 72, scaler=(5.0, 2.0))["mean"]
+    a = forecast_channel(m, s, "OT", 30, 72, ensemble=False)["mean"]
+    b = forecast_channel(m, s, "OT", 30, 72, scaler=(5.0, 2.0), ensemble=False)["mean"]
     assert not np.allclose(a, b, atol=1e-3)  # the level, in training units, now shapes the forecast
 
 
