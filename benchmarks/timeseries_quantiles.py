@@ -86,12 +86,14 @@ def main(argv=None):
         rows["residual"].append((resid, truth, sc.std[0]))
     print(f"{s.name}, target {s.target}, horizon {H}, {args.origins} test origins; 10-90% band (nominal coverage 0.80)")
     print(f"{'quantiles':<10}{'coverage':>10}{'width/sd':>10}{'pinball/sd':>12}")
+    pins = {}
     for k, rs in rows.items():
         cov = np.mean([np.mean((t >= q[0]) & (t <= q[2])) for q, t, _ in rs])
         width = np.mean([np.mean(q[2] - q[0]) / sd for q, _, sd in rs])
-        pin = np.mean([np.mean([np.mean(np.maximum(a * (t - v), (a - 1) * (t - v))) for a, v in zip(QS, q)]) / sd
-                       for q, t, sd in rs])
-        print(f"{k:<10}{cov:>10.3f}{width:>10.3f}{pin:>12.4f}")
+        pins[k] = np.mean([np.mean([np.mean(np.maximum(a * (t - v), (a - 1) * (t - v))) for a, v in zip(QS, q)]) / sd
+                           for q, t, sd in rs])
+        print(f"{k:<10}{cov:>10.3f}{width:>10.3f}{pins[k]:>12.4f}")
+    print(f"pinball loss, sampled / residual: {pins['sampled'] / pins['residual']:.3f}")
 
 
 if __name__ == "__main__":
