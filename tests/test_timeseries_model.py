@@ -313,3 +313,19 @@ def test_benchmark_passes_the_training_recipe_through(tmp_path):
     assert m["adapter_only"] is True and m["stats"] is True and m["start_val"] > 0
     _, ck = load_forecaster(tmp_path / "run" / "sciar")
     assert ck.config["head"]["stats"] and ck.domain["val_horizons"] and ck.domain["trainable_params"] < ck.domain["params"]
+
+
+def test_last_value_anchor_centres_windows_on_the_lookback_end():
+    m = tiny(time=False)
+    m.head.anchor = "last"
+    x = torch.randn(3, 96).cumsum(1)  # random walks: their last value is far from their mean
+    xn, centre, _ = m.normalise(x, 72)
+    assert torch.allclose(centre[:, 0], x[:, 71]) and torch.allclose(xn[:, 71], torch.zeros(3), atol=1e-6)
+    # a forecast shifts with the series (the anchor is undone after prediction)
+    with torch.no_grad():
+        a = m.eval().forecast(x[:, :72], None, 24)
+        b = m.forecast(x[:, :72] + 5.0, None, 24)
+    assert torch.allclose(b, a + 5.0, atol=1e-4)
+    with pytest.raises(SciarError, match="anchor"):
+        HeadConfig(anchor="median")
+    assert HeadConfig.from_dict({"segment": 96}).anchor == "mean"  # checkpoints written before the field

@@ -76,6 +76,7 @@ def pretrain(
     batch_size: Optional[int] = typer.Option(None, help="Windows per step (default: the preset's)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the preset's)."),
     time: bool = typer.Option(True, help="Calendar position embeddings of each segment's timestamps."),
+    anchor: str = typer.Option("mean", help="Centre each window on its lookback's mean or on its last value (last)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
     resume: bool = typer.Option(True, help="Resume from OUT/last if present."),
@@ -87,7 +88,7 @@ def pretrain(
     from .pipeline import corpus_parts, fit, model_configs, train_config
     from .model import SegmentForecaster
 
-    mcfg, head = model_configs(preset, segment=segment, context=context, time=time)
+    mcfg, head = model_configs(preset, segment=segment, context=context, time=time, anchor=anchor)
     series = load_corpus(corpus, packages=packages, min_length=(context + 1) * segment)
     table = describe(series)
     typer.echo(f"corpus: {len(series)} sources, {int(table['channels'].sum())} channels, {int(table['points'].sum()):,} points")

@@ -42,8 +42,11 @@ class HeadConfig:
     stats: bool = False  # feed the lookback's mean and deviation (removed by the normalisation) back as an embedding
     eps: float = 1e-5
     std_floor: float = 0.01  # least window deviation (in training-split standard units): flat windows, e.g. no rain
+    anchor: str = "mean"  # what each window is centred on: its lookback's mean, or its last value ("last")
 
     def __post_init__(self):
+        if self.anchor not in ("mean", "last"):
+            raise SciarError(f"unknown window anchor {self.anchor!r} (mean or last)")
         if self.embed not in ("linear", "mlp"):
             raise SciarError(f"unknown segment embedding {self.embed!r} (linear or mlp)")
         if self.segment < 1 or self.context < 1:
@@ -167,7 +170,7 @@ class SegmentForecaster(nn.Module):
     def normalise(self, x: torch.Tensor, n: int):
         """Per-window statistics of the first ``n`` steps (the lookback)."""
         ctx = x[:, :n]
-        mean = ctx.mean(dim=1, keepdim=True)
+        mean = ctx[:, -1:] if self.head.anchor == "last" else ctx.mean(dim=1, keepdim=True)
         std = torch.sqrt(ctx.var(dim=1, keepdim=True, unbiased=False) + self.head.eps).clamp_min(self.head.std_floor)
         return (x - mean) / std, mean, std
 

@@ -35,8 +35,8 @@ VAL_HORIZONS = [96, 192, 336, 720]
 
 
 def model_configs(preset: str, segment: int = 96, context: int = 7, embed: str = "mlp", time: bool = True,
-                  block_size: int = 32, dropout: float = 0.1, window: int = 16, skip: int = 0, stats: bool = False
-                  ) -> tuple[ModelConfig, HeadConfig]:
+                  block_size: int = 32, dropout: float = 0.1, window: int = 16, skip: int = 0, stats: bool = False,
+                  anchor: str = "mean") -> tuple[ModelConfig, HeadConfig]:
     if preset not in PRESETS:
         raise SciarError(f"unknown preset {preset!r} ({', '.join(PRESETS)})")
     p = PRESETS[preset]
@@ -44,7 +44,7 @@ def model_configs(preset: str, segment: int = 96, context: int = 7, embed: str =
     mcfg = ModelConfig(vocab_size=0, block_size=max(block_size, window), n_layer=p["n_layer"], n_head=p["n_head"],
                        n_embd=p["n_embd"], dropout=dropout, pos="rope")
     head = HeadConfig(segment=segment, context=context, window=window, embed=embed, hidden=p["hidden"], dropout=dropout,
-                      time=time, skip=skip, stats=stats)
+                      time=time, skip=skip, stats=stats, anchor=anchor)
     return mcfg, head
 
 
