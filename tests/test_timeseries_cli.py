@@ -176,6 +176,7 @@ def test_batch_long_and_wide_with_a_bad_series(checkpoint, hourly_csv, tmp_path)
     df[["date", "OT", "HULL"]].to_csv(wide, index=False)
     out2 = tmp_path / "fc2.parquet"
     assert main(["timeseries", "batch", "--input", str(wide), "--output", str(out2), "--checkpoint", str(checkpoint),
-                 "--horizon", "5", "--lookback", "192", "--no-progress"]) == 0
+                 "--horizon", "5", "--lookback", "192", "--no-progress", "--no-ensemble"]) == 0
     w = pd.read_parquet(out2)
     assert sorted(w["series"].unique()) == ["HULL", "OT"] and (w["status"] == "ok").all() and len(w) == 10
+    assert not w["ensemble"].astype(bool).any()

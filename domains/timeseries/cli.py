@@ -300,6 +300,9 @@ def batch(
     lookback: Optional[int] = typer.Option(None, help="Lookback in steps (default: the checkpoint's)."),
     fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
     quantiles: Optional[str] = typer.Option(None, help="Add quantile columns, e.g. 0.1,0.9."),
+    ensemble: Optional[bool] = typer.Option(None, "--ensemble/--no-ensemble", help="Average the model with two linear "
+                                            "maps fitted on each series' history (default: where it is long enough; "
+                                            "the ensemble column says)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Forecast every series of a table in one run; a bad series gets an error row and the batch goes on."""
@@ -311,7 +314,8 @@ def batch(
     check_horizon(horizon)
     model, _ = load_forecaster(checkpoint)
     groups = table_series(read_table(input), layout, id_col, time_col, value_col)
-    df = batch_forecast(model, groups, horizon, output, lookback, fill, _floats(quantiles), progress=progress)
+    df = batch_forecast(model, groups, horizon, output, lookback, fill, _floats(quantiles), progress=progress,
+                        ensemble=ensemble)
     per = df.drop_duplicates("series") if "series" in df.columns else df
     n_err = int((per["status"] == "error").sum())
     typer.echo(f"{len(groups)} series, {n_err} with errors: {output}")

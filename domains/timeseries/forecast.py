@@ -186,7 +186,7 @@ def table_series(df: pd.DataFrame, layout: str = "auto", id_col: str = "id", tim
 
 def batch_forecast(model: SegmentForecaster, groups: dict[str, pd.DataFrame], horizon: int, output: str | Path,
                    lookback: int | None = None, fill: str = "error", quantiles: list[float] | None = None,
-                   progress: bool = True, chunk_size: int = 16) -> pd.DataFrame:
+                   progress: bool = True, chunk_size: int = 16, ensemble: bool | None = None) -> pd.DataFrame:
     """Forecast every series of the table with :func:`sciar.batch.run_batch`: one output row per series and
     step; a series that cannot be forecast gets one row with status ``error`` and the batch goes on."""
     from sciar.batch import run_batch
@@ -199,7 +199,7 @@ def batch_forecast(model: SegmentForecaster, groups: dict[str, pd.DataFrame], ho
     def one(row: dict) -> list[dict]:
         g = groups[row["series"]]
         s = frame_to_series(g, str(row["series"]), target="value", fill=fill)
-        r = forecast_channel(model, s, "value", horizon, lookback, quantiles=quantiles)
+        r = forecast_channel(model, s, "value", horizon, lookback, quantiles=quantiles, ensemble=ensemble)
         df = forecast_frame(s, "value", r, horizon)
         df.insert(1, "step", np.arange(1, horizon + 1))
         df["ensemble"] = r["ensemble"]
