@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sciar.errors import CheckpointError, SciarError
+from sciar.errors import CheckpointError, DataError, SciarError
 from sciar.model import ModelConfig
 from domains.timeseries.data import Part, calendar, read_csv, standard_splits
 from domains.timeseries.model import HeadConfig, SegmentForecaster, build_model
@@ -329,3 +329,16 @@ def test_last_value_anchor_centres_windows_on_the_lookback_end():
     with pytest.raises(SciarError, match="anchor"):
         HeadConfig(anchor="median")
     assert HeadConfig.from_dict({"segment": 96}).anchor == "mean"  # checkpoints written before the field
+
+
+def test_forecast_adds_the_linear_maps_only_with_enough_history():
+    from domains.timeseries.forecast import ensemble_rows, forecast_channel
+
+    m = tiny(time=False).eval()
+    need = ensemble_rows(72, 30)
+    s = _etth1_slice(need)
+    assert forecast_channel(m, s, "OT", 30, 72)["ensemble"] is True
+    short = _etth1_slice(need - 1)
+    assert forecast_channel(m, short, "OT", 30, 72)["ensemble"] is False
+    with pytest.raises(DataError, match="--no-ensemble"):
+        forecast_channel(m, short, "OT", 30, 72, ensemble=True)

@@ -162,14 +162,15 @@ def forecast(
     seed: int = typer.Option(0, help="Seed of sampled paths."),
     ensemble: Optional[bool] = typer.Option(None, "--ensemble/--no-ensemble", help="Average the model with DLinear- and "
                                             "NLinear-style linear maps fitted on the series' own history (default: "
-                                            "whenever it holds the lookback plus the horizon)."),
+                                            "whenever it holds 2 x lookback + horizon rows)."),
 ):
     """Forecast a series: writes timestamps and values to OUT and a PNG of history and forecast."""
     from sciar.errors import DataError
     from sciar.io import write_table_atomic
 
     from .data import read_series
-    from .forecast import check_horizon, forecast_channel, forecast_frame, plot_forecast, resolve_lookback
+    from .forecast import (check_horizon, ensemble_rows, forecast_channel, forecast_frame, plot_forecast,
+                           resolve_lookback)
     from .pipeline import load_forecaster
 
     check_horizon(horizon)
@@ -214,7 +215,7 @@ def forecast(
     plot_forecast(series, cols[0], results[cols[0]], horizon, png)
     how = "the model averaged with two linear maps" if results[cols[0]]["ensemble"] else "the model alone"
     if ensemble is None and not results[cols[0]]["ensemble"]:
-        how += f" (history under lookback + horizon = {lb + horizon} rows: too short for the linear maps)"
+        how += f"; the history is under {ensemble_rows(lb, horizon)} rows, too short for the linear maps"
     typer.echo(f"forecast of {', '.join(cols)} ({horizon} steps, lookback {lb}, {how}) from {ck.path}: {out}, {png}")
 
 

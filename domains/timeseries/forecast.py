@@ -39,6 +39,11 @@ def _marks(series: Series, start: int, n_ctx_seg: int, n_future_seg: int, S: int
     return segment_marks(cal, S)[: n_ctx_seg + n_future_seg]
 
 
+def ensemble_rows(lookback: int, horizon: int) -> int:
+    """History the linear maps need: at least as many training windows as a map has inputs (lookback + 1)."""
+    return 2 * lookback + horizon
+
+
 def forecast_channel(
     model: SegmentForecaster, series: Series, column: str, horizon: int, lookback: int | None = None,
     samples: int = 0, quantiles: list[float] | None = None, prompt: np.ndarray | None = None, seed: int = 0,
@@ -49,8 +54,8 @@ def forecast_channel(
     ``scaler``: the (mean, deviation) the model was trained with for this channel (a dataset checkpoint's
     training split; the statistics embedding reads the level in those units); default: the series' own.
     ``ensemble``: average the model with DLinear- and NLinear-style maps fitted by least squares on this
-    channel's own history (:func:`linear_ensemble`; needs the lookback plus the horizon of history). ``None``
-    (the default): wherever the history is long enough; ``out["ensemble"]`` says whether it was used."""
+    channel's own history (:func:`linear_ensemble`; needs :func:`ensemble_rows` of history). ``None`` (the
+    default): wherever the history is long enough; ``out["ensemble"]`` says whether it was used."""
     check_horizon(horizon)
     S = model.head.segment
     lb = resolve_lookback(model, lookback)
@@ -72,13 +77,14 @@ def forecast_channel(
         pr = torch.from_numpy(p)[None]
     mean = model.forecast(ctx, marks, horizon, prompt=pr)[0].numpy()
     shift = 0.0
+    need = ensemble_rows(lb, horizon)
     if ensemble is None:
-        ensemble = len(xs) >= lb + horizon
+        ensemble = len(xs) >= need
     if ensemble:
-        if len(xs) < lb + horizon:
+        if len(xs) < need:
             raise DataError(f"{series.name}: --ensemble fits linear maps on the series' history, which needs at least "
-                            f"the lookback plus the horizon ({lb} + {horizon} rows; it has {len(xs)}); pass --no-ensemble "
-                            f"for the model alone")
+                            f"{need} rows (as many windows as a map has inputs: 2 x lookback {lb} + horizon {horizon}; "
+                            f"it has {len(xs)}); pass --no-ensemble for the model alone")
         ens = linear_ensemble(lambda c, _s: mean[None], xs[:, None], lb, horizon)(ctx.numpy(), None)[0]
         shift, mean = ens - mean, ens
     out = {"mean": sc.inverse(mean[:, None])[:, 0], "samples": None, "quantiles": {}, "ensemble": ensemble}

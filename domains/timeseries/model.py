@@ -168,7 +168,8 @@ class SegmentForecaster(nn.Module):
         return out
 
     def normalise(self, x: torch.Tensor, n: int):
-        """Per-window statistics of the first ``n`` steps (the lookback)."""
+        """Each window centred (on its lookback's mean, or last value) and scaled by the deviation of its first
+        ``n`` steps (the lookback); returns the normalised windows, the centres and the deviations."""
         ctx = x[:, :n]
         mean = ctx[:, -1:] if self.head.anchor == "last" else ctx.mean(dim=1, keepdim=True)
         std = torch.sqrt(ctx.var(dim=1, keepdim=True, unbiased=False) + self.head.eps).clamp_min(self.head.std_floor)
