@@ -170,6 +170,7 @@ def test_batch_long_and_wide_with_a_bad_series(checkpoint, hourly_csv, tmp_path)
     ok = res[res["status"] == "ok"]
     assert sorted(ok["series"].unique()) == ["LULL", "OT"] and len(ok) == 48
     assert ok["ensemble"].astype(bool).all()  # 500 rows hold 2 x 192 + 24: model + linear maps
+    assert {"series", "timestamp", "step", "forecast"} <= set(res.columns) and np.isfinite(ok["forecast"]).all()
     bad = res[res["series"] == "HUFL"]
     assert len(bad) == 1 and bad["status"].iloc[0] == "error" and "missing" in bad["error"].iloc[0]
     wide = tmp_path / "wide.csv"

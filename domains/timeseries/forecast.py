@@ -209,7 +209,7 @@ def batch_forecast(model: SegmentForecaster, groups: dict[str, pd.DataFrame], ho
         df = forecast_frame(s, "value", r, horizon)
         df.insert(1, "step", np.arange(1, horizon + 1))
         df["ensemble"] = r["ensemble"]
-        df = df.rename(columns={"value": "forecast", **{c: c.replace("value_", "forecast_") for c in df.columns}})
+        df = df.rename(columns={c: "forecast" + c[len("value"):] for c in df.columns if c.startswith("value")})
         df["timestamp"] = df["timestamp"].astype(str)
         return df.to_dict("records")
 
