@@ -39,7 +39,7 @@ def main(argv=None):
     import torch
 
     from domains.timeseries.data import calendar, read_series
-    from domains.timeseries.evaluate import LinearMap, Memo, evaluate_many
+    from domains.timeseries.evaluate import Memo, evaluate_many, linear_maps
     from domains.timeseries.pipeline import extended_calendar, load_forecaster, model_forecaster, prepare
 
     torch.set_num_threads(args.threads)
@@ -59,7 +59,7 @@ def main(argv=None):
         fit_end = min(lo, 12 * month)  # the test months: maps fitted on the training split, as in the benchmark
         part = v[lo - LOOKBACK : hi]
         zs = model_forecaster(model, cal[lo - LOOKBACK :], LOOKBACK, H)
-        dl, nl = (LinearMap(k).fit(v[:fit_end], LOOKBACK, H) for k in ("dlinear", "nlinear"))
+        dl, nl = linear_maps(v[:fit_end], LOOKBACK, H)
         z = Memo(lambda c, st: zs(c, st)[:, :H])  # one backbone pass per chunk serves every candidate
 
         fns = {"dlinear": lambda c, st: dl(c), "nlinear": lambda c, st: nl(c), "zero_shot": z,

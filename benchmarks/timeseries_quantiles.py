@@ -55,7 +55,7 @@ def main(argv=None):
     import torch
 
     from domains.timeseries.data import Series, StandardScaler, read_series, standard_splits
-    from domains.timeseries.evaluate import linear_ensemble
+    from domains.timeseries.evaluate import linear_ensemble, linear_maps
     from domains.timeseries.forecast import forecast_channel
     from domains.timeseries.pipeline import load_forecaster
 
@@ -75,9 +75,11 @@ def main(argv=None):
         sc = StandardScaler.fit(x[:, None])
         xs = sc.transform(x[:, None])[:, 0].astype(np.float32)
 
+        maps = linear_maps(xs[:, None], lb, H) if out["ensemble"] else None
+
         def mean_fn(ctx, marks):  # the same forecaster as `out["mean"]`: the model, with the maps where it used them
             m = model.forecast(ctx, marks, H).numpy()
-            return linear_ensemble(lambda *_: m, xs[:, None], lb, H)(ctx.numpy(), None) if out["ensemble"] else m
+            return linear_ensemble(lambda *_: m, maps)(ctx.numpy(), None) if out["ensemble"] else m
 
         E = residual_errors(model, hist, xs, lb, H, mean_fn)
         mean_s = sc.transform(out["mean"][:, None])[:, 0]

@@ -10,7 +10,7 @@ import torch
 from sciar.errors import DataError, SciarError
 from domains.timeseries.data import (CALENDAR_SIZES, SegmentWindows, Part, calendar, read_csv, read_series, read_tsf,
                                      segment_marks, standard_splits, StandardScaler, future_timestamps)
-from domains.timeseries.evaluate import LinearMap, evaluate, linear_ensemble, seasonal_naive, seasonal_period
+from domains.timeseries.evaluate import LinearMap, evaluate, linear_ensemble, linear_maps, seasonal_naive, seasonal_period
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "timeseries"
 ETTH1 = SHARED / "ETTh1.csv"
@@ -159,7 +159,7 @@ def test_baselines_match_the_published_protocol_on_etth1():
     pc = np.mean([r2["per_channel"][c]["96"]["mse"] for c in range(7)])
     assert pc == pytest.approx(r2["96"]["mse"], rel=1e-6)
     # the ensemble is the mean of the model (here seasonal naive) and the two maps, so no worse than their mean MSE
-    ens = linear_ensemble(sn, v[: sp.train[1]], 672, 96)
+    ens = linear_ensemble(sn, linear_maps(v[: sp.train[1]], 672, 96))
     ctx = test[:672].T.astype(np.float32)
     dl = LinearMap("dlinear").fit(v[: sp.train[1]], 672, 96)
     np.testing.assert_allclose(ens(ctx, None), (sn(ctx, None) + dl(ctx) + lm(ctx)) / 3, rtol=1e-5, atol=1e-6)

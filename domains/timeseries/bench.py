@@ -17,8 +17,8 @@ from sciar.errors import SciarError
 from sciar.io import write_json_atomic
 
 from .data import read_series
-from .evaluate import (LinearMap, Memo, ets_forecaster, evaluate, evaluate_many, linear_ensemble, seasonal_naive,
-                       seasonal_period)
+from .evaluate import (LinearMap, Memo, ets_forecaster, evaluate, evaluate_many, linear_ensemble, linear_maps,
+                       seasonal_naive, seasonal_period)
 from .pipeline import (evaluate_model, load_forecaster, model_forecaster, prepare, split_forecaster, split_values,
                        train_on_series)
 
@@ -92,7 +92,8 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
     model.to(dev)
     # ours, and ours averaged with the DLinear- and NLinear-style maps (one pass of the model serves both)
     ours = Memo(split_forecaster(model, prep, lookback, H, dev, score_split))
-    both = evaluate_many({"sciar": ours, "ens": linear_ensemble(ours, prep.train.values, lookback, H)}, scored,
+    maps = linear_maps(prep.train.values, lookback, H)  # fitted once, for ours and the zero-shot backbone
+    both = evaluate_many({"sciar": ours, "ens": linear_ensemble(ours, maps)}, scored,
                          lookback, horizons, max_windows=max_windows)
     record("sciar", both["sciar"], **train_info)
     record("sciar+linear", both["ens"], note=ENSEMBLE_NOTE)
@@ -111,7 +112,7 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
         zs, zck = load_forecaster(zero_shot)
         zs.to(dev)
         zfn = Memo(split_forecaster(zs, prep, lookback, H, dev, score_split))
-        both = evaluate_many({"zs": zfn, "ens": linear_ensemble(zfn, prep.train.values, lookback, H)}, scored,
+        both = evaluate_many({"zs": zfn, "ens": linear_ensemble(zfn, maps)}, scored,
                              lookback, horizons, max_windows=max_windows)
         record("zero_shot", both["zs"], checkpoint=str(zck.path), note="pretrained backbone, never trained on this dataset")
         record("zero_shot+linear", both["ens"], checkpoint=str(zck.path), note=ENSEMBLE_NOTE)

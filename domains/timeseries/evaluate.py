@@ -176,14 +176,19 @@ class LinearMap:
         return out + last
 
 
-def linear_ensemble(model: Forecaster, train: np.ndarray, lookback: int, horizon: int) -> Forecaster:
-    """The mean of ``model`` and the DLinear- and NLinear-style maps fitted on ``train`` for ``horizon``.
+def linear_maps(train: np.ndarray, lookback: int, horizon: int) -> list[LinearMap]:
+    """The DLinear- and NLinear-style maps fitted on ``train`` for ``horizon`` (the combination's members)."""
+    return [LinearMap(kind).fit(train, lookback, horizon) for kind in ("dlinear", "nlinear")]
+
+
+def linear_ensemble(model: Forecaster, maps: list[LinearMap]) -> Forecaster:
+    """The mean of ``model`` and the :func:`linear_maps`, over the maps' horizon.
 
     Equal weights, chosen once and not per dataset: over three ETTh1 periods (months 5-8, 9-12 and the
     validation months 13-16, each with the maps fitted on the months before it) this mean of the zero-shot
     backbone and the two maps had the lowest MSE relative to the best candidate, ahead of either map, the
     backbone, and each pair (README, "Forecast combination")."""
-    maps = [LinearMap(kind).fit(train, lookback, horizon) for kind in ("dlinear", "nlinear")]
+    horizon = maps[0].horizon
 
     def fn(ctx, starts):
         return (np.asarray(model(ctx, starts))[:, :horizon] + maps[0](ctx) + maps[1](ctx)) / 3.0

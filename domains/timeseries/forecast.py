@@ -12,7 +12,7 @@ import torch
 from sciar.errors import DataError, SciarError
 
 from .data import Series, StandardScaler, calendar, future_timestamps, segment_marks
-from .evaluate import linear_ensemble
+from .evaluate import linear_ensemble, linear_maps
 from .model import SegmentForecaster
 
 
@@ -85,7 +85,7 @@ def forecast_channel(
             raise DataError(f"{series.name}: --ensemble fits linear maps on the series' history, which needs at least "
                             f"{need} rows (as many windows as a map has inputs: 2 x lookback {lb} + horizon {horizon}; "
                             f"it has {len(xs)}); pass --no-ensemble for the model alone")
-        ens = linear_ensemble(lambda c, _s: mean[None], xs[:, None], lb, horizon)(ctx.numpy(), None)[0]
+        ens = linear_ensemble(lambda c, _s: mean[None], linear_maps(xs[:, None], lb, horizon))(ctx.numpy(), None)[0]
         shift, mean = ens - mean, ens
     out = {"mean": sc.inverse(mean[:, None])[:, 0], "samples": None, "quantiles": {}, "ensemble": ensemble}
     if samples or quantiles:

@@ -9,13 +9,13 @@ import numpy as np
 import torch
 
 from sciar.checkpoint import load_weights, read_checkpoint
-from sciar.errors import CheckpointError, SciarError
+from sciar.errors import SciarError
 from sciar.io import fingerprint
 from sciar.model import ModelConfig
 from sciar.paths import find_checkpoint
 from sciar.train import TrainConfig, train
 
-from .data import (Part, SegmentWindows, Series, StandardScaler, calendar, future_timestamps, segment_marks,
+from .data import (Part, SegmentWindows, Series, StandardScaler, calendar, future_timestamps,
                    standard_splits)
 from .model import HeadConfig, SegmentForecaster, build_model, count_params
 
