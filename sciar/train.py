@@ -236,7 +236,8 @@ def train(
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss_sum = 0.0
+        # the loss stays on the device until the step's work is queued: reading it mid-step would stall a GPU
+        loss_acc = torch.zeros((), device=device)
         for m in range(local_accum):
             micro = m * dinfo.world + dinfo.rank
             batch = _to(source.get_batch("train", cfg.batch_size, _batch_generator(cfg.seed, step, micro)), device)
@@ -245,19 +246,20 @@ def train(
             ctx = net.no_sync() if (not sync and isinstance(net, DistributedDataParallel)) else nullcontext()
             with ctx, amp:
                 loss = net(**batch) / local_accum
-            if not torch.isfinite(loss):
-                raise DataError(f"loss became {float(loss)} at step {step}; lower the learning rate or check the data")
             loss.backward()
-            loss_sum += float(loss.detach())
+            loss_acc += loss.detach().float()
         if dinfo.world > 1:
             # DDP averaged the gradients; average the reported loss too
-            t = torch.tensor([loss_sum], device=device)
-            dist.all_reduce(t)
-            loss_sum = float(t) / dinfo.world
+            dist.all_reduce(loss_acc)
+            loss_acc /= dinfo.world
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        loss_sum = float(loss_acc)
+        if not math.isfinite(loss_sum):
+            # raised before anything of this step is saved: the last checkpoint holds the weights before it
+            raise DataError(f"loss became {loss_sum} at step {step}; lower the learning rate or check the data")
         step += 1
         elapsed = time.perf_counter() - t0
         rec = {"step": step, "lr": lr, "loss": loss_sum, "val_loss": None, "tokens_per_s": tokens / max(elapsed, 1e-9)}

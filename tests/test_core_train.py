@@ -3,11 +3,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from core_tasks import TOK, MaskedFiller, MaskedSource, ReverseTask, SegmentForecaster, SinusoidSource, sinusoid_batch
 from sciar.checkpoint import load_language_model, read_checkpoint
+from sciar.errors import DataError
 from sciar.model import LanguageModel, ModelConfig
 from sciar.sample import generate
 from sciar.train import TrainConfig, train
@@ -91,6 +93,23 @@ def test_resume_after_interrupt_gives_the_same_weights(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tmp_path):
+    tc = TrainConfig(max_steps=30, batch_size=8, lr=3e-3, warmup_steps=5, eval_batches=0, save_every=10,
+                     progress=False)
+    model, cfg = reverse_model()
+
+    def poison_at_12(step, rec):
+        if step == 12:  # the next step's loss is NaN
+            with torch.no_grad():
+                model.trunk.ln_f.weight.fill_(float("nan"))
+
+    with pytest.raises(DataError, match="loss became nan at step 12"):
+        train(model, ReverseTask(), tc, tmp_path, {"model": cfg.to_dict()}, TOK, {"domain": "test"}, callback=poison_at_12)
+    last = read_checkpoint(tmp_path / "last")
+    assert last.domain["step"] == 10
+    assert all(torch.isfinite(v).all() for v in load_file(str(tmp_path / "last" / "model.safetensors")).values())
 
 
 def test_ddp_two_gloo_processes_match_single_process(tmp_path):
