@@ -104,6 +104,8 @@ def main(argv=None):
     ap.add_argument("--splits", nargs="*", default=list(SPLITS))
     ap.add_argument("--strategies", nargs="*", default=["retrieval", "samples", "lm", "hybrid"])
     ap.add_argument("--draws", type=int, default=None, help="model samples per test structure (default 2n)")
+    ap.add_argument("--spread", type=float, default=0.0,
+                    help="spread the model's draws over its likeliest space groups (0: plain draws)")
     ap.add_argument("--limit", type=int, default=50)
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
@@ -126,7 +128,8 @@ def main(argv=None):
         d = Path(args.data) / split
         t = time.perf_counter()
         rs = run_benchmarks(d / f"{args.on}.csv.gz", d / "train.csv.gz", args.strategies, checkpoint=args.checkpoint,
-                            n=args.n, limit=args.limit, seed=args.seed, progress=False, draws=args.draws)
+                            n=args.n, limit=args.limit, seed=args.seed, progress=False, draws=args.draws,
+                            spread=args.spread)
         for r in rs:
             r["split"] = split
             results["runs"].append(r)

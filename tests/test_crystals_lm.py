@@ -79,6 +79,30 @@ def test_constrained_sampling_is_consistent_even_untrained():
     assert not any(is_multiplicity_consistent(s.text) for s in free)
 
 
+def test_spread_sampling_draws_the_likeliest_space_groups_and_weighs_them_back():
+    from domains.crystals.generate import apportion
+
+    assert apportion([0.5, 0.3, 0.2], 7) == [4, 2, 1] and sum(apportion([1e-9, 1.0], 3)) == 3
+    tok = cif_tokenizer()
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=tok.vocab_size, block_size=1024, n_layer=1, n_head=2, n_embd=32))
+    gen = CrystalGenerator.from_model(model, tok)
+    p = make_prompt("Ba1Ti1O3")
+    probs = gen.spacegroup_probs(p, top_k=10)
+    assert len(probs) == 10 and abs(sum(probs.values()) - 1) < 1e-5
+    assert "Fm-3m" not in probs  # no Wyckoff position of Fm-3m holds one Ba: the grammar's rule
+    flat = gen.sample_spread(p, 6, spread=1e6, seed=1)  # near-uniform: six groups, one draw each
+    groups = [re.search(r"_symmetry_space_group_name_H-M (\S+)", s.text).group(1) for s in flat]
+    assert len(set(groups)) == 6 and set(groups) <= set(probs)
+    for s, g in zip(flat, groups):
+        assert s.complete and is_formula_consistent(s.text) and s.prompt == p.text
+        assert s.weight == pytest.approx(probs[g] * 6)  # P(g) n / draws(g): back to the model's own odds
+    plain = gen.sample_spread(p, 6, spread=0, seed=1)  # 0: plain draws
+    assert all(s.weight == 1.0 for s in plain)
+    with pytest.raises(SciarError):
+        gen.sample_spread(make_prompt("Ba200Ti200O600"), 4, seed=1)  # too large for the context
+
+
 def test_site_clash_keeps_a_new_site_a_bond_length_away_from_the_placed_ones():
     from domains.crystals.generate import SiteClash
     from domains.crystals.validity import expected_bond
@@ -160,6 +184,13 @@ def test_benchmark_json(tmp_path, perov, tiny_ck):
     assert (lm["strategy"], samples["strategy"], lm["draws"], samples["draws"]) == ("lm", "samples", 5, 5)
     assert main(["crystal", "benchmark", "--test", str(test), "--train", str(train), "--strategy", "lm",
                  "--checkpoint", str(tiny_ck), "-n", "4", "--draws", "2"]) == 2  # fewer draws than candidates
+    assert main(["crystal", "benchmark", "--test", str(test), "--train", str(train), "--strategy", "lm,samples",
+                 "--checkpoint", str(tiny_ck), "-n", "2", "--spread", "2"]) == 2  # samples are plain draws
+    rc = main(["crystal", "benchmark", "--test", str(test), "--train", str(train), "--strategy", "lm,hybrid",
+               "--checkpoint", str(tiny_ck), "-n", "2", "--draws", "4", "--spread", "2", "--json", str(out)])
+    assert rc == 0
+    lm, hybrid = json.loads(out.read_text())
+    assert lm["spread"] == hybrid["spread"] == 2 and lm["count"] == hybrid["count"] == 3
 
 
 def test_ranked_samples_puts_the_most_often_drawn_structure_first():
@@ -176,6 +207,11 @@ def test_ranked_samples_puts_the_most_often_drawn_structure_first():
     assert [c.extra["drawn"] for c in ranked] == [3, 2]  # the filtered-out sample does not count
     assert ranked[0].structure is rock and ranked[1].structure is cscl
     assert len(ranked_samples(cands, 1, matcher())) == 1
+    # spread draws carry weights: the structure with more of the model's probability comes first
+    for c, w in zip(cands, [3.0, 0.5, 0.5, 0.5, 3.0, 0.5]):
+        c.extra["weight"] = w
+    ranked = ranked_samples(cands, 5, matcher())
+    assert ranked[0].structure is cscl and [c.extra["weight"] for c in ranked] == [6.0, 1.5]
     from domains.crystals.sampling import structure_groups
 
     assert structure_groups([cscl, rock, None, rock.copy()]) == [(2, 1), (1, 2), (None, 0), (1, 2)]

@@ -98,14 +98,17 @@ def lm_scores(gen, texts: list[str]) -> list[float]:
     return out
 
 
-def lm_candidates(gen, compositions: list, n: int, seed: int, temperature: float, top_k: int) -> list[list[Cand]]:
+def lm_candidates(gen, compositions: list, n: int, seed: int, temperature: float, top_k: int,
+                  spread: float = 0.0) -> list[list[Cand]]:
+    """``n`` model samples per composition as candidates; ``spread`` > 0 spreads them over the
+    model's likeliest space groups (:meth:`CrystalGenerator.sample_spread`)."""
     from domains.crystals.generate import make_prompt
 
     res = []
     for i, comp in enumerate(compositions):
         try:
             p = make_prompt(comp)
-            samples = gen.sample([p], n, temperature=temperature, top_k=top_k, seed=seed + i)
+            samples = gen.sample_spread(p, n, spread, temperature=temperature, top_k=top_k, seed=seed + i)
         except SciarError:
             res.append([])
             continue
@@ -121,19 +124,21 @@ def sample_cands(samples) -> list[Cand]:
             st = structure_from_cif(s.text)
         except DataError:
             st = None
-        cands.append(Cand(st, s.text, s.logprob / max(1, s.n_tokens), "lm"))
+        cands.append(Cand(st, s.text, s.logprob / max(1, s.n_tokens), "lm", extra={"weight": s.weight}))
     return cands
 
 
 def ranked_samples(cands: list[Cand], n: int, sm) -> list[Cand]:
     """The model's samples that pass the filter, clustered by the matcher; up to ``n`` representatives
-    (each cluster's first sample), the most often drawn structure first (ties: drawn first)."""
-    from domains.crystals.retrieval import clusters_by_size
+    (each cluster's first sample), the structure the model draws most often first (summed sample
+    weights, which are draw counts unless the draws were spread; ties: drawn first)."""
+    from domains.crystals.retrieval import cluster
 
     ok = [c for c in cands if c.csp_ok]
-    clusters = clusters_by_size([c.structure for c in ok], sm)
+    mass = lambda cl: sum(ok[j].extra.get("weight", 1.0) for j in cl)  # noqa: E731
+    clusters = sorted(cluster([c.structure for c in ok], sm), key=lambda cl: (-round(mass(cl), 9), cl[0]))
     return [Cand(ok[cl[0]].structure, ok[cl[0]].text, ok[cl[0]].score, "lm", csp_ok=True,
-                 extra={"drawn": len(cl)}) for cl in clusters[:n]]
+                 extra={"drawn": len(cl), "weight": mass(cl)}) for cl in clusters[:n]]
 
 
 def retrieval_candidates(index, comp, n: int, sm) -> list[Cand]:
@@ -158,7 +163,7 @@ def run_benchmark(test, train, strategy: str = "lm", **kw) -> dict:
 def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = None, preset: str = "tiny",
                    n: int = 20, limit: int | None = None, seed: int = 0, temperature: float = 1.0, top_k: int = 10,
                    steps: int | None = None, bonds: bool = False, progress: bool = True, json_path=None,
-                   draws: int | None = None) -> list[dict]:
+                   draws: int | None = None, spread: float = 0.0) -> list[dict]:
     """Run several strategies on the same test subset, sharing the model's samples and the index.
 
     ``draws``: samples per test structure (default ``DRAWS_PER_CANDIDATE * n``), shared by
@@ -183,6 +188,8 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
     draws = DRAWS_PER_CANDIDATE * n if draws is None else draws
     if draws < n:
         raise SciarError(f"draws ({draws}) must be at least n ({n})")
+    if spread and "samples" in strategies:
+        raise SciarError("the samples strategy is the model's plain draws as drawn: run it without spread")
     t_start = time.perf_counter()
     df = load_test(test, limit, seed)
     sm = matcher()
@@ -222,7 +229,7 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
         lm = []
         if gen is not None:
             t0 = time.perf_counter()
-            lm = lm_candidates(gen, [comp], draws, seed + 1000 * i, temperature, top_k)[0]
+            lm = lm_candidates(gen, [comp], draws, seed + 1000 * i, temperature, top_k, spread)[0]
             gen_time += time.perf_counter() - t0
             n_generated += draws
             for c in lm:
@@ -274,6 +281,7 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
         out = {
             "strategy": st, "test": str(test), "train": str(train) if train is not None else None, "n": n,
             "count": int(len(res)), "seed": seed, "limit": limit, "draws": draws if st != "retrieval" else None,
+            "spread": spread if st != "retrieval" else None,
             "match_rate": {"1": float(res["match1"].mean()), str(n): float(res["matchn"].mean())},
             "rmse": {"1": _mean(res.get("rms1")), str(n): _mean(res.get("rmsn"))},
             "valid_rate": float(np.mean(valid_flags[st])) if valid_flags[st] else 0.0,
@@ -314,8 +322,8 @@ def hybrid_candidates(index, lm_cands: list[Cand], comp, n: int, sm, pool: int =
     """Consensus of the two predictors: cluster the retrieval pool and the model's samples with the matcher.
 
     Each of the ``pool`` most similar templates votes with its similarity weight ``exp(-d / tau)``
-    (normalised to sum 1), each model sample passing the filter with ``lm_weight / samples``;
-    clusters are ranked by their summed votes (then by the model's best likelihood per token),
+    (normalised to sum 1), each model sample passing the filter with ``lm_weight`` times its share
+    of the samples' weight (1 each for plain draws); clusters are ranked by their summed votes (then by the model's best likelihood per token),
     so a structure both predictors propose ranks first. Represented by their first member
     (the most similar template, else the model's sample). ``clusters``: the result of
     :func:`hybrid_clusters` for these inputs, to rank them again with another weight.
@@ -359,7 +367,8 @@ def hybrid_clusters(index, lm_cands: list[Cand], comp, n: int, sm, pool: int = 4
     items = [(Cand(c.structure, None, -c.score, "retrieval", csp_ok=csp_filter(c.structure),
                    extra={"template": c.template}), w / total, 0.0) for c, w in zip(head, wr)]
     ok = [c for c in lm_cands if c.csp_ok]
-    items += [(c, 0.0, 1.0 / len(ok)) for c in ok]
+    mass = sum(c.extra.get("weight", 1.0) for c in ok)  # the sample weights of spread draws
+    items += [(c, 0.0, c.extra.get("weight", 1.0) / mass) for c in ok]
     items = [it for it in items if it[0].structure is not None]
     clusters = []
     for members in cluster([c.structure for c, _, _ in items], sm):

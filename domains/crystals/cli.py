@@ -163,6 +163,9 @@ def benchmark(
     n: int = typer.Option(20, "--n", "-n", help="Candidates per test structure (match rate at 1 and at n)."),
     draws: Optional[int] = typer.Option(None, min=1, help="Model samples per test structure (default 2n): lm ranks them, "
                                                           "samples keeps the first n, hybrid counts them all as votes."),
+    spread: float = typer.Option(0.0, min=0.0, help="Spread the draws over the model's top-k space groups: group g gets "
+                                                     "draws in proportion to P(g)^(1/spread), weighted back to the model's "
+                                                     "odds when ranked (0: plain draws; not with samples)."),
     limit: Optional[int] = typer.Option(None, help="Evaluate this many test structures (a seeded random subset)."),
     seed: int = typer.Option(0, help="Random seed (subset and sampling)."),
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
@@ -175,7 +178,7 @@ def benchmark(
 
     rs = run_benchmarks(test, train, [s.strip() for s in strategy.split(",") if s.strip()], checkpoint=checkpoint,
                         preset=preset, n=n, limit=limit, seed=seed, temperature=temperature, top_k=top_k,
-                        steps=steps, bonds=bonds, json_path=json_path, draws=draws)
+                        steps=steps, bonds=bonds, json_path=json_path, draws=draws, spread=spread)
     for r in rs:
         typer.echo(format_result(r))
     if json_path is None:

@@ -431,6 +431,7 @@ class Sample:
     source: str = "lm"  # lm, or the retrieved template (retrieval and hybrid strategies)
     cell_scale: float = 1.0  # factor the cell lengths were scaled by to plausible bond lengths (fit)
     nudged: bool = False  # atoms moved under the symmetry to plausible bond lengths (fit)
+    weight: float = 1.0  # the model's probability this sample stands for, relative to a plain draw (spread)
 
 
 class CrystalGenerator:
@@ -490,24 +491,72 @@ class CrystalGenerator:
         symmetry, so that every bond length is plausible (:func:`domains.crystals.bondfit.fit_bonds`);
         ``cell_scale`` and ``nudged`` record what it did.
         """
-        from sciar.sample import generate
-
         for p in prompts:
             self.check_fits(p)
-        nl = self.vocab.nl
-        max_new = max_new_tokens or self.block
         out = []
-        # one generate call per prompt: the grammar's rows then line up with the batch rows
         for j, p in enumerate(prompts):
-            ids = self.tok.encode(p.text)
-            proc = GrammarProcessor(self.vocab, [p] * n, [len(ids)] * n) if constrained else None
-            gens = generate(self.model, [ids] * n, max_new_tokens=max_new, temperature=temperature, top_k=top_k,
-                            stop=[[nl, nl]], logits_processor=proc, seed=None if seed is None else seed + j,
-                            use_cache=use_cache)
-            for g in gens:
-                text = (p.text + self.tok.decode(g.tokens)).rstrip("\n") + "\n"
-                text, moved, scale, nudged = finish_cif(text, snap, fit) if g.stopped else (text, 0, 1.0, False)
-                out.append(Sample(p.text, text, g.logprob, len(g.tokens), g.stopped, moved, cell_scale=scale, nudged=nudged))
+            out.extend(self._sample_rows([p] * n, None if seed is None else seed + j, temperature, top_k, constrained,
+                                         max_new_tokens, use_cache, snap, fit))
+        return out
+
+    def _sample_rows(self, rows: list[Prompt], seed, temperature, top_k, constrained, max_new_tokens, use_cache,
+                     snap, fit) -> list[Sample]:
+        """One sample per row, decoded as one batch: the rows' prompts must encode to the same length,
+        so that ``generate`` keeps them in one group and the grammar's rows line up with the batch's."""
+        from sciar.sample import generate
+
+        ids = [self.tok.encode(p.text) for p in rows]
+        assert len({len(i) for i in ids}) == 1, "rows decoded together need prompts of one length"
+        nl = self.vocab.nl
+        proc = GrammarProcessor(self.vocab, rows, [len(i) for i in ids]) if constrained else None
+        gens = generate(self.model, ids, max_new_tokens=max_new_tokens or self.block, temperature=temperature,
+                        top_k=top_k, stop=[[nl, nl]], logits_processor=proc, seed=seed, use_cache=use_cache)
+        out = []
+        for p, g in zip(rows, gens):
+            text = (p.text + self.tok.decode(g.tokens)).rstrip("\n") + "\n"
+            text, moved, scale, nudged = finish_cif(text, snap, fit) if g.stopped else (text, 0, 1.0, False)
+            out.append(Sample(p.text, text, g.logprob, len(g.tokens), g.stopped, moved, cell_scale=scale, nudged=nudged))
+        return out
+
+    def spacegroup_probs(self, p: Prompt, top_k: int | None = 10) -> dict[str, float]:
+        """The model's distribution over the space-group token of prompt ``p`` (a prompt without a
+        space group): the groups that can hold its atom counts, the ``top_k`` likeliest, renormalised."""
+        import torch.nn.functional as F
+
+        from domains.crystals.tokenizer import spacegroup_symbols
+
+        counts = [int(round(c)) for c in p.composition.values()]
+        fits = [s for n, s in enumerate(spacegroup_symbols(), 1) if spacegroup_fits(n, counts)]
+        ids = self.tok.encode(p.text + atom_props_block(p.composition) + f"\n{SG_KEY} ")
+        with torch.no_grad():
+            logits = self.model(torch.tensor([ids]))[0, -1].float()
+        lp = F.log_softmax(logits[[self.vocab.sg[s] for s in fits]], -1)
+        order = torch.argsort(lp, descending=True)[: top_k or len(fits)]
+        w = lp[order].softmax(-1)
+        return {fits[int(i)]: float(x) for i, x in zip(order, w)}
+
+    def sample_spread(self, p: Prompt, n: int, spread: float = 2.0, seed: int | None = None, top_k: int | None = 10,
+                      temperature: float = 1.0, constrained: bool = True, max_new_tokens: int | None = None,
+                      use_cache: bool = True, snap: bool = True, fit: bool = True) -> list[Sample]:
+        """``n`` samples of ``p`` spread over the model's likeliest space groups: group g gets draws in
+        proportion to ``P(g) ** (1 / spread)`` (1: as the model draws them; larger: flatter, so the
+        less likely groups are drawn too) and is then sampled on its own; each sample's ``weight`` is
+        ``P(g) * n / draws(g)``, so summed weights still estimate how often the model itself would
+        draw a structure. The draws are stratified: the same seed gives the same allocation."""
+        import numpy as np
+
+        kw = dict(temperature=temperature, top_k=top_k, constrained=constrained, max_new_tokens=max_new_tokens,
+                  use_cache=use_cache, snap=snap, fit=fit)
+        if p.spacegroup is not None or spread <= 0:
+            return self.sample([p], n, seed=seed, **kw)
+        self.check_fits(p)
+        probs = self.spacegroup_probs(p, top_k)
+        per = dict(zip(probs, apportion(np.array(list(probs.values())) ** (1.0 / spread), n)))
+        # every space group is one token, so the prompts share a length and decode as one batch
+        rows = [make_prompt(p.composition, sg) for sg, k in per.items() for _ in range(k)]
+        out = self._sample_rows(rows, seed, **kw)
+        for s, q in zip(out, rows):
+            s.prompt, s.weight = p.text, probs[q.spacegroup] * n / per[q.spacegroup]
         return out
 
     def header_logprobs(self, prompts: list[Prompt]) -> list[float]:
@@ -531,12 +580,7 @@ class CrystalGenerator:
         if len(prompts) == 1:
             return [n]
         lp = np.array(self.header_logprobs(prompts))
-        w = np.exp(lp - lp.max())
-        w /= w.sum()
-        base = np.floor(w * n).astype(int)
-        for i in np.argsort(-(w * n - base))[: n - base.sum()]:
-            base[i] += 1
-        return base.tolist()
+        return apportion(np.exp(lp - lp.max()), n)
 
     def sample_composition(self, composition: str, n: int = 20, spacegroup: str | None = None, z: int | None = None,
                            **kw) -> list[Sample]:
@@ -549,6 +593,18 @@ class CrystalGenerator:
             if k:
                 out.extend(self.sample([p], k, **kw))
         return out
+
+
+def apportion(weights, n: int) -> list[int]:
+    """Split n draws in proportion to ``weights`` (largest remainders; the counts sum to n)."""
+    import numpy as np
+
+    w = np.asarray(weights, dtype=float)
+    w = w / w.sum()
+    base = np.floor(w * n).astype(int)
+    for i in np.argsort(-(w * n - base), kind="stable")[: n - base.sum()]:
+        base[i] += 1
+    return base.tolist()
 
 
 # ---------------------------------------------------------------- symmetry snapping
