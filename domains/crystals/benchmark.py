@@ -132,13 +132,13 @@ def ranked_samples(cands: list[Cand], n: int, sm) -> list[Cand]:
     """The model's samples that pass the filter, clustered by the matcher; up to ``n`` representatives
     (each cluster's first sample), the structure the model draws most often first (summed sample
     weights, which are draw counts unless the draws were spread; ties: drawn first)."""
-    from domains.crystals.retrieval import cluster
+    from domains.crystals.retrieval import clusters_by_size
 
     ok = [c for c in cands if c.csp_ok]
-    mass = lambda cl: sum(ok[j].extra.get("weight", 1.0) for j in cl)  # noqa: E731
-    clusters = sorted(cluster([c.structure for c in ok], sm), key=lambda cl: (-round(mass(cl), 9), cl[0]))
+    w = [c.extra.get("weight", 1.0) for c in ok]
+    clusters = clusters_by_size([c.structure for c in ok], sm, w)
     return [Cand(ok[cl[0]].structure, ok[cl[0]].text, ok[cl[0]].score, "lm", csp_ok=True,
-                 extra={"drawn": len(cl), "weight": mass(cl)}) for cl in clusters[:n]]
+                 extra={"drawn": len(cl), "weight": sum(w[j] for j in cl)}) for cl in clusters[:n]]
 
 
 def retrieval_candidates(index, comp, n: int, sm) -> list[Cand]:
@@ -323,8 +323,8 @@ def hybrid_candidates(index, lm_cands: list[Cand], comp, n: int, sm, pool: int =
 
     Each of the ``pool`` most similar templates votes with its similarity weight ``exp(-d / tau)``
     (normalised to sum 1), each model sample passing the filter with ``lm_weight`` times its share
-    of the samples' weight (1 each for plain draws); clusters are ranked by their summed votes (then by the model's best likelihood per token),
-    so a structure both predictors propose ranks first. Represented by their first member
+    of the samples' weight (1 each for plain draws); clusters are ranked by their summed votes
+    (then by the model's best likelihood per token), so a structure both predictors propose ranks first. Represented by their first member
     (the most similar template, else the model's sample). ``clusters``: the result of
     :func:`hybrid_clusters` for these inputs, to rank them again with another weight.
     """

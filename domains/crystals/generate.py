@@ -65,6 +65,13 @@ def spacegroup_fits(number: int, counts) -> bool:
     return bool(mults) and all(representable(int(c), mults) for c in counts)
 
 
+def fitting_spacegroups(counts) -> list[str]:
+    """The space-group symbols whose Wyckoff multiplicities can hold these atom counts (in number order)."""
+    from domains.crystals.tokenizer import spacegroup_symbols
+
+    return [s for n, s in enumerate(spacegroup_symbols(), 1) if spacegroup_fits(n, counts)]
+
+
 def crystal_system(number: int) -> str:
     for hi, name in ((2, "triclinic"), (15, "monoclinic"), (74, "orthorhombic"), (142, "tetragonal"),
                      (167, "trigonal"), (194, "hexagonal"), (230, "cubic")):
@@ -308,7 +315,7 @@ def cif_grammar(v: Vocab, prompt: Prompt):
     counts = {str(el): int(round(n)) for el, n in comp.items()}
     if prompt.spacegroup is None:
         yield from _force(v, atom_props_block(comp) + f"\n{SG_KEY} ")
-        fits = [v.sg[s] for n, s in enumerate(spacegroup_symbols(), 1) if spacegroup_fits(n, counts.values())]
+        fits = [v.sg[s] for s in fitting_spacegroups(counts.values())]
         got = yield fits
         sg = v.sg_by_id[got]
         yield from _force(v, "\n")
@@ -523,10 +530,7 @@ class CrystalGenerator:
         space group): the groups that can hold its atom counts, the ``top_k`` likeliest, renormalised."""
         import torch.nn.functional as F
 
-        from domains.crystals.tokenizer import spacegroup_symbols
-
-        counts = [int(round(c)) for c in p.composition.values()]
-        fits = [s for n, s in enumerate(spacegroup_symbols(), 1) if spacegroup_fits(n, counts)]
+        fits = fitting_spacegroups([int(round(c)) for c in p.composition.values()])
         ids = self.tok.encode(p.text + atom_props_block(p.composition) + f"\n{SG_KEY} ")
         with torch.no_grad():
             logits = self.model(torch.tensor([ids]))[0, -1].float()

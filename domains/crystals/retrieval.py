@@ -241,9 +241,11 @@ def cluster(structures: list, sm) -> list[list[int]]:
     return clusters
 
 
-def clusters_by_size(structures: list, sm) -> list[list[int]]:
-    """:func:`cluster`, the largest cluster first (ties: the one seen first)."""
-    return sorted(cluster(structures, sm), key=lambda cl: (-len(cl), cl[0]))
+def clusters_by_size(structures: list, sm, weights: list[float] | None = None) -> list[list[int]]:
+    """:func:`cluster`, the largest cluster first (its members' summed ``weights``, else their count;
+    ties: the one seen first)."""
+    size = len if weights is None else (lambda cl: round(sum(weights[j] for j in cl), 9))
+    return sorted(cluster(structures, sm), key=lambda cl: (-size(cl), cl[0]))
 
 
 def vote(cands: list, sm, tau: float) -> list[tuple[int, float]]:
