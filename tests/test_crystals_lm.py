@@ -327,6 +327,20 @@ def test_retrieval_index_cache(tmp_path, perov, monkeypatch):
     assert load_index(table).ids == first.ids
 
 
+def test_retrieval_index_of_a_cif_split_and_a_canonical_corpus(tmp_path, perov, monkeypatch):
+    """The canonical corpus's rows (no 'cif' column of their own) join a CIF split's in one index."""
+    from domains.crystals.cif import canonicalize_records, frame_records
+    from domains.crystals.retrieval import load_index
+
+    monkeypatch.setenv("SCIAR_CACHE", str(tmp_path / "cache"))
+    split = tmp_path / "split.csv"
+    perov[["material_id", "cif"]].head(6).to_csv(split, index=False)
+    corpus = tmp_path / "corpus.parquet"
+    canonicalize_records(frame_records(perov[["material_id", "cif"]].iloc[6:10]), workers=1,
+                         progress=False).drop(columns=["cif"], errors="ignore").to_parquet(corpus)
+    assert len(load_index([split, corpus]).structures) == 10
+
+
 def test_site_steering_keeps_an_orbit_at_its_stated_multiplicity():
     from domains.crystals.generate import SiteClash
 

@@ -84,18 +84,24 @@ class RetrievalIndex:
 
         from domains.crystals.cif import structure_from_cif
 
-        col = "cif" if "cif" in df.columns else "canonical"
-        if col not in df.columns:
+        if "cif" not in df.columns and "canonical" not in df.columns:
             raise DataError("a retrieval index needs a table with a 'cif' or 'canonical' column")
         structs, ids, counts = [], [], []
         ok = df[df["reason"].isna()] if "reason" in df.columns else df
         id_col = ok["id"] if "id" in ok.columns else pd.Series(range(len(ok))).astype(str)
         n_col = ok["n_atoms"] if "n_atoms" in ok.columns else [None] * len(ok)
-        for text, i, n in tqdm(zip(ok[col], id_col, n_col), total=len(ok), desc="index", disable=not progress):
+        none = [None] * len(ok)
+        # per row: the original CIF where there is one, else the canonical text (a canonical corpus
+        # table joined with CIF splits has only the latter on its rows)
+        cifs = ok["cif"] if "cif" in ok.columns else none
+        canon = ok["canonical"] if "canonical" in ok.columns else none
+        for cif, can, i, n in tqdm(zip(cifs, canon, id_col, n_col), total=len(ok), desc="index", disable=not progress):
+            rebuild = not isinstance(cif, str)
+            text = can if rebuild else cif
             if not isinstance(text, str):
                 continue
             try:
-                s = structure_from_cif(text, rebuild=col == "canonical")
+                s = structure_from_cif(text, rebuild=rebuild)
             except DataError:
                 continue
             structs.append(s)
@@ -158,7 +164,7 @@ class RetrievalIndex:
         return ranked[:n]
 
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: rows of canonical tables joined with CIF tables are no longer dropped
 
 
 def load_index(paths, progress: bool = False) -> RetrievalIndex:
