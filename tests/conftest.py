@@ -16,3 +16,17 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def shared_data() -> Path:
     assert SHARED.is_dir(), f"benchmark data expected at {SHARED}"
     return SHARED
+
+
+@pytest.fixture
+def benchmark_module():
+    """Load ``benchmarks/<name>.py`` (not a package) as a module: ``benchmark_module("gpu_train")``."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -1,24 +1,15 @@
 """benchmarks/crystals_ceilings.py on a small perov-5 slice whose training file holds one target itself."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pandas as pd
 from pymatgen.core import Composition
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "crystals"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "crystals"
 
 
-def _ceilings():
-    spec = importlib.util.spec_from_file_location("crystals_ceilings", ROOT / "benchmarks" / "crystals_ceilings.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_pairs_and_templates_on_a_slice(tmp_path):
+def test_pairs_and_templates_on_a_slice(tmp_path, benchmark_module):
     train = pd.read_csv(SHARED / "perov_5" / "train.csv.gz")
     test = pd.read_csv(SHARED / "perov_5" / "test.csv.gz")
     rf = lambda f: Composition(f).reduced_formula  # noqa: E731
@@ -32,8 +23,9 @@ def test_pairs_and_templates_on_a_slice(tmp_path):
     targets.to_csv(split / "test.csv.gz", index=False)
     targets.head(1).to_csv(split / "val.csv.gz", index=False)
 
-    out = _ceilings().main(["--data", str(tmp_path), "--splits", "perov_5", "--parts", "pairs", "templates",
-                            "--limit", "10", "--cap", "3", "--json", str(tmp_path / "c.json")])
+    out = benchmark_module("crystals_ceilings").main([
+        "--data", str(tmp_path), "--splits", "perov_5", "--parts", "pairs", "templates",
+        "--limit", "10", "--cap", "3", "--json", str(tmp_path / "c.json")])
     pairs = out["perov_5"]["pairs"]
     assert pairs["targets"] == pairs["formula_in_train"] == 4
     assert 1 <= pairs["train_structure_matches"] <= 4

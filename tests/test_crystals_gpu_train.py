@@ -1,6 +1,5 @@
 """benchmarks/gpu_train.py end to end on CPU: prepare the token stream, train within a budget, ship back, reassemble."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,15 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "crystals"
 
 
-def _gpu_train():
-    spec = importlib.util.spec_from_file_location("gpu_train", ROOT / "benchmarks" / "gpu_train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_prepare_run_assemble_round_trip(tmp_path):
-    gt = _gpu_train()
+def test_prepare_run_assemble_round_trip(tmp_path, benchmark_module):
+    gt = benchmark_module("gpu_train")
     csv = tmp_path / "slice.csv"
     pd.read_csv(SHARED / "perov_5" / "train.csv.gz").head(60).to_csv(csv, index=False)
     data, out, work = tmp_path / "data", tmp_path / "out", tmp_path / "work"
@@ -45,9 +37,9 @@ def test_prepare_run_assemble_round_trip(tmp_path):
         assert torch.allclose(got[k], v, rtol=1e-3, atol=1e-4), k
 
 
-def test_fine_tune_a_named_set_from_a_checkpoint(tmp_path):
+def test_fine_tune_a_named_set_from_a_checkpoint(tmp_path, benchmark_module):
     """Per-split fine-tuning: a named token set validated on its own val rows, started from a checkpoint."""
-    gt = _gpu_train()
+    gt = benchmark_module("gpu_train")
     train, val = tmp_path / "train.csv", tmp_path / "val.csv"
     pd.read_csv(SHARED / "perov_5" / "train.csv.gz").head(40).to_csv(train, index=False)
     pd.read_csv(SHARED / "perov_5" / "val.csv.gz").head(30).to_csv(val, index=False)
