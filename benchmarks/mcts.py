@@ -69,6 +69,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--k", type=float, default=2.0, help="reward sigmoid steepness")
     ap.add_argument("--temperature", type=float, default=1.0, help="temperature of the search's rollouts")
+    ap.add_argument("--root-temperature", type=float, default=1.0,
+                    help="flatten the priors of the search's first choice (the space group): prior ** (1 / T)")
     ap.add_argument("--rollout-top-k", type=int, default=None, help="top-k of the rollouts (default: the width, as CrystaLLM)")
     ap.add_argument("--backup", default="mean,max", help="search arms by backup rule; the first gives the headline figures")
     ap.add_argument("--scorer", default="cgcnn")
@@ -111,7 +113,7 @@ def main(argv=None):
             cs = search_composition(comp, simulations=sims, width=args.width, c=args.c, scorer=scorer, seed=seed,
                                     batch=args.batch, backup=arm, generator=gen, progress=False,
                                     rollout_top_k=args.rollout_top_k, k=args.k,
-                                    temperature=args.temperature)
+                                    temperature=args.temperature, root_temperature=args.root_temperature)
             runs[arm] = (cs, time.perf_counter() - t0)
         n = len(runs[arms[0]][0].table)
         t0 = time.perf_counter()

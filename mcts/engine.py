@@ -64,6 +64,9 @@ class SearchConfig:
     backup: str = "mean"  # a node's value: mean reward below it (CrystaLLM) or the best (max)
     rollout_top_k: int | None = None  # top-k of rollout sampling (default: width, as CrystaLLM)
     temperature: float = 1.0
+    # priors of each prompt node's children raised to 1/root_temperature: above 1 the first choice (for
+    # CIFs the space group) spreads beyond the model's favourite, as searches flatten their root policy
+    root_temperature: float = 1.0
     forced: float = 0.99  # chain tokens above this probability into one edge
     batch: int = 8  # simulations whose rollouts and scoring run together
     rollouts: int = 1  # rollouts per simulation (their mean reward is backed up)
@@ -86,8 +89,8 @@ class SearchConfig:
             raise SciarError(f"unknown fpu {self.fpu!r} (parent or zero)")
         if self.cache not in ("tree", "prefill", "none"):
             raise SciarError(f"unknown cache mode {self.cache!r} (tree, prefill or none)")
-        if self.c < 0 or self.batch < 1 or self.rollouts < 1 or self.temperature <= 0:
-            raise SciarError("c must be >= 0, batch and rollouts >= 1, temperature > 0")
+        if self.c < 0 or self.batch < 1 or self.rollouts < 1 or self.temperature <= 0 or self.root_temperature <= 0:
+            raise SciarError("c must be >= 0, batch and rollouts >= 1, temperature and root temperature > 0")
         if not 0 < self.forced <= 1:
             raise SciarError("forced must be in (0, 1]")
 
@@ -175,6 +178,8 @@ def search(model: LanguageModel, problem: Problem, config: SearchConfig | None =
     heads = []
     for i, p in enumerate(prompts):
         tokens, seg, probs, terminal = extend_root(dec, p, i)
+        if probs is not None and cfg.root_temperature != 1.0:
+            probs = probs.pow(1.0 / cfg.root_temperature)  # the node renormalises its top-width priors
         heads.append(Node(None, tokens, tokens, seg if cfg.cache == "tree" else None, probs, cfg.width, terminal,
                           prompt=i, prompt_len=len(p)))
     if all(h.terminal for h in heads):  # the prompt alone is a finished sequence: nothing to search

@@ -25,14 +25,14 @@ def line(g: torch.Generator) -> str:
     return f"x={d[:2]};y={d[2:]}\n"
 
 
-def train_toy(steps: int = 150, seed: int = 0) -> LanguageModel:
+def train_toy(steps: int = 150, seed: int = 0, make_line=line) -> LanguageModel:
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=TOK.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
     model = LanguageModel(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        x = torch.tensor([[BOS] + TOK.encode(line(g)) for _ in range(32)])
+        x = torch.tensor([[BOS] + TOK.encode(make_line(g)) for _ in range(32)])
         loss = model(x[:, :-1], targets=x[:, 1:])
         opt.zero_grad()
         loss.backward()

@@ -119,6 +119,24 @@ def test_grammar_constrains_children_and_rollouts(model):
     assert t["valid"].all()  # the only invalid lines end in 0
 
 
+def test_root_temperature_spreads_the_first_choice():
+    """A model that nearly always starts with 7: a flatter root prior sends more simulations elsewhere."""
+    from mcts_toy import line
+
+    def mostly_seven(g):
+        text = line(g)
+        return text if torch.rand(1, generator=g) < 0.3 else text[:2] + "7" + text[3:]
+
+    peaked = train_toy(steps=200, make_line=mostly_seven)
+    share = {}
+    for t in (1.0, 8.0):
+        tab = search(peaked, problem(), cfg(simulations=30, c=1.0, batch=1, root_temperature=t), progress=False).table
+        share[t] = (tab["sequence"].str[2] == "7").mean()
+    assert share[1.0] > 0.6 and share[8.0] < share[1.0] - 0.2, share
+    with pytest.raises(SciarError, match="root temperature"):
+        search(peaked, problem(), cfg(root_temperature=0.0))
+
+
 def test_small_tree_is_exhausted_before_the_budget(model):
     res = search(model, problem(), cfg(simulations=10_000, width=2), progress=False)
     assert res.simulations < 100  # 2^4 lines at most, then the tree is fully searched

@@ -161,7 +161,8 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
                        simulations: int = 200, seconds: float | None = None, width: int = 5, c: float = 1.0,
                        scorer: str | object = "cgcnn", relax: bool = False, seed: int | None = 0,
                        checkpoint: str = DEFAULT_CHECKPOINT, batch: int = 2, selection: str = "puct",
-                       rollout_top_k: int | None = None, temperature: float = 1.0, cache: str = "tree",
+                       rollout_top_k: int | None = None, temperature: float = 1.0, root_temperature: float = 1.0,
+                       cache: str = "tree",
                        backup: str = "mean", k: float = 2.0, snap: bool = True, fit: bool = True,
                        progress: bool = True, generator=None) -> CrystalSearch:
     """MCTS over CIFs for one composition. ``scorer``: ``cgcnn``, ``chgnet`` or any callable on structures."""
@@ -170,8 +171,8 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
     from mcts import Problem, SearchConfig, search
 
     cfg = SearchConfig(simulations=simulations, seconds=seconds, width=width, c=c, selection=selection,
-                       rollout_top_k=rollout_top_k, temperature=temperature, batch=batch, seed=seed, cache=cache,
-                       backup=backup, k=k)
+                       rollout_top_k=rollout_top_k, temperature=temperature, root_temperature=root_temperature,
+                       batch=batch, seed=seed, cache=cache, backup=backup, k=k)
     cfg.check()  # a zero budget fails before any model is loaded
     prompts = prompts_for(composition, spacegroup, z)  # unknown elements, bad formulas and space groups fail here
     gen = generator or load_generator(checkpoint)
