@@ -85,3 +85,14 @@ def test_make_scorer_bad_names():
         make_scorer("alignn")
     with pytest.raises(SciarError, match="needs the chgnet scorer"):
         make_scorer("cgcnn", relax=True)
+
+
+def test_chgnet_relaxes_under_no_grad(structures):
+    """The search scores inside torch.no_grad(); CHGNet's forces (energy gradients) must still work there."""
+    import torch
+
+    sc = CHGNetScorer(relax=True, steps=20)
+    with torch.no_grad():
+        (v,) = sc([rocksalt("Na", "Cl", 5.9)])
+    assert sc.errors == [""], sc.errors
+    assert math.isfinite(v) and sc.relaxed[0].lattice.a < 5.85  # the stretched cell shrank (CHGNet: about 5.74)

@@ -159,9 +159,11 @@ def _dcdft_names() -> frozenset:
 
 def _relax(structure, fmax: float, steps: int):
     """CHGNet relaxation (cell included); returns (relaxed structure, energy per atom)."""
+    import torch
     from chgnet.model import StructOptimizer
 
-    with _quiet():
+    # forces are gradients of the energy: the search scores under no_grad, which would break them
+    with _quiet(), torch.enable_grad():
         res = StructOptimizer(model=_chgnet(), use_device="cpu").relax(structure, fmax=fmax, steps=steps,
                                                                     verbose=False, assign_magmoms=False)
     final = res["final_structure"]
