@@ -12,6 +12,7 @@ from domains.crystals.cif import canonical_cif
 from domains.crystals.search import evaluate_cifs, search_composition, search_row_fn
 from domains.crystals.energy import CGCNNScorer
 from sciar.batch import run_batch
+from sciar.errors import DataError
 from sciar.errors import SciarError
 
 
@@ -152,12 +153,24 @@ def test_cli_score_table(tmp_path, capsys):
 
 
 def test_batch_rows_in_search_mode(tmp_path):
-    rows = pd.DataFrame({"composition": ["Na4Cl4", "Qq2"], "simulations": [4, 4]})
+    rows = pd.DataFrame({"composition": ["Na4Cl4", "Qq2", "Na4Cl4"], "simulations": [4, 4, 4], "count": [None, None, 1]})
     df = run_batch(rows, search_row_fn(width=5, top=2), output=tmp_path / "out.parquet", progress=False)
     ok = df[df["composition"] == "Na4Cl4"]
     assert (ok["status"] == "ok").all() and (ok["search_simulations"] == 4).all()
+    assert ok.groupby("row_id").size().tolist() == [2, 1]  # top=2, then the row's own count of 1
     bad = df[df["composition"] == "Qq2"]
     assert (bad["status"] == "error").all() and "unknown element" in bad["error"].iloc[0]
+
+
+def test_batch_row_count_reads_n_or_count():
+    from domains.crystals.sampling import row_count
+
+    assert row_count({}, 5) == 5 and row_count({"n": float("nan"), "count": ""}, 5) == 5
+    assert row_count({"count": 3}, 5) == 3 and row_count({"n": "2"}, 5) == 2 and row_count({"n": 4, "count": 4.0}, 1) == 4
+    for row, msg in [({"n": 2, "count": 3}, "disagree"), ({"count": 0}, "whole number"), ({"n": "two"}, "whole number"),
+                     ({"count": 1.5}, "whole number")]:
+        with pytest.raises(DataError, match=msg):
+            row_count(row, 1)
 
 
 def test_cli_relax_moves_a_strained_cell_back(tmp_path):

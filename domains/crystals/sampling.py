@@ -120,9 +120,30 @@ def write_samples(samples, out: str | Path, bonds: bool = True) -> pd.DataFrame:
     return df
 
 
+def row_count(row: dict, default: int) -> int:
+    """How many structures a batch row asks for: its ``n`` or ``count`` column (the same thing), else ``default``."""
+    import math
+
+    given = {}
+    for key in ("n", "count"):
+        v = row.get(key)
+        if v is None or (isinstance(v, float) and math.isnan(v)) or str(v).strip() == "":
+            continue
+        try:
+            k = float(v)
+        except ValueError:
+            raise DataError(f"{key} must be a whole number >= 1, not {v!r}") from None
+        if k != int(k) or k < 1:
+            raise DataError(f"{key} must be a whole number >= 1, not {v!r}")
+        given[key] = int(k)
+    if len(set(given.values())) > 1:
+        raise DataError(f"n ({given['n']}) and count ({given['count']}) disagree: give one")
+    return next(iter(given.values()), default)
+
+
 def batch_fn(checkpoint, n: int = 5, energy: str = "cgcnn", bonds: bool = False, temperature: float = 1.0,
              top_k: int = 10, seed: int = 0):
-    """A row function for :func:`sciar.batch.run_batch`: ``composition`` (+ ``spacegroup``, ``n``, ``z``) in,
+    """A row function for :func:`sciar.batch.run_batch`: ``composition`` (+ ``spacegroup``, ``n`` or ``count``, ``z``) in,
     one row per generated structure out (validity, energy, CIF)."""
     import math
 
@@ -144,7 +165,7 @@ def batch_fn(checkpoint, n: int = 5, energy: str = "cgcnn", bonds: bool = False,
         comp = opt(row, "composition")
         if comp is None:
             raise DataError("empty composition")
-        k = int(opt(row, "n") or n)
+        k = row_count(row, n)
         z = opt(row, "z")
         samples = gen.sample_composition(str(comp), n=k, spacegroup=opt(row, "spacegroup"),
                                          z=int(z) if z is not None else None, temperature=temperature,

@@ -278,12 +278,15 @@ def search_row_fn(checkpoint: str = DEFAULT_CHECKPOINT, simulations: int = 200, 
     """For :func:`sciar.batch.run_batch`: ``fn(row) -> [result rows]`` searching the row's composition.
 
     Row keys: ``composition`` (required), optional ``spacegroup``, ``z``, ``simulations``,
-    ``width``, ``c``, ``scorer``, ``seed``. Each output row is one of the ``top`` best structures
+    ``width``, ``c``, ``scorer``, ``seed``, ``n`` or ``count``. Each output row is one of the ``top`` (or the
+    row's ``n``) best structures
     (``rank``, ``formula``, ``spacegroup``, ``<scorer>_formation_energy_per_atom``, ``valid``,
     ``bond_score``, ``n_atoms``, ``cif`` with full symmetry) with ``mode="search"`` and the search's
     ``search_simulations``, ``search_valid_rate``, ``search_seconds``; a search without a valid
     structure yields one row with ``valid`` False and ``cif`` empty.
     """
+
+    from domains.crystals.sampling import row_count
 
     def opt(row, key, default, cast):
         v = row.get(key)
@@ -295,6 +298,7 @@ def search_row_fn(checkpoint: str = DEFAULT_CHECKPOINT, simulations: int = 200, 
         comp = row.get("composition")
         if not isinstance(comp, str) or not comp.strip():
             raise SciarError("the row has no composition")
+        want = row_count(row, top)  # a bad count fails before the search runs
         cs = search_composition(
             comp, opt(row, "spacegroup", None, str), opt(row, "z", None, int),
             simulations=opt(row, "simulations", simulations, int), width=opt(row, "width", width, int),
@@ -305,7 +309,7 @@ def search_row_fn(checkpoint: str = DEFAULT_CHECKPOINT, simulations: int = 200, 
         col = f"{s['scorer']}_formation_energy_per_atom"  # as the sampling rows of ``sciar crystal batch`` name it
         base = {"mode": "search", "search_simulations": s["simulations"], "search_valid_rate": s["valid_rate"],
                 "search_seconds": s["seconds"]}
-        best = cs.best(top)
+        best = cs.best(want)
         if best.empty:
             return [{**base, "rank": None, "formula": None, "spacegroup": None, col: math.nan, "valid": False, "cif": ""}]
         return [{**base, "rank": k, "formula": r["formula"], "spacegroup": r["spacegroup"], col: r["energy"],
