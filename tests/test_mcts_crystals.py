@@ -150,6 +150,12 @@ def test_cli_score_table(tmp_path, capsys):
     bad = df[df["file"].str.endswith("broken.cif")].iloc[0]
     assert math.isnan(bad["formation_energy_per_atom"]) and "unparseable" in bad["error"]
     assert main(["crystal", "score", str(tmp_path / "missing.cif")]) == 2
+    capsys.readouterr()
+    # every file unusable: the table is still written, and the exit code says nothing was scored
+    rc = main(["crystal", "score", str(tmp_path / "broken.cif"), "--out", str(tmp_path / "b.csv")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no CIF could be scored" in err and err.count("error:") == 1, err
+    assert "unparseable" in pd.read_csv(tmp_path / "b.csv")["error"].iloc[0]
 
 
 def test_batch_rows_in_search_mode(tmp_path):

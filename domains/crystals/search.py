@@ -454,13 +454,14 @@ def score_cmd(
     """Formation energy per atom (eV/atom) of CIF files, as a table; unreadable files get an error column."""
     from sciar.io import write_table_atomic
 
+    if out is not None and out.suffix not in (".csv", ".parquet"):  # before the work, not after
+        raise SciarError(f"output {out} must end in .csv or .parquet")
     df = score_files(cifs, scorer=scorer, relax=relax)
     df = df.drop(columns=[c for c in ("relaxed",) if c in df.columns])
     if out is not None:
-        if out.suffix not in (".csv", ".parquet"):
-            raise SciarError(f"output {out} must end in .csv or .parquet")
         write_table_atomic(df, out)
     _echo_table(df)
+    _fail_if_none_worked(df, "scored")
 
 
 def relax_cmd(
@@ -473,3 +474,11 @@ def relax_cmd(
     df = relax_files(cifs, out)
     write_table_atomic(df, Path(out) / "relax.csv")
     _echo_table(df)
+    _fail_if_none_worked(df, "relaxed")
+
+
+def _fail_if_none_worked(df, verb: str) -> None:
+    """Exit 2 when every file failed: a table of errors alone is not a result (mixed tables exit 0)."""
+    errors = df["error"].fillna("").astype(str) if "error" in df.columns else None
+    if len(df) and errors is not None and errors.ne("").all():
+        raise SciarError(f"no CIF could be {verb} ({len(df)} failed; first: {df['file'].iloc[0]}: {errors.iloc[0]})")
