@@ -82,6 +82,12 @@ def test_unknown_element_and_folder_reading(tmp_path, mp20):
     assert pd.isna(r["a"]) and isinstance(r["b"], str) and isinstance(r["c"], str)
     with pytest.raises(DataError):
         read_inputs(tmp_path / "missing")
+    # pymatgen itself reads 'Qq' as a dummy species; the checks and the scorers' reader name it instead
+    qq = (tmp_path / "b.cif").read_text()
+    r = check_cif(qq)
+    assert not r["valid"] and r["error"] == "unknown element 'Qq'" and not r["smact"]
+    with pytest.raises(DataError, match="unknown element 'Qq'"):
+        structure_from_cif(qq)
 
 
 def test_dedup_keeps_lowest_volume_per_formula_unit():

@@ -211,7 +211,17 @@ def structure_from_cif(text: str, rebuild: bool = True):
         raise DataError(f"unparseable CIF: {msg}") from None
     if not structs:
         raise DataError("unparseable CIF: no structure in it")
+    if bad := unknown_element(structs[0]):
+        raise DataError(f"unknown element {bad!r}")
     return structs[0]
+
+
+def unknown_element(s) -> str | None:
+    """The first symbol of ``s`` that is no element: pymatgen reads one such as 'Qq' as a dummy species,
+    with only a warning."""
+    from pymatgen.core.periodic_table import DummySpecies
+
+    return next((sp.symbol for sp in s.species if isinstance(sp, DummySpecies)), None)
 
 
 # ---------------------------------------------------------------- checks on input structures

@@ -29,7 +29,7 @@ from math import gcd
 import numpy as np
 import pandas as pd
 
-from domains.crystals.cif import SG_KEY, cif_field, header_formula, rebuild_symmetry
+from domains.crystals.cif import SG_KEY, cif_field, header_formula, rebuild_symmetry, unknown_element
 from sciar.errors import DataError
 
 BOND_TOLERANCE = 0.32  # a bond passes if its length over the expected one lies in (1 - t, 1 + t)
@@ -253,6 +253,9 @@ def check_cif(text: str, bonds: bool = True) -> dict:
             s = CifParser.from_str(full).parse_structures(primitive=False)[0]
     except (DataError, Exception) as e:
         r["error"] = f"unparseable: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        return _finish(r, bonds)
+    if bad := unknown_element(s):
+        r["error"] = f"unknown element {bad!r}"
         return _finish(r, bonds)
     r["structure"] = s
     try:
