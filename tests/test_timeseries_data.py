@@ -243,3 +243,19 @@ def test_tsdata_corpus_series_are_regular_and_complete():
     assert vic.columns == ["Demand", "Temperature"] and vic.step == pd.Timedelta("30min") and vic.length > 50_000
     for s in found.values():
         assert np.isfinite(s.values).all() and (np.diff(s.timestamps.asi8) > 0).all()
+
+
+def test_wide_table_series_of_different_spans():
+    """A wide table's shorter series are padded with empty cells: trimmed, while a gap inside stays."""
+    from domains.timeseries.forecast import table_series
+
+    t = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=6, freq="D").astype(str),
+                      "full": [1.0, 2, 3, 4, 5, 6], "late": [np.nan, np.nan, 3, 4, 5, 6],
+                      "early": [1.0, 2, 3, np.nan, np.nan, np.nan], "gap": [1.0, np.nan, 3, 4, 5, 6],
+                      "empty": [np.nan] * 6})
+    g = table_series(t, layout="wide")
+    assert g["full"]["value"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert g["late"]["date"].iloc[0] == "2020-01-03" and g["late"]["value"].tolist() == [3, 4, 5, 6]
+    assert g["early"]["date"].iloc[-1] == "2020-01-03" and len(g["early"]) == 3
+    assert len(g["gap"]) == 6 and g["gap"]["value"].isna().sum() == 1
+    assert len(g["empty"]) == 6  # nothing to trim to: left for the reader's missing-value error

@@ -167,7 +167,8 @@ def table_series(df: pd.DataFrame, layout: str = "auto", id_col: str = "id", tim
     """Split a table of series into ``{id: frame(timestamp?, value)}``.
 
     ``long``: one row per observation (``id``, a timestamp column, ``value``); ``wide``: a time
-    column and one column per series. ``auto`` picks long when the id and value columns exist.
+    column and one column per series (empty cells before a series starts and after it ends are trimmed).
+    ``auto`` picks long when the id and value columns exist.
     """
     from .data import find_time_column
 
@@ -187,7 +188,14 @@ def table_series(df: pd.DataFrame, layout: str = "auto", id_col: str = "id", tim
     cols = [c for c in df.columns if c != tcol]
     if not cols:
         raise DataError("the wide table has no series columns")
-    return {str(c): df[[tcol, c] if tcol else [c]].rename(columns={c: "value"}) for c in cols}
+    out = {}
+    for c in cols:
+        g = df[[tcol, c] if tcol else [c]].rename(columns={c: "value"})
+        # series of different spans share the table's time axis: empty cells before a series' first value
+        # and after its last are padding, not missing values (gaps inside still are)
+        first, last = g["value"].first_valid_index(), g["value"].last_valid_index()
+        out[str(c)] = g.loc[first:last].reset_index(drop=True) if first is not None else g
+    return out
 
 
 def batch_forecast(model: SegmentForecaster, groups: dict[str, pd.DataFrame], horizon: int, output: str | Path,
