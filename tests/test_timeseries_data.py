@@ -259,3 +259,18 @@ def test_wide_table_series_of_different_spans():
     assert g["early"]["date"].iloc[-1] == "2020-01-03" and len(g["early"]) == 3
     assert len(g["gap"]) == 6 and g["gap"]["value"].isna().sum() == 1
     assert len(g["empty"]) == 6  # nothing to trim to: left for the reader's missing-value error
+
+
+def test_series_in_rows_as_m4_ships_them():
+    """M4's files: an id, then one series per row, padded on the right; auto-detected."""
+    from domains.timeseries.forecast import table_series
+
+    m4 = pd.read_csv(SHARED / "m4" / "Hourly-train.csv", nrows=5)
+    g = table_series(m4)
+    assert list(g)[:2] == ["H1", "H2"] and list(g["H1"].columns) == ["value"]
+    assert len(g["H1"]) == m4.iloc[0, 1:].notna().sum() and not g["H1"]["value"].isna().any()
+    assert g["H1"]["value"].iloc[0] == m4.iloc[0, 1]
+    with pytest.raises(DataError, match="appears twice"):
+        table_series(pd.concat([m4, m4.iloc[:1]]), layout="rows")
+    wide = table_series(pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0]}))  # numbers only: columns are series
+    assert set(wide) == {"a", "b"}

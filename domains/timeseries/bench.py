@@ -175,8 +175,9 @@ def read_m4(path) -> list[np.ndarray]:
         df = pd.read_csv(path)
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read {path}: {e}") from None
-    vals = df.iloc[:, 1:].to_numpy(dtype=np.float64)
-    return [row[~np.isnan(row)] for row in vals]
+    from .forecast import table_series
+
+    return [g["value"].to_numpy(dtype=np.float64) for g in table_series(df, layout="rows").values()]
 
 
 def smape(pred: np.ndarray, true: np.ndarray) -> float:

@@ -290,11 +290,12 @@ def benchmark(
 
 @app.command()
 def batch(
-    input: Path = typer.Option(..., "--input", help="Table of series: long (id, timestamp, value) or wide (time column + one column per series)."),
+    input: Path = typer.Option(..., "--input", help="Table of series: long (id, timestamp, value), wide (time column + "
+                               "one column per series) or rows (id, then the values: M4's files)."),
     output: Path = typer.Option(Path("forecasts.csv"), help="Output table (.csv or .parquet); rerunning resumes."),
     checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory or shipped name."),
     horizon: int = typer.Option(96, help="Steps to forecast per series."),
-    layout: str = typer.Option("auto", help="auto, long or wide."),
+    layout: str = typer.Option("auto", help="auto, long, wide or rows."),
     id_col: str = typer.Option("id", help="Series id column of a long table."),
     value_col: str = typer.Option("value", help="Value column of a long table."),
     time_col: Optional[str] = typer.Option(None, help="Timestamp column (default: date, ds, ts, timestamp, ...)."),

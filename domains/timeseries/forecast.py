@@ -167,13 +167,25 @@ def table_series(df: pd.DataFrame, layout: str = "auto", id_col: str = "id", tim
     """Split a table of series into ``{id: frame(timestamp?, value)}``.
 
     ``long``: one row per observation (``id``, a timestamp column, ``value``); ``wide``: a time
-    column and one column per series (empty cells before a series starts and after it ends are trimmed).
-    ``auto`` picks long when the id and value columns exist.
+    column and one column per series; ``rows``: one series per row, an id in the first column and the
+    values after it, without timestamps (the M4 competition's files). ``auto`` picks long when the id and
+    value columns exist, rows when there is no time column, the first column is a unique text id and the
+    others are numbers, wide otherwise. Empty cells before a series' first value and after its last are
+    padding (series of different spans share the table) and are trimmed; gaps inside stay.
     """
+    from pandas.api.types import is_numeric_dtype
+
     from .data import find_time_column
 
     if layout == "auto":
-        layout = "long" if id_col in df.columns and value_col in df.columns else "wide"
+        first = df.iloc[:, 0] if len(df.columns) > 1 else None
+        if id_col in df.columns and value_col in df.columns:
+            layout = "long"
+        elif (first is not None and find_time_column(df, time_col) is None and not is_numeric_dtype(first)
+              and first.is_unique and all(is_numeric_dtype(df[c]) for c in df.columns[1:])):
+            layout = "rows"
+        else:
+            layout = "wide"
     if layout == "long":
         for c in (id_col, value_col):
             if c not in df.columns:
@@ -182,20 +194,26 @@ def table_series(df: pd.DataFrame, layout: str = "auto", id_col: str = "id", tim
         keep = [c for c in (tcol, value_col) if c is not None]
         return {str(k): g[keep].rename(columns={value_col: "value"}).reset_index(drop=True)
                 for k, g in df.groupby(id_col, sort=False)}
+    if layout == "rows":
+        if len(df.columns) < 2:
+            raise DataError("a table of series in rows needs an id column and value columns")
+        ids = df.iloc[:, 0].astype(str)
+        if not ids.is_unique:
+            raise DataError(f"series id {ids[ids.duplicated()].iloc[0]!r} appears twice in the first column")
+        values = df.iloc[:, 1:].reset_index(drop=True)
+        return {k: _trim_padding(pd.DataFrame({"value": values.iloc[i].to_numpy()})) for i, k in enumerate(ids)}
     if layout != "wide":
-        raise SciarError(f"unknown table layout {layout!r} (auto, long, wide)")
+        raise SciarError(f"unknown table layout {layout!r} (auto, long, wide, rows)")
     tcol = find_time_column(df, time_col)
     cols = [c for c in df.columns if c != tcol]
     if not cols:
         raise DataError("the wide table has no series columns")
-    out = {}
-    for c in cols:
-        g = df[[tcol, c] if tcol else [c]].rename(columns={c: "value"})
-        # series of different spans share the table's time axis: empty cells before a series' first value
-        # and after its last are padding, not missing values (gaps inside still are)
-        first, last = g["value"].first_valid_index(), g["value"].last_valid_index()
-        out[str(c)] = g.loc[first:last].reset_index(drop=True) if first is not None else g
-    return out
+    return {str(c): _trim_padding(df[[tcol, c] if tcol else [c]].rename(columns={c: "value"})) for c in cols}
+
+
+def _trim_padding(g: pd.DataFrame) -> pd.DataFrame:
+    first, last = g["value"].first_valid_index(), g["value"].last_valid_index()
+    return g.loc[first:last].reset_index(drop=True) if first is not None else g  # all empty: the reader says so
 
 
 def batch_forecast(model: SegmentForecaster, groups: dict[str, pd.DataFrame], horizon: int, output: str | Path,
