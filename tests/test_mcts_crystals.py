@@ -12,8 +12,7 @@ from domains.crystals.cif import canonical_cif
 from domains.crystals.search import evaluate_cifs, search_composition, search_row_fn
 from domains.crystals.energy import CGCNNScorer
 from sciar.batch import run_batch
-from sciar.errors import DataError
-from sciar.errors import SciarError
+from sciar.errors import DataError, SciarError
 
 
 def nacl(a=5.64):
