@@ -10,6 +10,10 @@ done. One bad row records its error and the batch goes on.
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -22,17 +26,49 @@ from sciar.io import write_table_atomic
 RowFn = Callable[[dict], list[dict]]
 
 
+def open_text(path: str | Path):
+    """A text file, read through its compression (.gz, .xz, .bz2) where it has one."""
+    path = Path(path)
+    opener = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}.get(path.suffix)
+    if opener is not None:
+        return opener(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def csv_dialect(path: str | Path) -> dict:
+    """``read_csv`` options for the file's delimiter and decimal mark, read off its header line.
+
+    A spreadsheet exported in a European locale separates fields by semicolons and writes decimal commas;
+    read as commas it would split every number in two. The header alone decides the delimiter (the most
+    frequent of ``, ; tab |``, commas on a tie), because data rows may hold quoted text with any of them
+    (a CIF's multi-line fields start with semicolons).
+    """
+    with open_text(path) as f:
+        header = f.readline()
+        rows = [f.readline() for _ in range(20)]
+    counts = {sep: header.count(sep) for sep in ",;\t|"}
+    sep = max(counts, key=lambda k: (counts[k], k == ","))
+    if counts[sep] == 0:
+        sep = ","
+    decimal = "," if sep == ";" and any(re.search(r"\d,\d", r) for r in rows) else "."
+    return {"sep": sep, "decimal": decimal}
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or parquet table with a clear error."""
+    """Read a CSV (any of the common delimiters, optionally compressed) or parquet table with a clear error."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"input table {path} not found")
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path)
+        df = pd.read_csv(path, **csv_dialect(path))
     except Exception as e:  # pandas raises many types for malformed files
         raise DataError(f"cannot read table {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(df.index, pd.RangeIndex):
+        # pandas silently turns the first field into an index when every row has one field more than the header
+        raise DataError(f"cannot read table {path}: its rows have one field more than its header line")
+    return df
 
 
 def _check_output_suffix(path: Path):

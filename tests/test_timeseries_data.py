@@ -274,3 +274,31 @@ def test_series_in_rows_as_m4_ships_them():
         table_series(pd.concat([m4, m4.iloc[:1]]), layout="rows")
     wide = table_series(pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0]}))  # numbers only: columns are series
     assert set(wide) == {"a", "b"}
+
+
+def test_european_csv_and_day_first_dates(tmp_path):
+    """A spreadsheet's export: semicolons, decimal commas, day-first dates; read as the plain file is."""
+    plain = pd.read_csv(ETTH1, usecols=["date", "OT"]).iloc[:800]
+    eu = plain.copy()
+    eu["date"] = pd.to_datetime(eu["date"]).dt.strftime("%d/%m/%Y %H:%M")
+    eu["OT"] = eu["OT"].map(lambda v: f"{v:.6f}".replace(".", ","))
+    p = tmp_path / "eu.csv"
+    eu.to_csv(p, sep=";", index=False)
+    s = read_csv(p)
+    assert s.columns == ["OT"]
+    np.testing.assert_allclose(s.values[:, 0], plain["OT"].to_numpy(), rtol=1e-5)
+    assert (s.timestamps == pd.DatetimeIndex(pd.to_datetime(plain["date"]))).all()
+    # tab-separated reads too; ISO dates never become day-first to hide a disorder
+    tsv = tmp_path / "t.tsv"
+    plain.to_csv(tsv, sep="\t", index=False)
+    assert read_csv(tsv).length == 800
+    iso = _csv(tmp_path, "date,OT\n2020-02-01,1\n2020-01-02,2\n", "iso.csv")
+    with pytest.raises(DataError, match="out of order"):
+        read_csv(iso)
+
+
+def test_rows_longer_than_the_header_are_an_error(tmp_path):
+    # pandas would take the first field as an index and shift every column by one
+    p = _csv(tmp_path, "date,OT\n2020-01-01,1,5\n2020-01-02,2,6\n")
+    with pytest.raises(DataError, match="one field more than its header"):
+        read_csv(p)

@@ -12,8 +12,8 @@ channels, series too short for the lookback plus one segment.
 
 from __future__ import annotations
 
-import gzip
-import lzma
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sciar.batch import open_text, read_table
 from sciar.errors import DataError
 
 FILL_POLICIES = ("error", "ffill", "interpolate", "zero", "drop")
@@ -59,22 +60,11 @@ class Series:
 # ----------------------------------------------------------------------------------------------------- reading
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    if path.suffix == ".xz":
-        return lzma.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
-
-
 def read_csv_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    try:
-        df = pd.read_csv(path)
-    except Exception as e:  # pandas raises many kinds
-        raise DataError(f"{path}: cannot read as CSV ({str(e).splitlines()[0]})") from None
+    df = read_table(path)
     if len(df) == 0 or len(df.columns) == 0:
         raise DataError(f"{path}: empty table")
     return df
@@ -94,11 +84,25 @@ def find_time_column(df: pd.DataFrame, time_col: str | None = None) -> str | Non
 def parse_timestamps(col: pd.Series, where: str) -> pd.DatetimeIndex:
     if col.isna().any():
         raise DataError(f"{where}: missing timestamp at row {int(np.flatnonzero(col.isna().to_numpy())[0]) + 2}")
-    try:
-        ts = pd.DatetimeIndex(pd.to_datetime(col, format="mixed"))
-    except (ValueError, TypeError) as e:
-        raise DataError(f"{where}: timestamps do not parse ({str(e).splitlines()[0]})") from None
-    return ts
+    # One format inferred for the whole column, else day-first (13/07/2016), else each value on its own. A
+    # day-first column whose first days are 12 or less parses month-first without error but out of order,
+    # so an unordered parse gives way to an ordered day-first one; check_timestamps reports what stays unordered.
+    parsed, error = [], None
+    year_first = bool(re.match(r"\s*\d{4}\D", str(col.iloc[0])))  # ISO dates are never day-first
+    for kwargs in ({}, {} if year_first else {"dayfirst": True}, {"format": "mixed"}):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "could not infer format" and dayfirst notes
+                ts = pd.DatetimeIndex(pd.to_datetime(col, **kwargs))
+        except (ValueError, TypeError) as e:
+            error = error or e
+            continue
+        if ts.is_monotonic_increasing:
+            return ts
+        parsed.append(ts)
+    if parsed:
+        return parsed[0]
+    raise DataError(f"{where}: timestamps do not parse ({str(error).splitlines()[0]})")
 
 
 def check_timestamps(ts: pd.DatetimeIndex, where: str, duplicates: str = "error"):
@@ -217,7 +221,7 @@ def read_tsf(path: str | Path, fill: str = "error") -> list[Series]:
     freq = None
     out: list[Series] = []
     in_data = False
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
             if not line or line.startswith("#"):
