@@ -54,15 +54,24 @@ def csv_dialect(path: str | Path) -> dict:
     return {"sep": sep, "decimal": decimal}
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV (any of the common delimiters, optionally compressed) or parquet table with a clear error."""
+def read_table(path: str | Path, text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a CSV (any of the common delimiters, optionally compressed) or parquet table with a clear error.
+
+    ``text_columns`` of a CSV are read as the text they hold, only empty cells missing: pandas would read an
+    id such as ``NA`` (Namibia, North America) or ``null`` as a missing value.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"input table {path} not found")
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
-        df = pd.read_csv(path, **csv_dialect(path))
+        dialect = csv_dialect(path)
+        df = pd.read_csv(path, **dialect)
+        text = [c for c in text_columns if c in df.columns]
+        if text and isinstance(df.index, pd.RangeIndex):
+            raw = pd.read_csv(path, usecols=text, dtype=str, keep_default_na=False, **dialect)
+            df[text] = raw[text].replace("", None)
     except Exception as e:  # pandas raises many types for malformed files
         raise DataError(f"cannot read table {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(df.index, pd.RangeIndex):

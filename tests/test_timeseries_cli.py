@@ -181,3 +181,22 @@ def test_batch_long_and_wide_with_a_bad_series(checkpoint, hourly_csv, tmp_path)
     w = pd.read_parquet(out2)
     assert sorted(w["series"].unique()) == ["HULL", "OT"] and (w["status"] == "ok").all() and len(w) == 10
     assert not w["ensemble"].astype(bool).any()
+
+
+def test_batch_ids_that_pandas_reads_as_missing(checkpoint, hourly_csv, tmp_path, capsys):
+    """Namibia's code 'NA' is a series id, not a missing value; a row with no id at all is an error."""
+    df = pd.read_csv(hourly_csv).iloc[:300]
+    long = pd.concat([pd.DataFrame({"id": c, "date": df["date"], "value": df["OT"]}) for c in ("NA", "null", "DE")])
+    lp = tmp_path / "long.csv"
+    long.to_csv(lp, index=False)
+    out = tmp_path / "fc.parquet"
+    assert main(["timeseries", "batch", "--input", str(lp), "--output", str(out), "--checkpoint", str(checkpoint),
+                 "--horizon", "4", "--lookback", "192", "--no-progress"]) == 0
+    res = pd.read_parquet(out)
+    assert list(res["series"].unique()) == ["NA", "null", "DE"] and (res["status"] == "ok").all()
+    long.iloc[5, 0] = ""
+    long.to_csv(lp, index=False)
+    capsys.readouterr()
+    assert main(["timeseries", "batch", "--input", str(lp), "--output", str(tmp_path / "x.csv"),
+                 "--checkpoint", str(checkpoint), "--horizon", "4", "--lookback", "192", "--no-progress"]) == 2
+    assert "1 rows have no series id in column 'id' (first at row 7)" in capsys.readouterr().err

@@ -315,7 +315,7 @@ def batch(
 
     check_horizon(horizon)
     model, _ = load_forecaster(checkpoint)
-    groups = table_series(read_table(input), layout, id_col, time_col, value_col)
+    groups = table_series(read_table(input, text_columns=(id_col,)), layout, id_col, time_col, value_col)
     df = batch_forecast(model, groups, horizon, output, lookback, fill, _floats(quantiles), progress=progress,
                         ensemble=ensemble)
     per = df.drop_duplicates("series") if "series" in df.columns else df

@@ -190,6 +190,10 @@ def table_series(df: pd.DataFrame, layout: str = "auto", id_col: str = "id", tim
         for c in (id_col, value_col):
             if c not in df.columns:
                 raise DataError(f"a long table needs columns {id_col!r} and {value_col!r} (has {', '.join(map(str, df.columns))})")
+        missing = df[id_col].isna().to_numpy()
+        if missing.any():  # rows that belong to no series: the table is malformed, not one series
+            raise DataError(f"{int(missing.sum())} rows have no series id in column {id_col!r} "
+                            f"(first at row {int(np.flatnonzero(missing)[0]) + 2})")
         tcol = find_time_column(df, time_col)
         keep = [c for c in (tcol, value_col) if c is not None]
         return {str(k): g[keep].rename(columns={value_col: "value"}).reset_index(drop=True)
