@@ -146,3 +146,22 @@ def test_validity_of_real_and_broken_structures(mp20):
     r = check_cif(squashed)
     assert not r["valid"] and "sensible" in r["reasons"]
     assert smact_valid("NaCl") and smact_valid("Fe2O3") and not smact_valid("NaCl2")
+
+
+def test_validity_of_cifs_from_other_generators(mp20):
+    """CDVAE's splits (as pymatgen writes them: a comment first, P1 with every atom listed) are real
+    structures and pass; a declared group is compared by number, and a wrong one still fails."""
+    for text in mp20.cif[:6]:
+        assert text.startswith("# generated using pymatgen") and "'P 1'" in text
+        r = check_cif(text)
+        assert r["formula"] and r["spacegroup"], r["reasons"]
+    c = canonicalize(mp20.cif[0]).cif
+    sg = c.split("_symmetry_space_group_name_H-M ")[1].split("\n")[0]
+    spaced = c.replace(f"_symmetry_space_group_name_H-M {sg}", "_symmetry_space_group_name_H-M '" + " ".join(sg.replace("_", "")) + "'")
+    assert check_cif(spaced)["spacegroup"], (sg, spaced[:300])
+    wrong = c.replace(f"_symmetry_space_group_name_H-M {sg}", "_symmetry_space_group_name_H-M P-1")
+    assert not check_cif(wrong)["spacegroup"]
+    from domains.crystals.cif import unknown_element
+    from pymatgen.core import Lattice, Structure
+
+    assert unknown_element(Structure(Lattice.cubic(4), [{"Fe": 0.5, "Co": 0.5}], [[0, 0, 0]])) is None

@@ -155,7 +155,8 @@ def cif_field(text: str, key: str) -> str | None:
 
 
 def header_formula(text: str) -> str | None:
-    m = re.match(r"\s*data_(\S*)", text)
+    """The name of the CIF's first data block (comments may come before it: pymatgen writes one)."""
+    m = re.search(r"^[ \t]*data_(\S*)", text, flags=re.M)
     return m.group(1) if m else None
 
 
@@ -221,7 +222,7 @@ def unknown_element(s) -> str | None:
     with only a warning."""
     from pymatgen.core.periodic_table import DummySpecies
 
-    return next((sp.symbol for sp in s.species if isinstance(sp, DummySpecies)), None)
+    return next((sp.symbol for sp in s.composition.elements if isinstance(sp, DummySpecies)), None)
 
 
 # ---------------------------------------------------------------- checks on input structures

@@ -336,7 +336,7 @@ def score_files(paths, scorer: str = "cgcnn", relax: bool = False, progress: boo
 
     from domains.crystals.energy import make_scorer, score_structures
 
-    from domains.crystals.cif import cif_file_texts
+    from domains.crystals.cif import cif_file_texts, structure_problem
 
     items = cif_file_texts(paths)
     fn = make_scorer(scorer, relax)
@@ -346,11 +346,14 @@ def score_files(paths, scorer: str = "cgcnn", relax: bool = False, progress: boo
             if text is None:
                 raise SciarError(err)
             s = _parse(text)
-            rows.append({"file": name, "formula": s.composition.reduced_formula, "n_atoms": len(s), "error": ""})
-            structs.append(s)
         except Exception as e:
             rows.append({"file": name, "formula": None, "n_atoms": None, "error": _first_line(e)})
             structs.append(None)
+            continue
+        # an energy model answers for any input, however unphysical: atoms 0.06 A apart got -1.3 eV/atom
+        why = structure_problem(s)
+        rows.append({"file": name, "formula": s.composition.reduced_formula, "n_atoms": len(s), "error": why or ""})
+        structs.append(None if why else s)
     ok = [i for i, s in enumerate(structs) if s is not None]
     col = "formation_energy_per_atom"
     for r in rows:

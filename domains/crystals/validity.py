@@ -29,7 +29,7 @@ from math import gcd
 import numpy as np
 import pandas as pd
 
-from domains.crystals.cif import SG_KEY, cif_field, header_formula, rebuild_symmetry, unknown_element
+from domains.crystals.cif import SG_KEY, cif_field, header_formula, rebuild_symmetry, spacegroup, unknown_element
 from sciar.errors import DataError
 
 BOND_TOLERANCE = 0.32  # a bond passes if its length over the expected one lies in (1 - t, 1 + t)
@@ -229,6 +229,18 @@ def smact_valid(formula: str, use_pauling: bool = True, include_alloys: bool = T
     return False
 
 
+def spacegroup_consistent(text: str, detected: str) -> bool:
+    """Whether the space group the CIF declares is the one spglib finds (compared by number, so 'P 21/c'
+    and 'P2_1/c' agree). A CIF that declares P1 declares no symmetry, and every structure has that: other
+    generators and databases write P1 files of symmetric structures (every CDVAE split does)."""
+    declared = cif_field(text, SG_KEY) or cif_field(text, "_space_group_name_H-M_alt")
+    try:
+        number = spacegroup(declared).int_number
+    except DataError:
+        return False
+    return number == 1 or number == spacegroup(detected).int_number
+
+
 def full_cif(text: str) -> str:
     """CIF text with the symmetry operations rebuilt when only the identity is listed."""
     if re.search(r"_symmetry_equiv_pos_as_xyz\n[ \t]*1[ \t]+'x, y, z'\n(?![ \t]*2[ \t])", text):
@@ -274,7 +286,7 @@ def check_cif(text: str, bonds: bool = True) -> dict:
                 warnings.simplefilter("ignore")
                 sg = SpacegroupAnalyzer(s, symprec=0.1).get_space_group_symbol()
             r["detected_spacegroup"] = sg
-            r["spacegroup"] = sg.strip() == str(cif_field(text, SG_KEY)).strip()
+            r["spacegroup"] = spacegroup_consistent(text, sg)
         except Exception:
             r["spacegroup"] = False
         if bonds:
