@@ -184,6 +184,8 @@ def test_benchmark_json(tmp_path, perov, tiny_ck):
     assert (lm["strategy"], samples["strategy"], lm["draws"], samples["draws"]) == ("lm", "samples", 5, 5)
     assert main(["crystal", "benchmark", "--test", str(test), "--train", str(train), "--strategy", "lm",
                  "--checkpoint", str(tiny_ck), "-n", "4", "--draws", "2"]) == 2  # fewer draws than candidates
+    assert main(["crystal", "benchmark", "--test", str(test), "--train", str(train), "--strategy", "retrieval",
+                 "--limit", "0"]) == 2  # was an internal KeyError
     assert main(["crystal", "benchmark", "--test", str(test), "--train", str(train), "--strategy", "lm,samples",
                  "--checkpoint", str(tiny_ck), "-n", "2", "--spread", "2"]) == 2  # samples are plain draws
     rc = main(["crystal", "benchmark", "--test", str(test), "--train", str(train), "--strategy", "lm,hybrid",

@@ -185,6 +185,8 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
                 raise SciarError(f"bad model vote weight in {st!r}") from None
     if n < 1:
         raise SciarError("n must be at least 1")
+    if limit is not None and limit < 1:
+        raise SciarError("--limit must be at least 1 (leave it out to evaluate every test structure)")
     draws = DRAWS_PER_CANDIDATE * n if draws is None else draws
     if draws < n:
         raise SciarError(f"draws ({draws}) must be at least n ({n})")
