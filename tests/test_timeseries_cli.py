@@ -154,6 +154,14 @@ def test_benchmark_json_and_evaluate(checkpoint, hourly_csv, tmp_path):
     assert main(["timeseries", "evaluate", "--checkpoint", str(checkpoint), "--csv", str(hourly_csv), "--lookback",
                  "192", "--horizons", "96", "--max-windows", "40", "--json", str(ev)]) == 0
     assert json.loads(ev.read_text())["96"]["mse"] == pytest.approx(res["methods"]["sciar"]["96"]["mse"], rel=1e-5)
+    # without --lookback, the checkpoint's own (192) is used, not a fixed 672
+    ev2 = tmp_path / "e2.json"
+    assert main(["timeseries", "evaluate", "--checkpoint", str(checkpoint), "--csv", str(hourly_csv),
+                 "--horizons", "96", "--max-windows", "40", "--json", str(ev2)]) == 0
+    got = json.loads(ev2.read_text())
+    assert got["lookback"] == 192 and got["96"]["mse"] == pytest.approx(json.loads(ev.read_text())["96"]["mse"])
+    assert main(["timeseries", "evaluate", "--checkpoint", str(checkpoint), "--csv", str(hourly_csv),
+                 "--max-windows", "-1"]) == 2
 
 
 def test_batch_long_and_wide_with_a_bad_series(checkpoint, hourly_csv, tmp_path):

@@ -223,11 +223,11 @@ def forecast(
 def evaluate(
     checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory or shipped name."),
     csv: Path = typer.Option(..., help="Dataset CSV (Informer format)."),
-    lookback: int = typer.Option(672, help="Lookback in steps."),
+    lookback: Optional[int] = typer.Option(None, min=1, help="Lookback in steps (default: the checkpoint's, 672)."),
     horizons: str = typer.Option("96,192,336,720", help="Horizons, comma separated."),
     split: str = typer.Option("auto", help="auto, ett or ratio."),
     fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
-    max_windows: int = typer.Option(0, help="Score only this many evenly spaced test windows (0: all, stride 1)."),
+    max_windows: int = typer.Option(0, min=0, help="Score only this many evenly spaced test windows (0: all, stride 1)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics here."),
     threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
 ):
@@ -249,7 +249,7 @@ def evaluate(
 @app.command()
 def benchmark(
     csv: Path = typer.Option(..., help="Dataset CSV, e.g. ../shared/data/timeseries/ETTh1.csv."),
-    lookback: int = typer.Option(672, help="Lookback in steps."),
+    lookback: int = typer.Option(672, min=1, help="Lookback in steps."),
     horizons: str = typer.Option("96,192,336,720", help="Horizons, comma separated."),
     json_out: Path = typer.Option(Path("benchmark.json"), "--json", help="Where to write the results."),
     checkpoint: Optional[str] = typer.Option(None, help="Load this trained checkpoint instead of training."),
@@ -268,7 +268,7 @@ def benchmark(
     rolled_loss: Optional[int] = typer.Option(None, help="Also train on the rolled forecast's error over this many steps (default: off)."),
     score_split: str = typer.Option("test", help="Score every method on the test split, or on the validation split (to choose settings without looking at test)."),
     ets: bool = typer.Option(True, help="Run the statsmodels exponential-smoothing baseline (target only; slow)."),
-    max_windows: int = typer.Option(0, help="Score only this many evenly spaced test windows (0: all, stride 1)."),
+    max_windows: int = typer.Option(0, min=0, help="Score only this many evenly spaced test windows (0: all, stride 1)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: int = typer.Option(0, help="CPU threads (0: torch's default)."),
     progress: bool = typer.Option(True, help="Show progress bars."),

@@ -383,12 +383,15 @@ def split_forecaster(model: SegmentForecaster, prep: Prepared, lookback: int, ho
     return model_forecaster(model, cal, lookback, horizon, device=device)
 
 
-def evaluate_checkpoint(checkpoint, series: Series, lookback: int, horizons: list[int], split: str = "auto",
+def evaluate_checkpoint(checkpoint, series: Series, lookback: int | None, horizons: list[int], split: str = "auto",
                         max_windows: int | None = None) -> dict:
+    """Test-split metrics of a checkpoint; ``lookback`` None is the one it was trained at."""
+    from .forecast import resolve_lookback
+
     model, ck = load_forecaster(checkpoint)
-    if lookback % model.head.segment:
-        raise SciarError(f"the lookback ({lookback}) must be a multiple of the segment length {model.head.segment}")
+    lookback = resolve_lookback(model, lookback)
     prep = prepare(series, lookback, split)
     res = evaluate_model(model, prep, lookback, horizons, max_windows)
     res["checkpoint"] = str(ck.path)
+    res["lookback"] = lookback
     return res
