@@ -70,6 +70,20 @@ def test_bad_inputs_get_reasons_and_the_rest_goes_on(mp20, tmp_path):
     assert len(reasons_table(out)) == 3
 
 
+def test_malformed_cifs_are_named_in_words(mp20):
+    good = mp20.cif[0]
+    cases = {
+        "this is not a CIF": "no data_ block",
+        good[: len(good) - 30]: r"do not fill its \d+ columns",
+        "\n".join(line for line in good.splitlines() if not line.startswith("_cell_length_b")): "_cell_length_b is missing",
+        good.replace("_cell_length_a   14.98903524", "_cell_length_a   abc"): "_cell_length_a is not a number",
+        good.split("loop_")[0]: "no atom sites",
+    }
+    for text, words in cases.items():
+        with pytest.raises(DataError, match=words):
+            structure_from_cif(text)
+
+
 def test_unknown_element_and_folder_reading(tmp_path, mp20):
     (tmp_path / "a.cif").write_text(mp20.cif[1])
     bad = mp20.cif[1]

@@ -59,6 +59,23 @@ def test_training_writes_a_self_describing_checkpoint(tiny_ck):
     assert (tiny_ck / "model.safetensors").exists() and (tiny_ck / "train_log.csv").exists()
 
 
+def test_train_command_reports_what_it_left_out(perov, tmp_path):
+    d = tmp_path / "cifs"
+    d.mkdir()
+    for i, c in enumerate(perov["cif"][:6]):
+        (d / f"s{i}.cif").write_text(c)
+    (d / "s0_copy.cif").write_text(perov["cif"][0])
+    (d / "cut.cif").write_text(perov["cif"][1][:-40])
+    out = tmp_path / "ck"
+    rc = main(["crystal", "train", "--data", str(d), "--out", str(out), "--steps", "2", "--batch-size", "2",
+               "--workers", "1"])
+    assert rc == 0
+    meta = json.loads((out / "domain.json").read_text())
+    assert meta["n_train_cifs"] == 6 and meta["n_unusable"] == 1 and meta["n_duplicates"] == 1
+    bad = pd.read_csv(out / "unusable_inputs.csv")
+    assert bad["id"].tolist() == ["cut"] and "cut short" in bad["reason"].iloc[0]
+
+
 def test_constrained_sampling_is_consistent_even_untrained():
     tok = cif_tokenizer()
     torch.manual_seed(0)

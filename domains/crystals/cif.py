@@ -209,12 +209,46 @@ def structure_from_cif(text: str, rebuild: bool = True):
             structs = CifParser.from_str(text).parse_structures(primitive=False)
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"unparseable CIF: {msg}") from None
+        raise DataError(f"unparseable CIF: {cif_syntax_problem(text) or msg}") from None
     if not structs:
-        raise DataError("unparseable CIF: no structure in it")
+        raise DataError(f"unparseable CIF: {cif_syntax_problem(text) or 'no structure in it'}")
     if bad := unknown_element(structs[0]):
         raise DataError(f"unknown element {bad!r}")
     return structs[0]
+
+
+_CELL_KEYS = ("_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta",
+              "_cell_angle_gamma")
+
+
+def cif_syntax_problem(text: str) -> str | None:
+    """Why pymatgen could not build a structure from ``text``, in words (its own messages, such as
+    'integer modulo by zero' for a truncated loop, do not say); None if no reason is found."""
+    from pymatgen.io.cif import CifFile
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blocks = list(CifFile.from_str(text).data.values())
+    except ZeroDivisionError:
+        return "a loop_ names columns but holds no values (is the file cut short?)"
+    except ValueError as e:
+        if m := re.search(r"not a multiple of n=(\d+)", str(e)):
+            return f"a loop_'s values do not fill its {m.group(1)} columns (is the file cut short?)"
+        return None
+    if not blocks:
+        return "no data_ block: this is not CIF text"
+    data = blocks[0].data
+    for key in _CELL_KEYS:
+        if key not in data:
+            return f"{key} is missing"
+        try:
+            float(re.sub(r"\(\d+\)$", "", str(data[key])))
+        except ValueError:
+            return f"{key} is not a number ({str(data[key])[:20]!r})"
+    if not any(k in data for k in ("_atom_site_fract_x", "_atom_site_Cartn_x")):
+        return "no atom sites (_atom_site_fract_x/y/z or _atom_site_Cartn_x/y/z)"
+    return None
 
 
 def unknown_element(s) -> str | None:

@@ -76,9 +76,14 @@ def train(
 
     s = train_crystal_lm(data, out, preset, steps=steps, batch_size=batch_size, lr=lr, block_size=block_size,
                          device=device, seed=seed, dedup=dedup, val=val, workers=workers)
+    left_out = [f"{s['n_dropped_too_long']} longer than the context", f"{s['n_duplicates']} duplicates"]
+    if s["n_unusable"]:
+        left_out.append(f"{s['n_unusable']} unusable (reasons in {out / 'unusable_inputs.csv'})")
+    val_text = (f"best validation loss {s['best_val']:.4f}" if s["n_val_cifs"]
+                else "no validation set (under 50 CIFs hold none out; give one with --val)")
     typer.echo(f"trained {s['params'] / 1e6:.2f} M parameters on {s['n_train_cifs']} CIFs ({s['train_tokens']} tokens; "
-               f"{s['n_dropped_too_long']} longer than the context left out) for {s['steps']} steps: "
-               f"final loss {s['final_loss']:.4f}, best validation loss {s['best_val']:.4f}; checkpoint in {out}")
+               f"left out: {', '.join(left_out)}) for {s['steps']} steps: final loss {s['final_loss']:.4f}, "
+               f"{val_text}; checkpoint in {out}")
 
 
 @app.command()

@@ -51,17 +51,26 @@ class Corpus:
 
 
 def load_corpus(paths, dedup: bool = True, workers: int | None = None, progress: bool = True) -> pd.DataFrame:
-    """Canonical, usable rows from every input (cached), deduplicated by (formula, space group)."""
-    from domains.crystals.cif import dedup as dedup_fn, load_canonical
+    """Canonical, usable rows from every input (cached), deduplicated by (formula, space group).
+
+    ``df.attrs`` holds ``unusable`` (the rejected inputs and why, a table) and ``duplicates`` (how many
+    usable rows the deduplication removed), so that callers can report what was left out.
+    """
+    from domains.crystals.cif import dedup as dedup_fn, load_canonical, reasons_table
 
     df = load_canonical(paths, workers=workers, progress=progress)
+    bad = reasons_table(df) if "reason" in df.columns else pd.DataFrame(columns=["id", "source", "reason"])
     if "reason" in df.columns:
         df = df[df["reason"].isna()]
+    n_ok = len(df)
     if dedup:
         df = dedup_fn(df)
     if len(df) == 0:
-        raise DataError("no usable structures in the training data")
-    return df.reset_index(drop=True)
+        first = f" (first: {bad['source'].iloc[0]}: {bad['reason'].iloc[0]})" if len(bad) else ""
+        raise DataError(f"no usable structures in the training data: {len(bad)} inputs unusable{first}")
+    df = df.reset_index(drop=True)
+    df.attrs = {"unusable": bad, "duplicates": n_ok - len(df)}
+    return df
 
 
 def token_stream(texts: list[str], tok) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -106,8 +115,11 @@ def make_source(df: pd.DataFrame, tok, block_size: int, val_fraction: float = 0.
 
 
 def corpus_source(data, block_size: int, dedup: bool = True, val=None, seed: int = 1337,
-                  workers: int | None = None, progress: bool = True):
-    """The training source for ``data`` (paths or a DataFrame): (TokenWindows, info, fingerprint, sources)."""
+                  workers: int | None = None, progress: bool = True, unusable_out: Path | None = None):
+    """The training source for ``data`` (paths or a DataFrame): (TokenWindows, info, fingerprint, sources).
+
+    The inputs that could not be used are written, with their reasons, to ``unusable_out`` if given.
+    """
     from domains.crystals.tokenizer import cif_tokenizer
     from sciar.io import fingerprint
 
@@ -118,6 +130,14 @@ def corpus_source(data, block_size: int, dedup: bool = True, val=None, seed: int
     if val is not None:
         val_df = load_corpus([val] if isinstance(val, (str, Path)) else val, dedup=False, workers=workers, progress=progress)
     src, info = make_source(df, tok, block_size, seed=seed, val_df=val_df)
+    unusable = df.attrs.get("unusable")
+    info["n_unusable"] = 0 if unusable is None else len(unusable)
+    if unusable_out is not None and info["n_unusable"]:
+        from sciar.io import write_table_atomic
+
+        Path(unusable_out).parent.mkdir(parents=True, exist_ok=True)
+        write_table_atomic(unusable, Path(unusable_out))
+    info["n_duplicates"] = int(df.attrs.get("duplicates", 0))
     if isinstance(data, pd.DataFrame):
         fp = fingerprint([t.encode() for t in df["canonical"]])
         sources = ["<table>"]
@@ -145,7 +165,7 @@ def train_crystal_lm(data, out: str | Path, preset_name: str = "tiny", steps: in
         mcfg["block_size"] = block_size
     cfg = ModelConfig(vocab_size=tok.vocab_size, **mcfg)
     src, info, fp, sources = corpus_source(data, cfg.block_size, dedup=dedup, val=val, seed=seed, workers=workers,
-                                           progress=progress)
+                                           progress=progress, unusable_out=Path(out) / "unusable_inputs.csv")
     tcfg = dict(p["train"])
     if steps is not None:
         tcfg["max_steps"] = steps
