@@ -179,3 +179,24 @@ def test_validity_of_cifs_from_other_generators(mp20):
     from pymatgen.core import Lattice, Structure
 
     assert unknown_element(Structure(Lattice.cubic(4), [{"Fe": 0.5, "Co": 0.5}], [[0, 0, 0]])) is None
+
+
+def test_absurd_cells_from_an_undertrained_model_are_judged_not_enumerated(mp20):
+    """A 0.26 x 0.26 x 899 A cell made pymatgen's matcher ask for 27 GiB, and a thin 909 A cell
+    kept CrystalNN busy for minutes; both are now answered from bounds (and still fail)."""
+    from pymatgen.core import Lattice, Structure
+
+    from domains.crystals.benchmark import matcher
+    from domains.crystals.validity import _fallback_bonds, bond_score
+
+    sm = matcher()
+    needle = Structure(Lattice.tetragonal(0.262, 899.1), ["Rb", "Hg"], [[0, 0, 0], [0.5, 0.5, 0.3]])
+    assert not sm.fit(needle, needle) and sm.get_rms_dist(needle, needle) is None
+    real = structure_from_cif(mp20.cif[0])
+    assert sm.fit(real, real.copy()) and sm.get_rms_dist(real, real.copy())[0] < 1e-6
+    thin = Structure(Lattice.monoclinic(46.083, 909.596, 0.9116, 51.6091), ["Hg", "Hg", "Rb", "Rb"],
+                     [[0.3443, 0.5, 0.081], [0.3604, 0.0, 0.2928], [0.7978, 0.0006, 0.6926], [0.7978, 0.9994, 0.6926]])
+    assert _fallback_bonds(thin, 0, ["Hg", "Rb"]) is not None  # CrystalNN would widen its search
+    assert bond_score(thin) < 1
+    # a real cell never takes the fallback
+    assert all(_fallback_bonds(real, i, sorted({e.symbol for e in real.composition})) is None for i in range(len(real)))

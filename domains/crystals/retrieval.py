@@ -147,9 +147,9 @@ class RetrievalIndex:
         their summed similarity weight ``exp(-distance / tau)`` (nearest neighbours vote), each
         represented by its most similar member; past the pool, plain similarity order.
         """
-        from pymatgen.analysis.structure_matcher import StructureMatcher
+        from domains.crystals.benchmark import matcher as default_matcher
 
-        sm = matcher or StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+        sm = matcher or default_matcher()
         cands = self.candidates(composition, max(pool, 4 * n))
         # a pool of the same templates under the same substitution clusters the same way (every
         # pure-carbon prompt of one cell size draws the same pool): cluster it once

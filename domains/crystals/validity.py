@@ -116,10 +116,14 @@ def crystalnn_bonds(structure) -> list[tuple[int, int, np.ndarray, float, float,
     from pymatgen.analysis.local_env import CrystalNN
 
     nn, out = CrystalNN(), []
+    elements = sorted({sp.symbol for sp in structure.composition.elements})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i, times in _orbit_representatives(structure):
             site = structure[i]
+            if (fallback := _fallback_bonds(structure, i, elements)) is not None:
+                out += [(*b, times) for b in fallback]
+                continue
             for info in nn.get_nn_info(structure, i):
                 j = info["site_index"]
                 if j == i:
@@ -130,6 +134,42 @@ def crystalnn_bonds(structure) -> list[tuple[int, int, np.ndarray, float, float,
                     raise ValueError(f"no radius for the {site.specie.symbol}-{other.specie.symbol} bond")
                 out.append((i, j, np.array(info["image"], float), site.distance(other), expected, times))
     return out
+
+
+def _fallback_bonds(structure, i: int, elements: list[str], search: float = 7.0, max_sites: int = 20_000):
+    """Site i's bonds by distance, as (i, j, image, length, expected) tuples, where CrystalNN would be
+    slow and its answer is known to fail; None where CrystalNN should run.
+
+    CrystalNN's Voronoi search starts ``search`` A around the site and doubles up to the cell's diagonal
+    while the points it holds do not span 3D: minutes in a thin 900 A cell. Where the sphere of that
+    diagonal would hold over ``max_sites`` sites and the first one does not span 3D, the bonds are the
+    other sites within the longest plausible bond length of site i (or, if none, its nearest other site,
+    a bond too long whatever it is). Everywhere else CrystalNN runs as always.
+    """
+    lat = structure.lattice
+    diagonal = max(np.linalg.norm(lat.get_cartesian_coords(c)) for c in ([1, 1, 1], [-1, 1, 1], [1, -1, 1], [1, 1, -1]))
+    if len(structure) / lat.volume * 4 / 3 * np.pi * diagonal ** 3 < max_sites:
+        return None
+    sym, site = structure[i].specie.symbol, structure[i]
+    near = structure.get_neighbors(site, search)
+    pts = np.array([nb.coords for nb in near] + [site.coords])
+    if len(pts) >= 5 and np.linalg.matrix_rank(pts - pts.mean(0), tol=1e-3) == 3:
+        return None
+    longest = 0.0
+    for e in elements:
+        expected = expected_bond(sym, e)
+        if expected is None:
+            return None  # crystalnn_bonds names the missing radius
+        longest = max(longest, expected * (H_BOND_FACTOR if "H" in (sym, e) else 1 + BOND_TOLERANCE))
+    close = [nb for nb in near if nb.index != i and nb.nn_distance <= longest]
+    if close:
+        return [(i, nb.index, np.array(nb.image, float), float(nb.nn_distance),
+                 expected_bond(sym, nb.specie.symbol)) for nb in close]
+    others = [(site.distance_and_image(structure[j]), j) for j in range(len(structure)) if j != i]
+    if not others:
+        return []  # a one-site cell: its only neighbours are its own images, never counted
+    (length, image), j = min(others, key=lambda x: x[0][0])
+    return [(i, j, np.array(image, float), float(length), expected_bond(sym, structure[j].specie.symbol))]
 
 
 def bond_ratios(structure) -> tuple[np.ndarray, np.ndarray]:
