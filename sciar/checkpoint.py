@@ -30,7 +30,7 @@ from safetensors.torch import load_model, save_model
 
 import sciar
 from sciar.errors import CheckpointError, SciarError
-from sciar.io import sha256_file
+from sciar.io import sha256_file, umask
 from sciar.tokenizer import tokenizer_from_dict
 
 FORMAT = "sciar-checkpoint"
@@ -89,6 +89,8 @@ def save_checkpoint(
         names = [n for n in os.listdir(tmp) if n not in FILES] + list(FILES)
         names.remove("domain.json")
         for name in [*names, "domain.json"]:
+            if (tmp / name).is_file():  # safetensors writes its file 0600: make it readable as the rest
+                os.chmod(tmp / name, 0o666 & ~umask())
             os.replace(tmp / name, path / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -30,6 +30,16 @@ def test_round_trip(ckpt):
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "domain.json", "model.safetensors", "tokenizer.json"]
 
 
+def test_written_files_are_readable_as_the_umask_allows(ckpt, tmp_path):
+    from sciar.io import umask, write_text_atomic
+
+    path, _ = ckpt
+    want = 0o666 & ~umask()
+    write_text_atomic(tmp_path / "out.txt", "x")
+    for p in [tmp_path / "out.txt", *path.iterdir()]:
+        assert p.stat().st_mode & 0o777 == want, p.name  # mkstemp and safetensors write 0600
+
+
 def test_missing_truncated_mismatched_and_foreign(ckpt, tmp_path):
     path, _ = ckpt
     with pytest.raises(CheckpointError, match="'toy' checkpoint, not 'crystal'"):
