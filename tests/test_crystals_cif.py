@@ -187,7 +187,9 @@ def test_absurd_cells_from_an_undertrained_model_are_judged_not_enumerated(mp20)
     from pymatgen.core import Lattice, Structure
 
     from domains.crystals.benchmark import matcher
-    from domains.crystals.validity import _fallback_bonds, bond_score
+    from pymatgen.analysis.local_env import CrystalNN
+
+    from domains.crystals.validity import _capped, _SearchTooWide, bond_score
 
     sm = matcher()
     needle = Structure(Lattice.tetragonal(0.262, 899.1), ["Rb", "Hg"], [[0, 0, 0], [0.5, 0.5, 0.3]])
@@ -196,7 +198,9 @@ def test_absurd_cells_from_an_undertrained_model_are_judged_not_enumerated(mp20)
     assert sm.fit(real, real.copy()) and sm.get_rms_dist(real, real.copy())[0] < 1e-6
     thin = Structure(Lattice.monoclinic(46.083, 909.596, 0.9116, 51.6091), ["Hg", "Hg", "Rb", "Rb"],
                      [[0.3443, 0.5, 0.081], [0.3604, 0.0, 0.2928], [0.7978, 0.0006, 0.6926], [0.7978, 0.9994, 0.6926]])
-    assert _fallback_bonds(thin, 0, ["Hg", "Rb"]) is not None  # CrystalNN would widen its search
+    with pytest.raises(_SearchTooWide):  # CrystalNN would widen its search towards the cell's diagonal
+        CrystalNN().get_nn_info(_capped(thin), 0)
     assert bond_score(thin) < 1
-    # a real cell never takes the fallback
-    assert all(_fallback_bonds(real, i, sorted({e.symbol for e in real.composition})) is None for i in range(len(real)))
+    # a real cell never reaches the cap
+    capped = _capped(real)
+    assert all(CrystalNN().get_nn_info(capped, i) for i in range(len(real)))

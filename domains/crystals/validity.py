@@ -108,23 +108,53 @@ def _expected_bond(a: str, b: str) -> float | None:
             return None
 
 
+VORONOI_MAX_SITES = 5_000  # the most sites CrystalNN's widening Voronoi search may gather around one atom
+
+
+class _SearchTooWide(Exception):
+    pass
+
+
+def _capped(structure):
+    """``structure`` as a Structure whose sphere searches refuse radii that hold over
+    VORONOI_MAX_SITES sites: CrystalNN's Voronoi search starts 7 A around an atom and, while its points
+    do not make a cell (an atom alone, or on a line or plane of images), doubles the radius up to the
+    cell's diagonal: minutes and many GiB in a thin 900 A cell of an undertrained model."""
+    from pymatgen.core import Structure
+
+    radius = max(14.0, (3 * VORONOI_MAX_SITES * structure.volume / len(structure) / (4 * np.pi)) ** (1 / 3))
+
+    class CappedStructure(Structure):
+        def get_sites_in_sphere(self, pt, r, *args, **kwargs):
+            if r > radius:
+                raise _SearchTooWide
+            return super().get_sites_in_sphere(pt, r, *args, **kwargs)
+
+    return CappedStructure.from_sites(structure.sites)
+
+
 def crystalnn_bonds(structure) -> list[tuple[int, int, np.ndarray, float, float, int]]:
     """The CrystalNN bonds of one atom per symmetry orbit (spglib, 1e-3 A): (i, j, image of j, length,
     expected length, orbit size of i). Symmetry-equivalent atoms have the same bonds, so each counted
     once per atom of its orbit stands for running CrystalNN on every atom. As CrystaLLM, an atom's
-    bond to its own periodic image is left out. ValueError where pymatgen has no radius for a bond."""
+    bond to its own periodic image is left out. ValueError where pymatgen has no radius for a bond.
+
+    Where CrystalNN's search would have to gather over VORONOI_MAX_SITES sites (no real crystal comes
+    near), the atom's bonds are taken by distance instead (:func:`_distance_bonds`)."""
     from pymatgen.analysis.local_env import CrystalNN
 
     nn, out = CrystalNN(), []
-    elements = sorted({sp.symbol for sp in structure.composition.elements})
+    capped = _capped(structure)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i, times in _orbit_representatives(structure):
             site = structure[i]
-            if (fallback := _fallback_bonds(structure, i, elements)) is not None:
-                out += [(*b, times) for b in fallback]
+            try:
+                infos = nn.get_nn_info(capped, i)
+            except _SearchTooWide:
+                out += [(*b, times) for b in _distance_bonds(structure, i)]
                 continue
-            for info in nn.get_nn_info(structure, i):
+            for info in infos:
                 j = info["site_index"]
                 if j == i:
                     continue
@@ -136,38 +166,24 @@ def crystalnn_bonds(structure) -> list[tuple[int, int, np.ndarray, float, float,
     return out
 
 
-def _fallback_bonds(structure, i: int, elements: list[str], search: float = 7.0, max_sites: int = 20_000):
-    """Site i's bonds by distance, as (i, j, image, length, expected) tuples, where CrystalNN would be
-    slow and its answer is known to fail; None where CrystalNN should run.
-
-    CrystalNN's Voronoi search starts ``search`` A around the site and doubles up to the cell's diagonal
-    while the points it holds do not span 3D: minutes in a thin 900 A cell. Where the sphere of that
-    diagonal would hold over ``max_sites`` sites and the first one does not span 3D, the bonds are the
-    other sites within the longest plausible bond length of site i (or, if none, its nearest other site,
-    a bond too long whatever it is). Everywhere else CrystalNN runs as always.
-    """
-    lat = structure.lattice
-    diagonal = max(np.linalg.norm(lat.get_cartesian_coords(c)) for c in ([1, 1, 1], [-1, 1, 1], [1, -1, 1], [1, 1, -1]))
-    if len(structure) / lat.volume * 4 / 3 * np.pi * diagonal ** 3 < max_sites:
-        return None
+def _distance_bonds(structure, i: int):
+    """Site i's bonds as (i, j, image, length, expected): the other sites within the longest plausible
+    bond length of i to any element of the structure or, if none, its nearest other site (a bond too
+    long whatever it is); none in a one-site cell, whose neighbours are all its own images."""
     sym, site = structure[i].specie.symbol, structure[i]
-    near = structure.get_neighbors(site, search)
-    pts = np.array([nb.coords for nb in near] + [site.coords])
-    if len(pts) >= 5 and np.linalg.matrix_rank(pts - pts.mean(0), tol=1e-3) == 3:
-        return None
     longest = 0.0
-    for e in elements:
+    for e in sorted({sp.symbol for sp in structure.composition.elements}):
         expected = expected_bond(sym, e)
         if expected is None:
-            return None  # crystalnn_bonds names the missing radius
+            raise ValueError(f"no radius for the {sym}-{e} bond")
         longest = max(longest, expected * (H_BOND_FACTOR if "H" in (sym, e) else 1 + BOND_TOLERANCE))
-    close = [nb for nb in near if nb.index != i and nb.nn_distance <= longest]
+    close = [nb for nb in structure.get_neighbors(site, longest) if nb.index != i]
     if close:
         return [(i, nb.index, np.array(nb.image, float), float(nb.nn_distance),
                  expected_bond(sym, nb.specie.symbol)) for nb in close]
     others = [(site.distance_and_image(structure[j]), j) for j in range(len(structure)) if j != i]
     if not others:
-        return []  # a one-site cell: its only neighbours are its own images, never counted
+        return []
     (length, image), j = min(others, key=lambda x: x[0][0])
     return [(i, j, np.array(image, float), float(length), expected_bond(sym, structure[j].specie.symbol))]
 
