@@ -160,13 +160,15 @@ def test_cli_score_table(tmp_path, capsys):
 def test_cli_score_refuses_what_no_energy_model_can_answer(tmp_path):
     Structure(Lattice.cubic(4.2), [{"Fe": 0.5, "Co": 0.5}, "O"], [[0, 0, 0], [0.5] * 3]).to(filename=str(tmp_path / "fco.cif"))
     Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.01, 0, 0]]).to(filename=str(tmp_path / "close.cif"))
+    Structure(Lattice.hexagonal(700.4, 126.0), ["Rb", "Hg"], [[0, 0, 0], [0.3, 0.6, 0.5]]).to(filename=str(tmp_path / "sparse.cif"))
     (tmp_path / "NaCl.cif").write_text(nacl())
     assert main(["crystal", "score", str(tmp_path), "--out", str(tmp_path / "e.csv")]) == 0
     df = pd.read_csv(tmp_path / "e.csv").set_index("file")
     df.index = [f.rsplit("/", 1)[-1] for f in df.index]
     assert df.loc["fco.cif", "error"] == "partial occupancy" and df.loc["fco.cif", "formula"] == "Fe0.5Co0.5O1"
     assert df.loc["close.cif", "error"].startswith("overlapping atoms (0.06 A")  # CGCNN said -1.3 eV/atom
-    assert df[["formation_energy_per_atom"]].isna().sum().item() == 2
+    assert "A^3 per atom" in df.loc["sparse.cif", "error"]  # an undertrained model's cell; CGCNN said 0.21 eV/atom
+    assert df[["formation_energy_per_atom"]].isna().sum().item() == 3
 
 
 def test_batch_rows_in_search_mode(tmp_path):

@@ -32,6 +32,7 @@ from sciar.errors import DataError, SciarError
 # pymatgen sorts formulas by electronegativity and warns for the noble gases, which have none
 warnings.filterwarnings("ignore", message="No Pauling electronegativity")
 
+MAX_VOLUME_PER_ATOM = 1000.0  # A^3; the shipped corpus and the CDVAE splits stay under 150
 CANON_VERSION = 1  # bump when the canonical text changes (invalidates caches)
 SYMPREC = 0.1
 SG_KEY = "_symmetry_space_group_name_H-M"
@@ -280,6 +281,8 @@ def structure_problem(s) -> str | None:
         return f"absurd cell (a, b, c = {', '.join(f'{x:.3g}' for x in lat.abc)}; angles {', '.join(f'{a:.3g}' for a in lat.angles)})"
     if not lat.volume > 0.1 or lat.volume / len(s) < 1.0:
         return f"absurd cell (volume {lat.volume:.3g} for {len(s)} atoms)"
+    if lat.volume / len(s) > MAX_VOLUME_PER_ATOM:
+        return f"absurd cell ({lat.volume / len(s):.3g} A^3 per atom; solids hold under 150)"
     if len(s) > 1 and len(s) <= 500:
         import numpy as np
 
