@@ -22,6 +22,7 @@ import os
 import re
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,11 +124,25 @@ def semisymmetrize(text: str) -> str:
     return re.sub(r"(_symmetry_equiv_pos_as_xyz\n)(.*?)(?=\n(?:\S| \S)|\Z)", r"\1  1  'x, y, z'", text, flags=re.DOTALL)
 
 
+@contextmanager
+def quiet_spglib():
+    """spglib prints to stderr when it cannot refine a tight symmetry; where that is expected and handled, it should not."""
+    before = os.environ.get("SPGLIB_WARNING")
+    os.environ["SPGLIB_WARNING"] = "OFF"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["SPGLIB_WARNING"]
+        else:
+            os.environ["SPGLIB_WARNING"] = before
+
+
 def canonical_cif(structure, symprec: float = SYMPREC) -> str:
     """The canonical CIF text of an ordered pymatgen Structure."""
     from pymatgen.io.cif import CifWriter
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_spglib():
         warnings.simplefilter("ignore")
         raw = str(CifWriter(structure, symprec=symprec))
     lines = [ln for ln in raw.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]

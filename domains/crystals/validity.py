@@ -19,17 +19,16 @@ structure-prediction benchmark's filter, as CDVAE and CrystaLLM use it.
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import warnings
-from contextlib import contextmanager
 from functools import lru_cache
 from math import gcd
 
 import numpy as np
 import pandas as pd
 
-from domains.crystals.cif import SG_KEY, cif_field, header_formula, rebuild_symmetry, spacegroup, unknown_element
+from domains.crystals.cif import (SG_KEY, cif_field, header_formula, quiet_spglib, rebuild_symmetry, spacegroup,
+                                  unknown_element)
 from sciar.errors import DataError
 
 BOND_TOLERANCE = 0.32  # a bond passes if its length over the expected one lies in (1 - t, 1 + t)
@@ -197,20 +196,6 @@ def bond_ratios(structure) -> tuple[np.ndarray, np.ndarray]:
     return np.array(ratios, float), np.array(to_h, bool)
 
 
-@contextmanager
-def quiet_spglib():
-    """spglib prints to stderr when it cannot refine a tight symmetry; where that is expected and handled, it should not."""
-    before = os.environ.get("SPGLIB_WARNING")
-    os.environ["SPGLIB_WARNING"] = "OFF"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["SPGLIB_WARNING"]
-        else:
-            os.environ["SPGLIB_WARNING"] = before
-
-
 def _orbit_representatives(structure) -> list[tuple[int, int]]:
     """(index, orbit size) of one atom per symmetry orbit; every atom alone where spglib fails."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
@@ -338,7 +323,7 @@ def check_cif(text: str, bonds: bool = True) -> dict:
         r["smact"] = False
     if r["sensible"] and r["min_distance"] and len(s) <= MAX_CHECK_ATOMS:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), quiet_spglib():
                 warnings.simplefilter("ignore")
                 sg = SpacegroupAnalyzer(s, symprec=0.1).get_space_group_symbol()
             r["detected_spacegroup"] = sg
