@@ -63,6 +63,11 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = ()) -> pd.DataF
     path = Path(path)
     if not path.is_file():
         raise DataError(f"input table {path} not found")
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if path.suffix.lower() in (".xls", ".xlsx", ".xlsm", ".ods") or magic.startswith(b"\xd0\xcf\x11\xe0"):
+        raise DataError(f"{path} is a spreadsheet workbook: save the sheet as CSV (sciar reads CSV, TSV and "
+                        f"parquet tables, also gzip/xz/bz2-compressed)")
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)

@@ -302,3 +302,31 @@ def test_rows_longer_than_the_header_are_an_error(tmp_path):
     p = _csv(tmp_path, "date,OT\n2020-01-01,1,5\n2020-01-02,2,6\n")
     with pytest.raises(DataError, match="one field more than its header"):
         read_csv(p)
+
+
+def test_time_columns_by_any_name_and_numeric_times(tmp_path):
+    hours = pd.date_range("2020-01-01", periods=30, freq="h")
+    vals = np.arange(30.0)
+    named = _csv(tmp_path, pd.DataFrame({"Timestamp": hours, "v": vals}).to_csv(index=False), "named.csv")
+    unnamed = _csv(tmp_path, pd.DataFrame({"": hours, "v": vals}).to_csv(index=False), "unnamed.csv")
+    epoch_ms = _csv(tmp_path, pd.DataFrame({"time": (hours - pd.Timestamp("1970-01-01")) // pd.Timedelta("1ms"),
+                                            "v": vals}).to_csv(index=False), "ms.csv")
+    for p in (named, unnamed, epoch_ms):
+        s = read_csv(p)
+        assert s.columns == ["v"] and s.step == pd.Timedelta("1h") and s.timestamps[0] == hours[0], p.name
+    years = read_csv(_csv(tmp_path, "Year,v\n" + "".join(f"{1950 + i},{i}\n" for i in range(30)), "y.csv"))
+    assert years.timestamps[0] == pd.Timestamp("1950-01-01") and years.timestamps[-1].year == 1979
+    days = read_csv(_csv(tmp_path, "date,v\n" + "".join(f"{d:%Y%m%d},{i}\n" for i, d in
+                                                        enumerate(pd.date_range("2021-02-25", periods=10))), "d.csv"))
+    assert days.step == pd.Timedelta("1D") and days.timestamps[4] == pd.Timestamp("2021-03-01")
+    # a month number beside a year column is no time of its own: said so, not read as 1970 seconds
+    ym = _csv(tmp_path, "year,month,v\n" + "".join(f"{2000 + i // 12},{i % 12 + 1},{i}\n" for i in range(30)), "ym.csv")
+    with pytest.raises(DataError, match="'month' holds numbers that are not years"):
+        read_csv(ym)
+
+
+def test_spreadsheets_are_named_not_decoded(tmp_path):
+    xls = tmp_path / "M3C.xls"
+    xls.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 100)
+    with pytest.raises(DataError, match="spreadsheet workbook: save the sheet as CSV"):
+        read_csv(xls)

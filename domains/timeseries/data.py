@@ -25,7 +25,7 @@ from sciar.batch import open_text, read_table
 from sciar.errors import DataError
 
 FILL_POLICIES = ("error", "ffill", "interpolate", "zero", "drop")
-TIME_COLUMNS = ("date", "ds", "ts", "timestamp", "time", "datetime", "Date", "Month", "date_time")
+TIME_COLUMNS = ("date", "ds", "ts", "timestamp", "time", "datetime", "month", "date_time", "week", "period", "year")  # any case
 
 
 @dataclass
@@ -75,10 +75,37 @@ def find_time_column(df: pd.DataFrame, time_col: str | None = None) -> str | Non
         if time_col not in df.columns:
             raise DataError(f"no time column {time_col!r} (columns: {', '.join(map(str, df.columns))})")
         return time_col
+    by_name = {str(c).strip().lower(): c for c in df.columns}
     for c in TIME_COLUMNS:
-        if c in df.columns:
-            return c
+        if c in by_name:
+            return by_name[c]
+    first = df.columns[0]  # an unnamed time column comes first: text that reads as dates, not numbers
+    col = df[first].dropna().head(20).astype(str)
+    if len(df.columns) > 1 and len(col) and not pd.api.types.is_numeric_dtype(df[first]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            is_date = pd.to_datetime(col, errors="coerce", format="mixed").notna().all()
+        if is_date and pd.to_numeric(col, errors="coerce").isna().all():
+            return first
     return None
+
+
+def _numeric_timestamps(col: pd.Series) -> pd.DatetimeIndex:
+    """Numbers as times: years (1000-2999), YYYYMMDD dates, else Unix time in s, ms, us or ns by magnitude."""
+    v = col.to_numpy(np.float64)
+    whole = bool(np.all(v == np.round(v)))
+    if whole and v.min() >= 1000 and v.max() <= 2999:
+        return pd.DatetimeIndex(pd.to_datetime(col.astype(np.int64).astype(str), format="%Y"))
+    if whole and v.min() >= 1e7 and v.max() < 1e8:
+        try:
+            return pd.DatetimeIndex(pd.to_datetime(col.astype(np.int64).astype(str), format="%Y%m%d"))
+        except ValueError:
+            pass
+    size = float(np.median(np.abs(v)))
+    if size < 1e8:  # Unix seconds before 1973: more likely a counter, or a month number beside a year column
+        raise ValueError(f"values from {v.min():g} to {v.max():g}")
+    unit = "s" if size < 1e11 else "ms" if size < 1e14 else "us" if size < 1e17 else "ns"
+    return pd.DatetimeIndex(pd.to_datetime(v, unit=unit))
 
 
 def parse_timestamps(col: pd.Series, where: str) -> pd.DatetimeIndex:
@@ -87,6 +114,12 @@ def parse_timestamps(col: pd.Series, where: str) -> pd.DatetimeIndex:
     # One format inferred for the whole column, else day-first (13/07/2016), else each value on its own. A
     # day-first column whose first days are 12 or less parses month-first without error but out of order,
     # so an unordered parse gives way to an ordered day-first one; check_timestamps reports what stays unordered.
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        try:
+            return _numeric_timestamps(col)
+        except (ValueError, OverflowError, pd.errors.OutOfBoundsDatetime) as e:
+            raise DataError(f"{where}: time column {col.name!r} holds numbers that are not years, YYYYMMDD dates "
+                            f"or Unix times ({e})") from None
     parsed, error = [], None
     year_first = bool(re.match(r"\s*\d{4}\D", str(col.iloc[0])))  # ISO dates are never day-first
     for kwargs in ({}, {} if year_first else {"dayfirst": True}, {"format": "mixed"}):
