@@ -282,6 +282,13 @@ def test_cli_sample_evaluate_batch_and_bad_input(tmp_path, tiny_ck, capsys):
     assert (df["status"] == "ok").sum() == 3 and (df["status"] == "error").sum() == 1
     assert "unknown element" in df.loc[df["status"] == "error", "error"].iloc[0]
     assert {"valid", "reasons", "cif", "spacegroup"}.issubset(df.columns)
+    # the field's own column names: Formula, Space Group, Count
+    pd.DataFrame({"Formula": ["Mg4O4"], "Space Group": ["Fm-3m"], "Count": [2]}).to_csv(prompts, index=False)
+    assert main(["crystal", "batch", "--input", str(prompts), "--output", str(tmp_path / "r2.csv"), "--checkpoint", ck,
+                 "--energy", "none"]) == 0
+    df = pd.read_csv(tmp_path / "r2.csv")
+    assert (df["status"] == "ok").sum() == 2 and (df["composition"] == "Mg4O4").all()
+    assert all("_symmetry_space_group_name_H-M Fm-3m" in c for c in df["cif"])
 
 
 def test_snapping_moves_perturbed_sites_back_onto_their_wyckoff_positions(perov):

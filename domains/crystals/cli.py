@@ -218,8 +218,9 @@ def batch(
     from sciar.errors import DataError, SciarError
 
     df = read_table(input)
+    df = df.rename(columns=_batch_column_names(df.columns))
     if "composition" not in df.columns:
-        raise DataError(f"{input} needs a 'composition' column (has {', '.join(map(str, df.columns))})")
+        raise DataError(f"{input} needs a 'composition' column (or formula; has {', '.join(map(str, df.columns))})")
     modes = {"sample": None, "search": None}
     if mode not in modes:
         raise SciarError(f"unknown mode {mode!r} (sample or search)")
@@ -240,6 +241,24 @@ def batch(
     ok = out[out["status"] == "ok"]
     typer.echo(f"{len(df)} rows: {len(ok)} structures ({ok['valid'].astype(str).eq('True').mean() if len(ok) else 0:.0%} valid), "
                f"{int((out['status'] == 'error').sum())} rows with errors; written to {output}")
+
+
+_BATCH_ALIASES = {"composition": ("composition", "formula", "reduced_formula", "pretty_formula"),
+                  "spacegroup": ("spacegroup", "space_group", "spacegroup_symbol", "spg", "sg"),
+                  "n": ("n",), "count": ("count",), "z": ("z",), "mode": ("mode",)}
+
+
+def _batch_column_names(columns) -> dict:
+    """Renames that let a table say Formula, Space Group or COUNT for the batch's own column names."""
+    key = {str(c).strip().lower().replace(" ", "_").replace("-", "_"): c for c in columns}
+    renames = {}
+    for name, aliases in _BATCH_ALIASES.items():
+        if name in columns:
+            continue
+        found = next((key[a] for a in aliases if a in key), None)
+        if found is not None and found not in renames:
+            renames[found] = name
+    return renames
 
 
 @app.command("build-corpus")
