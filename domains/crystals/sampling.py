@@ -81,7 +81,7 @@ def retrieved_samples(composition: str, n: int, templates, strategy: str = "retr
     index = load_index(templates)
     comp = Composition(prompts[0].formula)
     sm = matcher()
-    pool = n * 4 if sg else n
+    pool = n * 4 if sg else n * 2  # room for candidates dropped below (another space group, an absurd cell)
     if strategy == "retrieval":
         cands = [Cand(c.structure, None, -c.score, c.template) for c in index.predict(comp, pool, sm)]
     else:
