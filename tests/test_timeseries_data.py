@@ -319,6 +319,8 @@ def test_time_columns_by_any_name_and_numeric_times(tmp_path):
     days = read_csv(_csv(tmp_path, "date,v\n" + "".join(f"{d:%Y%m%d},{i}\n" for i, d in
                                                         enumerate(pd.date_range("2021-02-25", periods=10))), "d.csv"))
     assert days.step == pd.Timedelta("1D") and days.timestamps[4] == pd.Timestamp("2021-03-01")
+    counter = read_csv(_csv(tmp_path, "time,v\n" + "".join(f"{i},{i * 2.0}\n" for i in range(30)), "t.csv"))
+    assert counter.timestamps is None and counter.columns == ["v"]  # a step counter orders rows, holds no dates
     # a month number beside a year column is no time of its own: said so, not read as 1970 seconds
     ym = _csv(tmp_path, "year,month,v\n" + "".join(f"{2000 + i // 12},{i % 12 + 1},{i}\n" for i in range(30)), "ym.csv")
     with pytest.raises(DataError, match="'month' holds numbers that are not years"):

@@ -90,6 +90,17 @@ def find_time_column(df: pd.DataFrame, time_col: str | None = None) -> str | Non
     return None
 
 
+def _is_step_counter(col: pd.Series) -> bool:
+    """A numeric time column of rising whole numbers too small for Unix time and no years (t = 0, 1, 2, ...):
+    it orders the rows but holds no dates, so the steps are numbered as without a time column."""
+    if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col) or col.isna().any() or len(col) < 2:
+        return False
+    v = col.to_numpy(np.float64)
+    d = np.diff(v)
+    return bool(np.all(v == np.round(v)) and np.all(d > 0) and np.median(np.abs(v)) < 1e8
+                and not (v.min() >= 1000 and v.max() <= 2999) and np.all(d == d[0]))
+
+
 def _numeric_timestamps(col: pd.Series) -> pd.DatetimeIndex:
     """Numbers as times: years (1000-2999), YYYYMMDD dates, else Unix time in s, ms, us or ns by magnitude."""
     v = col.to_numpy(np.float64)
@@ -207,7 +218,7 @@ def frame_to_series(
         raise DataError(f"unknown duplicates policy {duplicates!r} (error or keep)")
     tcol = find_time_column(df, time_col)
     ts = None
-    if tcol is not None:
+    if tcol is not None and not _is_step_counter(df[tcol]):
         ts = parse_timestamps(df[tcol], name)
         check_timestamps(ts, name, duplicates)
     cols = [str(c) for c in df.columns if c != tcol]
