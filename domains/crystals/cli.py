@@ -95,7 +95,7 @@ def sample(
     z: Optional[int] = typer.Option(None, help="Formula units per cell (default: as given, or several for a reduced formula)."),
     checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory or shipped name."),
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
-    top_k: int = typer.Option(10, help="Top-k filtering (0: off)."),
+    top_k: int = typer.Option(10, min=0, help="Top-k filtering (0: off)."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     constrained: bool = typer.Option(True, help="Grammar-constrained decoding (consistent formulas, multiplicities, lattice)."),
     snap: bool = typer.Option(True, help="Move sites onto the nearest Wyckoff position of their stated multiplicity, and a short way clear of too-short bonds."),
@@ -174,7 +174,7 @@ def benchmark(
     limit: Optional[int] = typer.Option(None, help="Evaluate this many test structures (a seeded random subset)."),
     seed: int = typer.Option(0, help="Random seed (subset and sampling)."),
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
-    top_k: int = typer.Option(10, help="Top-k filtering."),
+    top_k: int = typer.Option(10, min=0, help="Top-k filtering (0: off)."),
     bonds: bool = typer.Option(False, help="Include the (slow) CrystalNN bond check in valid_rate."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON here."),
 ):
@@ -199,7 +199,7 @@ def batch(
     energy: str = typer.Option("cgcnn", help="Formation-energy column: cgcnn, chgnet or none."),
     bonds: bool = typer.Option(False, help="Run the (slow) CrystalNN bond check."),
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
-    top_k: int = typer.Option(10, help="Top-k filtering."),
+    top_k: int = typer.Option(10, min=0, help="Top-k filtering (0: off)."),
     seed: int = typer.Option(0, help="Random seed (row i uses seed + i)."),
     chunk_size: int = typer.Option(8, help="Rows between atomic writes of the output."),
     mode: str = typer.Option("sample", help="sample (plain generation) or search (MCTS toward low formation energy); "

@@ -470,7 +470,10 @@ class CrystalGenerator:
         # the forced text plus one site row per element is a lower bound on the CIF's length
         least = len(self.tok.encode(p.text)) + (0 if p.spacegroup else len(self.tok.encode(atom_props_block(p.composition)))) \
             + 160 + len(self.tok.encode(f"{p.composition.formula}{p.composition.reduced_formula}")) + 34 * n_el
-        if p.composition.num_atoms > MAX_ATOMS or least > self.block:
+        if p.composition.num_atoms > MAX_ATOMS:
+            raise SciarError(f"composition {p.formula} is too large: {p.composition.num_atoms:g} atoms in the cell, and "
+                             f"the model writes at most {MAX_ATOMS} (give a smaller --z or the reduced formula)")
+        if least > self.block:
             raise SciarError(f"composition {p.formula} is too large for the model's context of {self.block} tokens "
                              f"(needs at least about {least})")
 
