@@ -28,3 +28,21 @@ def test_bad_options_exit_2_without_traceback():
         assert "Traceback" not in r.stderr
         # one line naming the problem, not a usage box
         assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), (args, r.stderr)
+
+
+def test_out_of_range_numbers_are_option_errors(capsys, tmp_path):
+    """Each of these once reached library code and ended in an internal error or a silent no-op."""
+    csv = str(tmp_path / "s.csv")  # never read: the option is refused first
+    for args, option in [
+        (["crystal", "sample", "-c", "NaCl", "--top-k", "-3", "--out", "x"], "--top-k"),
+        (["crystal", "sample", "-c", "NaCl", "--threads", "0", "--out", "x"], "--threads"),
+        (["crystal", "train", "--data", csv, "--out", "x", "--block-size", "10"], "--block-size"),
+        (["timeseries", "train", "--csv", csv, "--out", "x", "--max-steps", "0"], "--max-steps"),
+        (["timeseries", "train", "--csv", csv, "--out", "x", "--batch-size", "0"], "--batch-size"),
+        (["timeseries", "train", "--csv", csv, "--out", "x", "--segment", "0"], "--segment"),
+        (["timeseries", "train", "--csv", csv, "--out", "x", "--threads", "-2"], "--threads"),
+        (["timeseries", "forecast", "--csv", csv, "--samples", "-3", "--out", "x.csv"], "--samples"),
+    ]:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert option in err and err.count("\n") == 1, (args, err)

@@ -32,7 +32,7 @@ def canonicalize(
     out: Path = typer.Option(..., "--out", "-o", help="Output table (.parquet or .csv) of canonical CIFs."),
     reasons: Optional[Path] = typer.Option(None, help="Where to write the table of unusable inputs and why (default: beside --out)."),
     dedup: bool = typer.Option(True, help="Keep one structure per (formula, space group): the lowest volume per formula unit."),
-    workers: int = typer.Option(2, help="Worker processes."),
+    workers: int = typer.Option(2, min=1, help="Worker processes."),
 ):
     """Canonicalise CIFs as CrystaLLM does (symmetrized, data_<cell composition>, atom-type block, 4 decimals)."""
     from domains.crystals.cif import dedup as dedup_fn, load_canonical, reasons_table
@@ -56,15 +56,15 @@ def train(
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (resumes if it holds a run)."),
     preset: str = typer.Option("tiny", help="Model and budget: tiny (CPU, minutes), small (4x4x128, CPU), medium (6x8x256, the shipped shape, GPU), crystallm-small (8x8x512, GPU)."),
     val: Optional[Path] = typer.Option(None, help="Validation structures (default: 2% of the training CIFs held out)."),
-    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: the preset's)."),
-    batch_size: Optional[int] = typer.Option(None, help="Windows per step (default: the preset's)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps (default: the preset's)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Windows per step (default: the preset's)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the preset's)."),
-    block_size: Optional[int] = typer.Option(None, help="Context length in tokens (default: the preset's, 1024)."),
+    block_size: Optional[int] = typer.Option(None, min=64, help="Context length in tokens (default: the preset's, 1024)."),
     dedup: bool = typer.Option(True, help="Deduplicate by (formula, space group), keeping the lowest volume per formula unit."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     seed: int = typer.Option(1337, help="Random seed."),
-    workers: int = typer.Option(2, help="Processes for canonicalising the inputs (cached under build/crystals)."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (1 is fastest on a busy machine)."),
+    workers: int = typer.Option(2, min=1, help="Processes for canonicalising the inputs (cached under build/crystals)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch (1 is fastest on a busy machine)."),
 ):
     """Train a CIF language model; windows start at CIF boundaries (CrystaLLM)."""
     from domains.crystals.lm import train_crystal_lm
@@ -102,7 +102,7 @@ def sample(
     fit: bool = typer.Option(True, help="Scale the cell, or failing that nudge the atoms under the space group's symmetry, "
                              "until every CrystalNN bond length is plausible (kept only if every check then passes)."),
     bonds: bool = typer.Option(True, help="Run the CrystalNN bond-length check (slower) in the summary."),
-    threads: int = typer.Option(1, help="CPU threads for decoding (1 is fastest for small models)."),
+    threads: int = typer.Option(1, min=1, help="CPU threads for decoding (1 is fastest for small models)."),
     strategy: str = typer.Option("lm", help="lm: the language model; retrieval: substituted known structures from "
                                  "--templates (no model); hybrid: both, clustered and ranked by their votes."),
     templates: Optional[List[Path]] = typer.Option(None, help="Known structures for retrieval/hybrid: corpus tables, "
@@ -164,7 +164,7 @@ def benchmark(
                                             "(JSON then holds a list)."),
     checkpoint: Optional[str] = typer.Option(None, help="Model to use (else a --preset model is trained on --train)."),
     preset: str = typer.Option("tiny", help="Preset trained on --train when no --checkpoint is given."),
-    steps: Optional[int] = typer.Option(None, help="Training steps for that model (default: the preset's)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Training steps for that model (default: the preset's)."),
     n: int = typer.Option(20, "--n", "-n", help="Candidates per test structure (match rate at 1 and at n)."),
     draws: Optional[int] = typer.Option(None, min=1, help="Model samples per test structure (default 2n): lm ranks them, "
                                                           "samples keeps the first n, hybrid counts them all as votes."),
@@ -201,7 +201,7 @@ def batch(
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
     top_k: int = typer.Option(10, min=0, help="Top-k filtering (0: off)."),
     seed: int = typer.Option(0, help="Random seed (row i uses seed + i)."),
-    chunk_size: int = typer.Option(8, help="Rows between atomic writes of the output."),
+    chunk_size: int = typer.Option(8, min=1, help="Rows between atomic writes of the output."),
     mode: str = typer.Option("sample", help="sample (plain generation) or search (MCTS toward low formation energy); "
                                             "a 'mode' column overrides it per row."),
     simulations: int = typer.Option(200, help="MCTS simulations per row in search mode."),
@@ -265,7 +265,7 @@ def _batch_column_names(columns) -> dict:
 def build_corpus(
     out: Path = typer.Option(Path("data/crystals/default.parquet"), "--out", help="Corpus table to write (.parquet)."),
     avogadro: Optional[Path] = typer.Option(None, help="Folder of Avogadro's crystal CIFs (default /usr/share/avogadro2/crystals)."),
-    workers: int = typer.Option(2, help="Worker processes."),
+    workers: int = typer.Option(2, min=1, help="Worker processes."),
     base: Optional[Path] = typer.Option(None, help="Enlarge this corpus table (.parquet) instead of rebuilding it from the sources."),
     substitute: int = typer.Option(0, min=0, help="Add up to this many structures made by data-mined ionic substitution "
                                    "on the corpus' prototypes (pymatgen's SubstitutionPredictor), CHGNet-relaxed and "

@@ -435,7 +435,7 @@ def search_cmd(
     selection: str = typer.Option("puct", "--selection", help="Selection rule: puct or uct."),
     backup: str = typer.Option("mean", "--backup", help="Node value: mean reward below it (CrystaLLM) or max (the best found; searches for the single lowest energy)."),
     batch: int = typer.Option(2, "--batch", help="Simulations whose rollouts and scoring run as one batch: larger is faster, smaller keeps more of the search on likely branches (2: valid 0.97 vs 0.88 at 8, measured in mcts/README.md)."),
-    top: int = typer.Option(5, "--top", help="How many of the best distinct structures to write as CIFs."),
+    top: int = typer.Option(5, "--top", min=1, help="How many of the best distinct structures to write as CIFs."),
 ):
     """Monte Carlo tree search for low-formation-energy structures of a composition (CrystaLLM's MCTS)."""
     cs = search_composition(composition, spacegroup, z, simulations=simulations, seconds=seconds, width=width, c=c,
