@@ -208,3 +208,26 @@ def test_batch_ids_that_pandas_reads_as_missing(checkpoint, hourly_csv, tmp_path
     assert main(["timeseries", "batch", "--input", str(lp), "--output", str(tmp_path / "x.csv"),
                  "--checkpoint", str(checkpoint), "--horizon", "4", "--lookback", "192", "--no-progress"]) == 2
     assert "1 rows have no series id in column 'id' (first at row 7)" in capsys.readouterr().err
+
+
+def test_series_shorter_than_the_lookback_read_the_segments_they_have(checkpoint, hourly_csv, tmp_path, capsys):
+    df = pd.read_csv(hourly_csv)
+    p = tmp_path / "short.csv"
+    df.iloc[:150].to_csv(p, index=False)  # the checkpoint reads 192; 150 rows hold one segment of 96
+    assert main(["timeseries", "forecast", "--checkpoint", str(checkpoint), "--csv", str(p), "--horizon", "24",
+                 "--out", str(tmp_path / "f.csv")]) == 0
+    assert "lookback 96" in capsys.readouterr().out
+    f = pd.read_csv(tmp_path / "f.csv")
+    assert len(f) == 24 and np.isfinite(f["OT"]).all()
+    long = pd.concat([pd.DataFrame({"id": k, "date": df["date"][:n], "value": df["OT"][:n]})
+                      for k, n in (("long", 400), ("short", 150), ("tiny", 50))])
+    lp = tmp_path / "long.csv"
+    long.to_csv(lp, index=False)
+    out = tmp_path / "b.csv"
+    assert main(["timeseries", "batch", "--input", str(lp), "--output", str(out), "--checkpoint", str(checkpoint),
+                 "--horizon", "24", "--no-progress"]) == 0
+    res = pd.read_csv(out)
+    ok = res[res["status"] == "ok"]
+    assert ok.groupby("series")["lookback"].first().to_dict() == {"long": 192, "short": 96}
+    tiny = res[res["series"] == "tiny"]
+    assert tiny["status"].tolist() == ["error"] and "shorter than one segment of 96" in tiny["error"].iloc[0]

@@ -153,7 +153,8 @@ def forecast(
     horizon: int = typer.Option(720, help="Steps to forecast (any length: the model rolls itself forward)."),
     out: Path = typer.Option(Path("forecast.csv"), help="Output CSV: timestamps and forecast values."),
     plot: Optional[Path] = typer.Option(None, help="PNG of history and forecast (default: OUT with .png)."),
-    lookback: Optional[int] = typer.Option(None, min=1, help="Lookback in steps (default: the checkpoint's, 672)."),
+    lookback: Optional[int] = typer.Option(None, min=1, help="Lookback in steps (default: the checkpoint's, 672, or "
+                                           "for a shorter series the whole segments it has)."),
     fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
     quantiles: Optional[str] = typer.Option(None, help="Add quantile columns from sampled paths, e.g. 0.1,0.5,0.9."),
     samples: int = typer.Option(0, min=0, help="Sampled paths for the quantiles (default 100 when --quantiles is given)."),
@@ -169,8 +170,7 @@ def forecast(
     from sciar.io import write_table_atomic
 
     from .data import read_series
-    from .forecast import (check_horizon, ensemble_rows, forecast_channel, forecast_frame, plot_forecast,
-                           resolve_lookback)
+    from .forecast import check_horizon, ensemble_rows, fitting_lookback, forecast_channel, forecast_frame, plot_forecast
     from .pipeline import load_forecaster
 
     check_horizon(horizon)
@@ -181,7 +181,7 @@ def forecast(
     model, ck = load_forecaster(checkpoint)
     series = read_series(csv, target=target, fill=fill)
     cols = series.columns if all_channels else [series.target]
-    lb = resolve_lookback(model, lookback)
+    lb = fitting_lookback(model, series, lookback)
     S = model.head.segment
     frames = []
     results = {}
@@ -299,7 +299,8 @@ def batch(
     id_col: str = typer.Option("id", help="Series id column of a long table."),
     value_col: str = typer.Option("value", help="Value column of a long table."),
     time_col: Optional[str] = typer.Option(None, help="Timestamp column (default: date, ds, ts, timestamp, ...)."),
-    lookback: Optional[int] = typer.Option(None, min=1, help="Lookback in steps (default: the checkpoint's)."),
+    lookback: Optional[int] = typer.Option(None, min=1, help="Lookback in steps (default: the checkpoint's, or for a "
+                                           "shorter series the whole segments it has)."),
     fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
     quantiles: Optional[str] = typer.Option(None, help="Add quantile columns, e.g. 0.1,0.9."),
     ensemble: Optional[bool] = typer.Option(None, "--ensemble/--no-ensemble", help="Average the model with two linear "

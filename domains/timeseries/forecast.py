@@ -29,6 +29,18 @@ def resolve_lookback(model: SegmentForecaster, lookback: int | None) -> int:
     return lb
 
 
+def fitting_lookback(model: SegmentForecaster, series: Series, lookback: int | None = None) -> int:
+    """The lookback to read: the one given, else the model's own, or for a shorter series the whole
+    segments it has (the model reads any number of segments; a series shorter than one is an error)."""
+    if lookback is not None:
+        return resolve_lookback(model, lookback)
+    S = model.head.segment
+    if series.length < S:
+        raise DataError(f"{series.name}: {series.length} rows is shorter than one segment of {S} steps, the least "
+                        f"the model reads")
+    return resolve_lookback(model, min(model.head.lookback, series.length // S * S))
+
+
 def _marks(series: Series, start: int, n_ctx_seg: int, n_future_seg: int, S: int) -> np.ndarray:
     """Calendar marks of the context segments starting at row ``start`` and the future segments after the end."""
     step = series.step
@@ -235,10 +247,12 @@ def batch_forecast(model: SegmentForecaster, groups: dict[str, pd.DataFrame], ho
     def one(row: dict) -> list[dict]:
         g = groups[row["series"]]
         s = frame_to_series(g, str(row["series"]), target="value", fill=fill)
-        r = forecast_channel(model, s, "value", horizon, lookback, quantiles=quantiles, ensemble=ensemble)
+        lb = fitting_lookback(model, s, lookback)
+        r = forecast_channel(model, s, "value", horizon, lb, quantiles=quantiles, ensemble=ensemble)
         df = forecast_frame(s, "value", r, horizon)
         df.insert(1, "step", np.arange(1, horizon + 1))
         df["ensemble"] = r["ensemble"]
+        df["lookback"] = lb
         df = df.rename(columns={c: "forecast" + c[len("value"):] for c in df.columns if c.startswith("value")})
         df["timestamp"] = df["timestamp"].astype(str)
         return df.to_dict("records")
