@@ -6,6 +6,7 @@ Kept light: heavy imports happen inside the commands.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -99,8 +100,7 @@ def pretrain(
                         patience=0, eval_every=250, save_every=250)
     summary = fit(model, train_parts, val_parts, out, tcfg, extra_config={"corpus": table["name"].tolist()},
                   domain_extra={"stage": "pretrain", "corpus": table.to_dict("records")}, resume=resume)
-    typer.echo(json.dumps(summary))
-    typer.echo(f"checkpoint: {out}")
+    _echo_training(summary, out)
 
 
 @app.command("train")
@@ -140,8 +140,23 @@ def train_cmd(
                               fill=fill, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device,
                               progress=progress, resume=resume, rollout=rollout, skip=skip,
                               val_horizons=_val_horizons(val_horizons), stats=stats, rolled_loss=rolled_loss)
-    typer.echo(json.dumps(summary))
-    typer.echo(f"checkpoint: {out}")
+    _echo_training(summary, out)
+
+
+def _echo_training(summary: dict, out: Path):
+    """One readable line for a finished run; the whole summary is in OUT/summary.json."""
+    from sciar.io import write_json_atomic
+
+    write_json_atomic(Path(out) / "summary.json", summary)
+    val = summary.get("best_val")
+    what = (f"rolled MSE over horizons {','.join(map(str, summary['val_horizons']))}" if summary.get("val_horizons")
+            else "next-segment loss")
+    best = f"best validation {what} {val:.4f}" if val is not None and math.isfinite(val) else "no validation"
+    typer.echo(f"trained {summary.get('trainable_params', 0):,} parameters"
+               f"{' (adapter only)' if summary.get('adapter_only') else ''} for {summary['steps']} steps on "
+               f"{summary.get('train_windows', 0):,} windows: final loss {summary['final_loss']:.4f}, {best}"
+               f"{', stopped early' if summary.get('stopped_early') else ''}; checkpoint in {out} "
+               f"(train_log.csv, loss.png, summary.json)")
 
 
 @app.command()
