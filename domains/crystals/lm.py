@@ -59,9 +59,9 @@ def load_corpus(paths, dedup: bool = True, workers: int | None = None, progress:
     from domains.crystals.cif import dedup as dedup_fn, load_canonical, reasons_table
 
     df = load_canonical(paths, workers=workers, progress=progress)
-    bad = reasons_table(df) if "reason" in df.columns else pd.DataFrame(columns=["id", "source", "reason"])
+    bad = pd.DataFrame(columns=["id", "source", "reason"])
     if "reason" in df.columns:
-        df = df[df["reason"].isna()]
+        bad, df = reasons_table(df), df[df["reason"].isna()]
     n_ok = len(df)
     if dedup:
         df = dedup_fn(df)
@@ -135,8 +135,7 @@ def corpus_source(data, block_size: int, dedup: bool = True, val=None, seed: int
     if unusable_out is not None and info["n_unusable"]:
         from sciar.io import write_table_atomic
 
-        Path(unusable_out).parent.mkdir(parents=True, exist_ok=True)
-        write_table_atomic(unusable, Path(unusable_out))
+        write_table_atomic(unusable, unusable_out)  # makes the folder
     info["n_duplicates"] = int(df.attrs.get("duplicates", 0))
     if isinstance(data, pd.DataFrame):
         fp = fingerprint([t.encode() for t in df["canonical"]])

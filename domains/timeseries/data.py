@@ -90,19 +90,10 @@ def find_time_column(df: pd.DataFrame, time_col: str | None = None) -> str | Non
     return None
 
 
-def _is_step_counter(col: pd.Series) -> bool:
-    """A numeric time column of rising whole numbers too small for Unix time and no years (t = 0, 1, 2, ...):
-    it orders the rows but holds no dates, so the steps are numbered as without a time column."""
-    if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col) or col.isna().any() or len(col) < 2:
-        return False
-    v = col.to_numpy(np.float64)
-    d = np.diff(v)
-    return bool(np.all(v == np.round(v)) and np.all(d > 0) and np.median(np.abs(v)) < 1e8
-                and not (v.min() >= 1000 and v.max() <= 2999) and np.all(d == d[0]))
-
-
-def _numeric_timestamps(col: pd.Series) -> pd.DatetimeIndex:
-    """Numbers as times: years (1000-2999), YYYYMMDD dates, else Unix time in s, ms, us or ns by magnitude."""
+def _numeric_timestamps(col: pd.Series) -> pd.DatetimeIndex | None:
+    """Numbers as times: years (1000-2999), YYYYMMDD dates, else Unix time in s, ms, us or ns by magnitude;
+    None for a step counter (evenly rising whole numbers too small for Unix time: t = 0, 1, 2, ...), which
+    orders the rows but holds no dates."""
     v = col.to_numpy(np.float64)
     whole = bool(np.all(v == np.round(v)))
     if whole and v.min() >= 1000 and v.max() <= 2999:
@@ -113,13 +104,17 @@ def _numeric_timestamps(col: pd.Series) -> pd.DatetimeIndex:
         except ValueError:
             pass
     size = float(np.median(np.abs(v)))
-    if size < 1e8:  # Unix seconds before 1973: more likely a counter, or a month number beside a year column
+    if size < 1e8:  # Unix seconds before 1973: a counter, or a month number beside a year column
+        d = np.diff(v)
+        if whole and len(d) and d[0] > 0 and np.all(d == d[0]):
+            return None
         raise ValueError(f"values from {v.min():g} to {v.max():g}")
     unit = "s" if size < 1e11 else "ms" if size < 1e14 else "us" if size < 1e17 else "ns"
     return pd.DatetimeIndex(pd.to_datetime(v, unit=unit))
 
 
-def parse_timestamps(col: pd.Series, where: str) -> pd.DatetimeIndex:
+def parse_timestamps(col: pd.Series, where: str) -> pd.DatetimeIndex | None:
+    """The time column as timestamps; None for a numeric step counter."""
     if col.isna().any():
         raise DataError(f"{where}: missing timestamp at row {int(np.flatnonzero(col.isna().to_numpy())[0]) + 2}")
     # One format inferred for the whole column, else day-first (13/07/2016), else each value on its own. A
@@ -218,8 +213,7 @@ def frame_to_series(
         raise DataError(f"unknown duplicates policy {duplicates!r} (error or keep)")
     tcol = find_time_column(df, time_col)
     ts = None
-    if tcol is not None and not _is_step_counter(df[tcol]):
-        ts = parse_timestamps(df[tcol], name)
+    if tcol is not None and (ts := parse_timestamps(df[tcol], name)) is not None:
         check_timestamps(ts, name, duplicates)
     cols = [str(c) for c in df.columns if c != tcol]
     df = df.rename(columns=str)
