@@ -209,8 +209,7 @@ def batch(
 ):
     """Generate structures for a table of compositions; one output row per structure, with validity and energy.
 
-    In search mode each row runs ``sciar crystal search`` (scorer from --energy, cgcnn or chgnet) and yields its
-    best structure.
+    In search mode each row runs an MCTS search (scorer from --energy) and yields its best structure.
     """
     from domains.crystals.sampling import batch_fn
     from domains.crystals.search import search_row_fn
