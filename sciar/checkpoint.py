@@ -148,6 +148,42 @@ def load_weights(ck: Checkpoint, model: torch.nn.Module, device: str | torch.dev
     return model.to(device)
 
 
+def check_weights(ck: Checkpoint) -> dict:
+    """Check the weights against the config without building the adapter's model: the trunk's tensors
+    (``trunk.*``, as every adapter names its :class:`sciar.model.Transformer`) must have the shapes the
+    config implies, and every tensor must be finite. Returns tensor and parameter counts."""
+    from safetensors import safe_open
+
+    from sciar.model import ModelConfig, Transformer
+
+    try:
+        cfg = ModelConfig.from_dict(ck.config["model"])
+        with torch.device("meta"):
+            want = {f"trunk.{k}": tuple(v.shape) for k, v in Transformer(cfg).state_dict().items()}
+    except (SciarError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{ck.path}: bad model config ({e})") from None
+    n_params, n_tensors, bad = 0, 0, []
+    with safe_open(str(ck.path / "model.safetensors"), "pt") as f:
+        have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        if ck.config.get("tied", True) and "head.weight" in have:  # safetensors keeps one name of a shared tensor
+            have.setdefault("trunk.wte.weight", have["head.weight"])
+        wrong = [k for k in want if have.get(k) != want[k]]
+        if wrong:
+            k = wrong[0]
+            got = f"shape {list(have[k])}" if k in have else "missing"
+            raise CheckpointError(f"{ck.path}: config.json does not describe the weights ({len(wrong)} of {len(want)} trunk tensors "
+                                  f"differ; {k}: {got}, the config implies {list(want[k])})")
+        for k in f.keys():
+            t = f.get_tensor(k)
+            n_params, n_tensors = n_params + t.numel(), n_tensors + 1
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                bad.append(k)
+    if bad:
+        raise CheckpointError(f"{ck.path}: {len(bad)} weight tensors hold NaN or infinity (first {bad[0]}): "
+                              "did the training run diverge?")
+    return {"tensors": n_tensors, "parameters": n_params}
+
+
 def load_language_model(path: str | Path, domain: str | None = None, device: str | torch.device = "cpu"):
     """Load a token-domain checkpoint: returns (LanguageModel in eval mode, tokenizer, Checkpoint)."""
     from sciar.model import LanguageModel, ModelConfig

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cli import main
-from sciar.checkpoint import load_language_model, read_checkpoint, save_checkpoint
+from sciar.checkpoint import check_weights, load_language_model, read_checkpoint, save_checkpoint
 from sciar.errors import CheckpointError
 from sciar.model import LanguageModel, ModelConfig
 from sciar.tokenizer import CharTokenizer
@@ -80,3 +80,20 @@ def test_cli_inspect(ckpt, capsys, tmp_path):
     assert main(["inspect", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_inspect_checks_shapes_and_values(ckpt, capsys):
+    path, m = ckpt
+    assert check_weights(read_checkpoint(path))["parameters"] == sum(p.numel() for p in m.parameters())
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["model"]["n_layer"] = 2  # an edited config that no longer describes the stored weights
+    (path / "config.json").write_text(json.dumps(cfg))
+    assert main(["inspect", str(path)]) == 2
+    assert "does not describe the weights" in capsys.readouterr().err
+    cfg["model"]["n_layer"] = 1
+    (path / "config.json").write_text(json.dumps(cfg))
+    with torch.no_grad():
+        m.trunk.blocks[0].mlp.fc.weight[0, 0] = float("nan")
+    save_checkpoint(path, m, {"model": cfg["model"]}, TOK, {"domain": "toy"})  # a valid checksum of NaN weights
+    assert main(["inspect", str(path)]) == 2
+    assert "NaN or infinity" in capsys.readouterr().err
