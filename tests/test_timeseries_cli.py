@@ -87,6 +87,7 @@ def test_forecast_ensemble_averages_the_model_and_two_linear_maps(checkpoint, ho
 
 @pytest.mark.parametrize("case,args,message", [
     ("horizon0", ["--horizon", "0"], "horizon must be at least 1"),
+    ("horizon_huge", ["--horizon", "10000000"], "more than this tool forecasts"),
     ("nan", [], "missing"),
     ("dup", [], "duplicate timestamp"),
     ("unordered", [], "out of order"),
