@@ -59,6 +59,22 @@ def test_forecast_writes_timestamps_values_and_png(checkpoint, hourly_csv, tmp_p
     assert list(pd.read_csv(out2).columns) == ["timestamp", "HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
 
 
+def test_forecast_of_the_target_ignores_other_columns(checkpoint, hourly_csv, tmp_path, capsys):
+    df = pd.read_csv(hourly_csv)
+    base = tmp_path / "base.csv"
+    args = ["timeseries", "forecast", "--checkpoint", str(checkpoint), "--horizon", "24", "--lookback", "192"]
+    assert main([*args, "--csv", str(hourly_csv), "--out", str(base)]) == 0
+    df["station"] = "north"  # a text label and a gap in a channel that is not forecast
+    df.loc[50, "HUFL"] = np.nan
+    p = tmp_path / "labelled.csv"
+    df.to_csv(p, index=False)
+    assert main([*args, "--csv", str(p), "--out", str(tmp_path / "f.csv")]) == 0
+    assert pd.read_csv(tmp_path / "f.csv").equals(pd.read_csv(base))
+    capsys.readouterr()
+    assert main([*args, "--csv", str(p), "--out", str(tmp_path / "all.csv"), "--all-channels"]) == 2
+    assert "'station' is not numeric" in capsys.readouterr().err
+
+
 def test_forecast_ensemble_averages_the_model_and_two_linear_maps(checkpoint, hourly_csv, tmp_path, capsys):
     from domains.timeseries.data import StandardScaler, read_series
     from domains.timeseries.evaluate import LinearMap

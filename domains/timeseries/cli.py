@@ -194,7 +194,7 @@ def forecast(
     if out.suffix not in (".csv", ".parquet"):
         raise DataError(f"--out {out} must end in .csv or .parquet")
     model, ck = load_forecaster(checkpoint)
-    series = read_series(csv, target=target, fill=fill)
+    series = read_series(csv, target=target, fill=fill, target_only=not all_channels)
     cols = series.columns if all_channels else [series.target]
     lb = fitting_lookback(model, series, lookback)
     S = model.head.segment
@@ -209,7 +209,7 @@ def forecast(
                 raise DataError(f"{series.name}: {len(x)} rows hold no {prompt_segments} prompt segments before the lookback")
             prompt = x[len(x) - lb - n : len(x) - lb]
         elif prompt_csv is not None:
-            other = read_series(prompt_csv, fill=fill)
+            other = read_series(prompt_csv, fill=fill, target_only=True)
             prompt = other.values[:, other.columns.index(other.target)]
             prompt = prompt[-(min(len(prompt) // S, model.cfg.block_size - lb // S - 1) * S):]
         data = ck.config.get("data") or {}

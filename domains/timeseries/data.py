@@ -202,9 +202,11 @@ def numeric_columns(df: pd.DataFrame, cols: list[str], where: str) -> np.ndarray
 
 def frame_to_series(
     df: pd.DataFrame, name: str, target: str | None = None, columns: list[str] | None = None,
-    fill: str = "error", time_col: str | None = None, duplicates: str = "error",
+    fill: str = "error", time_col: str | None = None, duplicates: str = "error", target_only: bool = False,
 ) -> Series:
     """A Series from a wide table: a time column (optional) and numeric channels.
+
+    ``target_only``: keep only the target channel, so that other columns (text labels, gaps) do not matter.
 
     ``duplicates="keep"`` accepts repeated timestamps and uses the rows in file order (the long-horizon
     benchmarks' protocol reads rows, not dates: Weather has one repeated timestamp).
@@ -224,24 +226,24 @@ def frame_to_series(
         cols = list(columns)
     if target is not None and target not in cols:
         raise DataError(f"{name}: no target column {target!r} (columns: {', '.join(cols)})")
-    if target is not None and not columns:
-        pass  # all channels kept; the target is one of them
     if not cols:
         raise DataError(f"{name}: no value columns")
+    if target is None:
+        target = "OT" if "OT" in cols else cols[-1]
+    if target_only:
+        cols = [target]
     values = numeric_columns(df, cols, name)
     values, keep = apply_fill(values, fill, name, cols)
     if keep is not None and ts is not None:
         ts = ts[keep]
-    if target is None:
-        target = "OT" if "OT" in cols else cols[-1]
     return Series(name, values, cols, ts, target)
 
 
 def read_csv(path: str | Path, target: str | None = None, columns: list[str] | None = None, fill: str = "error",
-             time_col: str | None = None, duplicates: str = "error") -> Series:
+             time_col: str | None = None, duplicates: str = "error", target_only: bool = False) -> Series:
     """An Informer-format CSV (``date`` + numeric channels) as a Series."""
     path = Path(path)
-    return frame_to_series(read_csv_table(path), path.name, target, columns, fill, time_col, duplicates)
+    return frame_to_series(read_csv_table(path), path.name, target, columns, fill, time_col, duplicates, target_only)
 
 
 _TSF_FREQ = {
@@ -309,8 +311,9 @@ def read_tsf(path: str | Path, fill: str = "error") -> list[Series]:
 
 
 def read_series(path: str | Path, target: str | None = None, fill: str = "error", time_col: str | None = None,
-                duplicates: str = "error") -> Series:
-    """One Series from a CSV (wide) or the first series of a ``.tsf`` file."""
+                duplicates: str = "error", target_only: bool = False) -> Series:
+    """One Series from a CSV (wide) or the first series of a ``.tsf`` file (``target_only``: see
+    :func:`frame_to_series`)."""
     path = Path(path)
     if path.suffix == ".tsf" or path.name.endswith(".tsf.gz"):
         series = read_tsf(path, fill)
@@ -320,7 +323,7 @@ def read_series(path: str | Path, target: str | None = None, fill: str = "error"
                 raise DataError(f"{path}: no series named {target!r}")
             return match[0]
         return series[0]
-    return read_csv(path, target=target, fill=fill, time_col=time_col, duplicates=duplicates)
+    return read_csv(path, target=target, fill=fill, time_col=time_col, duplicates=duplicates, target_only=target_only)
 
 
 # ------------------------------------------------------------------------------------------------------ splits
