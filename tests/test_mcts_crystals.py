@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -148,6 +149,18 @@ def test_cli_score_table(tmp_path, capsys):
     assert row["formation_energy_per_atom"] == pytest.approx(-2.11, abs=0.05)
     bad = df[df["file"].str.endswith("broken.cif")].iloc[0]
     assert math.isnan(bad["formation_energy_per_atom"]) and "unparseable" in bad["error"]
+    # gzipped files and every block of a multi-block file are scored; a corrupt gzip is a row's error
+    import gzip
+
+    (tmp_path / "g.cif.gz").write_bytes(gzip.compress(nacl().encode()))
+    (tmp_path / "two.cif").write_text(nacl() + "\n" + nacl().replace("data_", "data_copy_", 1))
+    (tmp_path / "bad.cif.gz").write_bytes(b"not gzip")
+    assert main(["crystal", "score", str(tmp_path), "--out", str(tmp_path / "e2.csv")]) == 0
+    df2 = pd.read_csv(tmp_path / "e2.csv").set_index("file")
+    names = {Path(f).name: f for f in df2.index}
+    for name in ("g.cif.gz", "two.cif#0", "two.cif#1"):
+        assert df2.loc[names[name], "formation_energy_per_atom"] == pytest.approx(row["formation_energy_per_atom"])
+    assert "unreadable" in df2.loc[names["bad.cif.gz"], "error"]
     assert main(["crystal", "score", str(tmp_path / "missing.cif")]) == 2
     capsys.readouterr()
     # every file unusable: the table is still written, and the exit code says nothing was scored
@@ -205,6 +218,13 @@ def test_cli_relax_moves_a_strained_cell_back(tmp_path):
     r = Structure.from_file(df["relaxed_file"].iloc[0])
     # CHGNet's NaCl: a near 5.6-5.7 A (conventional), so the primitive cell shrinks
     assert r.volume / len(r) < s.volume / len(s) - 1.0
+    # the blocks of a two-block file and a file of the same name in another folder each get their own output
+    text = (tmp_path / "NaCl.cif").read_text()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "NaCl.cif").write_text(text + "\n" + text.replace("data_", "data_again_", 1))
+    assert main(["crystal", "relax", str(tmp_path / "NaCl.cif"), str(tmp_path / "sub"), "--out", str(out)]) == 0
+    names = sorted(Path(f).name for f in pd.read_csv(out / "relax.csv")["relaxed_file"])
+    assert names == ["NaCl_0_relaxed.cif", "NaCl_1_relaxed.cif", "NaCl_relaxed.cif"]
 
 
 def test_batch_command_mixes_sample_and_search_rows(tmp_path):

@@ -21,6 +21,7 @@ import math
 import os
 import re
 import warnings
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -390,26 +391,46 @@ def frame_records(df: pd.DataFrame, source: str = "table") -> pd.DataFrame:
     return out
 
 
+_UNREADABLE = (OSError, EOFError, zlib.error)  # missing or unreadable files, truncated or corrupt gzip
+
+
+def _cif_text(p: Path) -> str:
+    """The text of a .cif or .cif.gz file (undecodable bytes replaced)."""
+    import gzip
+
+    data = gzip.decompress(p.read_bytes()) if p.name.lower().endswith(".gz") else p.read_bytes()
+    return data.decode("utf-8", errors="replace")
+
+
+def cif_blocks(text: str) -> list[str]:
+    """The data blocks of a CIF text (the whole text when it has none)."""
+    blocks = [b for b in re.split(r"(?m)^(?=data_)", text) if b.lstrip().startswith("data_")]
+    return blocks if len(blocks) > 1 else [text]
+
+
 def read_cif_file(p: Path) -> list[dict]:
     """One record per data block of a CIF file (the text of each block kept as is)."""
     try:
-        text = p.read_text(errors="replace")
-    except OSError as e:
-        raise DataError(f"cannot read {p}: {e.strerror}") from None
-    blocks = re.split(r"(?m)^(?=data_)", text)
-    blocks = [b for b in blocks if b.lstrip().startswith("data_")] or [text]
+        blocks = cif_blocks(_cif_text(p))
+    except _UNREADABLE as e:
+        raise DataError(f"cannot read {p}: {getattr(e, 'strerror', None) or e}") from None
     if len(blocks) == 1:
-        return [{"id": p.stem, "source": str(p), "cif": text}]
-    return [{"id": f"{p.stem}#{i}", "source": str(p), "cif": b} for i, b in enumerate(blocks)]
+        return [{"id": _stem(p), "source": str(p), "cif": blocks[0]}]
+    return [{"id": f"{_stem(p)}#{i}", "source": str(p), "cif": b} for i, b in enumerate(blocks)]
+
+
+def _stem(p: Path) -> str:
+    return p.name[: -len(".cif.gz")] if p.name.lower().endswith(".cif.gz") else p.stem
 
 
 def cif_files_in(folder: Path) -> list[Path]:
-    """Every .cif file below a folder (recursive, any case of the suffix), sorted."""
-    return sorted(q for q in folder.rglob("*") if q.is_file() and q.suffix.lower() == ".cif")
+    """Every .cif or .cif.gz file below a folder (recursive, any case of the suffix), sorted."""
+    return sorted(q for q in folder.rglob("*") if q.is_file() and q.name.lower().endswith((".cif", ".cif.gz")))
 
 
 def cif_file_texts(paths) -> list[tuple[str, str | None, str]]:
-    """(path, text, error) of every .cif among files and folders (recursive); text None where unreadable.
+    """(name, text, error) of every data block of every CIF among files and folders (recursive); text None
+    where unreadable. A file of several blocks gives one item per block, named ``path#i``.
 
     SciarError for a path that does not exist or when no CIF is found."""
     items = []
@@ -422,9 +443,11 @@ def cif_file_texts(paths) -> list[tuple[str, str | None, str]]:
             raise SciarError(f"{p} not found")
         for f in files:
             try:
-                items.append((str(f), f.read_text(), ""))
-            except (OSError, UnicodeDecodeError) as e:
-                items.append((str(f), None, f"unreadable: {e}"))
+                blocks = cif_blocks(_cif_text(f))
+            except _UNREADABLE as e:
+                items.append((str(f), None, f"unreadable: {getattr(e, 'strerror', None) or e}"))
+                continue
+            items += [(str(f) if len(blocks) == 1 else f"{f}#{i}", b, "") for i, b in enumerate(blocks)]
     if not items:
         raise SciarError("no .cif files in the given paths")
     return items

@@ -383,13 +383,19 @@ def relax_files(paths, out: str | Path | None = None, progress: bool = True):
     from sciar.io import write_text_atomic
 
     df = score_files(paths, scorer="chgnet", relax=True, progress=progress)
-    files = []
+    files, taken = [], set()
     for _, r in df.iterrows():
         st = r.get("relaxed")
         name = None
         if out is not None and st is not None and not (isinstance(st, float)):
             Path(out).mkdir(parents=True, exist_ok=True)
-            name = str(Path(out) / (Path(r["file"]).stem + "_relaxed.cif"))
+            # a.cif and a.cif.gz give a_relaxed.cif, block i of a multi-block a.cif a_i_relaxed.cif; a repeated name
+            # (the same file name in two folders) gets a counter
+            stem = re.sub(r"\.cif(\.gz)?(?=#|$)", "", Path(r["file"]).name, flags=re.I).replace("#", "_")
+            name, k = str(Path(out) / f"{stem}_relaxed.cif"), 1
+            while name in taken:
+                name, k = str(Path(out) / f"{stem}_{k}_relaxed.cif"), k + 1
+            taken.add(name)
             try:
                 from domains.crystals.validity import full_cif
 
