@@ -10,6 +10,8 @@ and accumulation A computes the same update as one process with accumulation N*A
 Checkpoints: ``OUT/`` holds the best weights by validation loss (the last ones
 without validation), ``OUT/last/`` the last weights plus optimizer, RNG and step,
 each written atomically. ``OUT/train_log.csv`` and ``OUT/loss.png`` record the run.
+Ctrl-C or SIGTERM (a scheduler's pre-emption) lets the current step finish, saves
+``OUT/last/`` and then raises ``KeyboardInterrupt``: the next run resumes from that step.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Protocol
@@ -144,6 +148,32 @@ def init_distributed(device: torch.device) -> DistInfo:
     return info
 
 
+@contextmanager
+def _deferred_stop():
+    """Turn the first SIGINT/SIGTERM into a flag the loop reads between steps.
+
+    An interrupt mid-step would leave half-updated weights, and one between saves
+    would lose every step since the last; the second signal acts as usual.
+    """
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():  # signals reach only the main thread
+        yield flag
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(sig, frame):
+        flag["stop"] = True
+        signal.signal(sig, previous[sig])
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield flag
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
 def train(
     model: torch.nn.Module,
     source: BatchSource,
@@ -230,69 +260,78 @@ def train(
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not (cfg.progress and dinfo.main), desc="train",
                unit="step", mininterval=1.0)
-    t0, tokens, step = time.perf_counter(), 0, start_step
-    stopped_early = False
-    while step < cfg.max_steps:
-        lr = lr_at(step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        # the loss stays on the device until the step's work is queued: reading it mid-step would stall a GPU
-        loss_acc = torch.zeros((), device=device)
-        for m in range(local_accum):
-            micro = m * dinfo.world + dinfo.rank
-            batch = _to(source.get_batch("train", cfg.batch_size, _batch_generator(cfg.seed, step, micro)), device)
-            tokens += _count_tokens(batch) * dinfo.world
-            sync = m == local_accum - 1 or dinfo.world == 1
-            ctx = net.no_sync() if (not sync and isinstance(net, DistributedDataParallel)) else nullcontext()
-            with ctx, amp:
-                loss = net(**batch) / local_accum
-            loss.backward()
-            loss_acc += loss.detach().float()
-        if dinfo.world > 1:
-            # DDP averaged the gradients; average the reported loss too
-            dist.all_reduce(loss_acc)
-            loss_acc /= dinfo.world
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss_sum = float(loss_acc)
-        if not math.isfinite(loss_sum):
-            # raised before anything of this step is saved: the last checkpoint holds the weights before it
-            raise DataError(f"loss became {loss_sum} at step {step}; lower the learning rate or check the data")
-        step += 1
-        elapsed = time.perf_counter() - t0
-        rec = {"step": step, "lr": lr, "loss": loss_sum, "val_loss": None, "tokens_per_s": tokens / max(elapsed, 1e-9)}
-        is_last = step == cfg.max_steps
-        if has_val and (step % cfg.eval_every == 0 or is_last):
-            rec["val_loss"] = evaluate()
-            if rec["val_loss"] < best_val:
-                best_val, bad_evals = rec["val_loss"], 0
-                if dinfo.main:
+    with _deferred_stop() as interrupt:
+        t0, tokens, step = time.perf_counter(), 0, start_step
+        stopped_early = interrupted = False
+        while step < cfg.max_steps:
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            # the loss stays on the device until the step's work is queued: reading it mid-step would stall a GPU
+            loss_acc = torch.zeros((), device=device)
+            for m in range(local_accum):
+                micro = m * dinfo.world + dinfo.rank
+                batch = _to(source.get_batch("train", cfg.batch_size, _batch_generator(cfg.seed, step, micro)), device)
+                tokens += _count_tokens(batch) * dinfo.world
+                sync = m == local_accum - 1 or dinfo.world == 1
+                ctx = net.no_sync() if (not sync and isinstance(net, DistributedDataParallel)) else nullcontext()
+                with ctx, amp:
+                    loss = net(**batch) / local_accum
+                loss.backward()
+                loss_acc += loss.detach().float()
+            if dinfo.world > 1:
+                # DDP averaged the gradients; average the reported loss too, and agree on an interrupt
+                # (a rank that stopped alone would leave the others waiting in the next all-reduce)
+                agreed = torch.stack([loss_acc, torch.tensor(float(interrupt["stop"]), device=device)])
+                dist.all_reduce(agreed)
+                loss_acc, interrupted = agreed[0] / dinfo.world, bool(agreed[1] > 0)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss_sum = float(loss_acc)
+            if not math.isfinite(loss_sum):
+                # raised before anything of this step is saved: the last checkpoint holds the weights before it
+                raise DataError(f"loss became {loss_sum} at step {step}; lower the learning rate or check the data")
+            step += 1
+            elapsed = time.perf_counter() - t0
+            rec = {"step": step, "lr": lr, "loss": loss_sum, "val_loss": None, "tokens_per_s": tokens / max(elapsed, 1e-9)}
+            is_last = step == cfg.max_steps
+            if has_val and (step % cfg.eval_every == 0 or is_last):
+                rec["val_loss"] = evaluate()
+                if rec["val_loss"] < best_val:
+                    best_val, bad_evals = rec["val_loss"], 0
+                    if dinfo.main:
+                        save(out, step, with_state=False)
+                else:
+                    bad_evals += 1
+                    if cfg.patience and bad_evals >= cfg.patience:
+                        stopped_early = True
+            log.append(rec)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            if callback is not None:
+                callback(step, rec)
+            if dinfo.world == 1:
+                interrupted = interrupt["stop"]
+            if dinfo.main and (step % cfg.save_every == 0 or is_last or stopped_early or interrupted):
+                save(last, step, with_state=True)
+                if not has_val:
                     save(out, step, with_state=False)
-            else:
-                bad_evals += 1
-                if cfg.patience and bad_evals >= cfg.patience:
-                    stopped_early = True
-        log.append(rec)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
-        if dinfo.main and (step % cfg.save_every == 0 or is_last or stopped_early):
-            save(last, step, with_state=True)
-            if not has_val:
-                save(out, step, with_state=False)
-            write_log(log, out)
-        if callback is not None:
-            callback(step, rec)
-        if stopped_early:
-            break
-    bar.close()
+                write_log(log, out)
+            if stopped_early or interrupted:
+                break
+        bar.close()
     if dinfo.main:
         if not (out / "model.safetensors").exists():
             save(out, step, with_state=False)
         write_log(log, out)
     if dinfo.world > 1:
         dist.barrier()
+    if interrupted:
+        if dinfo.main:
+            tqdm.write(f"stopped at step {step}; {last} holds it: run the same command again to resume")
+        raise KeyboardInterrupt
     return {"steps": step, "best_val": best_val, "final_loss": log[-1]["loss"] if log else None,
             "tokens_per_s": log[-1]["tokens_per_s"] if log else None, "stopped_early": stopped_early}
 

@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,30 @@ def test_resume_after_interrupt_gives_the_same_weights(tmp_path):
     a = load_file(str(tmp_path / "a" / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "last" / "model.safetensors"))
     assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_ctrl_c_saves_the_step_it_stopped_at_and_resume_matches(tmp_path):
+    tc = TrainConfig(max_steps=30, batch_size=8, lr=3e-3, warmup_steps=5, eval_every=10, eval_batches=2,
+                     save_every=10, progress=False)
+    model, cfg = reverse_model(dropout=0.1)
+    train(model, ReverseTask(), tc, tmp_path / "a", {"model": cfg.to_dict()}, TOK, {"domain": "test"})
+
+    def ctrl_c_at_13(step, rec):
+        if step == 13:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    model, cfg = reverse_model(dropout=0.1)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, ReverseTask(), tc, tmp_path / "b", {"model": cfg.to_dict()}, TOK, {"domain": "test"},
+              callback=ctrl_c_at_13)
+    assert read_checkpoint(tmp_path / "b" / "last").domain["step"] == 13  # not 10: nothing since the save is lost
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    model, cfg = reverse_model(dropout=0.1)
+    assert train(model, ReverseTask(), tc, tmp_path / "b", {"model": cfg.to_dict()}, TOK, {"domain": "test"})["steps"] == 30
+    a = load_file(str(tmp_path / "a" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "last" / "model.safetensors"))
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
