@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from mcts.rollout import Decoding, GrammarFactory, Request, extend_root, rollout_batch
 from mcts.tree import Node, add_virtual_loss, backup, select
 from sciar.errors import SciarError
+from sciar.interrupt import deferred_stop
 from sciar.model import LanguageModel
 
 
@@ -129,6 +130,7 @@ class SearchResult:
     seconds: float
     nodes: int
     config: dict
+    interrupted: bool = False  # Ctrl-C ended it early; the table holds what was scored until then
 
     @property
     def best(self) -> pd.DataFrame:
@@ -218,58 +220,60 @@ def search(model: LanguageModel, problem: Problem, config: SearchConfig | None =
         n_rewards += 1
 
     seen: set[tuple] = set()
-    while sims < budget and not root.exhausted:
-        if cfg.seconds is not None and time.perf_counter() - t0 >= cfg.seconds:
-            break
-        expand: list[tuple[Node, int]] = []
-        for _ in range(int(min(cfg.batch, budget - sims))):
-            sel = select(root, cfg.c, cfg.selection, cfg.fpu, cfg.backup)
-            if sel is None:  # every remaining choice is pending in this batch or exhausted
+    with deferred_stop() as interrupt:
+        while sims < budget and not root.exhausted and not interrupt["stop"]:
+            if cfg.seconds is not None and time.perf_counter() - t0 >= cfg.seconds:
                 break
-            node, action = sel
-            node.pending.add(action)
-            add_virtual_loss(node, cfg.rollouts)
-            expand.append((node, action))
-        if not expand:
-            break
-        reqs = []
-        for node, a in expand:
-            segs = node.segments() if cfg.cache == "tree" else None
-            reqs += [Request(node.tokens, node.prompt, node.prompt_len, segs, a)] * cfg.rollouts
-        outs = rollout_batch(dec, reqs, gen)
-        evs = score_all([o.sequence for o in outs])
-        for j, (node, a) in enumerate(expand):
-            sim = sims + 1
-            group = outs[j * cfg.rollouts:(j + 1) * cfg.rollouts]
-            gevs = evs[j * cfg.rollouts:(j + 1) * cfg.rollouts]
-            rs = []
-            for o, ev in zip(group, gevs):
-                r = float(reward_fn(ev))
-                key = tuple(o.sequence)
-                record(o.sequence, node.prompt_len, node.prompt, ev, r, sim, o.stopped, key in seen)
-                seen.add(key)
-                rs.append(r)
-            first = group[0]
-            child = Node(node, first.edge, node.tokens + first.edge, first.edge_kv, first.child_probs,
-                         cfg.width, first.child_terminal, node.prompt, node.prompt_len)
-            if child.terminal:
-                child.reward = rs[0]
-            node.children[a] = child
-            node.pending.discard(a)
-            n_nodes += 1
-            add_virtual_loss(node, -cfg.rollouts)
-            backup(child, sum(rs) / len(rs))
-            sims += 1
-            hist.append({"simulation": sims, "best_reward": best_reward, "mean_reward": reward_sum / max(n_rewards, 1),
-                         "valid": valid_count, "sequences": n_rewards, "best_score": best_score,
-                         "elapsed_s": time.perf_counter() - t0})
-        bar.update(len(expand))
-        bar.set_postfix(valid=valid_count, best=f"{best_score:.3f}" if best_score < math.inf else "-", refresh=False)
-        if on_batch is not None:
-            on_batch({"simulations": sims, "valid": valid_count, "best_score": best_score, "sequences": n_rewards})
+            expand: list[tuple[Node, int]] = []
+            for _ in range(int(min(cfg.batch, budget - sims))):
+                sel = select(root, cfg.c, cfg.selection, cfg.fpu, cfg.backup)
+                if sel is None:  # every remaining choice is pending in this batch or exhausted
+                    break
+                node, action = sel
+                node.pending.add(action)
+                add_virtual_loss(node, cfg.rollouts)
+                expand.append((node, action))
+            if not expand:
+                break
+            reqs = []
+            for node, a in expand:
+                segs = node.segments() if cfg.cache == "tree" else None
+                reqs += [Request(node.tokens, node.prompt, node.prompt_len, segs, a)] * cfg.rollouts
+            outs = rollout_batch(dec, reqs, gen)
+            evs = score_all([o.sequence for o in outs])
+            for j, (node, a) in enumerate(expand):
+                sim = sims + 1
+                group = outs[j * cfg.rollouts:(j + 1) * cfg.rollouts]
+                gevs = evs[j * cfg.rollouts:(j + 1) * cfg.rollouts]
+                rs = []
+                for o, ev in zip(group, gevs):
+                    r = float(reward_fn(ev))
+                    key = tuple(o.sequence)
+                    record(o.sequence, node.prompt_len, node.prompt, ev, r, sim, o.stopped, key in seen)
+                    seen.add(key)
+                    rs.append(r)
+                first = group[0]
+                child = Node(node, first.edge, node.tokens + first.edge, first.edge_kv, first.child_probs,
+                             cfg.width, first.child_terminal, node.prompt, node.prompt_len)
+                if child.terminal:
+                    child.reward = rs[0]
+                node.children[a] = child
+                node.pending.discard(a)
+                n_nodes += 1
+                add_virtual_loss(node, -cfg.rollouts)
+                backup(child, sum(rs) / len(rs))
+                sims += 1
+                hist.append({"simulation": sims, "best_reward": best_reward, "mean_reward": reward_sum / max(n_rewards, 1),
+                             "valid": valid_count, "sequences": n_rewards, "best_score": best_score,
+                             "elapsed_s": time.perf_counter() - t0})
+            bar.update(len(expand))
+            bar.set_postfix(valid=valid_count, best=f"{best_score:.3f}" if best_score < math.inf else "-", refresh=False)
+            if on_batch is not None:
+                on_batch({"simulations": sims, "valid": valid_count, "best_score": best_score, "sequences": n_rewards})
     bar.close()
     table = pd.DataFrame(rows)
     if table.empty:
         table = pd.DataFrame(columns=["simulation", "prompt", "sequence", "reward", "score", "valid", "error", "n_tokens",
                                       "stopped", "duplicate", "elapsed_s"])
-    return SearchResult(table, pd.DataFrame(hist), sims, time.perf_counter() - t0, n_nodes, asdict(cfg))
+    return SearchResult(table, pd.DataFrame(hist), sims, time.perf_counter() - t0, n_nodes, asdict(cfg),
+                        interrupted=interrupt["stop"])

@@ -136,6 +136,8 @@ def run_batch(
                 for r in results:
                     records.append({**base, **r, "status": r.get("status", "ok"), "error": r.get("error")})
             except KeyboardInterrupt:
+                if out_path is not None and records:  # the rows finished in this chunk are kept for the resume
+                    write_table_atomic(_combine(done_parts, records), out_path)
                 raise
             except Exception as e:  # one bad row must not stop the batch
                 msg = str(e).splitlines()[0] if str(e) else ""

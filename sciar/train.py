@@ -19,10 +19,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Protocol
@@ -35,6 +33,7 @@ from tqdm.auto import tqdm
 
 from sciar.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from sciar.errors import DataError, SciarError
+from sciar.interrupt import deferred_stop
 from sciar.io import write_text_atomic
 
 
@@ -148,32 +147,6 @@ def init_distributed(device: torch.device) -> DistInfo:
     return info
 
 
-@contextmanager
-def _deferred_stop():
-    """Turn the first SIGINT/SIGTERM into a flag the loop reads between steps.
-
-    An interrupt mid-step would leave half-updated weights, and one between saves
-    would lose every step since the last; the second signal acts as usual.
-    """
-    flag = {"stop": False}
-    if threading.current_thread() is not threading.main_thread():  # signals reach only the main thread
-        yield flag
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(sig, frame):
-        flag["stop"] = True
-        signal.signal(sig, previous[sig])
-
-    for sig in previous:
-        signal.signal(sig, handler)
-    try:
-        yield flag
-    finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
-
-
 def train(
     model: torch.nn.Module,
     source: BatchSource,
@@ -260,7 +233,7 @@ def train(
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not (cfg.progress and dinfo.main), desc="train",
                unit="step", mininterval=1.0)
-    with _deferred_stop() as interrupt:
+    with deferred_stop() as interrupt:
         t0, tokens, step = time.perf_counter(), 0, start_step
         stopped_early = interrupted = False
         while step < cfg.max_steps:

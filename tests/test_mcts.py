@@ -1,6 +1,8 @@
 """Tree search on a toy token task (no crystals): a tiny trained model of ``x=DD;y=DD`` lines."""
 
 import math
+import os
+import signal
 import time
 
 import pytest
@@ -177,6 +179,18 @@ def test_budgets_and_bad_input(model):
     res = search(model, problem(), cfg(simulations=0, seconds=0.5, batch=1), progress=False)
     assert time.perf_counter() - t0 < 3.0
     assert res.simulations >= 1
+
+
+def test_ctrl_c_ends_the_search_with_what_it_has_scored(model):
+    def ctrl_c(state):
+        if state["simulations"] >= 16:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    res = search(model, problem(), cfg(simulations=200), progress=False, on_batch=ctrl_c)
+    assert res.interrupted and res.simulations == 16  # the batch in flight finished, no new one started
+    assert len(res.table) == 16 and len(res.history) == 16
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert not search(model, problem(), cfg(simulations=8), progress=False).interrupted
 
 
 def test_running_sigmoid_reward():

@@ -128,6 +128,25 @@ def test_cli_search_writes_everything(tmp_path, capsys):
     assert "simulations" in capsys.readouterr().out
 
 
+def test_cli_search_interrupted_writes_what_it_found_and_exits_130(tmp_path, capsys, monkeypatch):
+    import domains.crystals.search as cs_mod
+
+    real = cs_mod.search_composition
+
+    def cut_short(*a, **kw):  # as if Ctrl-C came after the first batch
+        cs = real(*a, **kw)
+        cs.result.interrupted = True
+        return cs
+
+    monkeypatch.setattr(cs_mod, "search_composition", cut_short)
+    out = tmp_path / "run"
+    rc = main(["crystal", "search", "--composition", "Na4Cl4", "--simulations", "4", "--batch", "4", "--out", str(out)])
+    assert rc == 130
+    assert json.loads((out / "summary.json").read_text())["interrupted"] is True
+    assert len(pd.read_csv(out / "results.csv")) == 4
+    assert "interrupted after 4 of 4 simulations" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--composition", "Na4Xx4"], "unknown element"),
     (["--composition", "Na4Cl4", "--simulations", "0"], "budget is zero"),

@@ -264,7 +264,7 @@ def summarise(cs: CrystalSearch) -> dict:
         "best_energy": float(b["energy"].iloc[0]) if len(b) else None,
         "best_formula": b["formula"].iloc[0] if len(b) else None,
         "best_spacegroup": b["spacegroup"].iloc[0] if len(b) else None,
-        "seconds": round(float(cs.result.seconds), 2),
+        "seconds": round(float(cs.result.seconds), 2), "interrupted": bool(cs.result.interrupted),
         "simulations_per_s": round(cs.result.simulations / cs.result.seconds, 3) if cs.result.seconds else None,
         "nodes": int(cs.result.nodes), "scorer_errors": int(t["error"].fillna("").str.startswith(("cgcnn", "chgnet", "scorer")).sum()),
         "config": {k: cs.result.config[k] for k in ("width", "c", "selection", "backup", "batch", "seed", "cache")},
@@ -305,6 +305,8 @@ def search_row_fn(checkpoint: str = DEFAULT_CHECKPOINT, simulations: int = 200, 
             c=opt(row, "c", c, float), scorer=opt(row, "scorer", scorer, str), relax=relax,
             seed=opt(row, "seed", seed, int), checkpoint=checkpoint, progress=progress,
         )
+        if cs.result.interrupted:  # a cut-short search is not this row's answer; the batch keeps the rows before it
+            raise KeyboardInterrupt
         s = summarise(cs)
         col = f"{s['scorer']}_formation_energy_per_atom"  # as the sampling rows of ``sciar crystal batch`` name it
         base = {"mode": "search", "search_simulations": s["simulations"], "search_valid_rate": s["valid_rate"],
@@ -452,6 +454,10 @@ def search_cmd(
     if s["best_files"]:
         _echo_table(cs.best(top)[["formula", "spacegroup", "energy", "n_atoms", "simulation"]])
     typer.echo(f"wrote {len(s['best_files'])} CIFs, results.csv, results.parquet, rewards.png and summary.json to {out}")
+    if cs.result.interrupted:
+        typer.echo(f"interrupted after {s['simulations']} of {simulations or 'unlimited'} simulations; "
+                   "the files hold the search until then", err=True)
+        raise typer.Exit(130)
 
 
 def score_cmd(
