@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     except SciarError as e:
         typer.echo(f"error: {e}", err=True)
         return 2
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+    except FileExistsError as e:  # mkdir of an output folder where a file of that name lies
+        typer.echo(f"error: {e.filename} exists and is not a folder", err=True)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         typer.echo(f"error: {e.strerror or e}: {e.filename}", err=True)
         return 2
     except Exception as e:

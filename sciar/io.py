@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from sciar.errors import SciarError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
@@ -24,6 +26,36 @@ def atomic_path(path: str | Path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _check_output(path, folder: bool):
+    if path is None:  # an optional output not asked for
+        return None
+    path = Path(path)
+    if path.exists():
+        if path.is_dir() != folder:
+            raise SciarError(f"{path} exists and is {'not a folder' if folder else 'a folder, not a file'}")
+        there = path if folder else path.parent  # files are replaced by a rename in their folder
+    else:
+        there = next(p for p in path.parents if p.exists())  # "." or "/" at the latest
+        if not there.is_dir():
+            raise SciarError(f"{there} is a file, so {path} cannot be written")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise SciarError(f"no permission to write in {there}")
+    return path
+
+
+def output_folder(path):
+    """``path`` if it can be (or is) an output folder, else a :class:`SciarError`; a typer callback too.
+
+    Checked before the work starts: a search or training run must not end in a failed mkdir.
+    """
+    return _check_output(path, folder=True)
+
+
+def output_file(path):
+    """``path`` if a file can be written there, else a :class:`SciarError`; a typer callback too."""
+    return _check_output(path, folder=False)
 
 
 def umask() -> int:

@@ -46,3 +46,25 @@ def test_out_of_range_numbers_are_option_errors(capsys, tmp_path):
         assert main(args) == 2, args
         err = capsys.readouterr().err
         assert option in err and err.count("\n") == 1, (args, err)
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_the_work(capsys, tmp_path):
+    """A search or a training run once ran to its end and then failed to make its output folder."""
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    a_dir = tmp_path / "folder"
+    a_dir.mkdir()
+    csv = str(tmp_path / "never_read.csv")  # nor the checkpoint: the output is refused first
+    ck = ["--checkpoint", str(tmp_path / "no_such_checkpoint")]
+    for args, says in [
+        (["crystal", "search", "--composition", "Na4Cl4", *ck, "--out", str(a_file)], "exists and is not a folder"),
+        (["crystal", "train", "--data", csv, "--out", str(a_file / "run")], "is a file, so"),
+        (["crystal", "sample", "-c", "NaCl", *ck, "--out", str(a_file)], "exists and is not a folder"),
+        (["crystal", "batch", "--input", csv, "--output", str(a_dir)], "is a folder, not a file"),
+        (["timeseries", "train", "--csv", csv, "--out", str(a_file)], "exists and is not a folder"),
+        (["timeseries", "forecast", "--csv", csv, "--out", str(a_dir)], "is a folder, not a file"),
+    ]:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, (args, err)
+    assert a_file.read_text() == "not a folder" and not any(a_dir.iterdir())

@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from domains.crystals import DEFAULT_CHECKPOINT
+from sciar.io import output_file, output_folder
 
 app = typer.Typer(
     help="Crystal structures as CIF text: a CrystaLLM-style language model (train, sample, evaluate, benchmark, batch).",
@@ -29,7 +30,7 @@ def _echo_table(df, max_rows: int = 40):
 @app.command()
 def canonicalize(
     inputs: List[Path] = typer.Argument(..., help="CIF files, folders of CIFs, or tables (.csv/.csv.gz/.parquet) with a 'cif' column."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output table (.parquet or .csv) of canonical CIFs."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_file, help="Output table (.parquet or .csv) of canonical CIFs."),
     reasons: Optional[Path] = typer.Option(None, help="Where to write the table of unusable inputs and why (default: beside --out)."),
     dedup: bool = typer.Option(True, help="Keep one structure per (formula, space group): the lowest volume per formula unit."),
     workers: int = typer.Option(2, min=1, help="Worker processes."),
@@ -53,7 +54,7 @@ def canonicalize(
 @app.command()
 def train(
     data: List[Path] = typer.Option(..., "--data", help="Training structures: CIF files/folders, CDVAE CSV splits, tables; repeat for several."),
-    out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (resumes if it holds a run)."),
+    out: Path = typer.Option(..., "--out", callback=output_folder, help="Checkpoint directory to write (resumes if it holds a run)."),
     preset: str = typer.Option("tiny", help="Model and budget: tiny (CPU, minutes), small (4x4x128, CPU), medium (6x8x256, the shipped shape, GPU), crystallm-small (8x8x512, GPU)."),
     val: Optional[Path] = typer.Option(None, help="Validation structures (default: 2% of the training CIFs held out)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps (default: the preset's)."),
@@ -89,7 +90,7 @@ def train(
 @app.command()
 def sample(
     composition: str = typer.Option(..., "--composition", "-c", help="Cell composition (Na4Cl4) or reduced formula (NaCl: several Z are sampled)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the CIFs and summary.csv."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Folder for the CIFs and summary.csv."),
     n: int = typer.Option(20, "-n", help="How many structures."),
     spacegroup: Optional[str] = typer.Option(None, "--spacegroup", "-s", help="Space group symbol (Fm-3m, P2_1/c) or number."),
     z: Optional[int] = typer.Option(None, help="Formula units per cell (default: as given, or several for a reduced formula)."),
@@ -176,7 +177,7 @@ def benchmark(
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
     top_k: int = typer.Option(10, min=0, help="Top-k filtering (0: off)."),
     bonds: bool = typer.Option(False, help="Include the (slow) CrystalNN bond check in valid_rate."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON here."),
+    json_path: Optional[Path] = typer.Option(None, "--json", callback=output_file, help="Write the figures as JSON here."),
 ):
     """Crystal structure prediction: match rate and RMSE at n=1 and n (StructureMatcher stol=0.5, angle_tol=10, ltol=0.3)."""
     from domains.crystals.benchmark import dump, format_result, run_benchmarks
@@ -193,7 +194,7 @@ def benchmark(
 @app.command()
 def batch(
     input: Path = typer.Option(..., "--input", "-i", help="Table (.csv/.parquet) with a 'composition' column; optional 'spacegroup', 'n', 'z'."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output table (.csv or .parquet); rerun to resume."),
+    output: Path = typer.Option(..., "--output", "-o", callback=output_file, help="Output table (.csv or .parquet); rerun to resume."),
     n: int = typer.Option(5, "-n", help="Structures per row when the row has no 'n'."),
     checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory or shipped name."),
     energy: str = typer.Option("cgcnn", help="Formation-energy column: cgcnn, chgnet or none."),
@@ -262,7 +263,7 @@ def _batch_column_names(columns) -> dict:
 
 @app.command("build-corpus")
 def build_corpus(
-    out: Path = typer.Option(Path("data/crystals/default.parquet"), "--out", help="Corpus table to write (.parquet)."),
+    out: Path = typer.Option(Path("data/crystals/default.parquet"), "--out", callback=output_file, help="Corpus table to write (.parquet)."),
     avogadro: Optional[Path] = typer.Option(None, help="Folder of Avogadro's crystal CIFs (default /usr/share/avogadro2/crystals)."),
     workers: int = typer.Option(2, min=1, help="Worker processes."),
     base: Optional[Path] = typer.Option(None, help="Enlarge this corpus table (.parquet) instead of rebuilding it from the sources."),

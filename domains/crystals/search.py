@@ -23,6 +23,7 @@ import typer
 
 from domains.crystals import DEFAULT_CHECKPOINT
 from sciar.errors import SciarError
+from sciar.io import output_file, output_folder
 
 TABLE_COLUMNS = ["simulation", "prompt", "formula", "spacegroup", "energy", "reward", "valid", "checks_valid", "reasons",
                  "bond_score", "n_atoms", "moved_sites", "cell_scale", "nudged", "error", "duplicate", "n_tokens", "stopped", "elapsed_s", "cif"]
@@ -438,7 +439,7 @@ def search_cmd(
     scorer: str = typer.Option("cgcnn", "--scorer", help="Formation-energy scorer: cgcnn (fast) or chgnet."),
     relax: bool = typer.Option(False, "--relax", help="Relax each valid structure with CHGNet before scoring (chgnet scorer; slow)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same search)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: best CIFs, results.csv/.parquet, rewards.png, summary.json."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Output folder: best CIFs, results.csv/.parquet, rewards.png, summary.json."),
     checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, "--checkpoint", help="Crystal model: shipped name or checkpoint folder."),
     selection: str = typer.Option("puct", "--selection", help="Selection rule: puct or uct."),
     backup: str = typer.Option("mean", "--backup", help="Node value: mean reward below it (CrystaLLM) or max (the best found; searches for the single lowest energy)."),
@@ -464,7 +465,7 @@ def score_cmd(
     cifs: List[Path] = typer.Argument(..., help="CIF files or folders of CIFs."),
     scorer: str = typer.Option("cgcnn", "--scorer", help="cgcnn (formation energy, fast) or chgnet."),
     relax: bool = typer.Option(False, "--relax", help="Relax with CHGNet first (chgnet scorer)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table (.csv or .parquet)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=output_file, help="Write the table (.csv or .parquet)."),
 ):
     """Formation energy per atom (eV/atom) of CIF files, as a table; unreadable files get an error column."""
     from sciar.io import write_table_atomic
@@ -481,7 +482,7 @@ def score_cmd(
 
 def relax_cmd(
     cifs: List[Path] = typer.Argument(..., help="CIF files or folders of CIFs."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the relaxed CIFs and relax.csv."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Folder for the relaxed CIFs and relax.csv."),
 ):
     """Relax structures with CHGNet (cell and positions); write relaxed CIFs and their energies."""
     from sciar.io import write_table_atomic

