@@ -332,3 +332,16 @@ def test_spreadsheets_are_named_not_decoded(tmp_path):
     xls.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 100)
     with pytest.raises(DataError, match="spreadsheet workbook: save the sheet as CSV"):
         read_csv(xls)
+
+
+def test_timestamp_gaps_are_named_and_regular_calendars_are_not():
+    from domains.timeseries.data import timestamp_gaps
+
+    hourly = pd.date_range("2016-07-01", periods=2000, freq="h").as_unit("us")  # as read_csv gives them
+    assert timestamp_gaps(hourly, pd.Timedelta("1h")) is None
+    holes = hourly.delete(list(range(700, 760)) + [900])
+    msg = timestamp_gaps(holes, pd.Timedelta("1h"))
+    assert "skip 60 steps of 1 hour between rows 701 and 702" in msg and "2 places in all" in msg
+    weekdays = pd.bdate_range("2020-01-01", periods=300)  # weekends are a calendar, not gaps
+    assert timestamp_gaps(weekdays, pd.Timedelta("1D")) is None
+    assert timestamp_gaps(None, None) is None

@@ -186,7 +186,7 @@ def forecast(
     from sciar.errors import DataError
     from sciar.io import write_table_atomic
 
-    from .data import read_series
+    from .data import read_series, timestamp_gaps
     from .forecast import check_horizon, ensemble_rows, fitting_lookback, forecast_channel, forecast_frame, plot_forecast
     from .pipeline import load_forecaster
 
@@ -197,6 +197,8 @@ def forecast(
         raise DataError(f"--out {out} must end in .csv or .parquet")
     model, ck = load_forecaster(checkpoint)
     series = read_series(csv, target=target, fill=fill, target_only=not all_channels)
+    if gaps := timestamp_gaps(series.timestamps, series.step):
+        typer.echo(f"note: {series.name}: {gaps}", err=True)
     cols = series.columns if all_channels else [series.target]
     lb = fitting_lookback(model, series, lookback)
     S = model.head.segment

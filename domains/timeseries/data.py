@@ -154,6 +154,41 @@ def check_timestamps(ts: pd.DatetimeIndex, where: str, duplicates: str = "error"
         raise DataError(f"{where}: timestamps out of order at row {i + 2} ({ts[i]} after {ts[i - 1]})")
 
 
+def _duration(step: pd.Timedelta) -> str:
+    """``1 hour``, ``15 minutes``, ``7 days``: pandas prints ``0 days 01:00:00``."""
+    for unit, name in (("1D", "day"), ("1h", "hour"), ("1min", "minute"), ("1s", "second")):
+        u = pd.Timedelta(unit)
+        if step >= u and step % u == pd.Timedelta(0):
+            n = step // u
+            return f"{n} {name}{'s' if n != 1 else ''}"
+    return str(step)
+
+
+def timestamp_gaps(ts: pd.DatetimeIndex | None, step: pd.Timedelta | None) -> str | None:
+    """Words for the places where the timestamps skip steps, or None for a regular series.
+
+    The model reads rows as consecutive steps, so a gap shifts every calendar feature after it;
+    a pattern pandas recognises (business days, month ends) is regular, not a gap.
+    """
+    if ts is None or step is None or len(ts) < 3 or step <= pd.Timedelta(0):
+        return None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if ts.inferred_freq is not None:
+            return None
+    ratio = np.asarray((ts[1:] - ts[:-1]) / step, dtype=float)  # not asi8: its unit follows the index's resolution
+    where = np.flatnonzero(ratio > 1.5)
+    if not len(where):
+        return None
+    i = int(where[0])
+    missing = int(round(ratio[i])) - 1
+    more = f"; {len(where)} places in all" if len(where) > 1 else ""
+    return (f"the timestamps skip {missing} steps of {_duration(step)} between rows {i + 2} and {i + 3} "
+            f"({ts[i]} to {ts[i + 1]}{more}): the rows are read as consecutive steps")
+
+
 def apply_fill(values: np.ndarray, fill: str, where: str, columns: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
     """Missing values: an error, or filled by an explicit policy. Returns (values, kept-rows mask or None)."""
     if fill not in FILL_POLICIES:
