@@ -441,15 +441,36 @@ def test_snapping_writes_special_positions_so_that_a_reader_rebuilds_their_orbit
     assert abs(x - 2 * y) < 1e-9 and z == 0.0822  # the relation holds exactly; z untouched
 
 
+def test_space_group_operations_from_spglib_are_pymatgens():
+    """symmetry_operations reads spglib's database; pymatgen's SpaceGroup, which rebuilds the CIFs, must agree on every group."""
+    import numpy as np
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    from domains.crystals.cif import symmetry_operations
+    from domains.crystals.tokenizer import spacegroup_symbols
+
+    def as_set(rots, trans):
+        return {(tuple(np.rint(r).astype(int).ravel()), tuple(np.round(t % 1.0, 4) % 1.0)) for r, t in zip(rots, trans)}
+
+    syms = spacegroup_symbols()
+    for sg in syms[::5] + syms[220:]:  # every crystal system and all the cubic groups, the slow ones for pymatgen
+        ops = SpaceGroup(sg).symmetry_ops
+        want = as_set([o.rotation_matrix for o in ops], [o.translation_vector for o in ops])
+        assert as_set(*symmetry_operations(sg)) == want, sg
+    assert len(symmetry_operations("P2_1/c")[0]) == 4
+    assert len(symmetry_operations("P 1 21/c 1")[0]) == 4  # a full symbol goes through pymatgen
+
+
 def test_snapping_moves_a_clashing_site_a_short_way_along_its_free_parameters():
     import numpy as np
     from pymatgen.core import Lattice
 
-    from domains.crystals.generate import SiteClash, _nearest, _orbit, _ops, snap_site
+    from domains.crystals.cif import symmetry_operations
+    from domains.crystals.generate import SiteClash, _nearest, _orbit, snap_site
     from domains.crystals.validity import expected_bond
 
     lat = Lattice.from_parameters(11.03, 5.10, 7.29, 90, 106, 90)
-    rots, trans = _ops("C2/m")
+    rots, trans = symmetry_operations("C2/m")
     placed = _orbit(np.array([0.25, 0.25, 0.5]), rots, trans)  # Cu on 4f
     need = SiteClash.CLOSEST * expected_bond("Cu", "Cu")
     p = np.array([0.2, 0.5, 0.45])  # on 4i (x, 0, z) shifted by the centring, 1.40 A from a placed Cu

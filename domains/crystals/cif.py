@@ -197,9 +197,45 @@ def spacegroup(symbol: str):
         raise DataError(f"unknown space group {symbol!r}") from None
 
 
+@functools.lru_cache(maxsize=1)
+def standard_halls() -> dict[str, int]:
+    """Short symbol -> spglib Hall number of the standard setting (the first of its number), in number order."""
+    import spglib
+
+    first: dict[int, tuple[str, int]] = {}
+    for hall in range(1, 531):
+        t = spglib.get_spacegroup_type(hall)
+        first.setdefault(t.number, (t.international_short, hall))
+    return dict(first[n] for n in sorted(first))
+
+
+@functools.lru_cache(maxsize=256)
+def symmetry_operations(symbol: str):
+    """(rotations [n, 3, 3], translations [n, 3]) of a space group's operations, identity first.
+
+    From spglib's database for the 230 standard symbols: the same set as pymatgen's
+    ``SpaceGroup(symbol).symmetry_ops`` (tested), which builds them by closure and takes a second for Fm-3m;
+    other symbols (full symbols, other settings) go through pymatgen. DataError for an unknown symbol.
+    """
+    import numpy as np
+
+    hall = standard_halls().get(symbol)
+    if hall is not None:
+        import spglib
+
+        d = spglib.get_symmetry_from_database(hall)
+        return d["rotations"].astype(float), np.asarray(d["translations"], float)
+    ops = spacegroup(symbol).symmetry_ops
+    return np.array([o.rotation_matrix for o in ops]), np.array([o.translation_vector for o in ops])
+
+
 @functools.lru_cache(maxsize=None)
 def _symmetry_rows(symbol: str) -> str:
-    return "\n".join(f" {i} '{op.as_xyz_str()}'" for i, op in enumerate(spacegroup(symbol).symmetry_ops, 1))
+    from pymatgen.core.operations import SymmOp
+
+    rots, trans = symmetry_operations(symbol)
+    return "\n".join(f" {i} '{SymmOp.from_rotation_and_translation(r, t).as_xyz_str()}'"
+                     for i, (r, t) in enumerate(zip(rots, trans), 1))
 
 
 def rebuild_symmetry(text: str) -> str:

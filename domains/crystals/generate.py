@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from domains.crystals import DEFAULT_CHECKPOINT, DOMAIN
-from domains.crystals.cif import SG_KEY, atom_props_block, cell_formula, parse_composition, round_numbers
+from domains.crystals.cif import (SG_KEY, atom_props_block, cell_formula, parse_composition, round_numbers,
+                                  symmetry_operations)
 from sciar.errors import SciarError
 
 SITE_HEADER = ("loop_\n _symmetry_equiv_pos_site_id\n _symmetry_equiv_pos_as_xyz\n 1 'x, y, z'\n"
@@ -228,7 +229,7 @@ class SiteClash:
     def __init__(self, sg: str, a, b, c, alpha, beta, gamma):
         from pymatgen.core import Lattice
 
-        self.rots, self.trans = _ops(sg)
+        self.rots, self.trans = symmetry_operations(sg)
         self.matrix = Lattice.from_parameters(a, b, c, alpha, beta, gamma).matrix
         self.frac: list = []  # (element, orbit [k, 3])
 
@@ -623,15 +624,6 @@ def apportion(weights, n: int) -> list[int]:
 SITE_ROW = re.compile(r"^ ([A-Z][a-z]?) (\S+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+) (\S+)$", flags=re.M)  # an atom-site row
 
 
-@lru_cache(maxsize=256)
-def _ops(sg: str):
-    import numpy as np
-    from pymatgen.symmetry.groups import SpaceGroup
-
-    ops = SpaceGroup(sg).symmetry_ops
-    return np.array([o.rotation_matrix for o in ops]), np.array([o.translation_vector for o in ops])
-
-
 def _orbit_size(p, rots, trans, tol=1e-3) -> int:
     import numpy as np
 
@@ -740,7 +732,7 @@ def snap_site(p, m: int, sg: str, lattice, placed=None, clash=0.5, el: str | Non
 
     from domains.crystals.tokenizer import spacegroup_symbols
 
-    rots, trans = _ops(sg)
+    rots, trans = symmetry_operations(sg)
     p = np.asarray(p, float) % 1.0
     placed = np.zeros((0, 3)) if placed is None else placed
     thr = np.broadcast_to(np.asarray(clash, float), (len(placed),))
@@ -882,7 +874,7 @@ def snap_to_wyckoff(text: str) -> tuple[str, int]:
         sg = cif_field(text, SG_KEY)
         lat = Lattice.from_parameters(*(float(cif_field(text, f"_cell_{k}")) for k in (
             "length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma")))
-        _ops(sg)
+        symmetry_operations(sg)
     except Exception:
         return text, 0
     import numpy as np
@@ -890,7 +882,7 @@ def snap_to_wyckoff(text: str) -> tuple[str, int]:
     from domains.crystals.validity import expected_bond
 
     moved = 0
-    rots, trans = _ops(sg)
+    rots, trans = symmetry_operations(sg)
     placed, placed_el = np.zeros((0, 3)), []
 
     def fix(m):

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from sciar.tokenizer import VocabTokenizer
 
-from domains.crystals.cif import SG_KEY
+from domains.crystals.cif import SG_KEY, standard_halls
 
 KEYWORDS = [
     "data_", "loop_",
@@ -40,13 +40,7 @@ def element_symbols() -> list[str]:
 @lru_cache(maxsize=1)
 def spacegroup_symbols() -> list[str]:
     """The 230 standard-setting short symbols, as spglib (and so pymatgen's CifWriter) writes them."""
-    import spglib
-
-    first: dict[int, str] = {}
-    for hall in range(1, 531):
-        t = spglib.get_spacegroup_type(hall)
-        first.setdefault(t.number, t.international_short)
-    return [first[n] for n in sorted(first)]
+    return list(standard_halls())
 
 
 def cif_tokenizer() -> VocabTokenizer:
