@@ -259,11 +259,19 @@ def test_cli_sample_evaluate_batch_and_bad_input(tmp_path, tiny_ck, capsys):
     assert "valid_rate" in report and "bonds_rate" not in report  # not checked, so not reported as 0
     table = tmp_path / "junk.csv"
     assert main(["crystal", "evaluate", str(out / "junk.cif"), str(cifs[0]), "--no-bonds", "--out", str(table)]) == 0
-    capsys.readouterr()
+    report_of_mixed = capsys.readouterr().out
     ev = pd.read_csv(table)
     assert list(ev["file"].map(lambda f: Path(f).name)) == ["junk.cif", cifs[0].name] and not ev["valid"].iloc[0]
+    assert "not checked          1 (first:" in report_of_mixed and "junk.cif" in report_of_mixed
+    # nothing readable: say why and exit 2 (it printed rates of 0 and exited 0), the table still written
+    table.unlink()
+    assert main(["crystal", "evaluate", str(out / "junk.cif"), "--no-bonds", "--out", str(table)]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert err.startswith("error: no CIF could be checked (1 failed; first:") and "junk.cif" in err
+    assert table.exists()
     for args, msg in [
         (["--composition", "Xx2O3"], "unknown element"),
+        (["--composition", "Am2O3"], "beyond Pu"),  # a real element the vocabulary lacks: was a tokenizer message
         (["--composition", "NaCl$"], "malformed formula"),
         (["--composition", "NaCl", "--spacegroup", "Q9"], "unknown space group"),
         (["--composition", "H1Li1Be1B1C1N1O1F1Na1Mg1Al1Si1P1S1Cl1K1Ca1Sc1Ti1V1Cr1Mn1Fe1"], "too large"),

@@ -38,6 +38,7 @@ MAX_VOLUME_PER_ATOM = 1000.0  # A^3; the shipped corpus and the CDVAE splits sta
 CANON_VERSION = 1  # bump when the canonical text changes (invalidates caches)
 SYMPREC = 0.1
 SG_KEY = "_symmetry_space_group_name_H-M"
+MAX_Z = 94  # H .. Pu: the elements of the CIF vocabulary and of the training data
 
 # CrystaLLM's fallbacks for elements pymatgen lacks values for
 _NOBLE_VDW = {"He": 1.40, "Ne": 1.54, "Ar": 1.88, "Kr": 2.02, "Xe": 2.16, "Rn": 2.20}
@@ -61,6 +62,8 @@ def parse_composition(text: str):
     for sym in re.findall(r"[A-Z][a-z]?", s):
         if not Element.is_valid_symbol(sym):
             raise SciarError(f"unknown element {sym!r} in {text!r}")
+        if Element(sym).Z > MAX_Z:
+            raise SciarError(f"element {sym!r} in {text!r} is beyond Pu: the models know H to Pu only")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -326,7 +329,7 @@ def structure_problem(s) -> str | None:
         sym = getattr(sp, "symbol", str(sp))
         if not Element.is_valid_symbol(sym) or getattr(sp, "Z", 0) <= 0:
             return f"unknown element {sym}"
-        if Element(sym).Z > 94:
+        if Element(sym).Z > MAX_Z:
             return f"unknown element {sym} (beyond Pu)"
     lat = s.lattice
     if not all(0.5 <= x <= 1000 for x in lat.abc) or not all(10 <= a <= 170 for a in lat.angles):

@@ -144,15 +144,25 @@ def evaluate(
     bonds: bool = typer.Option(True, help="Run the CrystalNN bond-length check (slower)."),
 ):
     """Validity rates of CIF files (CrystaLLM's checks plus CDVAE's structural and SMACT checks)."""
+    import pandas as pd
+
     from domains.crystals.validity import evaluate_files, rates
+    from sciar.errors import SciarError
     from sciar.io import write_table_atomic
 
     df = evaluate_files(paths, bonds=bonds)
     r = rates(df)
     for k, v in r.items():
         typer.echo(f"{k:<20} {v:.3f}" if isinstance(v, float) else f"{k:<20} {v}")
+    errors = df["error"].fillna("").astype(str) if "error" in df.columns else pd.Series("", index=df.index)
+    unread = errors.ne("")
+    if unread.any():  # rates of 0 alone do not say that a file could not be read at all
+        first = unread.idxmax()
+        typer.echo(f"{'not checked':<20} {int(unread.sum())} (first: {df['file'][first]}: {errors[first]})")
     if out:
         write_table_atomic(df.drop(columns=[c for c in ("structure",) if c in df.columns]), out)
+    if unread.all():
+        raise SciarError(f"no CIF could be checked ({len(df)} failed; first: {df['file'].iloc[0]}: {errors.iloc[0]})")
 
 
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from sciar.tokenizer import VocabTokenizer
 
-from domains.crystals.cif import SG_KEY, standard_halls
+from domains.crystals.cif import MAX_Z, SG_KEY, standard_halls
 
 KEYWORDS = [
     "data_", "loop_",
@@ -27,7 +27,6 @@ KEYWORDS = [
 ]
 SYMBOLS = ["x", "y", "z", ".", "(", ")", "+", "-", "/", "'", ",", " ", "\n"]
 DIGITS = list("0123456789")
-MAX_Z = 94  # H .. Pu
 
 
 @lru_cache(maxsize=1)

@@ -357,7 +357,7 @@ def evaluate_files(paths, bonds: bool = True, progress: bool = True) -> pd.DataF
     rows = []
     for name, text, err in tqdm(cif_file_texts(paths), desc="evaluate", unit="cif", disable=not progress):
         if text is None:
-            rows.append({"file": name, "valid": False, "reasons": err})
+            rows.append({"file": name, "valid": False, "reasons": err, "error": err})
             continue
         r = check_cif(text, bonds=bonds)
         r.pop("structure")
