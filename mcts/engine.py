@@ -266,8 +266,9 @@ def search(model: LanguageModel, problem: Problem, config: SearchConfig | None =
                 hist.append({"simulation": sims, "best_reward": best_reward, "mean_reward": reward_sum / max(n_rewards, 1),
                              "valid": valid_count, "sequences": n_rewards, "best_score": best_score,
                              "elapsed_s": time.perf_counter() - t0})
-            bar.update(len(expand))
+            # postfix first: update() redraws the bar, so a postfix set after it shows one batch late
             bar.set_postfix(valid=valid_count, best=f"{best_score:.3f}" if best_score < math.inf else "-", refresh=False)
+            bar.update(len(expand))
             if on_batch is not None:
                 on_batch({"simulations": sims, "valid": valid_count, "best_score": best_score, "sequences": n_rewards})
     bar.close()

@@ -202,3 +202,27 @@ def test_running_sigmoid_reward():
     assert hi < 0.5 < lo
     mean, std = (1 + 3 - 5) / 3, math.sqrt(((1 + 1 / 3) ** 2 + (3 + 1 / 3) ** 2 + (-5 + 1 / 3) ** 2) / 3)
     assert lo == pytest.approx(1 / (1 + math.exp(2 * (-5 - mean) / std)))
+
+
+def test_progress_bar_shows_the_final_valid_count(model, monkeypatch):
+    """The bar's postfix was set after update() redrew it, so what was drawn lagged one batch behind."""
+    import mcts.engine as engine
+
+    drawn = []
+
+    class Bar:  # records what each redraw (update) would show
+        def __init__(self, *a, **k):
+            self.postfix = {}
+
+        def set_postfix(self, refresh=True, **kw):
+            self.postfix = kw
+
+        def update(self, n):
+            drawn.append(dict(self.postfix))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(engine, "tqdm", Bar)
+    res = search(model, problem(), cfg(simulations=16, batch=4))
+    assert drawn and drawn[-1].get("valid") == int(res.table["valid"].sum()), drawn
