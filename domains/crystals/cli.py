@@ -144,8 +144,6 @@ def evaluate(
     bonds: bool = typer.Option(True, help="Run the CrystalNN bond-length check (slower)."),
 ):
     """Validity rates of CIF files (CrystaLLM's checks plus CDVAE's structural and SMACT checks)."""
-    import pandas as pd
-
     from domains.crystals.validity import evaluate_files, rates
     from sciar.errors import SciarError
     from sciar.io import write_table_atomic
@@ -154,7 +152,7 @@ def evaluate(
     r = rates(df)
     for k, v in r.items():
         typer.echo(f"{k:<20} {v:.3f}" if isinstance(v, float) else f"{k:<20} {v}")
-    errors = df["error"].fillna("").astype(str) if "error" in df.columns else pd.Series("", index=df.index)
+    errors = df["error"].fillna("").astype(str)  # every row has one: check_cif's, or the reason a file was unreadable
     unread = errors.ne("")
     if unread.any():  # rates of 0 alone do not say that a file could not be read at all
         first = unread.idxmax()
