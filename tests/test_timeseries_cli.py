@@ -40,6 +40,21 @@ def test_train_writes_a_checkpoint(checkpoint):
     assert (checkpoint / "train_log.csv").is_file()
 
 
+def test_pretrain_on_synthetic_series_only(hourly_csv, tmp_path):
+    out = tmp_path / "pre"
+    rc = main(["timeseries", "pretrain", "--out", str(out), "--no-packages", "--synthetic", "20000", "--preset", "tiny",
+               "--max-steps", "2", "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    cfg = json.loads((out / "config.json").read_text())
+    corpus = json.loads((out / "domain.json").read_text())["corpus"]
+    assert len(corpus) >= 4 and all(r["name"].startswith("synthetic_") for r in corpus)
+    assert cfg["corpus"] == [f"synthetic: {len(corpus)} series, {sum(r['points'] for r in corpus):,} points"]
+    fc = tmp_path / "f.csv"
+    assert main(["timeseries", "forecast", "--checkpoint", str(out), "--csv", str(hourly_csv), "--horizon", "96",
+                 "--out", str(fc), "--no-ensemble"]) == 0
+    assert np.isfinite(pd.read_csv(fc)["OT"]).all()
+
+
 def test_forecast_writes_timestamps_values_and_png(checkpoint, hourly_csv, tmp_path):
     out = tmp_path / "f.csv"
     rc = main(["timeseries", "forecast", "--checkpoint", str(checkpoint), "--csv", str(hourly_csv), "--horizon", "150",

