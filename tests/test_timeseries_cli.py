@@ -40,7 +40,10 @@ def test_train_writes_a_checkpoint(checkpoint):
     assert (checkpoint / "train_log.csv").is_file()
 
 
-def test_pretrain_on_synthetic_series_only(hourly_csv, tmp_path):
+def test_pretrain_on_synthetic_series_only(hourly_csv, tmp_path, capsys):
+    assert main(["timeseries", "corpus", "--synthetic", "20000"]) == 0
+    listed = capsys.readouterr().out
+    assert "synthetic: " in listed and "synthetic_h_" not in listed  # one summary line, not a row per series
     out = tmp_path / "pre"
     rc = main(["timeseries", "pretrain", "--out", str(out), "--no-packages", "--synthetic", "20000", "--preset", "tiny",
                "--max-steps", "2", "--no-progress", "--device", "cpu"])

@@ -357,10 +357,14 @@ def batch(
 @app.command()
 def corpus(
     extra: list[Path] = typer.Option([], "--corpus", help="Extra folders of CSV/.tsf series."),
+    synthetic: int = typer.Option(600_000, min=0, help="Points of synthetic series, as pretrain adds them."),
 ):
-    """List the pretraining corpus found on this machine."""
+    """List the pretraining corpus found on this machine (what `pretrain` would read)."""
     from .corpus import describe, load_corpus
 
-    table = describe(load_corpus(extra, min_length=0))
-    typer.echo(table.to_string(index=False))
+    table = describe(load_corpus(extra, min_length=0, synthetic=synthetic))
+    syn = table["name"].str.startswith("synthetic_")
+    typer.echo(table[~syn].to_string(index=False))
+    if syn.any():
+        typer.echo(_corpus_names(table)[-1])
     typer.echo(f"{len(table)} sources, {int(table['points'].sum()):,} points")
