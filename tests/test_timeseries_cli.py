@@ -46,10 +46,12 @@ def test_pretrain_on_synthetic_series_only(hourly_csv, tmp_path, capsys):
     assert "synthetic: " in listed and "synthetic_h_" not in listed  # one summary line, not a row per series
     out = tmp_path / "pre"
     rc = main(["timeseries", "pretrain", "--out", str(out), "--no-packages", "--synthetic", "20000", "--preset", "tiny",
-               "--max-steps", "2", "--no-progress", "--device", "cpu"])
+               "--max-steps", "2", "--untimed-steps", "3", "--no-progress", "--device", "cpu"])
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
-    corpus = json.loads((out / "domain.json").read_text())["corpus"]
+    domain = json.loads((out / "domain.json").read_text())
+    corpus = domain["corpus"]
+    assert domain["step"] == 2 and domain["untimed"]["steps"] == 3
     assert len(corpus) >= 4 and all(r["name"].startswith("synthetic_") for r in corpus)
     assert cfg["corpus"] == [f"synthetic: {len(corpus)} series, {sum(r['points'] for r in corpus):,} points"]
     fc = tmp_path / "f.csv"

@@ -9,7 +9,7 @@ import torch
 
 from sciar.errors import CheckpointError, DataError, SciarError
 from sciar.model import ModelConfig
-from domains.timeseries.data import Part, calendar, read_csv, standard_splits
+from domains.timeseries.data import CALENDAR_SIZES, Part, calendar, read_csv, standard_splits
 from domains.timeseries.model import HeadConfig, SegmentForecaster, build_model
 from domains.timeseries.pipeline import (corpus_parts, fit_window, evaluate_model, fit, load_forecaster, model_configs, prepare,
                                          train_config)
@@ -342,3 +342,33 @@ def test_forecast_adds_the_linear_maps_only_with_enough_history():
     assert forecast_channel(m, short, "OT", 30, 72)["ensemble"] is False
     with pytest.raises(DataError, match="--no-ensemble"):
         forecast_channel(m, short, "OT", 30, 72, ensemble=True)
+
+
+def test_untimed_stage_moves_only_the_unknown_calendar_entries(tmp_path):
+    from domains.timeseries.data import segment_marks
+    from domains.timeseries.pipeline import fit_untimed
+
+    s = _etth1_slice(1500)
+    prep = prepare(s, 72)
+    tc = train_config("tiny", max_steps=10, progress=False, eval_every=10, save_every=10, device="cpu", batch_size=16)
+    fit(tiny(), [prep.train], [prep.val], tmp_path / "ck", tc)
+    m0, _ = load_forecaster(tmp_path / "ck")
+    summ = fit_untimed(tmp_path / "ck", [prep.train], train_config("tiny", max_steps=20, progress=False, device="cpu",
+                                                                  batch_size=16, lr=1e-2))
+    assert summ["steps"] == 20 and not (tmp_path / "ck" / "untimed").exists()
+    m1, ck = load_forecaster(tmp_path / "ck")
+    assert ck.domain["untimed"]["steps"] == 20
+    moved = {}
+    for (k, a), (_, b) in zip(m0.state_dict().items(), m1.state_dict().items()):
+        if not torch.equal(a, b):
+            moved[k] = (a - b).abs().reshape(len(a), -1).amax(1).nonzero().flatten().tolist()
+    unknown = {i: n - 1 for i, n in enumerate(CALENDAR_SIZES)}
+    # every table but the hour ones (0 and 5) moved, each in its "unknown" row only
+    assert moved == {f"time.tables.{i}.weight": [unknown[i % 5]] for i in range(10) if i % 5}
+    ctx = torch.from_numpy(prep.test.values[:72, :1].T.copy())
+    timed = torch.from_numpy(segment_marks(prep.test.cal[:96 * 2], 24))[None, :6]
+    untimed = torch.from_numpy(segment_marks(calendar(None, 144, None), 24))[None]
+    with torch.no_grad():
+        assert torch.equal(m0.forecast(ctx, timed, 48), m1.forecast(ctx, timed, 48))
+        assert not torch.allclose(m0.forecast(ctx, untimed, 48), m1.forecast(ctx, untimed, 48))
+    assert fit_untimed(tmp_path / "ck", [prep.train], tc) is None  # done once

@@ -82,6 +82,10 @@ def pretrain(
     batch_size: Optional[int] = typer.Option(None, min=1, help="Windows per step (default: the preset's)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the preset's)."),
     time: bool = typer.Option(True, help="Calendar position embeddings of each segment's timestamps."),
+    untimed_steps: int = typer.Option(600, min=0, help="Then this many steps on the corpus shown without timestamps, "
+                                      "fitting only the calendar's 'unknown' entries, so that series without "
+                                      "timestamps (M4, plain tables) are forecast well; forecasts of timestamped "
+                                      "series do not change. 0 to skip."),
     anchor: str = typer.Option("mean", help="Centre each window on its lookback's mean or on its last value (last)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: int = typer.Option(0, min=0, help="CPU threads (0: torch's default)."),
@@ -91,7 +95,7 @@ def pretrain(
     """Pretrain the forecasting backbone on a corpus of real series (never a benchmark's test range) and synthetic ones."""
     _threads(threads)
     from .corpus import describe, load_corpus
-    from .pipeline import corpus_parts, fit, model_configs, train_config
+    from .pipeline import corpus_parts, fit, fit_untimed, model_configs, train_config
     from .model import SegmentForecaster
 
     mcfg, head = model_configs(preset, segment=segment, context=context, time=time, anchor=anchor)
@@ -106,6 +110,13 @@ def pretrain(
     summary = fit(model, train_parts, val_parts, out, tcfg, extra_config={"corpus": _corpus_names(table)},
                   domain_extra={"stage": "pretrain", "corpus": table.to_dict("records")}, resume=resume)
     _echo_training(summary, out)
+    if untimed_steps and time:
+        done = fit_untimed(out, train_parts, train_config(preset, max_steps=untimed_steps, batch_size=batch_size,
+                                                          lr=lr, device=device, progress=progress, save_every=250),
+                           resume=resume)
+        if done:
+            typer.echo(f"fitted the calendar's 'unknown' entries for {done['steps']} steps (series without timestamps): "
+                       f"final loss {done['final_loss']:.4f}")
 
 
 def _corpus_names(table) -> list[str]:

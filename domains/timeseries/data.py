@@ -488,12 +488,16 @@ class SegmentWindows:
 
     Each window is one channel of one part (channel independence). ``get_batch``
     returns ``x [B, L]`` (values) and ``marks [B, n_seg, 10]`` (calendar of each
-    segment's first and last step).
+    segment's first and last step). ``time_dropout``: the fraction of training windows whose
+    calendar is replaced by the "unknown" entries that series without timestamps get, so that
+    a model trained on timestamped series has seen them.
     """
 
     def __init__(self, train: list[Part], val: list[Part] | None, segment: int, context: int,
-                 val_horizons: list[int] | None = None):
-        self.segment, self.context = segment, context
+                 val_horizons: list[int] | None = None, time_dropout: float = 0.0):
+        if not 0.0 <= time_dropout <= 1.0:
+            raise ValueError(f"time_dropout must lie in [0, 1] (got {time_dropout})")
+        self.segment, self.context, self.time_dropout = segment, context, time_dropout
         # validation batches carry the horizons to score by rolling the model (SegmentForecaster.rolled_loss)
         self.val_horizons = list(val_horizons) if val_horizons else None
         self.length = (context + 1) * segment
@@ -536,7 +540,11 @@ class SegmentWindows:
             p = parts[pi]
             xs.append(p.values[start : start + self.length, c])
             ms.append(segment_marks(p.cal[start : start + self.length], self.segment))
-        batch = {"x": torch.from_numpy(np.stack(xs)).float(), "marks": torch.from_numpy(np.stack(ms))}
+        marks = np.stack(ms)
+        if split == "train" and self.time_dropout > 0:
+            drop = torch.rand(batch_size, generator=generator).numpy() < self.time_dropout
+            marks[drop] = segment_marks(calendar(None, self.length, None), self.segment)
+        batch = {"x": torch.from_numpy(np.stack(xs)).float(), "marks": torch.from_numpy(marks)}
         if split == "val" and self.val_horizons:
             batch["horizons"] = torch.tensor(self.val_horizons)
         return batch

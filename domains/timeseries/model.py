@@ -140,6 +140,19 @@ class SegmentForecaster(nn.Module):
         for p in self.trunk.parameters():
             p.requires_grad_(not frozen)
 
+    def train_only_untimed(self):
+        """Freeze everything but the calendar tables that series without timestamps read "unknown" from.
+
+        The hour tables stay frozen: their "unknown" entry is what daily and coarser series get, so it is
+        trained already. Fed all-unknown calendars without weight decay, only the "unknown" rows move,
+        and forecasts of timestamped series stay exactly as they were."""
+        if self.time is None:
+            raise SciarError("the model has no calendar embedding")
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for i, t in enumerate(self.time.tables):
+            t.weight.requires_grad_(i % len(CALENDAR_SIZES) != 0)  # 0: hour (of the first or the last step)
+
     # ---------------------------------------------------------------------------------------------- forward
     def tokens(self, segs: torch.Tensor, marks: torch.Tensor | None, mean: torch.Tensor | None = None,
                std: torch.Tensor | None = None) -> torch.Tensor:

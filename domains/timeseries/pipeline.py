@@ -134,6 +134,40 @@ def fit(
     return summary
 
 
+def fit_untimed(out: str | Path, train_parts: list[Part], tcfg: TrainConfig, resume: bool = True) -> dict | None:
+    """Pretraining's second stage: fit the calendar's "unknown" entries, which series without timestamps get
+    (M4, plain tables), on the training windows shown without their timestamps, every other weight frozen
+    (:meth:`SegmentForecaster.train_only_untimed`), so forecasts of timestamped series do not change.
+
+    Starts from the checkpoint in ``out`` (the first stage's best) and writes it back, recording the stage in
+    ``domain.json``; does nothing if that checkpoint has been through it or has no calendar embedding.
+    ``tcfg.max_steps`` steps; the stage's own training state lives in ``out/untimed`` until it ends."""
+    import shutil
+
+    from sciar.checkpoint import save_checkpoint
+
+    out = Path(out)
+    ck = read_checkpoint(out, DOMAIN)
+    if "untimed" in ck.domain:
+        return None
+    model = build_model(ck.config)
+    load_weights(ck, model, "cpu")
+    if model.time is None:
+        return None
+    model.train_only_untimed()
+    src = SegmentWindows(train_parts, None, model.head.segment, model.head.window - 1, time_dropout=1.0)
+    # no weight decay: the frozen rows of the trained tables would shrink without it
+    tcfg = TrainConfig.from_dict({**asdict(tcfg), "weight_decay": 0.0, "patience": 0})
+    work = out / "untimed"
+    domain = {k: v for k, v in ck.domain.items() if k not in ("sciar_version", "created", "command", "weights_sha256")}
+    summary = train(model, src, tcfg, work, checkpoint_config=ck.config, tokenizer=None, domain=domain, resume=resume)
+    domain["untimed"] = {"steps": summary["steps"], "final_loss": summary["final_loss"],
+                         "trained": "the calendar's unknown entries (day of week, day, month, step class)"}
+    save_checkpoint(out, model.cpu(), ck.config, None, domain)
+    shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
 def rolled_horizons(head: HeadConfig, horizons: list[int] | None) -> list[int] | None:
     """The validation horizons that a training window holds after its lookback (longer ones are cut to it)."""
     if not horizons:
