@@ -83,9 +83,9 @@ def pretrain(
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the preset's)."),
     time: bool = typer.Option(True, help="Calendar position embeddings of each segment's timestamps."),
     untimed_steps: int = typer.Option(600, min=0, help="Then this many steps on the corpus shown without timestamps, "
-                                      "fitting only the calendar's 'unknown' entries, so that series without "
-                                      "timestamps (M4, plain tables) are forecast well; forecasts of timestamped "
-                                      "series do not change. 0 to skip."),
+                                      "fitting only the calendar's 'unknown' entries, which series without "
+                                      "timestamps (M4, plain tables) read; forecasts of timestamped series do not "
+                                      "change. 0 to skip."),
     anchor: str = typer.Option("mean", help="Centre each window on its lookback's mean or on its last value (last)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: int = typer.Option(0, min=0, help="CPU threads (0: torch's default)."),
