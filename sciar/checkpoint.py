@@ -76,11 +76,11 @@ def save_checkpoint(
         (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **config}, indent=1))
         tok = tokenizer.to_dict() if tokenizer is not None else {"kind": "none"}
         (tmp / "tokenizer.json").write_text(json.dumps(tok, indent=1))
-        meta = {
+        meta = {  # what this write records wins over the same keys in ``domain`` (a re-saved checkpoint's)
+            **domain,
             "sciar_version": sciar.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": command_line(),
-            **domain,
             "weights_sha256": sha256_file(tmp / "model.safetensors"),
         }
         (tmp / "domain.json").write_text(json.dumps(meta, indent=1, default=str))

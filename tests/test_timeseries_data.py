@@ -138,7 +138,6 @@ def test_segment_windows_are_real_slices():
         SegmentWindows([Part(v[:50], cal[:50])], None, 24, 3)
 
 
-
 def test_time_dropout_shows_training_windows_without_timestamps():
     v = np.random.default_rng(0).normal(size=(500, 2)).astype(np.float32)
     cal = calendar(pd.date_range("2020", periods=500, freq="h"), 500, pd.Timedelta("1h"))
@@ -154,6 +153,7 @@ def test_time_dropout_shows_training_windows_without_timestamps():
     assert unknown_share(1.0, "val") == 0.0  # validation windows keep their calendar
     with pytest.raises(ValueError, match="time_dropout"):
         SegmentWindows([Part(v, cal)], None, 24, 3, time_dropout=1.5)
+
 
 def test_baselines_match_the_published_protocol_on_etth1():
     """Seasonal naive and the closed-form linear maps on ETTh1 (horizon 96 only, to stay fast)."""

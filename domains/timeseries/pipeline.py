@@ -159,7 +159,7 @@ def fit_untimed(out: str | Path, train_parts: list[Part], tcfg: TrainConfig, res
     # no weight decay: the frozen rows of the trained tables would shrink without it
     tcfg = TrainConfig.from_dict({**asdict(tcfg), "weight_decay": 0.0, "patience": 0})
     work = out / "untimed"
-    domain = {k: v for k, v in ck.domain.items() if k not in ("sciar_version", "created", "command", "weights_sha256")}
+    domain = dict(ck.domain)
     summary = train(model, src, tcfg, work, checkpoint_config=ck.config, tokenizer=None, domain=domain, resume=resume)
     domain["untimed"] = {"steps": summary["steps"], "final_loss": summary["final_loss"],
                          "trained": "the calendar's unknown entries (day of week, day, month, step class)"}
