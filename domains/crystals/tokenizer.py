@@ -7,6 +7,7 @@ CIFs in a corpus are joined by a blank line: a generated CIF ends at ``\\n\\n``.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from sciar.tokenizer import VocabTokenizer
@@ -74,6 +75,10 @@ def normalise_spacegroup(text: str) -> str:
     loose = {x.replace("_", ""): x for x in syms}  # P 21/c, P21/c -> P2_1/c
     if s.replace("_", "") in loose:
         return loose[s.replace("_", "")]
+    # the cubic symbols before the 1983 tables wrote no bar on the 3 (F m 3 m, Fd3m, Ia3d, Pm3)
+    barred = re.sub(r"(?<=[a-z])3", "-3", s.replace("_", ""))
+    if barred in loose:
+        return loose[barred]
     try:
         from pymatgen.symmetry.groups import SpaceGroup
         import warnings

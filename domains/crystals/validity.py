@@ -14,6 +14,14 @@
 ``valid`` is CrystaLLM's definition (sensible, formula, multiplicity, bonds, spacegroup) and
 our structural checks (sites, min_distance); ``smact`` is recorded beside it and used by the
 structure-prediction benchmark's filter, as CDVAE and CrystaLLM use it.
+
+CIFs written by other programs (databases, ase, pymatgen without the canonical rewrite) carry some of
+the fields only: each check is applied where the fields it reads exist and is ``None`` (not applicable)
+where they do not, and a correct crystal passes every check that applies. The fields are read by name
+(any loop column order, uncertainties such as ``5.6402(1)``); a formula sum per formula unit counts with
+``_cell_formula_units_Z``; space groups are compared by number (``F m 3 m``, ``Fm-3m`` and 225 agree).
+Files with partial occupancy or Cartesian coordinates are read (the latter with ase) and say so in
+``kind``; the checks that need an ordered structure do not apply to a disordered one.
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ import numpy as np
 import pandas as pd
 
 from domains.crystals.cif import (SG_KEY, cif_field, cif_syntax_problem, header_formula, quiet_spglib,
-                                  rebuild_symmetry, spacegroup, unknown_element)
-from sciar.errors import DataError
+                                  rebuild_symmetry, unknown_element)
+from domains.crystals.tokenizer import normalise_spacegroup, spacegroup_symbols
+from sciar.errors import SciarError
 
 BOND_TOLERANCE = 0.32  # a bond passes if its length over the expected one lies in (1 - t, 1 + t)
 H_BOND_FACTOR = 2.5  # bonds to H pass below this ratio
@@ -54,33 +63,102 @@ def _comp(s):
     return Composition(str(s).replace("'", ""))
 
 
-def is_formula_consistent(text: str) -> bool:
+def cif_items(text: str) -> dict:
+    """The first data block's items by lower-case key (a loop's column as a list of strings), read by
+    pymatgen's CIF reader; empty where the text is not CIF."""
+    from pymatgen.io.cif import CifFile
+
     try:
-        a = _comp(header_formula(text)).reduced_formula
-        b = _comp(cif_field(text, "_chemical_formula_sum")).reduced_formula
-        c = _comp(cif_field(text, "_chemical_formula_structural")).reduced_formula
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blocks = list(CifFile.from_str(text).data.values())
+    except Exception:
+        return {}
+    return {k.lower(): v for k, v in blocks[0].data.items()} if blocks else {}
+
+
+def _column(items: dict, key: str) -> list[str] | None:
+    v = items.get(key)
+    return None if v is None else (list(v) if isinstance(v, list) else [v])
+
+
+def cif_number(v) -> float:
+    """A CIF number: ``5.6402(1)`` (a standard uncertainty in brackets) is 5.6402; ValueError if none."""
+    return float(re.sub(r"\(\d*\)$", "", str(v).strip()))
+
+
+def _counts_agree(have: dict, want, z) -> bool:
+    """Whether atom counts per element equal a formula, or ``z`` times it (a formula per formula unit)."""
+    have = {str(k): float(v) for k, v in have.items() if abs(float(v)) > 1e-9}
+    want = {str(k): float(v) for k, v in want.as_dict().items()}
+    scales = [1.0]
+    try:
+        scales.append(cif_number(z))
+    except (TypeError, ValueError):
+        pass
+    return any(set(have) == set(want) and all(abs(have[e] - k * want[e]) < 1e-3 * max(1.0, have[e]) for e in want)
+               for k in scales)
+
+
+def _field_text(text: str, items: dict, key: str) -> str | None:
+    v = items.get(key.lower()) if items else cif_field(text, key)
+    return None if v is None or isinstance(v, list) else str(v)
+
+
+def formula_check(text: str, items: dict | None = None) -> bool | None:
+    """Whether the formulas a CIF states (its ``data_`` name where that is a formula, ``_chemical_formula_sum``
+    and ``_chemical_formula_structural``) reduce alike; None where it states fewer than two. A block named
+    by a database code (``data_9008566``, ``data_image0``) states no formula; a formula field that does not
+    parse fails."""
+    items = cif_items(text) if items is None else items
+    comps = []
+    head = header_formula(text)
+    if head:
+        try:
+            comps.append(_comp(head).reduced_formula)
+        except Exception:
+            pass
+    for key in ("_chemical_formula_sum", "_chemical_formula_structural"):
+        v = _field_text(text, items, key)
+        if v is None:
+            continue
+        try:
+            comps.append(_comp(v).reduced_formula)
+        except Exception:
+            return False
+    return None if len(comps) < 2 else len(set(comps)) == 1
+
+
+def is_formula_consistent(text: str) -> bool:
+    return formula_check(text) is True
+
+
+def multiplicity_check(text: str, items: dict | None = None) -> bool | None:
+    """Whether the site multiplicities (times occupancies), summed per element, equal ``_chemical_formula_sum``
+    (or Z times it); None where the CIF lists no multiplicities or no formula sum."""
+    items = cif_items(text) if items is None else items
+    if not items:
+        return False
+    mult = _column(items, "_atom_site_symmetry_multiplicity")
+    formula = _field_text(text, items, "_chemical_formula_sum")
+    if mult is None or formula is None:
+        return None
+    symbols = _column(items, "_atom_site_type_symbol") or _column(items, "_atom_site_label") or []
+    occupancy = _column(items, "_atom_site_occupancy") or ["1"] * len(mult)
+    if not (len(symbols) == len(mult) == len(occupancy)):
+        return False
+    got: dict[str, float] = {}
+    try:
+        for sym, m, occ in zip(symbols, mult, occupancy):
+            el = re.match(r"[A-Z][a-z]?", sym.strip()).group()
+            got[el] = got.get(el, 0.0) + cif_number(m) * cif_number(occ)
+        return bool(got) and _counts_agree(got, _comp(formula), items.get("_cell_formula_units_z"))
     except Exception:
         return False
-    return a == b == c
-
-
-def site_rows(text: str) -> list[list[str]]:
-    """The atom-site rows (symbol, label, multiplicity, x, y, z, occupancy) of a CIF text."""
-    m = re.search(r"_atom_site_occupancy\n(.*?)(?:\n\n|\nloop_|\Z)", text, flags=re.S)
-    if not m:
-        return []
-    return [ln.split() for ln in m.group(1).strip().splitlines() if ln.strip()]
 
 
 def is_multiplicity_consistent(text: str) -> bool:
-    try:
-        want = _comp(cif_field(text, "_chemical_formula_sum")).as_dict()
-        got: dict[str, float] = {}
-        for row in site_rows(text):
-            got[row[0]] = got.get(row[0], 0) + int(row[2])
-    except Exception:
-        return False
-    return bool(got) and {k: float(v) for k, v in got.items()} == {k: float(v) for k, v in want.items()}
+    return multiplicity_check(text) is True
 
 
 def expected_bond(a: str, b: str) -> float | None:
@@ -270,16 +348,34 @@ def smact_valid(formula: str, use_pauling: bool = True, include_alloys: bool = T
     return False
 
 
-def spacegroup_consistent(text: str, detected: str) -> bool:
-    """Whether the space group the CIF declares is the one spglib finds (compared by number, so 'P 21/c'
-    and 'P2_1/c' agree). A CIF that declares P1 declares no symmetry, and every structure has that: other
+def declared_spacegroup(text: str, items: dict | None = None) -> str | None:
+    """The space group a CIF states: its Hermann-Mauguin symbol (either spelling of the key), else its
+    International Tables number; None where it states none."""
+    items = cif_items(text) if items is None else items
+    for key in (SG_KEY, "_space_group_name_H-M_alt", "_space_group_IT_number", "_symmetry_Int_Tables_number"):
+        v = _field_text(text, items, key)
+        if v not in (None, "?", "."):
+            return v
+    return None
+
+
+def spacegroup_consistent(declared: str | None, detected: str) -> bool | None:
+    """Whether the space group a CIF declares is the one spglib finds, compared by number (``P 21/c``,
+    ``P2_1/c`` and 14 agree; ``F m 3 m``, the symbol before the bar was written, is Fm-3m); None where it
+    declares none. A CIF that declares P1 declares no symmetry, and every structure has that: other
     generators and databases write P1 files of symmetric structures (every CDVAE split does)."""
-    declared = cif_field(text, SG_KEY) or cif_field(text, "_space_group_name_H-M_alt")
+    if declared is None:
+        return None
     try:
-        number = spacegroup(declared).int_number
-    except DataError:
+        number = spacegroup_number(declared)
+    except SciarError:
         return False
-    return number == 1 or number == spacegroup(detected).int_number
+    return number == 1 or number == spacegroup_number(detected)
+
+
+def spacegroup_number(symbol: str) -> int:
+    """The International Tables number of a symbol in any spelling or setting, or of a number as text."""
+    return spacegroup_symbols().index(normalise_spacegroup(symbol)) + 1  # the symbols in number order
 
 
 def full_cif(text: str) -> str:
@@ -289,22 +385,43 @@ def full_cif(text: str) -> str:
     return text
 
 
-def check_cif(text: str, bonds: bool = True) -> dict:
-    """Every check on one CIF text; ``reasons`` names the failed ones."""
+def read_structure(text: str, items: dict):
+    """(pymatgen Structure, kind) of a CIF text: pymatgen's reader (the symmetry rebuilt where only the
+    identity is listed), or ase's for Cartesian coordinates, which pymatgen does not read. Raises where
+    neither can."""
     from pymatgen.io.cif import CifParser
+
+    if "_atom_site_cartn_x" in items and "_atom_site_fract_x" not in items:
+        import io
+
+        from ase.io import read
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            atoms = read(io.StringIO(text), format="cif")
+        return AseAtomsAdaptor.get_structure(atoms), "Cartesian coordinates"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = CifParser.from_str(full_cif(text)).parse_structures(primitive=False)[0]
+    return s, "ordered" if s.is_ordered else "partial occupancy"
+
+
+def check_cif(text: str, bonds: bool = True) -> dict:
+    """Every check on one CIF text: True (passed), False (failed) or None (does not apply: the CIF lacks the
+    fields it reads, or the structure is disordered); ``reasons`` names the failed ones, ``kind`` says
+    what was read (ordered, partial occupancy, Cartesian coordinates)."""
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
     r = {c: False for c in CHECKS}
-    r.update(smact=False, bond_score=np.nan, detected_spacegroup=None, structure=None, error=None)
+    r.update(smact=False, bond_score=np.nan, detected_spacegroup=None, structure=None, error=None, kind=None)
+    items = cif_items(text)
     r["sensible"] = is_sensible(text)
-    r["formula"] = is_formula_consistent(text)
-    r["multiplicity"] = is_multiplicity_consistent(text)
+    r["formula"] = formula_check(text, items)
+    r["multiplicity"] = multiplicity_check(text, items)
     try:
-        full = full_cif(text)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            s = CifParser.from_str(full).parse_structures(primitive=False)[0]
-    except (DataError, Exception) as e:
+        s, r["kind"] = read_structure(text, items)
+    except Exception as e:
         why = cif_syntax_problem(text) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
         r["error"] = f"unparseable: {why}"
         return _finish(r, bonds)
@@ -312,11 +429,17 @@ def check_cif(text: str, bonds: bool = True) -> dict:
         r["error"] = f"unknown element {bad!r}"
         return _finish(r, bonds)
     r["structure"] = s
-    try:
-        want = _comp(cif_field(text, "_chemical_formula_sum"))
-        r["sites"] = s.composition.almost_equals(want)
-    except Exception:
-        r["sites"] = False
+    formula = _field_text(text, items, "_chemical_formula_sum")
+    if formula is None:
+        r["sites"] = None
+    else:
+        try:
+            r["sites"] = _counts_agree(s.composition.as_dict(), _comp(formula), items.get("_cell_formula_units_z"))
+        except Exception:
+            r["sites"] = False
+    if not s.is_ordered:  # sites shared by several elements: no bonds, distances or space group of one atom each
+        r.update(min_distance=None, spacegroup=None, smact=None, bonds=None)
+        return _finish(r, bonds)
     r["min_distance"] = min_distance_ok(s)
     try:
         r["smact"] = smact_valid(s.composition.reduced_formula)
@@ -328,7 +451,7 @@ def check_cif(text: str, bonds: bool = True) -> dict:
                 warnings.simplefilter("ignore")
                 sg = SpacegroupAnalyzer(s, symprec=0.1).get_space_group_symbol()
             r["detected_spacegroup"] = sg
-            r["spacegroup"] = spacegroup_consistent(text, sg)
+            r["spacegroup"] = spacegroup_consistent(declared_spacegroup(text, items), sg)
         except Exception:
             r["spacegroup"] = False
         if bonds:
@@ -342,25 +465,34 @@ def check_cif(text: str, bonds: bool = True) -> dict:
 
 def _finish(r: dict, bonds: bool = True) -> dict:
     checks = [c for c in CHECKS if bonds or c != "bonds"]
-    failed = [c for c in checks if not r[c]]
+    failed = [c for c in checks if r[c] is False]
     r["valid"] = not failed
     r["reasons"] = ", ".join(failed) if failed else ""
     return r
 
 
 def evaluate_files(paths, bonds: bool = True, progress: bool = True) -> pd.DataFrame:
-    """Check every .cif among files and folders (recursive); one row per file."""
+    """Check every .cif among files and folders (recursive); one row per data block (``path#i`` where a file
+    holds several, its ``kind`` saying which block of how many)."""
     from tqdm.auto import tqdm
 
     from domains.crystals.cif import cif_file_texts
 
+    items = cif_file_texts(paths)
+    blocks: dict[str, int] = {}
+    for name, _, _ in items:
+        if "#" in name:
+            blocks[name.rsplit("#", 1)[0]] = blocks.get(name.rsplit("#", 1)[0], 0) + 1
     rows = []
-    for name, text, err in tqdm(cif_file_texts(paths), desc="evaluate", unit="cif", disable=not progress):
+    for name, text, err in tqdm(items, desc="evaluate", unit="cif", disable=not progress):
         if text is None:
-            rows.append({"file": name, "valid": False, "reasons": err, "error": err})
+            rows.append({"file": name, "valid": False, "reasons": err, "error": err, "kind": "unreadable"})
             continue
         r = check_cif(text, bonds=bonds)
         r.pop("structure")
+        if "#" in name and r["kind"]:
+            path, i = name.rsplit("#", 1)
+            r["kind"] += f", data block {int(i) + 1} of {blocks[path]}"
         if not bonds:  # not checked: no column, rather than a rate of 0
             del r["bonds"], r["bond_score"]
         rows.append({"file": name, **r})
@@ -368,8 +500,12 @@ def evaluate_files(paths, bonds: bool = True, progress: bool = True) -> pd.DataF
 
 
 def rates(df: pd.DataFrame) -> dict:
+    """The valid share over every row, and each check's pass rate over the rows it applies to (``<check>_on``:
+    how many), so that a check that does not apply to a file neither passes nor fails it."""
     out = {"count": int(len(df)), "valid_rate": float(df["valid"].mean()) if len(df) else 0.0}
     for c in CHECKS + ["smact"]:
         if c in df.columns:
-            out[f"{c}_rate"] = float(df[c].fillna(False).astype(bool).mean())
+            applies = df[c].map(lambda v: isinstance(v, (bool, np.bool_)))
+            out[f"{c}_rate"] = float(df.loc[applies, c].astype(bool).mean()) if applies.any() else float("nan")
+            out[f"{c}_on"] = int(applies.sum())
     return out
