@@ -5,7 +5,8 @@ row per generated object, the input columns repeated, and ``row_id``, ``status``
 (``ok`` or ``error``) and ``error`` columns. Work proceeds in chunks; after each
 chunk the output so far is written atomically, so a killed job loses at most one
 chunk, and rerunning with the same output file resumes after the rows already
-done. One bad row records its error and the batch goes on.
+done. One bad row records its error and the batch goes on. Under ``torchrun`` every
+process takes its shard of the rows and process 0 merges the parts (:func:`run_batch`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import os
 import re
 from pathlib import Path
 from typing import Callable
@@ -103,7 +105,14 @@ def run_batch(
 
     Exceptions from ``fn`` become one ``status="error"`` row with the message; a
     :class:`SciarError` keeps its own message, other exceptions are prefixed with
-    their type. Returns the full output table (resumed rows included).
+    their type. Returns the full output table (resumed rows included), in input order.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1, on one machine or several sharing the output's folder) process
+    ``r`` of ``w`` takes rows ``r, r + w, ...``, writes them to its own part ``OUTPUT.part-r-of-w.EXT``
+    (atomically after every chunk; a rerun resumes its own part), and when every process is done process 0
+    merges the parts, in input order, into ``output`` and removes them. A row's result must depend only on
+    the row (seed a row's randomness by the run's seed and its ``row_id``), so the merged output equals a
+    one-process run.
     """
     df = read_table(rows) if isinstance(rows, (str, Path)) else rows.copy()
     if len(df) == 0:
@@ -113,15 +122,29 @@ def run_batch(
     if df["row_id"].duplicated().any():
         raise DataError("row_id values must be unique")
     out_path = Path(output) if output is not None else None
-    done_parts: list[pd.DataFrame] = []
     if out_path is not None:
         _check_output_suffix(out_path)
-        if resume and out_path.exists():
-            prev = read_table(out_path)
-            if "row_id" not in prev.columns:
-                raise DataError(f"{out_path} exists but is not a sciar batch output (no row_id); move it away")
-            done_parts.append(prev)
-    done_ids = set(done_parts[0]["row_id"].tolist()) if done_parts else set()
+    prev = _previous_output(out_path) if resume and out_path is not None else None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _run_sharded(df, fn, out_path, prev, chunk_size, resume, desc, progress)
+    done = _run_rows(df, fn, out_path, [prev] if prev is not None else [], chunk_size, desc, progress)
+    return _in_input_order(done, df)
+
+
+def _previous_output(path: Path) -> pd.DataFrame | None:
+    if not path.exists():
+        return None
+    prev = read_table(path)
+    if "row_id" not in prev.columns:
+        raise DataError(f"{path} exists but is not a sciar batch output (no row_id); move it away")
+    return prev
+
+
+def _run_rows(df: pd.DataFrame, fn: RowFn, out_path: Path | None, done_parts: list[pd.DataFrame], chunk_size: int,
+              desc: str, progress: bool, skip: set | None = None) -> pd.DataFrame:
+    """The rows of ``df`` not in ``done_parts`` (nor in ``skip``), written with ``done_parts`` to ``out_path``
+    after every chunk; returns ``done_parts`` and the new rows."""
+    done_ids = set().union(*(set(p["row_id"].tolist()) for p in done_parts)) | (skip or set())
     todo = df[~df["row_id"].isin(done_ids)]
     bar = tqdm(total=len(df), initial=len(df) - len(todo), desc=desc, unit="row", disable=not progress)
     records: list[dict] = []
@@ -153,6 +176,50 @@ def run_batch(
     if out_path is not None and not len(todo):
         write_table_atomic(result, out_path)
     return result
+
+
+def part_path(output: Path, rank: int, world: int) -> Path:
+    """Where process ``rank`` of ``world`` keeps its shard of a batch's output."""
+    return output.with_name(f"{output.stem}.part-{rank}-of-{world}{output.suffix}")
+
+
+def _run_sharded(df, fn, out_path, prev, chunk_size, resume, desc, progress) -> pd.DataFrame:
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    from sciar.distributed import init_distributed
+
+    if out_path is None:
+        raise SciarError("a batch under torchrun needs an output file: each process writes its part beside it")
+    # shards finish hours apart on uneven rows: the barrier waits as long as a batch may run
+    info = init_distributed(torch.device("cpu"), timeout=timedelta(days=7))
+    part = part_path(out_path, info.rank, info.world)
+    mine = df.iloc[info.rank :: info.world]
+    own = [_previous_output(part)] if resume and part.exists() else []
+    merged_ids = set(prev["row_id"].tolist()) if prev is not None else set()
+    _run_rows(mine, fn, part, [p for p in own if p is not None], chunk_size,
+              f"{desc} [{info.rank + 1}/{info.world}]", progress, skip=merged_ids)
+    dist.barrier()
+    if info.main:
+        parts = [part_path(out_path, r, info.world) for r in range(info.world)]
+        frames = ([prev] if prev is not None else []) + [read_table(p) for p in parts if p.exists()]
+        merged = _in_input_order(_combine(frames, []), df)
+        write_table_atomic(merged, out_path)
+        for p in parts:
+            p.unlink(missing_ok=True)
+    dist.barrier()
+    return _in_input_order(read_table(out_path), df)
+
+
+def _in_input_order(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """Output rows ordered as their input rows (a row's several results keep their order)."""
+    if not len(out) or "row_id" not in out.columns:
+        return out
+    pos = {rid: i for i, rid in enumerate(df["row_id"].tolist())}
+    key = out["row_id"].map(lambda r: pos.get(r, len(pos)))
+    return out.iloc[key.argsort(kind="stable").to_numpy()].reset_index(drop=True)
 
 
 def _combine(parts: list[pd.DataFrame], records: list[dict]) -> pd.DataFrame:

@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from sciar.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from sciar.distributed import init_distributed
 from sciar.errors import DataError, SciarError
 from sciar.interrupt import deferred_stop
 from sciar.io import write_text_atomic
@@ -121,30 +122,6 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
 def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict):
     state = {int(i): {k: tensors[f"state.{i}.{k}"] for k in keys} for i, keys in meta["state_keys"].items()}
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    if device.type == "cuda":
-        torch.cuda.set_device(info.local_rank)
-    return info
 
 
 def train(

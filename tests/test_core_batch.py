@@ -59,3 +59,30 @@ def test_bad_tables(tmp_path):
         run_batch(tmp_path / "bad.parquet", square, progress=False)
     with pytest.raises(SciarError, match=".csv or .parquet"):
         run_batch(pd.DataFrame({"x": [1]}), square, tmp_path / "out.txt", progress=False)
+
+
+def test_batch_under_torchrun_equals_one_process(tmp_path):
+    """Two gloo processes each take every other row and write a part; process 0 merges the parts in input
+    order: the same table as one process on the same seed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    worker = Path(__file__).with_name("batch_worker.py")
+    env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{root / 'tests'}", OMP_NUM_THREADS="1")
+    from batch_worker import ROWS, row_fn
+
+    run_batch(ROWS, row_fn(5), output=tmp_path / "one.csv", chunk_size=3, progress=False)
+    # a part left by an interrupted run is resumed, not redone: its row is kept as it is
+    (tmp_path / "two.part-1-of-2.csv").write_text("row_id,x,name,draw,k,status,error\n1,1,r1,-1.0,0,ok,\n1,1,r1,-1.0,1,ok,\n")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+                    str(worker), str(tmp_path / "two.csv"), "5"], check=True, env=env, timeout=300)
+    one, two = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "two.csv")
+    assert not list(tmp_path.glob("two.part-*"))  # merged and removed
+    assert two["row_id"].tolist() == one["row_id"].tolist() == sorted(one["row_id"].tolist())
+    assert (two["draw"] == -1.0).sum() == 2  # the resumed part's row
+    same = two["row_id"] != 1
+    pd.testing.assert_frame_equal(one[same].reset_index(drop=True), two[same].reset_index(drop=True))
+    assert one.loc[one["row_id"] == 3, "error"].item() == "ValueError: row three is bad"
