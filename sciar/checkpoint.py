@@ -49,9 +49,43 @@ class Checkpoint:
         return self.domain["domain"]
 
 
-def command_line() -> str:
-    """The command that is running, for the record in domain.json."""
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+def command_line(argv: list[str] | None = None, cwd: str | Path | None = None) -> str:
+    """The command that is running, for the record in domain.json, written so that a user can rerun it from the
+    project's root: paths inside the project relative to it, paths in the shared data beside it as
+    ``../shared/...``, other paths as given; the CLI as ``sciar``, a script as ``python <its path>``."""
+    import shlex
+
+    argv = list(sys.argv if argv is None else argv)
+    cwd = Path(cwd or os.getcwd())
+    root = Path(__file__).resolve().parent.parent
+
+    def rerunnable(arg: str) -> str:
+        if arg.startswith("-") and "=" in arg:
+            opt, _, value = arg.partition("=")
+            return f"{opt}={rerunnable(value)}"
+        if arg.startswith("-") or not arg or "\n" in arg:
+            return arg
+        p = Path(arg).expanduser()
+        if not p.is_absolute():
+            p = cwd / p
+            if not (p.exists() or ("/" in arg and p.parent.exists())):
+                return arg  # not a path (a composition, a space group such as P2_1/c, a number, a name)
+        p = Path(os.path.normpath(p))
+        for base, prefix in ((root, ""), (root.parent / "shared", "../shared/")):
+            try:
+                return prefix + p.relative_to(base).as_posix()
+            except ValueError:
+                continue
+        return arg
+
+    prog = Path(argv[0]).name
+    if prog in ("cli.py", "__main__.py", "sciar"):
+        head = ["sciar"]
+    elif prog.endswith(".py"):
+        head = ["python", rerunnable(argv[0])]
+    else:
+        head = [prog]
+    return " ".join(shlex.quote(a) for a in head + [rerunnable(a) for a in argv[1:]])
 
 
 def save_checkpoint(

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,3 +98,23 @@ def test_inspect_checks_shapes_and_values(ckpt, capsys):
     save_checkpoint(path, m, {"model": cfg["model"]}, TOK, {"domain": "toy"})  # a valid checksum of NaN weights
     assert main(["inspect", str(path)]) == 2
     assert "NaN or infinity" in capsys.readouterr().err
+
+
+def test_recorded_command_can_be_rerun_from_the_project(tmp_path):
+    """Paths inside the project become relative to its root, shared data '../shared/...', whatever the
+    folder the command ran in; words that are not paths stay as they are."""
+    from sciar.checkpoint import command_line
+
+    root = Path(__file__).resolve().parents[1]
+    shared = root.parent / "shared" / "data" / "crystals" / "mp_20" / "train.csv.gz"
+    argv = [str(root / "cli.py"), "crystal", "train", "--data", str(root / "data" / "crystals" / "default.parquet"),
+            "--data", str(shared), "--preset", "small", "--steps", "6000", f"--out={root / 'build' / 'run1'}",
+            "--composition", "NaCl", str(tmp_path / "elsewhere.csv")]
+    got = command_line(argv, cwd=tmp_path).split()
+    assert got[:3] == ["sciar", "crystal", "train"]
+    assert got[4] == "data/crystals/default.parquet" and got[6] == "../shared/data/crystals/mp_20/train.csv.gz"
+    assert got[7:11] == ["--preset", "small", "--steps", "6000"] and got[11] == "--out=build/run1"
+    assert got[12:14] == ["--composition", "NaCl"] and got[14] == str(tmp_path / "elsewhere.csv")
+    # relative paths are read against the folder the command ran in
+    script = command_line(["gpu_train.py", "run", "../data/x"], cwd=root / "benchmarks").split()
+    assert script == ["python", "benchmarks/gpu_train.py", "run", "data/x"]
