@@ -38,7 +38,7 @@ import pandas as pd
 from domains.crystals.cif import (SG_KEY, cif_field, cif_syntax_problem, header_formula, quiet_spglib,
                                   rebuild_symmetry, unknown_element)
 from domains.crystals.tokenizer import normalise_spacegroup, spacegroup_symbols
-from sciar.errors import SciarError
+from sciar.errors import SciarError, one_line
 
 BOND_TOLERANCE = 0.32  # a bond passes if its length over the expected one lies in (1 - t, 1 + t)
 H_BOND_FACTOR = 2.5  # bonds to H pass below this ratio
@@ -422,7 +422,7 @@ def check_cif(text: str, bonds: bool = True) -> dict:
     try:
         s, r["kind"] = read_structure(text, items)
     except Exception as e:
-        why = cif_syntax_problem(text) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        why = cif_syntax_problem(text) or one_line(e)
         r["error"] = f"unparseable: {why}"
         return _finish(r, bonds)
     if bad := unknown_element(s):
