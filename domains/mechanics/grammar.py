@@ -52,7 +52,7 @@ def fmt(x: float) -> str:
     """Three significant digits in scientific notation: 2.87e-4, -3.00e1, 1.00e0."""
     if not math.isfinite(x):
         raise SciarError(f"cannot write {x} as a number")
-    m, e = f"{x:.2e}".split("e")
+    m, e = f"{x + 0.0:.2e}".split("e")  # + 0.0: no "-0.00e0"
     return f"{m}e{int(e)}"
 
 

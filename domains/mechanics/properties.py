@@ -30,6 +30,8 @@ class Properties:
 def engineering_constants(C) -> dict:
     """E1, E2, G12, nu12 (= -e2/e1 under sigma1), nu21 from a 3x3 stiffness (compliance S = C^-1)."""
     s = np.linalg.inv(np.asarray(C, float))
+    if abs(s[0, 1]) < 1e-12 * np.sqrt(s[0, 0] * s[1, 1]):  # round-off where there is no coupling (square)
+        s[0, 1] = 0.0
     return {"E1": 1 / s[0, 0], "E2": 1 / s[1, 1], "G12": 1 / s[2, 2],
             "nu12": -s[0, 1] / s[0, 0], "nu21": -s[0, 1] / s[1, 1]}
 
