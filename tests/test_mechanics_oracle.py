@@ -135,3 +135,16 @@ def test_bad_designs_are_one_line_errors():
     lat.edges, lat.shifts, lat.thickness = lat.edges[:3], lat.shifts[:3], lat.thickness[:3]  # one triangle, not joined
     with pytest.raises(SciarError, match="disconnected"):
         solve(lat)
+
+
+def test_continuum_square_lattice_agrees_with_the_bar():
+    """scikit-fem plane-stress continuum of the square lattice's solid walls: under sigma1 the walls are bars,
+    E1 = t (plus the joints' few percent); shear bends walls whose joints are rigid blocks, so G12 exceeds t^3/2."""
+    from domains.mechanics.continuum import continuum_stiffness
+
+    t = 0.1
+    c = engineering_constants(continuum_stiffness(build("square", dict(t=t)), pixel=t / 8))
+    assert 1.0 < c["E1"] / t < 1.04
+    assert c["E2"] == pytest.approx(c["E1"], rel=1e-9)
+    assert 1.05 < c["G12"] / (t**3 / 2) < 1.3
+    assert 0 < c["nu12"] < 0.06

@@ -58,9 +58,13 @@ def case_sign(table: pd.DataFrame) -> np.ndarray:
 
 @dataclass
 class Grid:
-    """Hyperparameter grids; ``quick`` trims them for a short run."""
+    """Hyperparameter grids; ``quick`` trims them (and CV to 3 folds) for a short run."""
 
     quick: bool = False
+
+    @property
+    def folds(self) -> int:
+        return 3 if self.quick else 5
 
     def models(self, seed: int = 0) -> dict:
         from sklearn.ensemble import HistGradientBoostingRegressor
@@ -75,11 +79,11 @@ class Grid:
         knn = (make_pipeline(StandardScaler(), KNeighborsRegressor()),
                {"kneighborsregressor__n_neighbors": [1, 3, 8] if q else [1, 2, 4, 8, 16],
                 "kneighborsregressor__weights": ["distance"] if q else ["uniform", "distance"]})
-        gbt = (MultiOutputRegressor(HistGradientBoostingRegressor(max_iter=300 if q else 800, random_state=seed)),
+        gbt = (MultiOutputRegressor(HistGradientBoostingRegressor(max_iter=150 if q else 800, random_state=seed)),
                {"estimator__learning_rate": [0.1] if q else [0.03, 0.1],
                 "estimator__max_leaf_nodes": [15, 63] if q else [15, 31, 63]})
         mlp = (TransformedTargetRegressor(
-                   make_pipeline(StandardScaler(), MLPRegressor(max_iter=400 if q else 2000, early_stopping=True,
+                   make_pipeline(StandardScaler(), MLPRegressor(max_iter=200 if q else 2000, early_stopping=True,
                                                                 n_iter_no_change=30, random_state=seed)),
                    transformer=StandardScaler()),
                {"regressor__mlpregressor__hidden_layer_sizes": [(64, 64)] if q else [(64, 64), (128, 128), (128, 128, 128)],
@@ -110,7 +114,7 @@ def forward_oracle_baselines(train: pd.DataFrame, test: pd.DataFrame, grid: Grid
     xtr, ytr, xte, yte = oracle_features(train), oracle_targets(train), oracle_features(test), oracle_targets(test)
     out = {}
     for name, (model, params) in grid.models().items():
-        search = fit_tuned(model, params, xtr, ytr)
+        search = fit_tuned(model, params, xtr, ytr, folds=grid.folds)
         out[name] = {**forward_oracle_scores(yte, search.predict(xte)), "params": _plain(search.best_params_)}
         if progress:
             progress(name, out[name])
@@ -118,7 +122,7 @@ def forward_oracle_baselines(train: pd.DataFrame, test: pd.DataFrame, grid: Grid
 
 
 def forward_cpshub_baselines(table: pd.DataFrame, grid: Grid, folds: int = 5, progress=None) -> dict:
-    """5-fold CV over lattices (never rows); inside each training fold, hyperparameters by 5-fold CV over lattices."""
+    """5-fold CV over lattices (never rows); inside each training fold, hyperparameters by CV over lattices."""
     from sklearn.model_selection import GroupKFold
 
     from domains.mechanics.metrics import mare, r2_log
@@ -129,7 +133,7 @@ def forward_cpshub_baselines(table: pd.DataFrame, grid: Grid, folds: int = 5, pr
     chosen = {name: [] for name in preds}
     for tr, te in GroupKFold(folds).split(x, y, groups):
         for name, (model, params) in grid.models().items():
-            search = fit_tuned(model, params, x[tr], y[tr], groups=groups[tr], folds=folds)
+            search = fit_tuned(model, params, x[tr], y[tr], groups=groups[tr], folds=grid.folds)
             preds[name][te] = sign[te, None] * 10 ** search.predict(x[te])
             chosen[name].append(_plain(search.best_params_))
     out = {}
