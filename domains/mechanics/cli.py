@@ -54,20 +54,18 @@ def _note(params: dict) -> str | None:
 
 
 def _simulate_row(row: dict) -> list[dict]:
-    import math
+    """One design of a --input table: its family and parameter columns (empty cells take the defaults)."""
+    import pandas as pd
 
-    from domains.mechanics.lattices import check_params
+    from sciar.errors import DataError
+
+    from domains.mechanics.lattices import check_params, family_params
     from domains.mechanics.properties import simulate
 
     family = row.get("family")
     if not isinstance(family, str):
-        from sciar.errors import DataError
-
         raise DataError("no family given")
-    from domains.mechanics.lattices import family_params
-
-    given = {q.name: row[q.name] for q in family_params(family)
-             if q.name in row and not (isinstance(row[q.name], float) and math.isnan(row[q.name]))}
+    given = {q.name: row[q.name] for q in family_params(family) if q.name in row and not pd.isna(row[q.name])}
     params = check_params(family, given)
     p = simulate(family, params).to_dict()
     C = p.pop("C")

@@ -33,7 +33,7 @@ def engineering_constants(C) -> dict:
     if abs(s[0, 1]) < 1e-12 * np.sqrt(s[0, 0] * s[1, 1]):  # round-off where there is no coupling (square)
         s[0, 1] = 0.0
     return {"E1": 1 / s[0, 0], "E2": 1 / s[1, 1], "G12": 1 / s[2, 2],
-            "nu12": -s[0, 1] / s[0, 0], "nu21": -s[0, 1] / s[1, 1]}
+            "nu12": -s[0, 1] / s[0, 0] + 0.0, "nu21": -s[0, 1] / s[1, 1] + 0.0}  # + 0.0: no -0.0
 
 
 def directional_modulus(C, phi) -> np.ndarray:
