@@ -82,7 +82,7 @@ def test_square_lattice():
     assert p.rho == pytest.approx(2 * t - t * t, rel=1e-9)  # strips of width t, the crossings counted once
 
 
-def _raster_density(lat: Lattice, n=1200) -> float:
+def _raster_density(lat: Lattice, n=1000) -> float:
     """Independent estimate: the share of points of a fine grid over one cell within t/2 of a wall (3x3 tiles)."""
     u, v = np.meshgrid((np.arange(n) + 0.5) / n, (np.arange(n) + 0.5) / n)
     pts = u.reshape(-1, 1) * lat.a1 + v.reshape(-1, 1) * lat.a2
