@@ -176,3 +176,4 @@ def test_cli_dataset(tmp_path):
     assert r.exit_code == 0, r.output
     d = pd.read_parquet(tmp_path / "d.parquet")
     assert len(d) == 10 and {"prompt", "answer", "design_prompt", "design_answer", "split"} <= set(d.columns)
+
