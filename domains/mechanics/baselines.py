@@ -93,11 +93,16 @@ class Grid:
 
 def fit_tuned(model, grid: dict, x, y, groups=None, folds: int = 5):
     """Grid search by k-fold CV (by groups when given) on mean squared error of the (log) targets."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GridSearchCV, GroupKFold, KFold
 
     cv = GroupKFold(folds) if groups is not None else KFold(folds, shuffle=True, random_state=0)
     search = GridSearchCV(model, grid, cv=cv, scoring="neg_mean_squared_error", n_jobs=1)
-    search.fit(x, y, groups=groups)
+    with warnings.catch_warnings():  # the MLP's iteration cap is part of its budget, not a fault
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search.fit(x, y, groups=groups)
     return search
 
 
