@@ -42,6 +42,7 @@ from typing import Any, Callable, Mapping
 DOMAINS = {
     "crystal": "domains.crystals.adapter",
     "timeseries": "domains.timeseries.adapter",
+    "mechanics": "domains.mechanics.adapter",
 }
 
 
