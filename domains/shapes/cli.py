@@ -1,0 +1,108 @@
+"""``sciar shapes ...``: 3D shapes after MAR-3D. Built so far: data preparation and the grid-baseline benchmark.
+
+Kept light: heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sciar.io import output_file, output_folder
+
+app = typer.Typer(
+    help="3D shapes as continuous latent tokens (MAR-3D style): mesh data, metrics and baselines.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    from sciar.errors import SciarError
+
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise SciarError(f"--sizes must be integers separated by commas (got {text!r})") from None
+    if not sizes or any(s < 2 for s in sizes):
+        raise SciarError(f"--sizes must be grid points per side, at least 2 (got {text!r})")
+    return sizes
+
+
+@app.command()
+def prepare(
+    meshes: Path = typer.Option(..., "--meshes", help="A folder of OBJ/PLY/STL/OFF/GLB meshes (classes from subfolder "
+                                "names, splits from train/ and test/ folders), or a .tar.gz of one."),
+    out: Path = typer.Option(..., "--out", callback=output_folder, help="Cache folder to write (resumes: meshes already "
+                             "there are not read again)."),
+    surface_points: int = typer.Option(4096, min=1, help="Surface points with normals per mesh (farthest-point sampled)."),
+    near_points: int = typer.Option(8192, min=0, help="Occupancy query points near the surface per mesh."),
+    uniform_points: int = typer.Option(8192, min=0, help="Occupancy query points uniform in [-1, 1]^3 per mesh."),
+    val_per_class: int = typer.Option(2, min=0, help="Training meshes per class held out as the validation split."),
+    seed: int = typer.Option(0, help="Seed of the sampling (the validation choice is fixed)."),
+):
+    """Read, repair, normalise and sample every mesh into a cache, with a per-mesh report (index.csv)."""
+    from domains.shapes.cache import INDEX, prepare as prepare_cache
+    from domains.shapes.dataset import find_meshes, mesh_source
+    from domains.shapes.sampling import SamplingConfig
+
+    files = find_meshes(mesh_source(meshes, out / "meshes"), val_per_class=val_per_class)
+    config = SamplingConfig(surface_points=surface_points, near_points=near_points, uniform_points=uniform_points)
+    report = prepare_cache(files, out, config, seed=seed)
+    ok = report[report["error"] == ""]
+    counts = ", ".join(f"{n} {s}" for s, n in ok["split"].value_counts().sort_index().items())
+    typer.echo(f"{len(ok)} of {len(report)} meshes cached in {out} ({counts}; {ok['label'].nunique()} classes; "
+               f"{int(ok['cached'].sum())} were there already)")
+    for _, r in report[report["notes"] != ""].iterrows():
+        typer.echo(f"repaired  {r['path']}: {r['notes']}")
+    for _, r in report[report["error"] != ""].iterrows():
+        typer.echo(f"skipped   {r['error']}")
+    typer.echo(f"report    {out / INDEX}")
+
+
+@app.command()
+def benchmark(
+    meshes: Path = typer.Option(..., "--meshes", help="A mesh folder or .tar.gz (e.g. ../shared/data/shapes/shrec_16.tar.gz)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", callback=output_file, help="Write the results as JSON here."),
+    split: str = typer.Option("test", help="Which split to score: train, val or test."),
+    sizes: str = typer.Option("16,25", help="Grid points per side of the grid baselines; the first is the one reported "
+                              "as grid_baseline (16^3 = 4,096 floats, the latent's size)."),
+    per_class: int = typer.Option(0, min=0, help="Score at most this many meshes per class (0: all)."),
+    resolution: int = typer.Option(128, min=32, help="Marching-cubes cells per side for the meshes (a power of two times 32)."),
+    png: Optional[Path] = typer.Option(None, callback=output_file, help="Also draw a few meshes and their grid reconstructions here."),
+):
+    """Score the grid baseline (signed-distance grids of the latent's size) by IoU, Chamfer and F-scores.
+
+    The VAE and generation parts of the benchmark come with their models.
+    """
+    import tempfile
+
+    from domains.shapes.bench import grid_baseline_report, render_grid_examples
+    from domains.shapes.dataset import find_meshes, first_per_class, mesh_source
+    from sciar.errors import SciarError
+    from sciar.io import write_json_atomic
+
+    if split not in ("train", "val", "test"):
+        raise SciarError(f"--split must be train, val or test (got {split!r})")
+    grid_sizes = _sizes(sizes)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [f for f in find_meshes(mesh_source(meshes, tmp)) if f.split == split]
+        if per_class:
+            files = first_per_class(files, per_class)
+        if not files:
+            raise SciarError(f"{meshes}: no meshes in the {split} split")
+        result, _ = grid_baseline_report(files, grid_sizes, resolution)
+        if png:
+            step = max(1, len(files) // 4)
+            render_grid_examples(files[::step][:4], grid_sizes, png, resolution)
+    result |= {"split": split, "source": str(meshes)}
+    for size, m in result["grid_baseline_by_size"].items():
+        typer.echo(f"grid {size}^3 ({m['floats']} floats, {m['meshes']} meshes): IoU {m['iou']:.3f}  Chamfer "
+                   f"{m['chamfer']:.5f}  F@0.02 {m['fscore_002']:.3f}  F@0.04 {m['fscore_004']:.3f}  "
+                   f"empty {m['empty']}")
+    if json_path:
+        write_json_atomic(json_path, result)
+        typer.echo(f"wrote {json_path}")
