@@ -1,8 +1,8 @@
 """Benchmark parts of the shapes domain; ``benchmarks/shapes.py`` and ``sciar shapes benchmark`` call these.
 
-Built so far: the grid baseline (reconstruction metrics of signed-distance grids
-of given sizes on a split's meshes). The VAE and generation parts come with
-their models.
+Built so far: reconstruction metrics of the grid baseline (signed-distance grids
+of given sizes) and of a trained VAE on a split's meshes. The generation parts
+come with the generator.
 """
 
 from __future__ import annotations
@@ -36,12 +36,7 @@ def grid_baseline_rows(files: list[MeshFile], sizes: tuple[int, ...] = (16, 25),
 
 def summarise(rows: pd.DataFrame) -> dict[int, dict[str, float]]:
     """Mean metrics per grid size (Chamfer over meshes whose reconstruction has a surface; ``empty`` counts the rest)."""
-    out = {}
-    for size, g in rows.groupby("size"):
-        finite = np.isfinite(g["chamfer"])
-        out[int(size)] = {k: float(g[k][finite].mean() if k == "chamfer" else g[k].mean()) for k in METRICS}
-        out[int(size)] |= {"floats": int(size) ** 3, "meshes": int(len(g)), "empty": int((~finite).sum())}
-    return out
+    return {int(size): mean_metrics(g) | {"floats": int(size) ** 3} for size, g in rows.groupby("size")}
 
 
 def grid_baseline_report(files: list[MeshFile], sizes: tuple[int, ...] = (16, 25), resolution: int = 128,
@@ -52,6 +47,31 @@ def grid_baseline_report(files: list[MeshFile], sizes: tuple[int, ...] = (16, 25
     first = by_size[sizes[0]]
     return {"grid_baseline": {k: first[k] for k in (*METRICS, "floats", "meshes", "empty")},
             "grid_baseline_by_size": {str(s): v for s, v in by_size.items()}}, rows
+
+
+def vae_rows(model, files: list[MeshFile], resolution: int = 128, seed: int = 0,
+             progress: bool = True) -> pd.DataFrame:
+    """One row per mesh: the VAE's reconstruction (posterior mean, decoded, meshed) against the true mesh."""
+    from domains.shapes.autoencode import decode_mesh, encode
+    from domains.shapes.sampling import spread_surface
+
+    points = uniform_points(seed=seed)
+    rows = []
+    for mf in tqdm(files, desc="VAE", unit="mesh", disable=not progress):
+        mesh = load_shape(mf.path).mesh
+        true_inside, true_surface = inside(mesh, points), surface_samples(mesh, seed=seed)
+        surface, normals = spread_surface(mesh, model.cfg.surface_points, np.random.default_rng(seed))
+        field, pred = decode_mesh(model, encode(model, surface, normals), resolution)
+        m = reconstruction_metrics(true_inside, field(points) > 0, true_surface, surface_samples(pred, seed=seed + 1))
+        rows.append({"path": mf.relative, "label": mf.label, **m})
+    return pd.DataFrame(rows)
+
+
+def mean_metrics(rows: pd.DataFrame) -> dict[str, float]:
+    """Mean metrics over meshes (Chamfer over those with a surface; ``empty`` counts the rest)."""
+    finite = np.isfinite(rows["chamfer"])
+    out = {k: float(rows[k][finite].mean() if k == "chamfer" else rows[k].mean()) for k in METRICS}
+    return out | {"meshes": int(len(rows)), "empty": int((~finite).sum())}
 
 
 def render_grid_examples(files: list[MeshFile], sizes: tuple[int, ...], path, resolution: int = 128):

@@ -1,4 +1,4 @@
-"""``sciar shapes ...``: 3D shapes after MAR-3D. Built so far: data preparation and the grid-baseline benchmark.
+"""``sciar shapes ...``: 3D shapes after MAR-3D. Built so far: data preparation, the shape VAE and the reconstruction benchmark.
 
 Kept light: heavy imports happen inside the commands.
 """
@@ -63,6 +63,64 @@ def prepare(
     typer.echo(f"report    {out / INDEX}")
 
 
+@app.command("train-vae")
+def train_vae(
+    cache: Path = typer.Option(..., "--cache", help="A cache written by 'sciar shapes prepare' (train and val splits)."),
+    out: Path = typer.Option(..., "--out", callback=output_folder, help="Checkpoint directory to write (resumes if it "
+                             "holds a run)."),
+    preset: str = typer.Option("small", help="Size: tiny (tests, seconds), small (128 tokens x 32, width 128: the CPU "
+                               "size), base (wider and deeper, for a GPU)."),
+    steps: int = typer.Option(3000, min=1, help="Optimizer steps."),
+    batch_size: int = typer.Option(8, min=1, help="Shapes per step."),
+    lr: float = typer.Option(5e-4, min=0.0, help="Peak learning rate (cosine decay to a tenth)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch."),
+):
+    """Train the shape VAE (surface points -> latent tokens -> occupancy) on a prepared cache."""
+    import torch
+
+    from domains.shapes.autoencode import train_vae as run
+
+    if threads:
+        torch.set_num_threads(threads)
+    summary = run(cache, out, preset, steps, batch_size, lr, seed, device)
+    typer.echo(f"trained {summary['steps']} steps: final loss {summary['final_loss']:.4f}, best validation loss "
+               f"{summary['best_val']:.4f}; checkpoint {out}")
+
+
+@app.command()
+def reconstruct(
+    mesh: Path = typer.Argument(..., help="A mesh file (OBJ, PLY, STL, OFF, GLB)."),
+    out: Path = typer.Option(..., "--out", callback=output_file, help="Output mesh (.obj, .ply, .stl, .off or .glb), "
+                             "in the input's coordinates."),
+    vae: Path = typer.Option(..., "--vae", help="A VAE checkpoint directory (sciar shapes train-vae)."),
+    resolution: int = typer.Option(128, min=32, help="Marching-cubes cells per side (a power of two times 32)."),
+    seed: int = typer.Option(0, help="Seed of the surface sampling."),
+):
+    """Encode a mesh to latent tokens, decode and mesh them, and write the result mapped back to the input's frame."""
+    import numpy as np
+
+    from domains.shapes.autoencode import decode_mesh, encode, load_vae
+    from domains.shapes.mesh import MESH_SUFFIXES, load_shape
+    from domains.shapes.sampling import spread_surface
+    from sciar.errors import SciarError
+    from sciar.io import atomic_path
+
+    if out.suffix.lower() not in MESH_SUFFIXES:
+        raise SciarError(f"--out must end in one of {', '.join(MESH_SUFFIXES)} (got {out.name})")
+    model = load_vae(vae)
+    shape = load_shape(mesh)
+    surface, normals = spread_surface(shape.mesh, model.cfg.surface_points, np.random.default_rng(seed))
+    _, result = decode_mesh(model, encode(model, surface, normals), resolution)
+    if len(result.faces) == 0:
+        raise SciarError(f"{mesh}: the decoded occupancy has no surface (the VAE sees nothing inside)")
+    result.vertices = shape.frame.from_unit(result.vertices)
+    with atomic_path(out) as tmp:
+        result.export(tmp, file_type=out.suffix.lower().lstrip("."))
+    typer.echo(f"wrote {out} ({len(result.faces)} faces)" + (f"; input repaired: {'; '.join(shape.notes)}" if shape.notes else ""))
+
+
 @app.command()
 def benchmark(
     meshes: Path = typer.Option(..., "--meshes", help="A mesh folder or .tar.gz (e.g. ../shared/data/shapes/shrec_16.tar.gz)."),
@@ -73,11 +131,10 @@ def benchmark(
     per_class: int = typer.Option(0, min=0, help="Score at most this many meshes per class (0: all)."),
     resolution: int = typer.Option(128, min=32, help="Marching-cubes cells per side for the meshes (a power of two times 32)."),
     png: Optional[Path] = typer.Option(None, callback=output_file, help="Also draw a few meshes and their grid reconstructions here."),
+    vae: Optional[Path] = typer.Option(None, "--vae", help="Also score this VAE checkpoint on the split (JSON key vae)."),
 ):
-    """Score the grid baseline (signed-distance grids of the latent's size) by IoU, Chamfer and F-scores.
-
-    The VAE and generation parts of the benchmark come with their models.
-    """
+    """Score reconstructions by IoU, Chamfer and F-scores: the grid baseline (signed-distance grids of the latent's
+    size) and, given --vae, a trained VAE. The generation parts come with the generator."""
     import tempfile
 
     from domains.shapes.bench import grid_baseline_report, render_grid_examples
@@ -95,6 +152,11 @@ def benchmark(
         if not files:
             raise SciarError(f"{meshes}: no meshes in the {split} split")
         result, _ = grid_baseline_report(files, grid_sizes, resolution)
+        if vae:
+            from domains.shapes.autoencode import load_vae
+            from domains.shapes.bench import mean_metrics, vae_rows
+
+            result["vae"] = mean_metrics(vae_rows(load_vae(vae), files, resolution))
         if png:
             step = max(1, len(files) // 4)
             render_grid_examples(files[::step][:4], grid_sizes, png, resolution)
@@ -103,6 +165,10 @@ def benchmark(
         typer.echo(f"grid {size}^3 ({m['floats']} floats, {m['meshes']} meshes): IoU {m['iou']:.3f}  Chamfer "
                    f"{m['chamfer']:.5f}  F@0.02 {m['fscore_002']:.3f}  F@0.04 {m['fscore_004']:.3f}  "
                    f"empty {m['empty']}")
+    if "vae" in result:
+        m = result["vae"]
+        typer.echo(f"VAE ({m['meshes']} meshes): IoU {m['iou']:.3f}  Chamfer {m['chamfer']:.5f}  F@0.02 "
+                   f"{m['fscore_002']:.3f}  F@0.04 {m['fscore_004']:.3f}  empty {m['empty']}")
     if json_path:
         write_json_atomic(json_path, result)
         typer.echo(f"wrote {json_path}")

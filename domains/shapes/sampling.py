@@ -46,19 +46,26 @@ def farthest_points(points: np.ndarray, n: int, rng: np.random.Generator) -> np.
                                                           start_idx=start), dtype=np.int64)
 
 
+def spread_surface(mesh: trimesh.Trimesh, n: int, rng: np.random.Generator, dense_factor: int = 8
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` surface points spread by farthest-point sampling from ``dense_factor * n`` random ones, with normals."""
+    dense, dense_normals = sample_surface(mesh, n * dense_factor, rng)
+    keep = farthest_points(dense, n, rng)
+    return dense[keep].astype(np.float32), dense_normals[keep].astype(np.float32)
+
+
 def sample_shape(mesh: trimesh.Trimesh, config: SamplingConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Surface points and normals, query points and their occupancy, for a closed mesh in the normalised frame."""
     rng = np.random.default_rng(seed)
-    dense, dense_normals = sample_surface(mesh, config.surface_points * config.dense_factor, rng)
-    keep = farthest_points(dense, config.surface_points, rng)
+    surface, normals = spread_surface(mesh, config.surface_points, rng, config.dense_factor)
     halves = np.array_split(np.arange(config.near_points), len(config.near_sigmas))
     base, _ = sample_surface(mesh, config.near_points, rng)
     near = np.concatenate([base[h] + rng.normal(0, s, (len(h), 3)) for h, s in zip(halves, config.near_sigmas)])
     uniform = rng.uniform(-1, 1, (config.uniform_points, 3))
     queries = np.concatenate([near, uniform])
     return {
-        "surface": dense[keep].astype(np.float32),
-        "normals": dense_normals[keep].astype(np.float32),
+        "surface": surface,
+        "normals": normals,
         "queries": queries.astype(np.float32),
         "occupancy": inside(mesh, queries),
     }
