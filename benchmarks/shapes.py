@@ -3,10 +3,12 @@
 Built so far: the grid baseline, signed-distance grids stored in as many floats as
 the latent (16^3 = 4,096; 25^3 = 15,625), interpolated trilinearly for volume IoU
 and meshed by the shared coarse-to-fine marching cubes at 128^3, scored on the
-SHREC'16 test split (120 meshes). The VAE, generation, class-accuracy and speed
-parts arrive with their models.
+SHREC'16 test split (120 meshes); and, given a VAE checkpoint, the VAE on the
+test split beside the same number of training meshes per class. The generation,
+class-accuracy and speed parts arrive with the generator.
 
     python benchmarks/shapes.py --json runs/bench-shapes.json --png domains/shapes/grid_baseline.png
+    python benchmarks/shapes.py --vae runs/shapes-vae --json runs/bench-shapes.json
     python benchmarks/shapes.py --quick          # one test mesh per class, 64^3 meshes
 """
 
@@ -39,6 +41,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--csv", default=None, help="write the per-mesh rows here")
     ap.add_argument("--png", default=None, help="draw four meshes and their grid reconstructions here")
+    ap.add_argument("--vae", default=None, help="also score this VAE checkpoint (keys vae and vae_train)")
     args = ap.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(","))
     per_class, resolution = (1, 64) if args.quick else (args.per_class, args.resolution)
@@ -49,6 +52,15 @@ def main(argv=None) -> dict:
         if per_class:
             files = first_per_class(files, per_class)
         result, rows = grid_baseline_report(files, sizes, resolution)
+        if args.vae:
+            from domains.shapes.autoencode import load_vae
+            from domains.shapes.bench import mean_metrics, vae_rows
+
+            model = load_vae(args.vae)
+            result["vae"] = mean_metrics(vae_rows(model, files, resolution))
+            per = max(1, round(len(files) / max(1, len({f.label for f in files}))))
+            train = first_per_class([f for f in find_meshes(mesh_source(args.meshes, tmp)) if f.split == "train"], per)
+            result["vae_train"] = mean_metrics(vae_rows(model, train, resolution))
         if args.png:
             step = max(1, len(files) // 4)
             render_grid_examples(files[::step][:4], sizes, args.png, resolution)
@@ -59,6 +71,11 @@ def main(argv=None) -> dict:
     for size, m in result["grid_baseline_by_size"].items():
         print(f"{size + '^3':>8} {m['floats']:>7} {m['iou']:>6.3f} {m['chamfer']:>9.5f} {m['fscore_002']:>7.3f} "
               f"{m['fscore_004']:>7.3f} {m['empty']:>6}")
+    for key in ("vae", "vae_train"):
+        if key in result:
+            m = result[key]
+            print(f"{key:>8} {'':>7} {m['iou']:>6.3f} {m['chamfer']:>9.5f} {m['fscore_002']:>7.3f} "
+                  f"{m['fscore_004']:>7.3f} {m['empty']:>6}   ({m['meshes']} meshes)")
     if args.json:
         write_json_atomic(args.json, result)
     if args.csv:

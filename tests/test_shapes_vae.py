@@ -1,7 +1,9 @@
 """The shape VAE: loss terms by hand, point-order invariance, learning a box, batches, train-vae and reconstruct."""
 
 import math
+import shutil
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,7 +95,8 @@ def test_reconstruct_maps_back_to_the_input_frame(box_vae, tmp_path, capsys):
     points = shift + uniform_points(20_000, seed=3) * extent.max() / 1.8
     truth = (np.abs(points - shift) < extent / 2).all(1)
     assert volume_iou(inside(rec, points), truth) > 0.7
-    # a corrupted checkpoint and a wrong output type: one line, exit 2
+    # a corrupted checkpoint (a copy: the fixture's serves other tests) and a wrong output type: one line, exit 2
+    path = Path(shutil.copytree(path, tmp_path / "corrupt"))
     weights = path / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF
@@ -151,3 +154,18 @@ def test_train_vae_command_trains_and_resumes(tiny_cache, tmp_path, capsys):
     assert main(args + ["--steps", "4"]) == 0
     assert "resuming from" in capsys.readouterr().out
     assert main(args + ["--preset", "huge"]) == 2
+
+
+def test_benchmark_script_scores_grid_and_vae(box_vae, tmp_path, benchmark_module):
+    from tests.conftest import SHARED
+
+    _, _, path = box_vae
+    with tarfile.open(SHARED / "shapes" / "shrec_16.tar.gz") as tar:
+        tar.extractall(tmp_path, members=[m for m in tar.getmembers() if m.name.startswith("shrec_16/two_balls/")],
+                       filter="data")
+    result = benchmark_module("shapes").main(["--meshes", str(tmp_path / "shrec_16"), "--per-class", "1", "--sizes",
+                                              "12", "--resolution", "32", "--vae", str(path),
+                                              "--json", str(tmp_path / "b.json")])
+    assert result["grid_baseline"]["meshes"] == 1 and result["vae"]["meshes"] == 1 and result["vae_train"]["meshes"] == 1
+    for key in ("grid_baseline", "vae", "vae_train"):
+        assert 0 <= result[key]["iou"] <= 1 and set(result[key]) >= {"iou", "chamfer", "fscore_002", "fscore_004"}
