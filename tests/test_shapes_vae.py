@@ -169,3 +169,21 @@ def test_benchmark_script_scores_grid_and_vae(box_vae, tmp_path, benchmark_modul
     assert result["grid_baseline"]["meshes"] == 1 and result["vae"]["meshes"] == 1 and result["vae_train"]["meshes"] == 1
     for key in ("grid_baseline", "vae", "vae_train"):
         assert 0 <= result[key]["iou"] <= 1 and set(result[key]) >= {"iou", "chamfer", "fscore_002", "fscore_004"}
+
+
+def test_encode_command_writes_latents_and_their_scale(box_vae, tiny_cache, tmp_path):
+    from domains.shapes.autoencode import read_latents
+    from domains.shapes.cache import read_index
+
+    _, _, path = box_vae
+    out = tmp_path / "z.safetensors"
+    assert main(["shapes", "encode", "--vae", str(path), "--cache", str(tiny_cache), "--out", str(out)]) == 0
+    z, meta = read_latents(out)
+    index = read_index(tiny_cache)
+    assert z.shape == (3, TINY.num_latents, TINY.latent_dim) and torch.isfinite(z).all()
+    assert meta["splits"] == list(index["split"]) and meta["paths"] == list(index["path"])
+    train = z[[s == "train" for s in meta["splits"]]].numpy()
+    assert meta["std"] == pytest.approx(float(np.std(train, ddof=1)), rel=1e-4)
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(Exception, match="not a latents file"):
+        read_latents(tmp_path / "junk.safetensors")

@@ -89,3 +89,54 @@ class OccupancyField:
 def decode_mesh(model: ShapeVAE, latents: torch.Tensor, resolution: int = 128) -> tuple[OccupancyField, trimesh.Trimesh]:
     field = OccupancyField(model, latents)
     return field, extract_mesh(field, resolution=resolution)
+
+
+@torch.no_grad()
+def encode_cache(model: ShapeVAE, cache: str | Path, out: str | Path, seed: int = 0, progress: bool = True) -> dict:
+    """Encode every usable mesh of a prepared cache and write ``out`` (safetensors), atomically.
+
+    Holds ``latents`` ``(N, num_latents, latent_dim)`` (posterior means) and, as
+    metadata, each mesh's path, class and split, and the latents' scale: the mean
+    and standard deviation over the training split, which a generator divides out
+    so that it works on unit-scale tokens (as latent diffusion does).
+    """
+    import json
+
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    from domains.shapes.cache import read_entry, read_index
+    from sciar.io import atomic_path
+
+    index = read_index(cache)
+    rng = np.random.default_rng(seed)
+    latents = []
+    for file in tqdm(index["file"], desc="encode", unit="mesh", disable=not progress):
+        arrays, _ = read_entry(file)
+        if len(arrays["surface"]) < model.cfg.surface_points:
+            raise SciarError(f"{cache}: {len(arrays['surface'])} surface points cached per mesh, the VAE reads "
+                             f"{model.cfg.surface_points}; prepare again with --surface-points {model.cfg.surface_points}")
+        pick = rng.choice(len(arrays["surface"]), model.cfg.surface_points, replace=False)
+        latents.append(encode(model, arrays["surface"][pick], arrays["normals"][pick]).cpu())
+    z = torch.stack(latents).float().contiguous()
+    train = torch.as_tensor((index["split"] == "train").to_numpy())
+    ref = z[train] if train.any() else z
+    meta = {"paths": list(index["path"]), "labels": list(index["label"]), "splits": list(index["split"]),
+            "mean": float(ref.mean()), "std": float(ref.std())}
+    with atomic_path(out) as tmp:
+        save_file({"latents": z}, str(tmp), metadata={"shapes": json.dumps(meta)})
+    return meta | {"count": len(z)}
+
+
+def read_latents(path: str | Path) -> tuple[torch.Tensor, dict]:
+    """Latents written by :func:`encode_cache` and their metadata; raises :class:`SciarError` for other files."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {})["shapes"])
+            return f.get_tensor("latents"), meta
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise SciarError(f"{path}: not a latents file written by 'sciar shapes encode' ({e})") from None

@@ -90,6 +90,21 @@ def train_vae(
 
 
 @app.command()
+def encode(
+    vae: Path = typer.Option(..., "--vae", help="A VAE checkpoint directory (sciar shapes train-vae)."),
+    cache: Path = typer.Option(..., "--cache", help="A cache written by 'sciar shapes prepare'."),
+    out: Path = typer.Option(..., "--out", callback=output_file, help="Latents file to write (.safetensors)."),
+    seed: int = typer.Option(0, help="Seed of the choice of surface points read by the encoder."),
+):
+    """Encode every mesh of a cache to latent tokens (posterior means), with the training split's latent scale."""
+    from domains.shapes.autoencode import encode_cache, load_vae
+
+    meta = encode_cache(load_vae(vae), cache, out, seed)
+    typer.echo(f"encoded {meta['count']} meshes to {out}; training latents: mean {meta['mean']:.4f}, "
+               f"std {meta['std']:.4f}")
+
+
+@app.command()
 def reconstruct(
     mesh: Path = typer.Argument(..., help="A mesh file (OBJ, PLY, STL, OFF, GLB)."),
     out: Path = typer.Option(..., "--out", callback=output_file, help="Output mesh (.obj, .ply, .stl, .off or .glb), "
