@@ -8,6 +8,7 @@ from domains.shapes import metrics as M
 from domains.shapes.extract import extract_mesh, sample_grid
 from domains.shapes.grid_baseline import reconstruct
 from domains.shapes.mesh import inside
+from sciar.errors import SciarError
 
 
 def test_volume_iou_of_concentric_cubes_and_spheres_is_the_volume_ratio():
@@ -86,7 +87,7 @@ def test_coarse_to_fine_extraction_matches_the_dense_grid_and_the_sphere():
     mesh = extract_mesh(field, resolution=64, coarse=16)
     assert mesh.is_watertight and mesh.volume == pytest.approx(4 / 3 * np.pi * 0.7**3, rel=0.02)
     assert np.allclose(np.linalg.norm(mesh.vertices, axis=1), 0.7, atol=0.005)
-    with pytest.raises(ValueError):
+    with pytest.raises(SciarError, match="power of two"):
         sample_grid(field, resolution=48, coarse=32)
 
 

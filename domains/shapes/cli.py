@@ -14,7 +14,7 @@ import typer
 from sciar.io import output_file, output_folder
 
 app = typer.Typer(
-    help="3D shapes as continuous latent tokens (MAR-3D style): mesh data, metrics and baselines.",
+    help="3D shapes as continuous latent tokens (MAR-3D style): mesh data, metrics, the grid baseline and the shape VAE.",
     no_args_is_help=True,
     add_completion=False,
 )

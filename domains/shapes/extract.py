@@ -16,6 +16,8 @@ import numpy as np
 import trimesh
 from scipy import ndimage
 
+from sciar.errors import SciarError
+
 BOUND = 1.05  # the grid spans [-BOUND, BOUND]^3: the unit cube and a margin, so surfaces at +-1 still close
 
 
@@ -68,7 +70,7 @@ def sample_grid(field, resolution: int = 128, coarse: int = 32, bound: float = B
     """
     if coarse < 2 or resolution < coarse or (resolution // coarse) * coarse != resolution \
             or (resolution // coarse) & (resolution // coarse - 1):
-        raise ValueError(f"resolution {resolution} must be coarse ({coarse}) times a power of two")
+        raise SciarError(f"resolution {resolution} must be {coarse} times a power of two")
     n = coarse + 1
     index = np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), -1).reshape(-1, 3)
     values = _evaluate(field, _grid_points(index, n, bound), batch).reshape(n, n, n)
