@@ -160,3 +160,5 @@ def test_cli_prepare_and_benchmark(shrec, tmp_path, capsys):
     assert g["meshes"] == 2 and g["floats"] == 12**3 and 0 < g["iou"] < 1
     assert set(g) >= {"iou", "chamfer", "fscore_002", "fscore_004"}
     assert main(["shapes", "benchmark", "--meshes", str(shrec), "--sizes", "1"]) == 2
+    assert main(["shapes", "benchmark", "--meshes", str(shrec), "--resolution", "48"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --resolution must be 32, 64, 128, 256 ... (got 48)"

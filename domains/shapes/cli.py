@@ -32,6 +32,15 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _resolution(value: int) -> int:
+    """Marching-cubes cells per side: the extraction refines a 32^3 grid by halving, so 32 times a power of two."""
+    from sciar.errors import SciarError
+
+    if value < 32 or value % 32 or (value // 32) & (value // 32 - 1):
+        raise SciarError(f"--resolution must be 32, 64, 128, 256 ... (got {value})")
+    return value
+
+
 @app.command()
 def prepare(
     meshes: Path = typer.Option(..., "--meshes", help="A folder of OBJ/PLY/STL/OFF/GLB meshes (classes from subfolder "
@@ -110,7 +119,7 @@ def reconstruct(
     out: Path = typer.Option(..., "--out", callback=output_file, help="Output mesh (.obj, .ply, .stl, .off or .glb), "
                              "in the input's coordinates."),
     vae: Path = typer.Option(..., "--vae", help="A VAE checkpoint directory (sciar shapes train-vae)."),
-    resolution: int = typer.Option(128, min=32, help="Marching-cubes cells per side (a power of two times 32)."),
+    resolution: int = typer.Option(128, callback=_resolution, help="Marching-cubes cells per side (32 times a power of two)."),
     seed: int = typer.Option(0, help="Seed of the surface sampling."),
 ):
     """Encode a mesh to latent tokens, decode and mesh them, and write the result mapped back to the input's frame."""
@@ -144,7 +153,7 @@ def benchmark(
     sizes: str = typer.Option("16,25", help="Grid points per side of the grid baselines; the first is the one reported "
                               "as grid_baseline (16^3 = 4,096 floats, the latent's size)."),
     per_class: int = typer.Option(0, min=0, help="Score at most this many meshes per class (0: all)."),
-    resolution: int = typer.Option(128, min=32, help="Marching-cubes cells per side for the meshes (a power of two times 32)."),
+    resolution: int = typer.Option(128, callback=_resolution, help="Marching-cubes cells per side for the meshes (32 times a power of two)."),
     png: Optional[Path] = typer.Option(None, callback=output_file, help="Also draw a few meshes and their grid reconstructions here."),
     vae: Optional[Path] = typer.Option(None, "--vae", help="Also score this VAE checkpoint on the split (JSON key vae)."),
 ):
