@@ -42,6 +42,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--csv", default=None, help="write the per-mesh rows here")
     ap.add_argument("--png", default=None, help="draw four meshes and their grid reconstructions here")
     ap.add_argument("--vae", default=None, help="also score this VAE checkpoint (keys vae and vae_train)")
+    ap.add_argument("--generation-reference", action="store_true",
+                    help="also score the training set used as the generator (generation.training_set)")
+    ap.add_argument("--no-grid", action="store_true", help="skip the grid baseline")
     args = ap.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(","))
     per_class, resolution = (1, 64) if args.quick else (args.per_class, args.resolution)
@@ -51,7 +54,12 @@ def main(argv=None) -> dict:
         files = [f for f in find_meshes(mesh_source(args.meshes, tmp)) if f.split == args.split]
         if per_class:
             files = first_per_class(files, per_class)
-        result, rows = grid_baseline_report(files, sizes, resolution)
+        result, rows = ({}, None) if args.no_grid else grid_baseline_report(files, sizes, resolution)
+        if args.generation_reference:
+            from domains.shapes.bench import training_set_reference
+
+            train = [f for f in find_meshes(mesh_source(args.meshes, tmp)) if f.split == "train"]
+            result["generation"] = {"training_set": training_set_reference(train, files)}
         if args.vae:
             from domains.shapes.autoencode import load_vae
             from domains.shapes.bench import mean_metrics, vae_rows
@@ -67,8 +75,8 @@ def main(argv=None) -> dict:
     result |= {"split": args.split, "source": str(args.meshes), "resolution": resolution,
                "seconds": round(time.perf_counter() - t0, 1)}
     print(f"{len(files)} {args.split} meshes, marching cubes at {resolution}^3, {result['seconds']} s")
-    print(f"{'grid':>8} {'floats':>7} {'IoU':>6} {'Chamfer':>9} {'F@0.02':>7} {'F@0.04':>7} {'empty':>6}")
-    for size, m in result["grid_baseline_by_size"].items():
+    print(f"{'':>8} {'floats':>7} {'IoU':>6} {'Chamfer':>9} {'F@0.02':>7} {'F@0.04':>7} {'empty':>6}")
+    for size, m in result.get("grid_baseline_by_size", {}).items():
         print(f"{size + '^3':>8} {m['floats']:>7} {m['iou']:>6.3f} {m['chamfer']:>9.5f} {m['fscore_002']:>7.3f} "
               f"{m['fscore_004']:>7.3f} {m['empty']:>6}")
     for key in ("vae", "vae_train"):
@@ -76,9 +84,12 @@ def main(argv=None) -> dict:
             m = result[key]
             print(f"{key:>8} {'':>7} {m['iou']:>6.3f} {m['chamfer']:>9.5f} {m['fscore_002']:>7.3f} "
                   f"{m['fscore_004']:>7.3f} {m['empty']:>6}   ({m['meshes']} meshes)")
+    for name, m in result.get("generation", {}).items():
+        print(f"generation {name}: COV {m['cov']:.3f}  MMD {m['mmd']:.5f}  1-NNA {m['nna']:.3f}  "
+              f"({m['generated']} shapes against {m['reference']})")
     if args.json:
         write_json_atomic(args.json, result)
-    if args.csv:
+    if args.csv and rows is not None:
         rows.to_csv(args.csv, index=False)
     return result
 

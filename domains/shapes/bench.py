@@ -14,7 +14,8 @@ from tqdm import tqdm
 from domains.shapes.dataset import MeshFile
 from domains.shapes.grid_baseline import reconstruct
 from domains.shapes.mesh import inside, load_shape
-from domains.shapes.metrics import reconstruction_metrics, surface_samples, uniform_points
+from domains.shapes.metrics import (CLOUD_POINTS, chamfer_matrix, coverage, minimum_matching_distance, one_nn_accuracy,
+                                    reconstruction_metrics, surface_samples, uniform_points)
 
 METRICS = ("iou", "chamfer", "fscore_002", "fscore_004")
 
@@ -72,6 +73,35 @@ def mean_metrics(rows: pd.DataFrame) -> dict[str, float]:
     finite = np.isfinite(rows["chamfer"])
     out = {k: float(rows[k][finite].mean() if k == "chamfer" else rows[k].mean()) for k in METRICS}
     return out | {"meshes": int(len(rows)), "empty": int((~finite).sum())}
+
+
+def point_clouds(meshes, n: int = CLOUD_POINTS, seed: int = 0) -> list[np.ndarray]:
+    """``n`` surface samples of each mesh (normalised frame), for the generation metrics."""
+    return [surface_samples(m, n, seed=seed + i) for i, m in enumerate(meshes)]
+
+
+def generation_scores(generated: list[np.ndarray], reference: list[np.ndarray]) -> dict:
+    """COV, MMD and 1-NNA of generated point clouds against reference ones (Chamfer distances)."""
+    d_gr = chamfer_matrix(generated, reference)
+    d_gg = chamfer_matrix(generated, generated)
+    d_rr = chamfer_matrix(reference, reference)
+    return {"cov": coverage(d_gr), "mmd": minimum_matching_distance(d_gr), "nna": one_nn_accuracy(d_gr, d_gg, d_rr),
+            "generated": len(generated), "reference": len(reference)}
+
+
+def training_set_reference(train: list[MeshFile], test: list[MeshFile], seed: int = 0, progress: bool = True) -> dict:
+    """The generation metrics of the training set used as the generator: per class as many training shapes as the
+    class has test shapes (the first ones), against the test shapes. The honest reference for any generator."""
+    per_class = {label: sum(f.label == label for f in test) for label in {f.label for f in test}}
+    seen: dict[str, int] = {}
+    chosen = []
+    for f in train:
+        if seen.get(f.label, 0) < per_class.get(f.label, 0):
+            seen[f.label] = seen.get(f.label, 0) + 1
+            chosen.append(f)
+    load = tqdm(chosen + test, desc="point clouds", unit="mesh", disable=not progress)
+    clouds = point_clouds([load_shape(f.path).mesh for f in load], seed=seed)
+    return generation_scores(clouds[:len(chosen)], clouds[len(chosen):])
 
 
 def render_grid_examples(files: list[MeshFile], sizes: tuple[int, ...], path, resolution: int = 128):
