@@ -83,8 +83,8 @@ def point_clouds(meshes, n: int = CLOUD_POINTS, seed: int = 0) -> list[np.ndarra
 def generation_scores(generated: list[np.ndarray], reference: list[np.ndarray]) -> dict:
     """COV, MMD and 1-NNA of generated point clouds against reference ones (Chamfer distances)."""
     d_gr = chamfer_matrix(generated, reference)
-    d_gg = chamfer_matrix(generated, generated)
-    d_rr = chamfer_matrix(reference, reference)
+    d_gg = chamfer_matrix(generated)
+    d_rr = chamfer_matrix(reference)
     return {"cov": coverage(d_gr), "mmd": minimum_matching_distance(d_gr), "nna": one_nn_accuracy(d_gr, d_gg, d_rr),
             "generated": len(generated), "reference": len(reference)}
 

@@ -83,15 +83,18 @@ def reconstruction_metrics(true_inside: np.ndarray, pred_inside: np.ndarray, tru
     return out
 
 
-def chamfer_matrix(clouds_a: list[np.ndarray], clouds_b: list[np.ndarray]) -> np.ndarray:
-    """Chamfer distances between every cloud of ``a`` (rows) and of ``b`` (columns)."""
+def chamfer_matrix(clouds_a: list[np.ndarray], clouds_b: list[np.ndarray] | None = None) -> np.ndarray:
+    """Chamfer distances between every cloud of ``a`` (rows) and of ``b`` (columns); ``b`` omitted: ``a`` with
+    itself, each pair computed once."""
+    same = clouds_b is None
+    clouds_b = clouds_a if same else clouds_b
     trees_a = [cKDTree(c) for c in clouds_a]
-    trees_b = [cKDTree(c) for c in clouds_b]
-    out = np.empty((len(clouds_a), len(clouds_b)))
+    trees_b = trees_a if same else [cKDTree(c) for c in clouds_b]
+    out = np.zeros((len(clouds_a), len(clouds_b)))
     for i, (ca, ta) in enumerate(zip(clouds_a, trees_a)):
-        for j, (cb, tb) in enumerate(zip(clouds_b, trees_b)):
-            out[i, j] = (np.mean(tb.query(ca)[0] ** 2) + np.mean(ta.query(cb)[0] ** 2)) / 2
-    return out
+        for j in range(i + 1 if same else 0, len(clouds_b)):
+            out[i, j] = (np.mean(trees_b[j].query(ca)[0] ** 2) + np.mean(ta.query(clouds_b[j])[0] ** 2)) / 2
+    return out + out.T if same else out
 
 
 def coverage(d_gen_ref: np.ndarray) -> float:
