@@ -1,8 +1,9 @@
 """Benchmark parts of the shapes domain; ``benchmarks/shapes.py`` and ``sciar shapes benchmark`` call these.
 
 Built so far: reconstruction metrics of the grid baseline (signed-distance grids
-of given sizes) and of a trained VAE on a split's meshes. The generation parts
-come with the generator.
+of given sizes) and of a trained VAE on a split's meshes, and the generation
+metrics of the training set used as the generator (the reference every
+generator is read against). The generators' own rows come with the generator.
 """
 
 from __future__ import annotations
