@@ -43,6 +43,7 @@ DOMAINS = {
     "crystal": "domains.crystals.adapter",
     "timeseries": "domains.timeseries.adapter",
     "mechanics": "domains.mechanics.adapter",
+    "shapes": "domains.shapes.adapter",
 }
 
 

@@ -1,0 +1,98 @@
+"""Shapes benchmark (MAR-3D style): reconstruction against the grid baseline, later generation. One run, one JSON.
+
+Built so far: the grid baseline, signed-distance grids stored in as many floats as
+the latent (16^3 = 4,096; 25^3 = 15,625), interpolated trilinearly for volume IoU
+and meshed by the shared coarse-to-fine marching cubes at 128^3, scored on the
+SHREC'16 test split (120 meshes); and, given a VAE checkpoint, the VAE on the
+test split beside the same number of training meshes per class. The generation,
+class-accuracy and speed parts arrive with the generator.
+
+    python benchmarks/shapes.py --json runs/bench-shapes.json --png domains/shapes/grid_baseline.png
+    python benchmarks/shapes.py --vae runs/shapes-vae --json runs/bench-shapes.json
+    python benchmarks/shapes.py --quick          # one test mesh per class, 64^3 meshes
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHREC = ROOT.parent / "shared" / "data" / "shapes" / "shrec_16.tar.gz"
+
+
+def main(argv=None) -> dict:
+    from domains.shapes.bench import grid_baseline_report, render_grid_examples
+    from domains.shapes.dataset import find_meshes, first_per_class, mesh_source
+    from sciar.io import write_json_atomic
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--meshes", default=str(SHREC), help="mesh folder or .tar.gz (default: SHREC'16)")
+    ap.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ap.add_argument("--sizes", default="16,25", help="grid points per side; the first is reported as grid_baseline")
+    ap.add_argument("--resolution", type=int, default=128, help="marching-cubes cells per side")
+    ap.add_argument("--per-class", type=int, default=0, help="at most this many meshes per class (0: all)")
+    ap.add_argument("--quick", action="store_true", help="one mesh per class, 64^3 meshes")
+    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--csv", default=None, help="write the per-mesh rows here")
+    ap.add_argument("--png", default=None, help="draw four meshes and their grid reconstructions here")
+    ap.add_argument("--vae", default=None, help="also score this VAE checkpoint (keys vae and vae_train)")
+    ap.add_argument("--generation-reference", action="store_true",
+                    help="also score the training set used as the generator (generation.training_set)")
+    ap.add_argument("--no-grid", action="store_true", help="skip the grid baseline")
+    args = ap.parse_args(argv)
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    per_class, resolution = (1, 64) if args.quick else (args.per_class, args.resolution)
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [f for f in find_meshes(mesh_source(args.meshes, tmp)) if f.split == args.split]
+        if per_class:
+            files = first_per_class(files, per_class)
+        result, rows = ({}, None) if args.no_grid else grid_baseline_report(files, sizes, resolution)
+        if args.generation_reference:
+            from domains.shapes.bench import training_set_reference
+
+            train = [f for f in find_meshes(mesh_source(args.meshes, tmp)) if f.split == "train"]
+            result["generation"] = {"training_set": training_set_reference(train, files)}
+        if args.vae:
+            from domains.shapes.autoencode import load_vae
+            from domains.shapes.bench import mean_metrics, vae_rows
+
+            model = load_vae(args.vae)
+            result["vae"] = mean_metrics(vae_rows(model, files, resolution))
+            per = max(1, round(len(files) / max(1, len({f.label for f in files}))))
+            train = first_per_class([f for f in find_meshes(mesh_source(args.meshes, tmp)) if f.split == "train"], per)
+            result["vae_train"] = mean_metrics(vae_rows(model, train, resolution))
+        if args.png:
+            step = max(1, len(files) // 4)
+            render_grid_examples(files[::step][:4], sizes, args.png, resolution)
+    result |= {"split": args.split, "source": str(args.meshes), "resolution": resolution,
+               "seconds": round(time.perf_counter() - t0, 1)}
+    print(f"{len(files)} {args.split} meshes, marching cubes at {resolution}^3, {result['seconds']} s")
+    print(f"{'':>8} {'floats':>7} {'IoU':>6} {'Chamfer':>9} {'F@0.02':>7} {'F@0.04':>7} {'empty':>6}")
+    for size, m in result.get("grid_baseline_by_size", {}).items():
+        print(f"{size + '^3':>8} {m['floats']:>7} {m['iou']:>6.3f} {m['chamfer']:>9.5f} {m['fscore_002']:>7.3f} "
+              f"{m['fscore_004']:>7.3f} {m['empty']:>6}")
+    for key in ("vae", "vae_train"):
+        if key in result:
+            m = result[key]
+            print(f"{key:>8} {'':>7} {m['iou']:>6.3f} {m['chamfer']:>9.5f} {m['fscore_002']:>7.3f} "
+                  f"{m['fscore_004']:>7.3f} {m['empty']:>6}   ({m['meshes']} meshes)")
+    for name, m in result.get("generation", {}).items():
+        print(f"generation {name}: COV {m['cov']:.3f}  MMD {m['mmd']:.5f}  1-NNA {m['nna']:.3f}  "
+              f"({m['generated']} shapes against {m['reference']})")
+    if args.json:
+        write_json_atomic(args.json, result)
+    if args.csv and rows is not None:
+        rows.to_csv(args.csv, index=False)
+    return result
+
+
+if __name__ == "__main__":
+    main()
