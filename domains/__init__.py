@@ -27,4 +27,5 @@ Checkpoints carry ``domain.json`` with the adapter's name (the key in
 DOMAINS = {
     "crystal": "domains.crystals.cli",
     "timeseries": "domains.timeseries.cli",
+    "hair": "domains.hair.cli",
 }
