@@ -257,12 +257,23 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, head, capsys):
     assert main(["hair", "from-mesh", str(tmp_path / "empty.obj"), "--out", str(tmp_path / "c.csv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "truncated" in err[0] and "NaN" in err[1] and "empty.obj" in err[2]
-    (tmp_path / "empty.xyz").write_text("")
-    with pytest.raises(DataError, match="no points"):
-        read_points(tmp_path / "empty.xyz", head)
+    bad = {"empty.xyz": "", "nan.xyz": "0 0.3 0\nnan 0.3 0\n", "garbage.ply": "ply\nnot really\n"}
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
     np.savetxt(tmp_path / "far.xyz", np.random.default_rng(0).normal([0, 5.0, 0], 0.05, (100, 3)))
-    with pytest.raises(DataError, match="m from the head's centre"):
-        read_points(tmp_path / "far.xyz", head)
-    np.savetxt(tmp_path / "nan.xyz", np.array([[0, 0.3, 0], [np.nan, 0.3, 0]]))
-    with pytest.raises(DataError, match="NaN"):
-        read_points(tmp_path / "nan.xyz", head)
+    for name in [*bad, "far.xyz"]:
+        assert main(["hair", "fit", str(tmp_path / name), "--out", str(tmp_path / "fit")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and "no points" in err[0] and "NaN" in err[1] and "garbage.ply" in err[2]
+    assert "4.7" in err[3] and "m from the head's centre" in err[3]  # the far cloud's centroid: (0, 5, 0) vs the head's
+
+
+def test_cli_fit_cards_to_a_point_cloud(styles, head, tmp_path):
+    from domains.hair.baselines import condition_points
+    from domains.hair.files import read_cards_csv
+
+    p, _, cards = styles["long"]
+    np.savetxt(tmp_path / "cond.xyz", condition_points(cards, head, seed=0, n=600))
+    assert main(["hair", "fit", str(tmp_path / "cond.xyz"), "--out", str(tmp_path / "fit"), "--n-cards", "12"]) == 0
+    fitted = read_cards_csv(tmp_path / "fit" / "cards.csv")
+    assert len(fitted) == 12 and (tmp_path / "fit" / "cards.glb").stat().st_size > 0

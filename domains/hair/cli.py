@@ -25,25 +25,6 @@ def _section(value: str) -> str:
     return value
 
 
-def draw_set(seed: int, n: int, head, splits=None, progress: bool = True):
-    """Hairstyles ``0 .. n-1`` of ``seed`` (those in ``splits`` only, if given, until ``n`` are found): cards and a table."""
-    import pandas as pd
-    from tqdm import tqdm
-
-    from domains.hair.procedural import hairstyle, params_row
-
-    cards, rows, i = [], [], 0
-    with tqdm(total=n, desc="hairstyles", disable=not progress) as bar:
-        while len(cards) < n:
-            p, split, c = hairstyle(seed, i, head)
-            if splits is None or split in splits:
-                cards.append(c)
-                rows.append({"index": i, **params_row(p), "split": split})
-                bar.update()
-            i += 1
-    return cards, pd.DataFrame(rows)
-
-
 @app.command()
 def procedural(
     n: int = typer.Option(1000, "-n", min=1, help="How many hairstyles."),
@@ -55,6 +36,7 @@ def procedural(
     from domains.hair.files import write_set
     from domains.hair.gallery import save_gallery
     from domains.hair.head import load_head
+    from domains.hair.procedural import draw_set
     from domains.hair.validity import check_cards
 
     head = load_head()
@@ -100,6 +82,31 @@ def from_strands(
                f"{cov['strands_to_cards_median_mm']:.1f} mm (p90 {cov['strands_to_cards_p90_mm']:.1f}), card surface to strands "
                f"median {cov['cards_to_strands_median_mm']:.1f} mm (p90 {cov['cards_to_strands_p90_mm']:.1f}); card area "
                f"{cov['card_area_m2']:.3f} m^2")
+
+
+@app.command()
+def fit(
+    points: Path = typer.Argument(..., help="A point cloud of hair (.ply/.obj/.xyz/.csv/.npy), metres, in the head's frame."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Folder for cards.csv, cards.obj, cards.glb, preview.png."),
+    n_cards: int = typer.Option(60, min=1, max=130, help="Cards to fit."),
+):
+    """Fit cards directly to a point cloud (the geometric-fit baseline; no model): k-means clusters become cards."""
+    from domains.hair.files import read_points, write_cards_csv
+    from domains.hair.gallery import save_gallery
+    from domains.hair.head import load_head
+    from domains.hair.mesh import export_mesh, to_mesh
+    from domains.hair.strands import points_to_cards
+    from domains.hair.validity import check_cards
+
+    head = load_head()
+    cards = points_to_cards(read_points(points, head), head, {"n_cards": n_cards})
+    write_cards_csv(cards, out / "cards.csv")
+    mesh = to_mesh(cards, head)
+    export_mesh(mesh, out / "cards.obj")
+    export_mesh(mesh, out / "cards.glb")
+    save_gallery([cards], [f"{points.name}: {len(cards)} cards"], head, out / "preview.png")
+    r = check_cards(cards, head)
+    typer.echo(f"{len(cards)} cards in {out} ({'valid' if r['valid'] else 'INVALID'}, inside head {r['inside_share']:.2%})")
 
 
 @app.command("to-mesh")
@@ -176,6 +183,7 @@ def benchmark(
     from domains.hair.benchmark import run_benchmark
     from domains.hair.files import read_set
     from domains.hair.head import load_head
+    from domains.hair.procedural import draw_set
     from domains.hair.strands import read_strands, strands_to_cards
     from sciar.io import write_json_atomic
 

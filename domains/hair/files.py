@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,9 @@ def read_points(path: str | Path, head=None) -> np.ndarray:
         if suffix == ".npy":
             p = np.load(path, allow_pickle=False)
         elif suffix in (".xyz", ".txt", ".csv"):
-            p = np.loadtxt(path, delimiter="," if suffix == ".csv" else None, ndmin=2)
+            with warnings.catch_warnings():  # an empty file warns, then is refused below as empty
+                warnings.simplefilter("ignore", UserWarning)
+                p = np.loadtxt(path, delimiter="," if suffix == ".csv" else None, ndmin=2)
         else:
             import trimesh
 

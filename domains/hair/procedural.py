@@ -241,5 +241,19 @@ def hairstyle(seed: int, index: int, head) -> tuple[StyleParams, str, list[np.nd
     return p, split, orient_and_sort(generate(p, rng, head), head)
 
 
-def params_row(p: StyleParams) -> dict:
-    return asdict(p)
+
+def draw_set(seed: int, n: int, head, splits=None, progress: bool = True):
+    """Hairstyles ``0 .. n-1`` of ``seed`` (those in ``splits`` only, if given, until ``n`` are found): cards and a table."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    cards, rows, i = [], [], 0
+    with tqdm(total=n, desc="hairstyles", disable=not progress) as bar:
+        while len(cards) < n:
+            p, split, c = hairstyle(seed, i, head)
+            if splits is None or split in splits:
+                cards.append(c)
+                rows.append({"index": i, **asdict(p), "split": split})
+                bar.update()
+            i += 1
+    return cards, pd.DataFrame(rows)
