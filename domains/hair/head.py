@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import gzip
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -34,21 +34,21 @@ class Head:
     vertices: np.ndarray  # (V, 3) float64, metres
     faces: np.ndarray  # (F, 3) int32 triangles, outward orientation
 
-    @property
+    @cached_property
     def bounds(self) -> np.ndarray:
         return np.stack([self.vertices.min(0), self.vertices.max(0)])
 
-    @property
+    @cached_property
     def height(self) -> float:
         b = self.bounds
         return float(b[1, 1] - b[0, 1])
 
-    @property
+    @cached_property
     def scale(self) -> float:
         """Metres per token-frame unit."""
         return SCALE_IN_HEADS * self.height
 
-    @property
+    @cached_property
     def origin(self) -> np.ndarray:
         b = self.bounds
         c = b.mean(0)

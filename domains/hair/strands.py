@@ -75,15 +75,18 @@ def _n_points(length: float) -> int:
     return int(np.clip(round(length / SPACING) + 1, 4, 20))
 
 
-def card_from_sections(sections: list[np.ndarray], head, normals=None, min_width=0.002, min_thickness=0.001) -> np.ndarray:
-    """A card from point sets, one per control point: centre = mean; width/thickness = sqrt(12) x spread."""
-    centre = np.stack([s.mean(0) for s in sections])
-    if normals is None:
-        normals = head.closest(centre)[2]
-    _, b, m = frames(np.concatenate([centre, np.zeros((len(centre), 2))], 1), normals)
-    w = np.array([np.sqrt(12) * np.std((s - c) @ bi) for s, c, bi in zip(sections, centre, b)])
-    th = np.array([np.sqrt(12) * np.std((s - c) @ mi) for s, c, mi in zip(sections, centre, m)])
-    return np.concatenate([centre, np.maximum(w, min_width)[:, None], np.maximum(th, min_thickness)[:, None]], 1)
+def cards_from_sections(cards: list[list[np.ndarray]], head, min_width=0.002, min_thickness=0.001) -> list[np.ndarray]:
+    """Cards from point sets, one set per control point: centre = mean; width/thickness = sqrt(12) x spread."""
+    centres = [np.stack([s.mean(0) for s in sections]) for sections in cards]
+    normals = head.closest(np.concatenate(centres))[2]  # one query for all cards: each builds a search tree
+    out, i = [], 0
+    for sections, centre in zip(cards, centres):
+        _, b, m = frames(np.concatenate([centre, np.zeros((len(centre), 2))], 1), normals[i:i + len(centre)])
+        i += len(centre)
+        w = np.array([np.sqrt(12) * np.std((s - c) @ bi) for s, c, bi in zip(sections, centre, b)])
+        th = np.array([np.sqrt(12) * np.std((s - c) @ mi) for s, c, mi in zip(sections, centre, m)])
+        out.append(np.concatenate([centre, np.maximum(w, min_width)[:, None], np.maximum(th, min_thickness)[:, None]], 1))
+    return out
 
 
 def strands_to_cards(strands: list[np.ndarray], head, settings: dict | None = None) -> list[np.ndarray]:
@@ -97,7 +100,7 @@ def strands_to_cards(strands: list[np.ndarray], head, settings: dict | None = No
     k = min(cfg["n_cards"], len(strands))
     label = KMeans(k, n_init=3, random_state=cfg["seed"]).fit_predict(feats)
     fine = np.stack([resample(s, 32) for s in strands])  # (S, 32, 3): arc fraction on a common grid
-    cards = []
+    sections = []
     for c in range(k):
         members = fine[label == c]
         if len(members) == 0:
@@ -105,8 +108,8 @@ def strands_to_cards(strands: list[np.ndarray], head, settings: dict | None = No
         mean_line = members.mean(0)
         n = _n_points(np.linalg.norm(np.diff(mean_line, axis=0), axis=1).sum())
         idx = np.round(np.linspace(0, 31, n)).astype(int)
-        cards.append(card_from_sections([members[:, i] for i in idx], head, min_width=cfg["min_width"],
-                                        min_thickness=cfg["min_thickness"]))
+        sections.append([members[:, i] for i in idx])
+    cards = cards_from_sections(sections, head, cfg["min_width"], cfg["min_thickness"])
     return orient_and_sort(head.push_cards_outside(cards, cfg["margin"]), head)
 
 
@@ -121,7 +124,7 @@ def points_to_cards(points: np.ndarray, head, settings: dict | None = None) -> l
     if k < 1:
         raise DataError(f"{len(points)} points are too few to fit cards to (8 per card at least)")
     label = KMeans(k, n_init=1, random_state=cfg["seed"]).fit_predict(points)
-    cards = []
+    sections = []
     for c in range(k):
         p = points[label == c]
         if len(p) < 8:
@@ -129,8 +132,8 @@ def points_to_cards(points: np.ndarray, head, settings: dict | None = None) -> l
         axis = np.linalg.svd(p - p.mean(0), full_matrices=False)[2][0]
         s = (p - p.mean(0)) @ axis
         n = min(_n_points(np.ptp(s)), len(p) // 4)
-        order = np.argsort(s)
-        cards.append(card_from_sections(np.array_split(p[order], max(n, 2)), head))
+        sections.append(np.array_split(p[np.argsort(s)], max(n, 2)))
+    cards = cards_from_sections(sections, head)
     return orient_and_sort(head.push_cards_outside(cards, STRAND_CARDS["margin"]), head)
 
 
