@@ -228,6 +228,8 @@ def test_benchmark_keys_and_the_quantised_floor(styles, head):
     q, ret = r["procedural"]["quantised"], r["procedural"]["retrieval"]
     assert q["chamfer"] < ret["chamfer"] and q["iou"] > ret["iou"]
     assert set(r["retrieval_by_train_size"]) == {"2", str(len(sets) - 1)}
+    rep = r["representation"]["procedural"]
+    assert 0 < rep["quantisation_point_mean_mm"] < rep["quantisation_point_max_mm"] < 5 and rep["mesh_round_trip_max_mm"] < 1e-3
 
 
 def test_cli_procedural_check_and_meshes(tmp_path):

@@ -45,6 +45,27 @@ def score_targets(targets: list[list[np.ndarray]], retrieval: Retrieval, head, s
     return out
 
 
+def representation_errors(hairstyles: list[list[np.ndarray]], head) -> dict:
+    """Quantisation error (tokens) and mesh round-trip error (OBJ out and back), millimetres."""
+    import tempfile
+    from pathlib import Path
+
+    from domains.hair.mesh import export_mesh, from_mesh, load_mesh, to_mesh
+
+    point, size, mesh_err = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for cards in hairstyles:
+            a, q = np.concatenate(cards), np.concatenate(quantised(cards, head))
+            point.append(np.linalg.norm(a[:, :3] - q[:, :3], axis=1))
+            size.append(np.abs(a[:, 3:] - q[:, 3:]))
+            export_mesh(to_mesh(cards, head), Path(tmp) / "m.obj")
+            mesh_err.append(np.abs(np.concatenate(from_mesh(load_mesh(Path(tmp) / "m.obj"))) - a).max())
+    point, size = np.concatenate(point) * 1000, np.concatenate(size) * 1000
+    return {"quantisation_point_max_mm": float(point.max()), "quantisation_point_mean_mm": float(point.mean()),
+            "quantisation_width_max_mm": float(size[:, 0].max()), "quantisation_thickness_max_mm": float(size[:, 1].max()),
+            "mesh_round_trip_max_mm": float(max(mesh_err) * 1000), "n": len(hairstyles)}
+
+
 def run_benchmark(train: list[list[np.ndarray]], procedural: dict[str, list[list[np.ndarray]]], real: list[np.ndarray] | None,
                   head, train_sizes=(), resamplings: int = 10, seed: int = 0) -> dict:
     """The JSON the ``benchmark`` command writes (see the module docstring). ``procedural``: split name -> targets."""
@@ -73,4 +94,7 @@ def run_benchmark(train: list[list[np.ndarray]], procedural: dict[str, list[list
         by_size[str(n)] = _mean(rows)
     by_size[str(len(train))] = result["procedural"]["retrieval"]
     result["retrieval_by_train_size"] = by_size
+    result["representation"] = {"procedural": representation_errors(targets, head)}
+    if real is not None:
+        result["representation"]["real"] = representation_errors([real], head)
     return result
