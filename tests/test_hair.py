@@ -239,6 +239,11 @@ def test_cli_procedural_check_and_meshes(tmp_path):
     styles = pd.read_csv(out / "styles.csv")
     assert sorted(df["hairstyle"].unique()) == [0, 1] and styles["valid"].all()
     one = df[df["hairstyle"] == 0].drop(columns="hairstyle")
+    from domains.hair.files import read_set
+
+    sets, st = read_set(out)
+    assert len(sets) == 2 and list(st["split"]) == list(styles["split"])
+    np.testing.assert_array_equal(np.concatenate(sets[0]), one.drop(columns="card").to_numpy())
     one.to_csv(tmp_path / "cards.csv", index=False)
     assert main(["hair", "check", str(tmp_path / "cards.csv"), "--json", str(tmp_path / "check.json")]) == 0
     assert json.loads((tmp_path / "check.json").read_text())[str(tmp_path / "cards.csv")]["valid"]
