@@ -25,6 +25,19 @@ def _section(value: str) -> str:
     return value
 
 
+def _write_hairstyle(cards, head, out: Path, title: str):
+    """cards.csv, cards.obj, cards.glb and preview.png (front, side, back) in ``out``."""
+    from domains.hair.files import write_cards_csv
+    from domains.hair.gallery import save_gallery
+    from domains.hair.mesh import export_mesh, to_mesh
+
+    write_cards_csv(cards, out / "cards.csv")
+    mesh = to_mesh(cards, head)
+    export_mesh(mesh, out / "cards.obj")
+    export_mesh(mesh, out / "cards.glb")
+    save_gallery([cards], [title], head, out / "preview.png")
+
+
 @app.command()
 def procedural(
     n: int = typer.Option(1000, "-n", min=1, help="How many hairstyles."),
@@ -59,10 +72,7 @@ def from_strands(
     out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Folder for cards.csv, cards.obj, cards.glb, coverage.json, preview.png."),
 ):
     """Cluster strands into cards (fixed settings, see domains/hair/strands.py) and report coverage both ways."""
-    from domains.hair.files import write_cards_csv
-    from domains.hair.gallery import save_gallery
     from domains.hair.head import load_head
-    from domains.hair.mesh import export_mesh, to_mesh
     from domains.hair.strands import coverage, read_strands, strands_to_cards
     from domains.hair.validity import check_cards
     from sciar.io import write_json_atomic
@@ -70,14 +80,10 @@ def from_strands(
     head = load_head()
     strands = read_strands(file)
     cards = strands_to_cards(strands, head)
-    write_cards_csv(cards, out / "cards.csv")
-    mesh = to_mesh(cards, head)
-    export_mesh(mesh, out / "cards.obj")
-    export_mesh(mesh, out / "cards.glb")
+    _write_hairstyle(cards, head, out, f"{file.name}: {len(cards)} cards")
     cov = coverage(strands, cards, head)
     cov["checks"] = check_cards(cards, head)
     write_json_atomic(out / "coverage.json", cov)
-    save_gallery([cards], [f"{file.name}: {len(cards)} cards"], head, out / "preview.png")
     typer.echo(f"{len(strands)} strands -> {len(cards)} cards in {out}: strand points to cards median "
                f"{cov['strands_to_cards_median_mm']:.1f} mm (p90 {cov['strands_to_cards_p90_mm']:.1f}), card surface to strands "
                f"median {cov['cards_to_strands_median_mm']:.1f} mm (p90 {cov['cards_to_strands_p90_mm']:.1f}); card area "
@@ -91,20 +97,14 @@ def fit(
     n_cards: int = typer.Option(60, min=1, max=130, help="Cards to fit."),
 ):
     """Fit cards directly to a point cloud (the geometric-fit baseline; no model): k-means clusters become cards."""
-    from domains.hair.files import read_points, write_cards_csv
-    from domains.hair.gallery import save_gallery
+    from domains.hair.files import read_points
     from domains.hair.head import load_head
-    from domains.hair.mesh import export_mesh, to_mesh
     from domains.hair.strands import points_to_cards
     from domains.hair.validity import check_cards
 
     head = load_head()
     cards = points_to_cards(read_points(points, head), head, {"n_cards": n_cards})
-    write_cards_csv(cards, out / "cards.csv")
-    mesh = to_mesh(cards, head)
-    export_mesh(mesh, out / "cards.obj")
-    export_mesh(mesh, out / "cards.glb")
-    save_gallery([cards], [f"{points.name}: {len(cards)} cards"], head, out / "preview.png")
+    _write_hairstyle(cards, head, out, f"{points.name}: {len(cards)} cards")
     r = check_cards(cards, head)
     typer.echo(f"{len(cards)} cards in {out} ({'valid' if r['valid'] else 'INVALID'}, inside head {r['inside_share']:.2%})")
 
