@@ -44,6 +44,7 @@ DOMAINS = {
     "timeseries": "domains.timeseries.adapter",
     "mechanics": "domains.mechanics.adapter",
     "shapes": "domains.shapes.adapter",
+    "hair": "domains.hair.adapter",
 }
 
 
