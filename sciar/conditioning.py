@@ -28,9 +28,8 @@ def drop_rows(batch: int, p: float, device=None, generator: torch.Generator | No
 class ClassEmbedding(nn.Module):
     """Class labels ``0 .. num_classes-1`` to vectors; index ``num_classes`` is the null class.
 
-    In training, ``forward(labels, drop_p=0.1)`` replaces each row's label by the null class
-    with probability ``drop_p``; ``forward(None, batch=B)`` gives the null class to B rows
-    (the unconditioned half under guidance).
+    In training, ``forward(labels, drop=drop_rows(B, 0.1))`` gives the dropped rows the null
+    class; ``forward(None, batch=B)`` gives it to B rows (the unconditioned half under guidance).
     """
 
     def __init__(self, num_classes: int, dim: int):
@@ -56,13 +55,12 @@ class ClassEmbedding(nn.Module):
                              f"0..{self.num_classes - 1}")
         return labels
 
-    def forward(self, labels: torch.Tensor | None, drop_p: float = 0.0, batch: int | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, labels: torch.Tensor | None, drop: torch.Tensor | None = None, batch: int | None = None) -> torch.Tensor:
+        """Vectors ``[B, dim]`` of ``labels [B]``; rows where ``drop [B]`` (bool) is True get the null class."""
         if labels is None:
             labels = torch.full((batch or 1,), self.null, dtype=torch.long, device=self.table.weight.device)
         else:
             labels = self.check(labels)
-            if drop_p:
-                drop = drop_rows(len(labels), drop_p, labels.device, generator)
-                labels = labels.masked_fill(drop, self.null)
+            if drop is not None:
+                labels = labels.masked_fill(drop.to(labels.device), self.null)
         return self.table(labels)

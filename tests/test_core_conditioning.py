@@ -128,7 +128,7 @@ def test_class_dropout_rate_and_null_class():
     dropped = int(drop_rows(n, p, generator=g).sum())
     assert abs(dropped - n * p) < 5 * math.sqrt(n * p * (1 - p))
     labels = torch.arange(4).repeat(50)
-    out = emb(labels, drop_p=0.5, generator=g)
+    out = emb(labels, drop=drop_rows(200, 0.5, generator=g))
     is_null = (out == emb.table.weight[4]).all(-1)
     assert 60 < int(is_null.sum()) < 140  # Binomial(200, 0.5) within 5.6 sigma
     torch.testing.assert_close(out[~is_null], emb.table.weight[labels[~is_null]])
