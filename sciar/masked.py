@@ -117,6 +117,17 @@ class MaskedModel(nn.Module):
         self.head = DiffusionHead(mcfg.token_dim, C, mcfg.head_width, mcfg.head_depth, mcfg.head_steps,
                                   mcfg.head_train_mul, mcfg.head_sample_steps)
 
+    def config(self) -> dict:
+        """The checkpoint's description of this model (``config.json``'s ``model`` and ``masked``)."""
+        return {"model": self.cfg.to_dict(), "masked": self.mcfg.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "MaskedModel":
+        """The model a checkpoint's ``config.json`` describes (weights not loaded)."""
+        if "masked" not in config:
+            raise SciarError("not a masked model's config (no 'masked' section): decode it token by token")
+        return cls(ModelConfig.from_dict(config["model"]), MaskedConfig.from_dict(config["masked"]))
+
     @property
     def conditioned(self) -> bool:
         """Whether the model has any condition (guidance needs one)."""

@@ -112,3 +112,17 @@ def test_bad_input():
         generate(m, 3, labels=[0, 1], steps=4)
     with pytest.raises(SciarError, match="tokens must be"):
         m(torch.zeros(2, 9, 3))
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from sciar.checkpoint import load_weights, read_checkpoint, save_checkpoint
+
+    m = tiny(num_classes=2, cross_dim=5)
+    save_checkpoint(tmp_path / "ck", m, m.config(), None, {"domain": "toy"})
+    ck = read_checkpoint(tmp_path / "ck")
+    back = load_weights(ck, MaskedModel.from_config(ck.config)).eval()
+    ctx = torch.randn(2, 3, 5)
+    torch.testing.assert_close(generate(back, labels=[0, 1], context=ctx, steps=3, cfg=2.0),
+                               generate(m, labels=[0, 1], context=ctx, steps=3, cfg=2.0))
+    with pytest.raises(SciarError, match="not a masked model"):
+        MaskedModel.from_config({"model": m.cfg.to_dict()})
