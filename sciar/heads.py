@@ -280,14 +280,15 @@ class DiffusionNet(nn.Module):
     identity and the first prediction is zero.
     """
 
-    def __init__(self, token_dim: int, cond_dim: int, width: int = 256, depth: int = 3, freq_dim: int = 256):
+    def __init__(self, token_dim: int, cond_dim: int, width: int = 256, depth: int = 3, freq_dim: int = 256,
+                 out_dim: int | None = None):
         super().__init__()
         self.freq_dim = freq_dim
         self.time_embed = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.cond_embed = nn.Linear(cond_dim, width)
         self.input_proj = nn.Linear(token_dim, width)
         self.blocks = nn.ModuleList(_AdaLNBlock(width) for _ in range(depth))
-        self.out = _AdaLNOut(width, token_dim)
+        self.out = _AdaLNOut(width, out_dim or token_dim)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -313,20 +314,22 @@ class DiffusionHead(nn.Module):
     """MAR's diffusion loss: a per-token denoiser conditioned on the token's hidden state.
 
     Gaussian diffusion of :mod:`sciar.diffusion` (cosine schedule over ``num_steps``,
-    epsilon prediction, fixed posterior variance beta-tilde: the variance is not learned).
+    epsilon prediction). The reverse variance is the fixed posterior variance beta-tilde, or,
+    with ``learn_sigma=True``, learned as MAR does (the net outputs twice the token size and
+    the loss adds the variational bound, which trains only the variance).
     Training noises each token ``train_mul`` times per call; sampling runs the respaced
     process over ``sample_steps`` steps with a temperature on the noise.
     """
 
     def __init__(self, token_dim: int, cond_dim: int, width: int = 256, depth: int = 3, num_steps: int = 1000,
-                 train_mul: int = 4, sample_steps: int = 50):
+                 train_mul: int = 4, sample_steps: int = 50, learn_sigma: bool = False):
         super().__init__()
         if train_mul < 1:
             raise SciarError(f"train_mul must be at least 1, got {train_mul}")
         self.token_dim, self.cond_dim = token_dim, cond_dim
-        self.train_mul, self.sample_steps = train_mul, sample_steps
-        self.net = DiffusionNet(token_dim, cond_dim, width, depth)
-        self.diffusion = GaussianDiffusion.cosine(num_steps)
+        self.train_mul, self.sample_steps, self.learn_sigma = train_mul, sample_steps, learn_sigma
+        self.net = DiffusionNet(token_dim, cond_dim, width, depth, out_dim=2 * token_dim if learn_sigma else token_dim)
+        self.diffusion = GaussianDiffusion.cosine(num_steps, variance="learned" if learn_sigma else "posterior")
         self._respaced: dict[int, GaussianDiffusion] = {}
 
     def _check(self, h: torch.Tensor):
@@ -345,7 +348,12 @@ class DiffusionHead(nn.Module):
         cond = h.reshape(-1, self.cond_dim).repeat(self.train_mul, 1)
         x0 = target.reshape(-1, self.token_dim).to(cond.dtype).repeat(self.train_mul, 1)
         x_t, t, eps = self.diffusion.training_pair(x0)
-        err = (self.net(x_t, t, cond) - eps).pow(2).mean(-1)
+        out = self.net(x_t, t, cond)
+        if not self.learn_sigma:
+            err = (out - eps).pow(2).mean(-1)
+        else:  # the noise by MSE, the variance by the bound (through a detached noise prediction)
+            pred, v = out.chunk(2, dim=-1)
+            err = (pred - eps).pow(2).mean(-1) + self.diffusion.vb_term(x0, x_t, t, pred.detach(), v)
         m = None if mask is None else mask.reshape(-1).repeat(self.train_mul)
         return _masked_mean(err, m)
 
@@ -370,9 +378,13 @@ class DiffusionHead(nn.Module):
             self._respaced[steps] = self.diffusion.respaced(steps)
 
         def eps_fn(x, t):
-            if not guided:
-                return self.net(x, t, h)
-            eps_c, eps_u = self.net(torch.cat([x, x]), torch.cat([t, t]), h).chunk(2)
-            return eps_u + cfg * (eps_c - eps_u)
+            out = self.net(torch.cat([x, x]), torch.cat([t, t]), h) if guided else self.net(x, t, h)
+            v = None
+            if self.learn_sigma:
+                out, v = out.chunk(2, dim=-1)
+            if guided:  # the noises mixed; the variance is the conditioned half's
+                eps_c, eps_u = out.chunk(2)
+                out, v = eps_u + cfg * (eps_c - eps_u), None if v is None else v[: x.shape[0]]
+            return out if v is None else (out, v)
 
         return self._respaced[steps].sample(eps_fn, (n, self.token_dim), temperature, generator, h.device, h.dtype)

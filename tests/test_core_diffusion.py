@@ -112,3 +112,45 @@ def test_diffusion_head_sampling_is_seeded_and_guided():
         head.sample(torch.cat([h, h]), cfg=0.5)
     with pytest.raises(SciarError, match="halves"):
         head.sample(h, cfg=2.0)
+
+
+def test_learned_variance_bound_and_sampler_match_closed_forms():
+    d = GaussianDiffusion.cosine(1000, variance="learned")
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    i = torch.tensor([0, 1, 10, 300, 700, 990])
+    eps = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    x_t = d.q_sample(x0, i, eps)
+    # the true noise gives the posterior mean exactly: the bound only weighs the variances
+    at_tilde = d.vb_term(x0, x_t, i, eps, -torch.ones(6, 3, dtype=torch.float64))
+    at_beta = d.vb_term(x0, x_t, i, eps, torch.ones(6, 3, dtype=torch.float64))
+    assert torch.allclose(at_tilde, torch.zeros(6, dtype=torch.float64), atol=1e-9)
+    for row, t in enumerate(i.tolist()):
+        if t == 0:
+            assert at_beta[row] == 0
+            continue
+        ab, ab_prev = _closed_form_alpha_bar(t), _closed_form_alpha_bar(t - 1)
+        beta = min(1 - ab / ab_prev, 0.999)
+        tilde = beta * (1 - ab_prev) / (1 - ab)
+        want = 0.5 * (-1 + math.log(beta / tilde) + tilde / beta) / math.log(2)
+        assert at_beta[row].item() == pytest.approx(want, rel=1e-6)
+    # v = -1 / +1 everywhere: the learned sampler is the fixed-variance one
+    mu, s = 0.5, 0.4
+    for v, fixed in [(-1.0, "posterior"), (1.0, "beta")]:
+        ref = GaussianDiffusion.cosine(1000, variance=fixed)
+        eps_fn = _gaussian_eps(ref, mu, s)
+        a = ref.respaced(20).sample(eps_fn, (50, 1), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        b = d.respaced(20).sample(lambda x, t: (eps_fn(x, t), torch.full_like(x, v)), (50, 1),
+                                  generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_diffusion_head_with_learned_variance_trains_and_samples():
+    torch.manual_seed(0)
+    head = DiffusionHead(token_dim=2, cond_dim=4, width=16, depth=1, sample_steps=6, learn_sigma=True)
+    h, x = torch.randn(3, 7, 4), torch.randn(3, 7, 2)
+    loss = head.loss(h, x)
+    loss.backward()
+    assert torch.isfinite(loss) and head.net.out.linear.weight.grad.abs().sum() > 0
+    out = head.sample(torch.cat([h[0], h[1]]), cfg=2.0, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (7, 2) and torch.isfinite(out).all()
