@@ -184,7 +184,8 @@ def check_weights(ck: Checkpoint) -> dict:
         raise CheckpointError(f"{ck.path}: bad model config ({e})") from None
     n_params, n_tensors, bad = 0, 0, []
     with safe_open(str(ck.path / "model.safetensors"), "pt") as f:
-        have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        have = dict(stored)
         if ck.config.get("tied", True) and "head.weight" in have:  # safetensors keeps one name of a shared tensor
             have.setdefault("trunk.wte.weight", have["head.weight"])
         wrong = [k for k in want if have.get(k) != want[k]]
@@ -201,7 +202,15 @@ def check_weights(ck: Checkpoint) -> dict:
     if bad:
         raise CheckpointError(f"{ck.path}: {len(bad)} weight tensors hold NaN or infinity (first {bad[0]}): "
                               "did the training run diverge?")
-    return {"tensors": n_tensors, "parameters": n_params}
+    ema = "ema_sha256" in ck.domain
+    if ema:  # the moving average: the same tensors as the weights, all finite
+        with safe_open(str(ck.path / "ema.safetensors"), "pt") as f:
+            if {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()} != stored:
+                raise CheckpointError(f"{ck.path}: ema.safetensors does not hold the same tensors as model.safetensors")
+            bad = [k for k in f.keys() if f.get_tensor(k).is_floating_point() and not torch.isfinite(f.get_tensor(k)).all()]
+        if bad:
+            raise CheckpointError(f"{ck.path}: {len(bad)} EMA tensors hold NaN or infinity (first {bad[0]})")
+    return {"tensors": n_tensors, "parameters": n_params, "ema": ema}
 
 
 def load_language_model(path: str | Path, domain: str | None = None, device: str | torch.device = "cpu"):

@@ -5,9 +5,12 @@ import torch
 from safetensors.torch import load_file
 
 from core_tasks import TOK, ReverseTask
-from sciar.checkpoint import load_weights, read_checkpoint
+from safetensors.torch import save_file
+
+from sciar.checkpoint import check_weights, load_weights, read_checkpoint
 from sciar.ema import EMA
 from sciar.errors import CheckpointError, SciarError
+from sciar.io import sha256_file
 from sciar.model import LanguageModel, ModelConfig
 from sciar.train import TrainConfig, train
 
@@ -55,6 +58,7 @@ def test_ema_follows_the_recurrence_and_resumes_exactly(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     ck = read_checkpoint(tmp_path / "b" / "last")
+    assert check_weights(ck)["ema"]
     loaded, _ = _model()
     load_weights(ck, loaded, ema=True)
     assert torch.equal(loaded.trunk.wte.weight, b["head.weight"] if "head.weight" in b else b["trunk.wte.weight"])
@@ -66,6 +70,14 @@ def test_a_corrupt_or_absent_ema_file_is_refused(tmp_path):
     tc = TrainConfig(max_steps=2, batch_size=2, warmup_steps=1, eval_batches=0, save_every=2, progress=False, ema=0.5)
     train(model, ReverseTask(), tc, tmp_path / "a", {"model": cfg.to_dict()}, TOK, {"domain": "test"})
     path = tmp_path / "a" / "ema.safetensors"
+    # a diverged average whose checksum matches: check_weights finds the NaN
+    ck = read_checkpoint(tmp_path / "a")
+    tensors = load_file(str(path))
+    next(iter(tensors.values()))[0] = float("nan")
+    save_file(tensors, str(path))
+    ck.domain["ema_sha256"] = sha256_file(path)
+    with pytest.raises(CheckpointError, match="EMA tensors hold NaN"):
+        check_weights(ck)
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF
     path.write_bytes(bytes(data))
