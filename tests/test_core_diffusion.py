@@ -27,12 +27,13 @@ def test_cosine_schedule_matches_closed_form():
 def test_respacing_keeps_the_cumulative_products():
     d = GaussianDiffusion.cosine(1000)
     r = d.respaced(10)
-    kept = [round(i * 999 / 9) for i in range(10)]
+    kept = [i * 999 // 10 for i in range(10)]  # the terminal step 999 is left out
     assert r.timesteps.tolist() == kept
     for i, t in enumerate(kept):
         assert r.alpha_bar[i].item() == pytest.approx(d.alpha_bar[t].item(), rel=1e-9)
-    with pytest.raises(SciarError, match="sampling steps"):
-        d.respaced(0)
+    for bad in (0, 1000):
+        with pytest.raises(SciarError, match="sampling steps"):
+            d.respaced(bad)
 
 
 def test_q_sample_moments():
@@ -54,7 +55,7 @@ def _gaussian_eps(d: GaussianDiffusion, mu: float, s: float):
     return eps
 
 
-@pytest.mark.parametrize("steps,variance,tol", [(1000, "posterior", 0.01), (100, "beta", 0.03)])
+@pytest.mark.parametrize("steps,variance,tol", [(999, "posterior", 0.01), (100, "beta", 0.03)])
 def test_sampler_recovers_a_gaussian_given_the_true_noise(steps, variance, tol):
     mu, s = 1.5, 0.3
     d = GaussianDiffusion.cosine(1000, variance=variance)
@@ -112,3 +113,45 @@ def test_diffusion_head_sampling_is_seeded_and_guided():
         head.sample(torch.cat([h, h]), cfg=0.5)
     with pytest.raises(SciarError, match="halves"):
         head.sample(h, cfg=2.0)
+
+
+def test_learned_variance_bound_and_sampler_match_closed_forms():
+    d = GaussianDiffusion.cosine(1000, variance="learned")
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    i = torch.tensor([0, 1, 10, 300, 700, 990])
+    eps = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    x_t = d.q_sample(x0, i, eps)
+    # the true noise gives the posterior mean exactly: the bound only weighs the variances
+    at_tilde = d.vb_term(x0, x_t, i, eps, -torch.ones(6, 3, dtype=torch.float64))
+    at_beta = d.vb_term(x0, x_t, i, eps, torch.ones(6, 3, dtype=torch.float64))
+    assert torch.allclose(at_tilde, torch.zeros(6, dtype=torch.float64), atol=1e-9)
+    for row, t in enumerate(i.tolist()):
+        if t == 0:
+            assert at_beta[row] == 0
+            continue
+        ab, ab_prev = _closed_form_alpha_bar(t), _closed_form_alpha_bar(t - 1)
+        beta = min(1 - ab / ab_prev, 0.999)
+        tilde = beta * (1 - ab_prev) / (1 - ab)
+        want = 0.5 * (-1 + math.log(beta / tilde) + tilde / beta) / math.log(2)
+        assert at_beta[row].item() == pytest.approx(want, rel=1e-6)
+    # v = -1 / +1 everywhere: the learned sampler is the fixed-variance one
+    mu, s = 0.5, 0.4
+    for v, fixed in [(-1.0, "posterior"), (1.0, "beta")]:
+        ref = GaussianDiffusion.cosine(1000, variance=fixed)
+        eps_fn = _gaussian_eps(ref, mu, s)
+        a = ref.respaced(20).sample(eps_fn, (50, 1), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        b = d.respaced(20).sample(lambda x, t: (eps_fn(x, t), torch.full_like(x, v)), (50, 1),
+                                  generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_diffusion_head_with_learned_variance_trains_and_samples():
+    torch.manual_seed(0)
+    head = DiffusionHead(token_dim=2, cond_dim=4, width=16, depth=1, sample_steps=6, learn_sigma=True)
+    h, x = torch.randn(3, 7, 4), torch.randn(3, 7, 2)
+    loss = head.loss(h, x)
+    loss.backward()
+    assert torch.isfinite(loss) and head.net.out.linear.weight.grad.abs().sum() > 0
+    out = head.sample(torch.cat([h[0], h[1]]), cfg=2.0, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (7, 2) and torch.isfinite(out).all()
