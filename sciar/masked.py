@@ -147,6 +147,9 @@ class MaskedModel(nn.Module):
             raise SciarError("this model was not trained with prefix condition vectors (prefix_len=0)")
         if context is not None and not self.cfg.cross_dim:
             raise SciarError("this model has no cross-attention (cross_dim=0); it was not trained with condition tokens")
+        for name, x in (("prefix condition", prefix), ("condition tokens", context)):
+            if x is not None and not torch.isfinite(x).all():
+                raise SciarError(f"{name} hold NaN or infinity")
         if self.classes is not None:
             emb = self.classes(labels, drop, batch)
             if len(emb) != batch:

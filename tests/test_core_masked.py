@@ -110,6 +110,8 @@ def test_bad_input():
         generate(tiny(), 1, cfg=2.0, steps=4)
     with pytest.raises(SciarError, match="disagree"):
         generate(m, 3, labels=[0, 1], steps=4)
+    with pytest.raises(SciarError, match="NaN"):
+        generate(tiny(cross_dim=4), 1, context=torch.full((1, 2, 4), float("nan")), steps=4)
     with pytest.raises(SciarError, match="tokens must be"):
         m(torch.zeros(2, 9, 3))
 
