@@ -27,8 +27,8 @@ from math import gcd
 import numpy as np
 import pandas as pd
 
-from domains.crystals.cif import (SG_KEY, cif_field, cif_syntax_problem, header_formula, quiet_spglib,
-                                  rebuild_symmetry, spacegroup, unknown_element)
+from domains.crystals.cif import SG_KEY, cif_field, cif_syntax_problem, header_formula, unknown_element
+from domains.crystals.symmetry import quiet_spglib, rebuild_symmetry, spacegroup
 from sciar.errors import DataError, one_line
 
 BOND_TOLERANCE = 0.32  # a bond passes if its length over the expected one lies in (1 - t, 1 + t)
@@ -352,7 +352,7 @@ def evaluate_files(paths, bonds: bool = True, progress: bool = True) -> pd.DataF
     """Check every .cif among files and folders (recursive); one row per file."""
     from tqdm.auto import tqdm
 
-    from domains.crystals.cif import cif_file_texts
+    from domains.crystals.readers import cif_file_texts
 
     rows = []
     for name, text, err in tqdm(cif_file_texts(paths), desc="evaluate", unit="cif", disable=not progress):
