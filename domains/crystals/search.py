@@ -17,9 +17,13 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from domains.crystals import DEFAULT_CHECKPOINT
 from sciar.errors import SciarError, one_line
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TABLE_COLUMNS = ["simulation", "prompt", "formula", "spacegroup", "energy", "reward", "valid", "checks_valid", "reasons",
                  "bond_score", "n_atoms", "moved_sites", "cell_scale", "nudged", "error", "duplicate", "n_tokens", "stopped", "elapsed_s", "cif"]
