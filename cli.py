@@ -67,17 +67,23 @@ def info():
 @app.command()
 def inspect(checkpoint: str = typer.Argument(..., help="A checkpoint directory, or the name of a shipped one.")):
     """Check a checkpoint (every file, the weights' checksum, shapes and values) and print what it holds and how it was trained."""
-    from sciar.checkpoint import check_weights, read_checkpoint
+    from sciar.checkpoint import MODELS, check_weights, load_model, read_checkpoint
     from sciar.paths import find_checkpoint
 
     ck = read_checkpoint(find_checkpoint(checkpoint))
     w = check_weights(ck)
+    if ck.domain_name in MODELS:  # every tensor, not only the trunk's, must fit the adapter's model
+        load_model(ck.path)
+        adapter = f"{ck.domain_name} (the weights fill its model)"
+    else:
+        adapter = f"none registered for {ck.domain_name!r} (only the trunk was checked)"
     m = ck.config["model"]
     typer.echo(f"checkpoint  {ck.path}")
     typer.echo(f"domain      {ck.domain_name} (sciar {ck.domain.get('sciar_version')}, step {ck.domain.get('step', '?')})")
     typer.echo(f"model       {m.get('n_layer')} layers, {m.get('n_head')} heads, width {m.get('n_embd')}, "
                f"context {m.get('block_size')}, vocabulary {m.get('vocab_size')}")
     typer.echo(f"weights     {w['parameters']:,} parameters in {w['tensors']} tensors, all finite, shapes as configured")
+    typer.echo(f"adapter     {adapter}")
     typer.echo(f"tokenizer   {ck.tokenizer.vocab_size if ck.tokenizer else 'none'}")
     typer.echo(f"trained by  {ck.domain.get('command')}")
     typer.echo(f"data        {ck.domain.get('data_fingerprint', 'not recorded')}")

@@ -62,7 +62,8 @@ def validity_heldout(checkpoint: str, data: Path, k: int = 10, n: int = 20, seed
     import pandas as pd
     from pymatgen.core import Composition
 
-    from domains.crystals.cif import canonicalize, structure_from_cif
+    from domains.crystals.canonical import canonicalize
+    from domains.crystals.readers import structure_from_cif
     from domains.crystals.generate import CrystalGenerator, make_prompt
     from domains.crystals.validity import check_cif
 

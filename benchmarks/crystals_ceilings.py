@@ -20,7 +20,6 @@ Three measurements per split, on the same seeded subset as ``benchmarks/crystals
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -40,7 +39,7 @@ MAX_SAME = 50  # training structures of one formula compared with a target in th
 def targets(data: Path, split: str, on: str, limit: int | None, seed: int):
     """(structure, prompt composition) of the benchmark's seeded subset."""
     from domains.crystals.benchmark import _prompt_composition, load_test
-    from domains.crystals.cif import structure_from_cif
+    from domains.crystals.readers import structure_from_cif
 
     out = []
     for _, rec in load_test(data / split / f"{on}.csv.gz", limit, seed).iterrows():
@@ -88,7 +87,8 @@ def templates(items, index, sm, cap: int) -> dict:
 
 def oracle_sg(items, gen, sm, draws: int, seed: int) -> dict:
     from domains.crystals.benchmark import csp_filter, sample_cands
-    from domains.crystals.cif import canonicalize, spacegroup_of
+    from domains.crystals.canonical import canonicalize
+    from domains.crystals.cif import spacegroup_of
     from domains.crystals.generate import make_prompt
     from sciar.errors import SciarError
 
@@ -118,7 +118,7 @@ def main(argv=None):
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
-    from domains.crystals.benchmark import matcher
+    from domains.crystals.matching import matcher
     from domains.crystals.retrieval import load_index
 
     sm, gen, out = matcher(), None, {}

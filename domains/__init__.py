@@ -94,7 +94,10 @@ def adapters() -> dict[str, Adapter]:
     """Every installed adapter of :data:`DOMAINS`, by name (an adapter whose package is absent is left out)."""
     found = {}
     for name, module in DOMAINS.items():
-        if importlib.util.find_spec(module) is None:
+        try:
+            if importlib.util.find_spec(module) is None:
+                continue
+        except ModuleNotFoundError:  # its package is not there at all
             continue
         adapter = getattr(importlib.import_module(module), "ADAPTER", None)
         if not isinstance(adapter, Adapter) or adapter.name != name:

@@ -11,6 +11,9 @@ A checkpoint is a directory::
 
 Weights are only ever read with safetensors: no pickle is loaded. Every file is
 checked on load, and any problem is a one-line :class:`CheckpointError`.
+
+Adapters register how a checkpoint of their domain becomes a model (:func:`register_model`);
+:func:`load_model` then loads a checkpoint of any registered domain into the right model.
 """
 
 from __future__ import annotations

@@ -6,8 +6,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from domains.crystals.cif import (canonicalize, canonicalize_records, dedup, load_canonical, parse_composition,
-                                  read_inputs, reasons_table, rebuild_symmetry, structure_from_cif)
+from domains.crystals.canon_cache import canonicalize_records, dedup, load_canonical, reasons_table
+from domains.crystals.canonical import canonicalize
+from domains.crystals.composition import parse_composition
+from domains.crystals.readers import read_inputs, structure_from_cif
+from domains.crystals.symmetry import rebuild_symmetry
 from domains.crystals.tokenizer import cif_tokenizer, normalise_spacegroup
 from domains.crystals.validity import check_cif, smact_valid
 from sciar.errors import DataError, SciarError
@@ -190,7 +193,7 @@ def test_absurd_cells_from_an_undertrained_model_are_judged_not_enumerated(mp20)
     kept CrystalNN busy for minutes; both are now answered from bounds (and still fail)."""
     from pymatgen.core import Lattice, Structure
 
-    from domains.crystals.benchmark import matcher
+    from domains.crystals.matching import matcher
     from pymatgen.analysis.local_env import CrystalNN
 
     from domains.crystals.validity import _capped, _SearchTooWide, bond_score
@@ -208,3 +211,27 @@ def test_absurd_cells_from_an_undertrained_model_are_judged_not_enumerated(mp20)
     # a real cell never reaches the cap
     capped = _capped(real)
     assert all(CrystalNN().get_nn_info(capped, i) for i in range(len(real)))
+
+
+def test_canonicalize_command_takes_a_corpus_table(tmp_path, capsys):
+    """A corpus table (canonical CIFs, no per-row reasons) goes through as it is, deduplicated or not."""
+    from cli import main
+
+    part = pd.read_parquet(CORPUS).head(6)
+    part = pd.concat([part, part.head(2)], ignore_index=True)  # two repeated structures
+    part.to_parquet(tmp_path / "part.parquet")
+    for flag, rows in (("--dedup", 6), ("--no-dedup", 8)):
+        out = tmp_path / f"canon{flag}.csv"
+        assert main(["crystal", "canonicalize", str(tmp_path / "part.parquet"), "--out", str(out), flag]) == 0
+        assert len(pd.read_csv(out)) == rows
+        assert pd.read_csv(tmp_path / f"canon{flag}_reasons.csv").empty
+    capsys.readouterr()
+
+
+def test_names_of_the_split_module_still_import_from_cif():
+    from domains.crystals import cif, composition, readers
+
+    assert cif.parse_composition is composition.parse_composition
+    assert cif.structure_from_cif is readers.structure_from_cif
+    with pytest.raises(AttributeError):
+        cif.no_such_name

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from cli import main
-from domains.crystals.cif import canonicalize, structure_from_cif
+from domains.crystals.canonical import canonicalize
 from domains.crystals.generate import CrystalGenerator, make_prompt, prompts_for
 from domains.crystals.lm import make_source, train_crystal_lm
+from domains.crystals.readers import structure_from_cif
 from domains.crystals.tokenizer import cif_tokenizer
 from domains.crystals.validity import check_cif, is_formula_consistent, is_multiplicity_consistent
 from sciar.errors import SciarError
@@ -162,7 +163,8 @@ def test_retrieval_matches_the_prompt_to_canonical_cells():
     import pandas as pd
     from pymatgen.core import Composition, Lattice, Structure
 
-    from domains.crystals.cif import canonicalize_records, frame_records
+    from domains.crystals.canon_cache import canonicalize_records
+    from domains.crystals.readers import frame_records
     from domains.crystals.retrieval import RetrievalIndex
 
     diamond = Structure.from_spacegroup("Fd-3m", Lattice.cubic(3.57), ["C"], [[0, 0, 0]]).get_primitive_structure()
@@ -194,21 +196,19 @@ def test_benchmark_json(tmp_path, perov, tiny_ck):
     assert rc == 0
     r = json.loads(out.read_text())
     assert r["strategy"] == "hybrid" and set(r["match_rate"]) == {"1", "2"} and 0 <= r["valid_rate"] <= 1
-    rc = main(["crystal", "benchmark", "--test", str(test), "--train", str(train), "--strategy", "lm,samples",
-               "--checkpoint", str(tiny_ck), "-n", "2", "--draws", "5", "--json", str(out)])
-    assert rc == 0
-    lm, samples = json.loads(out.read_text())
+    # the draws and their spread over space groups are options of benchmarks/crystals.py, which passes them so
+    from domains.crystals.benchmark import run_benchmarks
+
+    kw = dict(checkpoint=str(tiny_ck), n=2, progress=False)
+    lm, samples = run_benchmarks(test, train, ["lm", "samples"], draws=5, **kw)
     assert (lm["strategy"], samples["strategy"], lm["draws"], samples["draws"]) == ("lm", "samples", 5, 5)
-    assert main(["crystal", "benchmark", "--test", str(test), "--train", str(train), "--strategy", "lm",
-                 "--checkpoint", str(tiny_ck), "-n", "4", "--draws", "2"]) == 2  # fewer draws than candidates
+    with pytest.raises(SciarError):
+        run_benchmarks(test, train, ["lm"], draws=2, **{**kw, "n": 4})  # fewer draws than candidates
     assert main(["crystal", "benchmark", "--test", str(test), "--train", str(train), "--strategy", "retrieval",
                  "--limit", "0"]) == 2  # was an internal KeyError
-    assert main(["crystal", "benchmark", "--test", str(test), "--train", str(train), "--strategy", "lm,samples",
-                 "--checkpoint", str(tiny_ck), "-n", "2", "--spread", "2"]) == 2  # samples are plain draws
-    rc = main(["crystal", "benchmark", "--test", str(test), "--train", str(train), "--strategy", "lm,hybrid",
-               "--checkpoint", str(tiny_ck), "-n", "2", "--draws", "4", "--spread", "2", "--json", str(out)])
-    assert rc == 0
-    lm, hybrid = json.loads(out.read_text())
+    with pytest.raises(SciarError):
+        run_benchmarks(test, train, ["lm", "samples"], spread=2, **kw)  # samples are plain draws
+    lm, hybrid = run_benchmarks(test, train, ["lm", "hybrid"], draws=4, spread=2, **kw)
     assert lm["spread"] == hybrid["spread"] == 2 and lm["count"] == hybrid["count"] == 3
 
 
@@ -363,7 +363,8 @@ def test_retrieval_index_cache(tmp_path, perov, monkeypatch):
 
 def test_retrieval_index_of_a_cif_split_and_a_canonical_corpus(tmp_path, perov, monkeypatch):
     """The canonical corpus's rows (no 'cif' column of their own) join a CIF split's in one index."""
-    from domains.crystals.cif import canonicalize_records, frame_records
+    from domains.crystals.canon_cache import canonicalize_records
+    from domains.crystals.readers import frame_records
     from domains.crystals.retrieval import load_index
 
     monkeypatch.setenv("SCIAR_CACHE", str(tmp_path / "cache"))
@@ -454,7 +455,7 @@ def test_space_group_operations_from_spglib_are_pymatgens():
     import numpy as np
     from pymatgen.symmetry.groups import SpaceGroup
 
-    from domains.crystals.cif import symmetry_operations
+    from domains.crystals.symmetry import symmetry_operations
     from domains.crystals.tokenizer import spacegroup_symbols
 
     def as_set(rots, trans):
@@ -473,7 +474,7 @@ def test_snapping_moves_a_clashing_site_a_short_way_along_its_free_parameters():
     import numpy as np
     from pymatgen.core import Lattice
 
-    from domains.crystals.cif import symmetry_operations
+    from domains.crystals.symmetry import symmetry_operations
     from domains.crystals.generate import SiteClash, _nearest, _orbit, snap_site
     from domains.crystals.validity import expected_bond
 

@@ -9,7 +9,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from cli import main
-from domains.crystals.cif import canonical_cif
+from domains.crystals.canonical import canonical_cif
 from domains.crystals.search import evaluate_cifs, search_composition, search_row_fn
 from domains.crystals.energy import CGCNNScorer
 from sciar.batch import run_batch

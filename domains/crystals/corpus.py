@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from domains.crystals.cif import canonicalize_records, dedup, read_inputs, reasons_table
+from domains.crystals.canon_cache import canonicalize_records, dedup, reasons_table
+from domains.crystals.readers import read_inputs
 from sciar.errors import DataError
 
 AVOGADRO_DIRS = ["/usr/share/avogadro2/crystals"]
@@ -113,3 +114,13 @@ def build_default_corpus(avogadro: str | None = None, workers: int | None = None
     reasons = reasons_table(canon)
     corpus = dedup(canon).drop(columns=["reason"]).reset_index(drop=True)
     return corpus, reasons
+
+
+def read_corpus(path) -> pd.DataFrame:
+    """A corpus table written by ``build-corpus`` (canonical CIFs in a ``canonical`` column); DataError if not."""
+    from sciar.tables import read_table
+
+    corpus = read_table(path)
+    if "canonical" not in corpus.columns:
+        raise DataError(f"{path} is not a corpus table (no 'canonical' column)")
+    return corpus

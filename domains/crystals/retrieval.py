@@ -19,7 +19,6 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-import domains.crystals.cif  # noqa: F401  (its warning filter: pymatgen on the noble gases' electronegativity)
 from sciar.errors import DataError
 
 
@@ -77,12 +76,12 @@ class RetrievalIndex:
     def from_table(cls, df: pd.DataFrame, progress: bool = False) -> "RetrievalIndex":
         """From a table with a ``cif`` column (original structures) or canonical CIFs.
 
-        With the ``n_atoms`` column of :func:`~domains.crystals.cif.load_canonical`, templates are
+        With the ``n_atoms`` column of :func:`~domains.crystals.canon_cache.load_canonical`, templates are
         matched to a prompt by the atom count of their canonical cell.
         """
         from tqdm.auto import tqdm
 
-        from domains.crystals.cif import structure_from_cif
+        from domains.crystals.readers import structure_from_cif
 
         if "cif" not in df.columns and "canonical" not in df.columns:
             raise DataError("a retrieval index needs a table with a 'cif' or 'canonical' column")
@@ -147,7 +146,7 @@ class RetrievalIndex:
         their summed similarity weight ``exp(-distance / tau)`` (nearest neighbours vote), each
         represented by its most similar member; past the pool, plain similarity order.
         """
-        from domains.crystals.benchmark import matcher as default_matcher
+        from domains.crystals.matching import matcher as default_matcher
 
         sm = matcher or default_matcher()
         cands = self.candidates(composition, max(pool, 4 * n))
@@ -180,7 +179,7 @@ def load_index(paths, progress: bool = False) -> RetrievalIndex:
 
     from pymatgen.core import Structure
 
-    from domains.crystals.cif import cache_dir, load_canonical
+    from domains.crystals.canon_cache import cache_dir, load_canonical
     from sciar.io import atomic_path, fingerprint
 
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -258,12 +257,3 @@ def vote(cands: list, sm, tau: float) -> list[tuple[int, float]]:
     """Cluster candidates (in similarity order) with the matcher: [(index of the representative, summed weight)]."""
     return [(cl[0], float(sum(np.exp(-cands[j].score / tau) for j in cl)))
             for cl in cluster([c.structure for c in cands], sm)]
-
-
-def volume_scaled(structure, target_per_atom: float):
-    s = structure.copy()
-    s.scale_lattice(target_per_atom * len(s))
-    return s
-
-
-__all__ = ["RetrievalIndex", "Candidate", "dedupe", "count_pattern", "np"]

@@ -17,13 +17,13 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Optional
-
-import typer
+from typing import TYPE_CHECKING
 
 from domains.crystals import DEFAULT_CHECKPOINT
 from sciar.errors import SciarError, one_line
-from sciar.io import output_file, output_folder
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TABLE_COLUMNS = ["simulation", "prompt", "formula", "spacegroup", "energy", "reward", "valid", "checks_valid", "reasons",
                  "bond_score", "n_atoms", "moved_sites", "cell_scale", "nudged", "error", "duplicate", "n_tokens", "stopped", "elapsed_s", "cif"]
@@ -39,7 +39,7 @@ def load_generator(checkpoint: str = DEFAULT_CHECKPOINT):
 
 def _keep_spacegroup(symbol: str | None):
     """Build (once) and keep pymatgen's SpaceGroup for this symbol, so later checks reuse it."""
-    from domains.crystals.cif import spacegroup
+    from domains.crystals.symmetry import spacegroup
 
     if symbol:
         try:
@@ -314,7 +314,7 @@ def search_row_fn(checkpoint: str = DEFAULT_CHECKPOINT, simulations: int = 200, 
 # ---------------------------------------------------------------- score / relax CIF files
 
 def _parse(text: str):
-    from domains.crystals.cif import structure_from_cif
+    from domains.crystals.readers import structure_from_cif
 
     if text.startswith("\x00"):
         raise SciarError(text[1:])
@@ -328,7 +328,8 @@ def score_files(paths, scorer: str = "cgcnn", relax: bool = False, progress: boo
 
     from domains.crystals.energy import make_scorer, score_structures
 
-    from domains.crystals.cif import cif_file_texts, structure_problem
+    from domains.crystals.canonical import structure_problem
+    from domains.crystals.readers import cif_file_texts
 
     items = cif_file_texts(paths)
     fn = make_scorer(scorer, relax)
@@ -371,7 +372,7 @@ def score_files(paths, scorer: str = "cgcnn", relax: bool = False, progress: boo
 
 def relax_files(paths, out: str | Path | None = None, progress: bool = True):
     """Relax CIF files with CHGNet; write the relaxed CIFs into ``out``; table of energies."""
-    from domains.crystals.cif import canonical_cif
+    from domains.crystals.canonical import canonical_cif
     from sciar.io import write_text_atomic
 
     df = score_files(paths, scorer="chgnet", relax=True, progress=progress)
@@ -405,85 +406,3 @@ def summary_line(s: dict) -> str:
     best = f"best {e:.4f} eV/atom ({s['best_formula']}, {s['best_spacegroup']})" if e is not None else "no valid structure"
     return (f"{s['composition']}: {s['simulations']} simulations, {s['valid']}/{s['sequences']} valid, {best}, "
             f"{s['seconds']} s ({s['simulations_per_s']} sim/s)")
-
-
-
-
-# ---------------------------------------------------------------- commands (registered in cli.py)
-
-def _echo_table(df, max_rows: int = 40):
-    from domains.crystals.cli import _echo_table as echo  # one table printer for the crystal commands
-
-    echo(df, max_rows)
-
-
-def search_cmd(
-    composition: str = typer.Option(..., "--composition", help="Cell composition (Ba2Ti2O6) or reduced formula (BaTiO3: the root chooses among formula-unit counts Z)."),
-    spacegroup: Optional[str] = typer.Option(None, "--spacegroup", "-s", help="Fix the space group (symbol such as P4mm, or number)."),
-    z: Optional[int] = typer.Option(None, "--z", help="Formula units per cell for a reduced formula."),
-    simulations: int = typer.Option(200, "--simulations", help="Budget in simulations (one new CIF each)."),
-    seconds: Optional[float] = typer.Option(None, "--seconds", help="Budget in wall-clock seconds (with or instead of --simulations; 0 simulations = no limit)."),
-    width: int = typer.Option(5, "--width", help="Tree width: children per node, the model's top-k next tokens."),
-    c: float = typer.Option(1.0, "--c", help="Exploration constant of PUCT/UCT."),
-    scorer: str = typer.Option("cgcnn", "--scorer", help="Formation-energy scorer: cgcnn (fast) or chgnet."),
-    relax: bool = typer.Option(False, "--relax", help="Relax each valid structure with CHGNet before scoring (chgnet scorer; slow)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same search)."),
-    out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Output folder: best CIFs, results.csv/.parquet, rewards.png, summary.json."),
-    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, "--checkpoint", help="Crystal model: shipped name or checkpoint folder."),
-    selection: str = typer.Option("puct", "--selection", help="Selection rule: puct or uct."),
-    backup: str = typer.Option("mean", "--backup", help="Node value: mean reward below it (CrystaLLM) or max (the best found; searches for the single lowest energy)."),
-    batch: int = typer.Option(2, "--batch", help="Simulations whose rollouts and scoring run as one batch: larger is faster, smaller keeps more of the search on likely branches (2: valid 0.97 vs 0.88 at 8, measured in mcts/README.md)."),
-    top: int = typer.Option(5, "--top", min=1, help="How many of the best distinct structures to write as CIFs."),
-):
-    """Monte Carlo tree search for low-formation-energy structures of a composition (CrystaLLM's MCTS)."""
-    cs = search_composition(composition, spacegroup, z, simulations=simulations, seconds=seconds, width=width, c=c,
-                            scorer=scorer, relax=relax, seed=seed, checkpoint=checkpoint, batch=batch,
-                            selection=selection, backup=backup, progress=True)
-    s = write_search(cs, out, top=top)
-    typer.echo(summary_line(s))
-    if s["best_files"]:
-        _echo_table(cs.best(top)[["formula", "spacegroup", "energy", "n_atoms", "simulation"]])
-    typer.echo(f"wrote {len(s['best_files'])} CIFs, results.csv, results.parquet, rewards.png and summary.json to {out}")
-    if cs.result.interrupted:
-        typer.echo(f"interrupted after {s['simulations']} of {simulations or 'unlimited'} simulations; "
-                   "the files hold the search until then", err=True)
-        raise typer.Exit(130)
-
-
-def score_cmd(
-    cifs: List[Path] = typer.Argument(..., help="CIF files or folders of CIFs."),
-    scorer: str = typer.Option("cgcnn", "--scorer", help="cgcnn (formation energy, fast) or chgnet."),
-    relax: bool = typer.Option(False, "--relax", help="Relax with CHGNet first (chgnet scorer)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=output_file, help="Write the table (.csv or .parquet)."),
-):
-    """Formation energy per atom (eV/atom) of CIF files, as a table; unreadable files get an error column."""
-    from sciar.io import write_table_atomic
-
-    if out is not None and out.suffix not in (".csv", ".parquet"):  # before the work, not after
-        raise SciarError(f"output {out} must end in .csv or .parquet")
-    df = score_files(cifs, scorer=scorer, relax=relax)
-    df = df.drop(columns=[c for c in ("relaxed",) if c in df.columns])
-    if out is not None:
-        write_table_atomic(df, out)
-    _echo_table(df)
-    _fail_if_none_worked(df, "scored")
-
-
-def relax_cmd(
-    cifs: List[Path] = typer.Argument(..., help="CIF files or folders of CIFs."),
-    out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Folder for the relaxed CIFs and relax.csv."),
-):
-    """Relax structures with CHGNet (cell and positions); write relaxed CIFs and their energies."""
-    from sciar.io import write_table_atomic
-
-    df = relax_files(cifs, out)
-    write_table_atomic(df, Path(out) / "relax.csv")
-    _echo_table(df)
-    _fail_if_none_worked(df, "relaxed")
-
-
-def _fail_if_none_worked(df, verb: str) -> None:
-    """Exit 2 when every file failed: a table of errors alone is not a result (mixed tables exit 0)."""
-    errors = df["error"].fillna("").astype(str) if "error" in df.columns else None
-    if len(df) and errors is not None and errors.ne("").all():
-        raise SciarError(f"no CIF could be {verb} ({len(df)} failed; first: {df['file'].iloc[0]}: {errors.iloc[0]})")

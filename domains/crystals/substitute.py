@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import pandas as pd
 
-from domains.crystals.cif import structure_from_cif
+from domains.crystals.readers import structure_from_cif
 from sciar.errors import SciarError
 
 
@@ -116,7 +116,7 @@ def relax_and_label(cands: pd.DataFrame, relax: bool = True, progress: bool = Tr
     """
     from tqdm.auto import tqdm
 
-    from domains.crystals.cif import canonicalize
+    from domains.crystals.canonical import canonicalize
     from domains.crystals.energy import CHGNetScorer
 
     scorer = CHGNetScorer(relax=relax)

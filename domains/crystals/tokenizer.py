@@ -12,7 +12,9 @@ from functools import lru_cache
 
 from sciar.tokenizer import VocabTokenizer
 
-from domains.crystals.cif import MAX_Z, SG_KEY, standard_halls
+from domains.crystals.cif import SG_KEY
+from domains.crystals.composition import MAX_Z
+from domains.crystals.symmetry import standard_halls
 
 KEYWORDS = [
     "data_", "loop_",

@@ -35,8 +35,8 @@ from math import gcd
 import numpy as np
 import pandas as pd
 
-from domains.crystals.cif import (SG_KEY, cif_field, cif_syntax_problem, header_formula, quiet_spglib,
-                                  rebuild_symmetry, unknown_element)
+from domains.crystals.cif import SG_KEY, cif_field, cif_syntax_problem, header_formula, unknown_element
+from domains.crystals.symmetry import quiet_spglib, rebuild_symmetry
 from domains.crystals.tokenizer import normalise_spacegroup, spacegroup_symbols
 from sciar.errors import SciarError, one_line
 
@@ -476,7 +476,7 @@ def evaluate_files(paths, bonds: bool = True, progress: bool = True) -> pd.DataF
     holds several, its ``kind`` saying which block of how many)."""
     from tqdm.auto import tqdm
 
-    from domains.crystals.cif import cif_file_texts
+    from domains.crystals.readers import cif_file_texts
 
     items = cif_file_texts(paths)
     blocks: dict[str, int] = {}
