@@ -322,16 +322,16 @@ def init_model(init: str | Path | None, preset: str, segment: int, context: int,
 def train_on_series(csv, out, target=None, features="all", init=None, adapter_only=None, preset="default",
                     lookback=672, segment=96, embed="mlp", time=True, split="auto", fill="error", max_steps=None,
                     batch_size=None, lr=None, device="auto", progress=True, resume=True, series: Series | None = None,
-                    seed: int = 1337, rollout: int | None = None, window: int | None = None, skip: int = 0,
+                    seed: int = 1337, window: int | None = None, skip: int = 0,
                     val_horizons: list[int] | None = VAL_HORIZONS, stats: bool | None = None,
-                    rolled_loss: int | None = None, patience: int | None = None,
-                    eval_batches: int | None = None) -> dict:
+                    patience: int | None = None, eval_batches: int | None = None, model_hook=None) -> dict:
     """``sciar timeseries train``: fit one dataset's training split, validate on its validation split.
 
     From a backbone (``init``) the whole model is fine-tuned (``adapter_only``: only the adapter, at twice
     the preset's rate) and checkpoints are selected on the rolled forecast's validation MSE
     (``val_horizons``). ``stats`` adds the window-statistics inputs (off by default: on ETTh1 they win on
-    validation and lose on test, see the README)."""
+    validation and lose on test, see the README). ``model_hook``: a function given the model before training,
+    returning the model to train (benchmarks/timeseries_recipes.py adds experimental training losses there)."""
     from .data import read_series
 
     if features not in ("all", "target"):
@@ -349,10 +349,8 @@ def train_on_series(csv, out, target=None, features="all", init=None, adapter_on
     chans = None if features == "all" else [series.columns.index(series.target)]
     tr, va = dataset_parts(prep, chans)
     model, init_info = init_model(init, preset, segment, lookback // segment, embed, time, skip=skip, stats=stats)
-    if rollout is not None:
-        model.head.rollout = rollout
-    if rolled_loss is not None:
-        model.head.rolled_loss = rolled_loss
+    if model_hook is not None:
+        model = model_hook(model)
     if window is not None:
         model.head.window = window
     fit_window(model, tr, va)

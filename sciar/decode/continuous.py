@@ -33,7 +33,8 @@ class Step:
     """What a step function returns for the current position of every row."""
 
     values: torch.Tensor  # [B, ...]: what the head produced (the loop returns them stacked over steps)
-    embeds: torch.Tensor  # [B, n_embd]: the input embedding of those values, read by the next step
+    embeds: torch.Tensor | None  # [B, n_embd]: the input embedding of those values, read by the next step (None at
+    # the last step, which is never read back)
     done: torch.Tensor | None = None  # [B] bool: rows that ended at this step (e.g. an end flag); None: no row did
 
 
