@@ -7,16 +7,14 @@ other failure prints one line naming the bug (``SCIAR_DEBUG=1`` shows the traceb
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import sys
 
 import typer
 
 from sciar import __version__
-from sciar.errors import SciarError
-from domains import DOMAINS
+from sciar.errors import SciarError, describe, one_line
+from domains import adapters
 
 # click's base error (vendored by newer typer), reached through typer's public BadParameter
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -63,7 +61,7 @@ def info():
     dev = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     typer.echo(f"device      {dev}")
     typer.echo("checkpoints " + os.pathsep.join(str(p) for p in checkpoint_search_path()))
-    typer.echo(f"domains     {', '.join(DOMAINS)}")
+    typer.echo(f"domains     {', '.join(adapters())}")
 
 
 @app.command()
@@ -85,9 +83,8 @@ def inspect(checkpoint: str = typer.Argument(..., help="A checkpoint directory, 
     typer.echo(f"data        {ck.domain.get('data_fingerprint', 'not recorded')}")
 
 
-for _name, _module in DOMAINS.items():
-    if importlib.util.find_spec(_module) is not None:  # adapters not yet installed are left out
-        app.add_typer(importlib.import_module(_module).app, name=_name)
+for _name, _adapter in adapters().items():  # adapters not installed are left out
+    app.add_typer(_adapter.typer_app(), name=_name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("interrupted", err=True)
         return 130
     except SciarError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {one_line(e, 2000)}", err=True)
         return 2
     except FileExistsError as e:  # mkdir of an output folder where a file of that name lies
         typer.echo(f"error: {e.filename} exists and is not a folder", err=True)
@@ -121,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if os.environ.get("SCIAR_DEBUG"):
             raise
-        msg = str(e).splitlines()[0] if str(e) else ""
-        typer.echo(f"internal error: {type(e).__name__}: {msg} (set SCIAR_DEBUG=1 for the traceback)", err=True)
+        typer.echo(f"internal error: {describe(e, 500)} (set SCIAR_DEBUG=1 for the traceback)", err=True)
         return 1
     # without standalone mode, an explicit exit (typer.Exit, --help) comes back as its code
     return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0

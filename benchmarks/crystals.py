@@ -118,9 +118,9 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
-    import torch
+    from sciar.runtime import set_threads
 
-    torch.set_num_threads(1)
+    set_threads(1)
     from domains.crystals.benchmark import format_result, run_benchmarks
 
     results = {"limit": args.limit, "n": args.n, "seed": args.seed, "checkpoint": args.checkpoint, "runs": []}

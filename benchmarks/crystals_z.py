@@ -34,9 +34,9 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
-    import torch
+    from sciar.runtime import set_threads
 
-    torch.set_num_threads(1)
+    set_threads(1)
     from domains.crystals.generate import Z_CHOICES, CrystalGenerator, prompts_for
     from domains.crystals.validity import check_cif
 

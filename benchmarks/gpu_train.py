@@ -38,6 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sciar.runtime import count_parameters  # noqa: E402
+
 DATA = ["data/crystals/default.parquet", "../shared/data/crystals/perov_5/train.csv.gz",
         "../shared/data/crystals/carbon_24/train.csv.gz", "../shared/data/crystals/mp_20/train.csv.gz"]
 SHARD_BYTES = 15 * 2**20
@@ -207,7 +209,7 @@ def run(data: Path, out: Path, seconds: float, presets: list[str], shares: list[
             load_weights(base, model, device)
             start_val = val_loss(model, src, tcfg["batch_size"], device)
             print(f"{name}: validation loss of {init} before training {start_val:.4f}", flush=True)
-        n_params = sum(x.numel() for x in model.parameters())
+        n_params = count_parameters(model)
         domain = {"domain": DOMAIN, "data_fingerprint": meta["data_fingerprint"], "data": meta["data"], "preset": pname,
                   **{k: meta[k] for k in ["n_train_cifs", "n_val_cifs", "n_dropped_too_long", "train_tokens",
                                           "max_cif_tokens"]},
@@ -270,7 +272,7 @@ def assemble(shards: Path, out: Path):
         for f in ["train_log.csv", "loss.png"]:
             if (d / f).exists():
                 (dest / f).write_bytes((d / f).read_bytes())
-        print(f"{name}: {sum(v.numel() for v in model.parameters()):,} parameters -> {dest}")
+        print(f"{name}: {count_parameters(model):,} parameters -> {dest}")
 
 
 def main():

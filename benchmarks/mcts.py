@@ -85,8 +85,9 @@ def main(argv=None):
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from sciar.runtime import count_parameters, set_threads
+
+    set_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
     from domains.crystals.energy import make_scorer
     from domains.crystals.generate import make_prompt
@@ -98,7 +99,7 @@ def main(argv=None):
     gen = load_generator(args.checkpoint)
     scorer = make_scorer(args.scorer)
     dev = next(gen.model.parameters()).device
-    print(f"checkpoint {gen.path} ({sum(p.numel() for p in gen.model.parameters()) / 1e6:.2f} M params), device {dev}, "
+    print(f"checkpoint {gen.path} ({count_parameters(gen.model) / 1e6:.2f} M params), device {dev}, "
           f"{torch.get_num_threads()} threads; {len(comps)} compositions, {sims} simulations each, width {args.width}, "
           f"c {args.c}, batch {args.batch}, scorer {args.scorer}", flush=True)
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from mcts.rollout import Decoding, GrammarFactory, Request, extend_root, rollout_batch
 from mcts.tree import Node, add_virtual_loss, backup, select
-from sciar.errors import SciarError
+from sciar.errors import SciarError, describe
 from sciar.interrupt import deferred_stop
 from sciar.model import LanguageModel
 
@@ -146,7 +146,7 @@ def _safe_evaluate(problem: Problem, seqs: list[list[int]]) -> list[Evaluation]:
         if len(evs) != len(seqs):
             raise ValueError(f"evaluate returned {len(evs)} results for {len(seqs)} sequences")
     except Exception as e:  # a user's scorer may raise anything
-        msg = f"evaluate failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        msg = f"evaluate failed: {describe(e)}"
         return [Evaluation(False, error=msg) for _ in seqs]
     out = []
     for ev in evs:

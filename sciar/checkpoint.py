@@ -23,16 +23,19 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+if TYPE_CHECKING:
+    import torch
 
 import sciar
-from sciar.errors import CheckpointError, SciarError
+from sciar.errors import CheckpointError, SciarError, one_line
 from sciar.io import sha256_file, umask
+from sciar.registry import Registry
 from sciar.tokenizer import tokenizer_from_dict
+
+# torch and safetensors are imported inside the functions that use them: adapters register their model
+# builders here when ``domains`` is imported, and ``sciar --help`` must not pay for torch
 
 FORMAT = "sciar-checkpoint"
 FILES = ("config.json", "tokenizer.json", "domain.json", "model.safetensors")
@@ -68,6 +71,8 @@ def save_checkpoint(
     first and ``domain.json`` (with the weights' checksum) last, so a crash leaves
     either the old checkpoint or one whose checksum check fails, never a silent mix.
     """
+    from safetensors.torch import save_model
+
     path = Path(path)
     if "model" not in config or "domain" not in domain:
         raise SciarError("a checkpoint needs config['model'] and domain['domain']")
@@ -154,13 +159,16 @@ def load_weights(ck: Checkpoint, model: torch.nn.Module, device: str | torch.dev
 
     ``ema=True`` loads the moving average of the weights instead (a checkpoint trained with ``ema > 0``).
     """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model as load_safetensors
+
     name = "ema.safetensors" if ema else "model.safetensors"
     if ema and "ema_sha256" not in ck.domain:
         raise CheckpointError(f"{ck.path} holds no EMA weights (it was trained without an EMA)")
     try:
-        missing, unexpected = load_model(model, str(ck.path / name), strict=False, device=str(device))
+        missing, unexpected = load_safetensors(model, str(ck.path / name), strict=False, device=str(device))
     except (SafetensorError, RuntimeError, OSError, ValueError) as e:
-        raise CheckpointError(f"{ck.path}: weights do not fit the model ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{ck.path}: weights do not fit the model ({one_line(e)})") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{ck.path}: weights do not fit the model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
@@ -172,6 +180,7 @@ def check_weights(ck: Checkpoint) -> dict:
     """Check the weights against the config without building the adapter's model: the trunk's tensors
     (``trunk.*``, as every adapter names its :class:`sciar.model.Transformer`) must have the shapes the
     config implies, and every tensor must be finite. Returns tensor and parameter counts."""
+    import torch
     from safetensors import safe_open
 
     from sciar.model import ModelConfig, Transformer
@@ -204,11 +213,47 @@ def check_weights(ck: Checkpoint) -> dict:
     return {"tensors": n_tensors, "parameters": n_params}
 
 
-def load_language_model(path: str | Path, domain: str | None = None, device: str | torch.device = "cpu"):
-    """Load a token-domain checkpoint: returns (LanguageModel in eval mode, tokenizer, Checkpoint)."""
+MODELS = Registry("checkpoint domain", CheckpointError)
+"""Domain names (``domain.json``'s ``domain``) to model builders: what :func:`load_model` builds."""
+_TOKENIZER_KIND: dict[str, str | None] = {}  # domain -> the tokenizer kind its checkpoints carry
+
+
+def register_model(domain: str, builder, tokenizer: str | None = None) -> None:
+    """Say how checkpoints of ``domain`` become a model: ``builder(ck: Checkpoint) -> torch.nn.Module`` (or its
+    import path ``"module:function"``) builds the untrained model that ``ck.config`` describes;
+    ``tokenizer`` is the tokenizer kind those checkpoints carry (``None``: a continuous domain, without one)."""
+    MODELS.register(domain, builder)
+    _TOKENIZER_KIND[domain] = tokenizer
+
+
+def load_model(path: str | Path, domain: str | None = None, device: str | torch.device = "cpu"):
+    """Any registered domain's checkpoint (a directory or a shipped name): returns (model in eval mode, Checkpoint).
+
+    The builder registered for the checkpoint's domain makes the model and the weights fill it strictly;
+    ``domain``, when given, refuses a checkpoint of another domain. Every problem is a one-line CheckpointError.
+    """
+    from sciar.paths import find_checkpoint
+
+    ck = read_checkpoint(find_checkpoint(path), domain)
+    builder, kind = MODELS.get(ck.domain_name), _TOKENIZER_KIND.get(ck.domain_name)
+    have = getattr(ck.tokenizer, "kind", None)
+    if have != kind:
+        raise CheckpointError(f"{ck.path}: a {ck.domain_name!r} checkpoint carries tokenizer kind {kind or 'none'!r}, "
+                              f"this one {have or 'none'!r}")
+    try:
+        model = builder(ck)
+    except CheckpointError:
+        raise
+    except (SciarError, TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{ck.path}: bad model config ({one_line(e)})") from None
+    load_weights(ck, model, device)
+    return model.eval(), ck
+
+
+def build_language_model(ck: Checkpoint):
+    """The builder of token domains whose model is a plain :class:`sciar.model.LanguageModel`."""
     from sciar.model import LanguageModel, ModelConfig
 
-    ck = read_checkpoint(path, domain)
     if ck.tokenizer is None:
         raise CheckpointError(f"{ck.path} has no tokenizer; it is not a token-domain checkpoint")
     try:
@@ -217,6 +262,12 @@ def load_language_model(path: str | Path, domain: str | None = None, device: str
         raise CheckpointError(f"{ck.path}: bad model config ({e})") from None
     if cfg.vocab_size != ck.tokenizer.vocab_size:
         raise CheckpointError(f"{ck.path}: model vocabulary ({cfg.vocab_size}) and tokenizer ({ck.tokenizer.vocab_size}) differ")
-    model = LanguageModel(cfg, tied=ck.config.get("tied", True))
-    load_weights(ck, model, device)
+    return LanguageModel(cfg, tied=ck.config.get("tied", True))
+
+
+def load_language_model(path: str | Path, domain: str | None = None, device: str | torch.device = "cpu"):
+    """Load a token-domain checkpoint of any domain, registered or not, as a plain LanguageModel:
+    returns (LanguageModel in eval mode, tokenizer, Checkpoint)."""
+    ck = read_checkpoint(path, domain)
+    model = load_weights(ck, build_language_model(ck), device)
     return model.eval(), ck.tokenizer, ck

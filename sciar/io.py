@@ -101,3 +101,26 @@ def fingerprint(items) -> str:
         else:
             h.update(item if isinstance(item, bytes) else str(item).encode())
     return h.hexdigest()[:16]
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display needed), imported on first use so that
+    commands which draw nothing do not pay for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as a PNG at ``path`` atomically (a failed draw leaves no partial file, and an
+    older PNG there stays whole), then close the figure so that long runs do not pile them up in memory."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        pyplot().close(fig)
+    return path

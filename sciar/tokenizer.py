@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from sciar.errors import DataError, SciarError
+from sciar.registry import Registry
 
 
 @runtime_checkable
@@ -142,14 +143,26 @@ class CharTokenizer(VocabTokenizer):
         return cls(d["alphabet"], d.get("special_tokens", []), d.get("unknown"))
 
 
-_KINDS = {"vocab": VocabTokenizer, "char": CharTokenizer}
+TOKENIZERS = Registry("tokenizer kind")
+"""Tokenizer kinds (``tokenizer.json``'s ``kind``) to classes with ``from_dict``; adapters add their own."""
+
+
+def register_tokenizer(kind: str, cls) -> None:
+    """Make ``kind`` readable from ``tokenizer.json``: ``cls`` (or its import path ``"module:Class"``) has a
+    ``from_dict(d)`` class method."""
+    TOKENIZERS.register(kind, cls)
+
+
+register_tokenizer(VocabTokenizer.kind, VocabTokenizer)
+register_tokenizer(CharTokenizer.kind, CharTokenizer)
 
 
 def tokenizer_from_dict(d: dict):
+    """A tokenizer from its description (``to_dict``'s output); an unknown kind is a one-line SciarError."""
     kind = d.get("kind") if isinstance(d, dict) else None
-    if kind not in _KINDS:
-        raise SciarError(f"unknown tokenizer kind {kind!r}")
-    return _KINDS[kind].from_dict(d)
+    if not isinstance(kind, str):
+        raise SciarError(f"a tokenizer description needs a 'kind' (got {kind!r})")
+    return TOKENIZERS.get(kind).from_dict(d)
 
 
 def save_tokenizer(tok, path: str | Path):

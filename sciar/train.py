@@ -37,7 +37,7 @@ from sciar.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from sciar.ema import EMA
 from sciar.errors import DataError, SciarError
 from sciar.interrupt import deferred_stop
-from sciar.io import write_text_atomic
+from sciar.io import pyplot, save_figure, write_text_atomic
 
 
 class BatchSource(Protocol):
@@ -337,14 +337,7 @@ def write_log(log: list[dict], out: Path):
         return
     df = pd.DataFrame(log)
     write_text_atomic(out / "train_log.csv", df.to_csv(index=False))
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     ax.plot(df["step"], df["loss"], label="train", lw=1)
     val = df.dropna(subset=["val_loss"])
     if len(val):
@@ -355,7 +348,4 @@ def write_log(log: list[dict], out: Path):
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out / ".loss.png.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out / "loss.png")
+    save_figure(fig, out / "loss.png")

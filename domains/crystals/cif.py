@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sciar.errors import DataError, SciarError
+from sciar.errors import DataError, SciarError, describe, one_line
 
 # pymatgen sorts formulas by electronegativity and warns for the noble gases, which have none
 warnings.filterwarnings("ignore", message="No Pauling electronegativity")
@@ -69,7 +69,7 @@ def parse_composition(text: str):
             warnings.simplefilter("ignore")
             comp = Composition(s)
     except Exception as e:  # pymatgen raises ValueError / CompositionError
-        raise SciarError(f"malformed formula {text!r}: {str(e).splitlines()[0]}") from None
+        raise SciarError(f"malformed formula {text!r}: {one_line(e)}") from None
     if comp.num_atoms <= 0:
         raise SciarError(f"composition {text!r} has no atoms")
     for el, amt in comp.items():
@@ -264,7 +264,7 @@ def structure_from_cif(text: str, rebuild: bool = True):
             warnings.simplefilter("ignore")
             structs = CifParser.from_str(text).parse_structures(primitive=False)
     except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = one_line(e)
         raise DataError(f"unparseable CIF: {cif_syntax_problem(text) or msg}") from None
     if not structs:
         raise DataError(f"unparseable CIF: {cif_syntax_problem(text) or 'no structure in it'}")
@@ -383,7 +383,7 @@ def canonicalize(item) -> Canonical:
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"no symmetry: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise DataError(f"no symmetry: {describe(e)}") from None
     formula = header_formula(text)
     sg = spacegroup_of(text)
     num = cif_field(text, "_symmetry_Int_Tables_number")
@@ -405,16 +405,9 @@ def _is_table(p: Path) -> bool:
 
 
 def read_table_cifs(p: Path) -> pd.DataFrame:
-    try:
-        if p.name.endswith((".parquet", ".pq")):
-            df = pd.read_parquet(p)
-        elif p.name.endswith((".json", ".json.gz")):
-            df = pd.read_json(p)
-        else:
-            df = pd.read_csv(p)
-    except Exception as e:
-        raise DataError(f"cannot read table {p}: {str(e).splitlines()[0]}") from None
-    return frame_records(df, str(p))
+    from sciar.tables import read_table
+
+    return frame_records(read_table(p), str(p))
 
 
 def frame_records(df: pd.DataFrame, source: str = "table") -> pd.DataFrame:
@@ -522,7 +515,7 @@ def _canon_one(item):
     except SciarError as e:
         return (None,) * 7 + (str(e),)
     except Exception as e:  # a pymatgen bug on one odd file must not stop a corpus
-        return (None,) * 7 + (f"unparseable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",)
+        return (None,) * 7 + (f"unparseable: {describe(e)}",)
 
 
 def _canon_chunk(items):
@@ -578,6 +571,7 @@ def load_canonical(paths, workers: int | None = None, progress: bool = True, cac
     A shipped corpus table that already has a ``canonical`` column is taken as is.
     """
     from sciar.io import fingerprint, write_table_atomic
+    from sciar.tables import read_table
 
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -585,10 +579,7 @@ def load_canonical(paths, workers: int | None = None, progress: bool = True, cac
     for raw in paths:
         p = Path(raw)
         if p.is_file() and _is_table(p):
-            try:
-                head = pd.read_parquet(p) if p.name.endswith((".parquet", ".pq")) else None
-            except Exception as e:  # pyarrow raises its own types for files that are not parquet
-                raise DataError(f"cannot read table {p}: {str(e).splitlines()[0][:120]}") from None
+            head = read_table(p) if p.name.endswith((".parquet", ".pq")) else None
             if head is not None and "canonical" in head.columns:
                 frames.append(head)
                 continue

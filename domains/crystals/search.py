@@ -22,7 +22,7 @@ from typing import List, Optional
 import typer
 
 from domains.crystals import DEFAULT_CHECKPOINT
-from sciar.errors import SciarError
+from sciar.errors import SciarError, one_line
 from sciar.io import output_file, output_folder
 
 TABLE_COLUMNS = ["simulation", "prompt", "formula", "spacegroup", "energy", "reward", "valid", "checks_valid", "reasons",
@@ -35,10 +35,6 @@ def load_generator(checkpoint: str = DEFAULT_CHECKPOINT):
     from domains.crystals.generate import CrystalGenerator
 
     return CrystalGenerator(checkpoint)
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _keep_spacegroup(symbol: str | None):
@@ -80,7 +76,7 @@ def evaluate_cifs(texts: list[str], scorer) -> list:
                     bs = 0.0
                 r.update(bond_score=bs, bonds=bs >= 1.0, valid=bs >= 1.0, reasons="" if bs >= 1.0 else "bonds")
         except Exception as e:  # a check crashing on odd text is an invalid CIF, not a failed search
-            r = {"valid": False, "reasons": "check failed", "error": _first_line(e), "structure": None,
+            r = {"valid": False, "reasons": "check failed", "error": one_line(e), "structure": None,
                  "bond_score": math.nan}
         checks.append(r)
         fulls.append(text)  # as generated (identity symmetry loop); full_cif() rebuilds the operations on output
@@ -200,14 +196,9 @@ def _safe(name: str) -> str:
 
 
 def plot_rewards(history, path: Path, title: str = ""):
-    import matplotlib
+    from sciar.io import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sciar.io import atomic_path
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.0))
     if len(history):
         ax.plot(history["simulation"], history["best_reward"], label="best reward")
         ax.plot(history["simulation"], history["mean_reward"], label="mean reward")
@@ -217,9 +208,7 @@ def plot_rewards(history, path: Path, title: str = ""):
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def _full(text: str) -> str:
@@ -350,7 +339,7 @@ def score_files(paths, scorer: str = "cgcnn", relax: bool = False, progress: boo
                 raise SciarError(err)
             s = _parse(text)
         except Exception as e:
-            rows.append({"file": name, "formula": None, "n_atoms": None, "error": _first_line(e)})
+            rows.append({"file": name, "formula": None, "n_atoms": None, "error": one_line(e)})
             structs.append(None)
             continue
         # an energy model answers for any input, however unphysical: atoms 0.06 A apart got -1.3 eV/atom

@@ -29,7 +29,7 @@ import pandas as pd
 
 from domains.crystals.cif import (SG_KEY, cif_field, cif_syntax_problem, header_formula, quiet_spglib,
                                   rebuild_symmetry, spacegroup, unknown_element)
-from sciar.errors import DataError
+from sciar.errors import DataError, one_line
 
 BOND_TOLERANCE = 0.32  # a bond passes if its length over the expected one lies in (1 - t, 1 + t)
 H_BOND_FACTOR = 2.5  # bonds to H pass below this ratio
@@ -305,7 +305,7 @@ def check_cif(text: str, bonds: bool = True) -> dict:
             warnings.simplefilter("ignore")
             s = CifParser.from_str(full).parse_structures(primitive=False)[0]
     except (DataError, Exception) as e:
-        why = cif_syntax_problem(text) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        why = cif_syntax_problem(text) or one_line(e)
         r["error"] = f"unparseable: {why}"
         return _finish(r, bonds)
     if bad := unknown_element(s):

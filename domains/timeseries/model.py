@@ -21,7 +21,6 @@ import torch.nn.functional as F
 
 from sciar.decode.continuous import Step, decode_continuous
 from sciar.errors import CheckpointError, SciarError
-from sciar.heads import RegressionHead
 from sciar.model import ModelConfig, Transformer
 
 from .data import CALENDAR_SIZES
@@ -73,13 +72,6 @@ def _mlp(n_in: int, n_out: int, cfg: HeadConfig) -> nn.Module:
     return nn.Sequential(nn.Linear(n_in, cfg.hidden), nn.Tanh(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, n_out))
 
 
-def _projection_keys_before_heads(module, state_dict, prefix, *args):
-    """Checkpoints written before the projection was a :class:`RegressionHead` (the shipped backbone) name its
-    weights ``proj.0.weight`` ...; the head holds them as ``proj.proj.0.weight``."""
-    for k in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + "proj.")]:
-        state_dict[prefix + "proj." + k[len(prefix):]] = state_dict.pop(k)
-
-
 class CalendarEmbedding(nn.Module):
     """Learned embeddings of (hour, weekday, day of month, month, sampling step) of a segment's first and last step."""
 
@@ -103,10 +95,7 @@ class SegmentForecaster(nn.Module):
         self.cfg, self.head = model_cfg, head
         self.trunk = Transformer(model_cfg)
         self.embed = _mlp(head.segment, model_cfg.n_embd, head)
-        # the next segment from a hidden state: the core's regression head (Linear, or Linear-tanh-dropout-Linear)
-        self.proj = RegressionHead(model_cfg.n_embd, head.segment, hidden=head.hidden if head.embed == "mlp" else 0,
-                                   dropout=head.dropout)
-        self.proj.register_load_state_dict_pre_hook(_projection_keys_before_heads)
+        self.proj = _mlp(model_cfg.n_embd, head.segment, head)
         self.time = CalendarEmbedding(model_cfg.n_embd) if head.time else None
         self.mix = nn.Parameter(torch.ones(1))  # AutoTimes' learnable weight of the timestamp embedding
         # optional linear path from the last `skip` segments to the next one: the transformer then learns the

@@ -287,7 +287,7 @@ def init_skip(model: SegmentForecaster, parts: list[Part], ridge: float = 0.1, m
     W = np.linalg.solve(xtx + ridge * np.trace(xtx) / (k * S) * np.eye(k * S), xty)
     with torch.no_grad():
         model.skip.weight.copy_(torch.from_numpy(W.T).float())
-        last = model.proj.proj[-1] if isinstance(model.proj.proj, torch.nn.Sequential) else model.proj.proj
+        last = model.proj[-1] if isinstance(model.proj, torch.nn.Sequential) else model.proj
         last.weight.zero_()
         last.bias.zero_()
 
