@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from domains.timeseries.model import SegmentForecaster  # noqa: E402
 from sciar.errors import SciarError  # noqa: E402
+from sciar.runtime import set_threads  # noqa: E402
 
 
 def uncached_roll(model: SegmentForecaster, ctx, marks, horizon, prompt=None, prompt_marks=None, max_context=None,
@@ -123,7 +124,7 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     summary = train_on_series(args.csv, args.out, init=args.init, adapter_only=args.adapter_only, stats=args.stats,
                               max_steps=args.max_steps, lr=args.lr,
                               model_hook=lambda m: RecipeForecaster.of(m, args.rollout, args.rolled_loss))

@@ -9,7 +9,7 @@ import torch
 
 from sciar.errors import CheckpointError, DataError, SciarError
 from sciar.model import ModelConfig
-from domains.timeseries.data import CALENDAR_SIZES, Part, calendar, read_csv, standard_splits
+from domains.timeseries.data import CALENDAR_SIZES, Part, calendar, read_csv
 from domains.timeseries.model import HeadConfig, SegmentForecaster, build_model
 from domains.timeseries.pipeline import (corpus_parts, fit_window, evaluate_model, fit, load_forecaster, model_configs, prepare,
                                          train_config)
