@@ -1,5 +1,11 @@
 """Time-series training recipes that lost, kept to reproduce the README's findings (not user-facing options).
 
+    # the window-statistics inputs (an embedding and an offset of the lookback's mean and deviation)
+    python benchmarks/timeseries_recipes.py --csv ../shared/data/timeseries/ETTh1.csv --out runs/st \
+        --init timeseries-pretrained --adapter-only --stats --lr 1e-3 --max-steps 1200 --threads 1
+    # from scratch with a linear path from the last 7 segments, started by least squares
+    python benchmarks/timeseries_recipes.py --csv ../shared/data/timeseries/ETTh1.csv --out runs/sk --skip 7
+
     # fine-tune from the backbone with 3 extra passes that feed back the model's own predictions
     python benchmarks/timeseries_recipes.py --csv ../shared/data/timeseries/ETTh1.csv --out runs/r3 \\
         --init timeseries-pretrained --rollout 3 --threads 1
@@ -7,7 +13,8 @@
     python benchmarks/timeseries_recipes.py --csv ../shared/data/timeseries/ETTh1.csv --out runs/rl \\
         --init timeseries-pretrained --rolled-loss 720 --max-steps 400 --threads 1
 
-then score the checkpoint with ``sciar timeseries benchmark --checkpoint OUT ...`` as the README says.
+then score the checkpoint with ``sciar timeseries benchmark --checkpoint OUT ...`` as the README says (the
+statistics inputs and the linear path are parts of the saved model, so the checkpoint loads as any other).
 
 Both train through the roll, so they need the rolling loop with gradients: :func:`uncached_roll`, the loop as
 it stood at commit 82c2686 (the trunk re-run over the whole window for every segment). The library's forecasts
@@ -83,6 +90,8 @@ class RecipeForecaster(SegmentForecaster):
     def of(cls, model: SegmentForecaster, rollout: int = 0, rolled: int = 0) -> "RecipeForecaster":
         r = cls(model.cfg, model.head)
         r.load_state_dict(model.state_dict())
+        for p, q in zip(model.parameters(), r.parameters()):
+            q.requires_grad_(p.requires_grad)
         r.rollout, r.rolled = rollout, rolled
         return r
 
@@ -117,16 +126,18 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--init", default=None, help="start from this backbone (e.g. timeseries-pretrained)")
     ap.add_argument("--adapter-only", action="store_true")
-    ap.add_argument("--stats", action="store_true")
+    ap.add_argument("--stats", action="store_true", help="feed the lookback's mean and deviation back to the model")
+    ap.add_argument("--skip", type=int, default=0, help="from scratch: a linear path from the last SKIP segments")
     ap.add_argument("--rollout", type=int, default=0, help="extra training passes feeding back the model's predictions")
     ap.add_argument("--rolled-loss", type=int, default=0, help="add the error of the model rolled this many steps")
+    ap.add_argument("--preset", default="default")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     set_threads(args.threads)
     summary = train_on_series(args.csv, args.out, init=args.init, adapter_only=args.adapter_only, stats=args.stats,
-                              max_steps=args.max_steps, lr=args.lr,
+                              skip=args.skip, preset=args.preset, max_steps=args.max_steps, lr=args.lr,
                               model_hook=lambda m: RecipeForecaster.of(m, args.rollout, args.rolled_loss))
     print({k: summary.get(k) for k in ("steps", "final_loss", "best_val", "kept_start")})
 

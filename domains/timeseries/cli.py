@@ -116,9 +116,7 @@ def train_cmd(
     split: str = typer.Option("auto", help="auto (ETT* files: 12/4/4 months, others 70/10/20), ett or ratio."),
     fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
     max_steps: Optional[int] = typer.Option(None, min=1, help="Training steps (default: the preset's)."),
-    skip: int = typer.Option(0, min=0, help="From scratch: add a linear path from the last SKIP segments, started by least squares."),
     val_horizons: str = typer.Option("96,192,336,720", help="Validate (early stopping, best checkpoint) on the rolled forecast's MSE averaged over these horizons; 'next': on the next-segment loss."),
-    stats: bool = typer.Option(False, help="Feed the lookback's mean and deviation back to the model (an embedding and an offset)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Windows per step."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -133,8 +131,8 @@ def train_cmd(
     summary = train_on_series(csv, out, target=target, features=features, init=init, adapter_only=adapter_only,
                               preset=preset, lookback=lookback, segment=segment, embed=embed, time=time, split=split,
                               fill=fill, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device,
-                              progress=progress, resume=resume, skip=skip,
-                              val_horizons=_val_horizons(val_horizons), stats=stats)
+                              progress=progress, resume=resume,
+                              val_horizons=_val_horizons(val_horizons))
     _echo_training(summary, out)
 
 
@@ -250,7 +248,6 @@ def benchmark(
     fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
     duplicates: str = typer.Option("error", help="Repeated timestamps: error, or keep (use the rows in file order)."),
     prompt_segments: str = typer.Option("", help="With --zero-shot: also score it with this many earlier segments as an in-context prompt (comma separated, e.g. 1,2,4)."),
-    stats: bool = typer.Option(False, help="Train with the window-statistics inputs."),
     score_split: str = typer.Option("test", help="Score every method on the test split, or on the validation split (to choose settings without looking at test)."),
     ets: bool = typer.Option(True, help="Run the statsmodels exponential-smoothing baseline (target only; slow)."),
     max_windows: int = typer.Option(0, min=0, help="Score only this many evenly spaced test windows (0: all, stride 1)."),
@@ -265,7 +262,7 @@ def benchmark(
     res = run_benchmark(csv, lookback, _ints(horizons, "--horizons"), json_out, checkpoint=checkpoint, init=init,
                         adapter_only=adapter_only, zero_shot=zero_shot, preset=preset, max_steps=max_steps,
                         out=out, split=split, fill=fill, ets=ets, duplicates=duplicates,
-                        max_windows=max_windows or None, device=device, progress=progress, stats=stats,
+                        max_windows=max_windows or None, device=device, progress=progress,
                         score_split=score_split,
                         prompt_segments=_ints(prompt_segments, "--prompt-segments") if prompt_segments else None)
     for name, m in res["methods"].items():
