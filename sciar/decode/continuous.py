@@ -64,7 +64,9 @@ def decode_continuous(
 
     ``window``: the most positions the trunk reads at once (default: its context, ``block_size``).
     ``keep``: positions a refill keeps, the sink included (default: ``window``). ``sink``: leading prefix
-    positions kept at the front of every window. ``trunk_kwargs``: passed to every trunk call (a condition).
+    positions kept at the front of every window. ``trunk_kwargs``: passed to every trunk call, e.g. a condition
+    (``{"cond": c}`` for adaptive layer norm, ``{"context": trunk.encode_context(tokens)}`` for cross-attention,
+    its keys and values computed once).
     The loop stops early once every row has reported ``done``. Rows that ended still run (the batch keeps
     its shape); their later values are whatever the step produced and ``lengths`` says where they ended.
     """
