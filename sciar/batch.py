@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from sciar.errors import DataError, SciarError, describe
 from sciar.io import write_table_atomic
-from sciar.tables import csv_dialect, open_text, read_table  # noqa: F401 (read_table: the batch's input)
+from sciar.tables import read_table
 
 RowFn = Callable[[dict], list[dict]]
 
