@@ -12,8 +12,8 @@ The core (``sciar``) knows nothing of any domain. An adapter is a subpackage of
   :func:`sciar.train.train` (e.g. :class:`sciar.data.TokenWindows`), with bad
   input reported as :class:`sciar.errors.DataError`;
 - **decoding**: generated tokens or vectors back to domain objects, using
-  :func:`sciar.sample.generate` (and its logits-processor hook to constrain
-  decoding) or its own sampler for continuous outputs;
+  :func:`sciar.decode.tokens.generate` (and a constraint per row,
+  :mod:`sciar.decode.constraints`) or its own sampler for continuous outputs;
 - **validity checks and metrics** for its objects;
 - **a typer app** in ``<domain>/cli.py`` named ``app``, registered in
   :data:`DOMAINS`. Keep that module light: import heavy libraries inside commands,
