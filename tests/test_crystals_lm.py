@@ -81,7 +81,8 @@ def test_constrained_sampling_is_consistent_even_untrained():
     torch.manual_seed(0)
     model = LanguageModel(ModelConfig(vocab_size=tok.vocab_size, block_size=1024, n_layer=1, n_head=2, n_embd=32))
     gen = CrystalGenerator.from_model(model, tok)
-    samples = gen.sample([make_prompt("Ba1Ti1O3"), make_prompt("Na4Cl4", "Fm-3m")], n=3, seed=1)
+    # (bond fitting is left out: an untrained model's cells take it long, and its own tests cover it)
+    samples = gen.sample([make_prompt("Ba1Ti1O3"), make_prompt("Na4Cl4", "Fm-3m")], n=3, seed=1, fit=False)
     assert len(samples) == 6 and all(s.complete for s in samples)
     for s in samples:
         assert is_formula_consistent(s.text) and is_multiplicity_consistent(s.text)

@@ -2,7 +2,7 @@
 
 The tree search itself is :mod:`mcts` (domain-agnostic). This module supplies the
 crystal parts: the composition prompts (one per formula-unit count Z that fits,
-chosen among at the tree's root), the CIF grammar of :mod:`domains.crystals.generate`
+chosen among at the tree's root), the CIF grammar of :mod:`domains.crystals.grammar`
 as the search's constraint, and the evaluation of a completed CIF: CrystaLLM's
 validity checks (:func:`domains.crystals.validity.check_cif`), then a formation-energy
 scorer (:mod:`domains.crystals.energy`). Rewards follow CrystaLLM: an invalid CIF
@@ -136,7 +136,7 @@ def crystal_evaluator(tok, scorer, snap: bool = True, fit: bool = True):
 @dataclass
 class CrystalSearch:
     result: object  # mcts.SearchResult
-    prompts: list  # domains.crystals.generate.Prompt, one per formula-unit count searched
+    prompts: list  # domains.crystals.prompts.Prompt, one per formula-unit count searched
     composition: str
     spacegroup: str | None
     scorer: str
