@@ -3,17 +3,18 @@
 :func:`generate` samples continuations of token prompts as one batch with a preallocated KV cache.
 Prompts of different lengths are left-padded, the padding hidden by a visibility mask over the cached
 and new keys, with positions counted per row. Each row has its own random numbers (seeded by the run's
-seed and the row's index), so a row's output does not depend on the batch it was decoded in. The
+seed and the row's index; a token is drawn by inverting the row's CDF at the row's next uniform), so a
+row's output does not depend on the batch it was decoded in. The
 per-token work stays on the device: masking, filtering and sampling run there and only the chosen ids
 (and their log-probabilities) come back. A row's constraint (:mod:`sciar.decode.constraints`) that
-allows exactly one token forces it; such runs of forced tokens are fed in one forward pass, their
+allows exactly one token forces it; such runs of forced tokens are fed ``CHAIN`` at a time per forward pass, their
 slots in the batch's other rows hidden like the left padding (the cache is compacted when the hidden
 slots pile up).
 
-:class:`Decoder` is the lower-level piece (prefill a prompt, then step one token at a time) that
-benchmarks and tree search use to fork a cached prefix. On CUDA its decode step can run as a CUDA
-graph (``torch.compile(mode="reduce-overhead")`` over a static cache), which removes the per-token
-launch overhead that dominates small-model decoding on a GPU.
+:class:`Decoder` is the lower-level piece (prefill a prompt, then step one token at a time, fork a
+cached prefix into several rows). On CUDA its decode step can run as a CUDA graph
+(``torch.compile(mode="reduce-overhead")`` over a static cache), which removes the per-token launch
+overhead that dominates small-model decoding on a GPU.
 """
 
 from __future__ import annotations
