@@ -177,7 +177,7 @@ def main(argv=None):
             import mcts.engine as engine
             import mcts.rollout as rollout
 
-            orig, orig_forward = engine.rollout_batch, rollout._full_forward
+            orig, orig_forward = engine.rollout_batch, rollout.padded_forward
 
             def timed(*a, **k):
                 t0 = time.perf_counter()
@@ -185,16 +185,16 @@ def main(argv=None):
                 roll["t"] += time.perf_counter() - t0
                 return out
 
-            def timed_forward(model, seqs, pad, T, dev, cache=None):
+            def timed_forward(model, seqs, cache=None):
                 # with a cache it is the prefill reference re-encoding a node's prefix: the only work a
                 # prefix cache can save, so its share of the prefill search bounds any cache's speedup
                 t0 = time.perf_counter()
-                out = orig_forward(model, seqs, pad, T, dev, cache)
+                out = orig_forward(model, seqs, cache)
                 if cache is not None:
                     roll["encode"] += time.perf_counter() - t0
                 return out
 
-            engine.rollout_batch, rollout._full_forward = timed, timed_forward
+            engine.rollout_batch, rollout.padded_forward = timed, timed_forward
             try:
                 t0 = time.perf_counter()
                 cs = search_composition(comp, simulations=s_sims, width=args.width, c=args.c, scorer=scorer,
@@ -202,7 +202,7 @@ def main(argv=None):
                                         progress=False, cache=mode)
                 total_t += time.perf_counter() - t0
             finally:
-                engine.rollout_batch, rollout._full_forward = orig, orig_forward
+                engine.rollout_batch, rollout.padded_forward = orig, orig_forward
             total_s += cs.result.simulations
             total_roll += roll["t"]
             total_encode += roll["encode"]

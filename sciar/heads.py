@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from sciar.diffusion import GaussianDiffusion
 from sciar.errors import SciarError
-from sciar.sample import filter_logits
+from sciar.decode.tokens import filter_logits
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -65,7 +65,7 @@ class CategoricalHead(nn.Module):
     @torch.no_grad()
     def sample(self, h: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Ids ``h.shape[:-1]`` drawn from the filtered softmax (see :func:`sciar.sample.filter_logits`)."""
+        """Ids ``h.shape[:-1]`` drawn from the filtered softmax (see :func:`sciar.decode.tokens.filter_logits`)."""
         logits = filter_logits(self(h).reshape(-1, self.weight.shape[0]), temperature, top_k, top_p)
         return _draw(logits, generator).view(h.shape[:-1])
 

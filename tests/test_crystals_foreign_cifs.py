@@ -2,7 +2,6 @@
 by hand for every file (True passed, False failed, None does not apply), not merely that all pass."""
 
 import numpy as np
-import pytest
 
 from domains.crystals.tokenizer import normalise_spacegroup
 from domains.crystals.validity import check_cif, evaluate_files, rates

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from domains.crystals.canonical import CANON_VERSION, SYMPREC, canonicalize
-from domains.crystals.readers import is_table, cif_files_in, read_inputs
+from domains.crystals.readers import cif_files_in, is_table, read_inputs
 from sciar.errors import SciarError, describe
 
 

@@ -68,26 +68,3 @@ def unknown_element(s) -> str | None:
     from pymatgen.core.periodic_table import DummySpecies
 
     return next((sp.symbol for sp in s.composition.elements if isinstance(sp, DummySpecies)), None)
-
-
-# Names that lived here before the module was split. Modules not yet moved to the new homes
-# (generate.py, bondfit.py, sampling.py) still import them from here; nothing else should.
-_MOVED = {
-    "MAX_Z": "composition", "parse_composition": "composition", "cell_formula": "composition",
-    "atom_props_block": "canonical", "round_numbers": "canonical", "canonicalize": "canonical",
-    "canonical_cif": "canonical", "structure_problem": "canonical",
-    "spacegroup": "symmetry", "symmetry_operations": "symmetry", "standard_halls": "symmetry",
-    "rebuild_symmetry": "symmetry", "quiet_spglib": "symmetry",
-    "structure_from_cif": "readers", "read_inputs": "readers", "cif_file_texts": "readers",
-    "frame_records": "readers", "cif_files_in": "readers",
-    "canonicalize_records": "canon_cache", "load_canonical": "canon_cache", "cache_dir": "canon_cache",
-    "reasons_table": "canon_cache", "dedup": "canon_cache",
-}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"domains.crystals.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -67,7 +67,7 @@ def retrieved_samples(composition: str, n: int, templates, strategy: str = "retr
     import math
 
     from domains.crystals.benchmark import Cand, csp_filter, hybrid_candidates, matcher, sample_cands
-    from domains.crystals.cif import canonicalize
+    from domains.crystals.canonical import canonicalize
     from domains.crystals.generate import Sample, prompts_for
     from domains.crystals.retrieval import load_index
     from domains.crystals.tokenizer import normalise_spacegroup
@@ -173,7 +173,7 @@ def batch_fn(checkpoint, n: int = 5, energy: str = "cgcnn", bonds: bool = False,
         rows = sample_rows(samples, bonds=bonds)
         if energy != "none":
             from domains.crystals.energy import make_scorer, score_structures
-            from domains.crystals.cif import structure_from_cif
+            from domains.crystals.readers import structure_from_cif
 
             if scorer is None:
                 scorer = make_scorer(energy)

@@ -2,7 +2,7 @@
 
 The tree search itself is :mod:`mcts` (domain-agnostic). This module supplies the
 crystal parts: the composition prompts (one per formula-unit count Z that fits,
-chosen among at the tree's root), the CIF grammar of :mod:`domains.crystals.generate`
+chosen among at the tree's root), the CIF grammar of :mod:`domains.crystals.grammar`
 as the search's constraint, and the evaluation of a completed CIF: CrystaLLM's
 validity checks (:func:`domains.crystals.validity.check_cif`), then a formation-energy
 scorer (:mod:`domains.crystals.energy`). Rewards follow CrystaLLM: an invalid CIF
@@ -132,7 +132,7 @@ def crystal_evaluator(tok, scorer, snap: bool = True, fit: bool = True):
 @dataclass
 class CrystalSearch:
     result: object  # mcts.SearchResult
-    prompts: list  # domains.crystals.generate.Prompt, one per formula-unit count searched
+    prompts: list  # domains.crystals.prompts.Prompt, one per formula-unit count searched
     composition: str
     spacegroup: str | None
     scorer: str
@@ -164,7 +164,7 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
                        progress: bool = True, generator=None) -> CrystalSearch:
     """MCTS over CIFs for one composition. ``scorer``: ``cgcnn``, ``chgnet`` or any callable on structures."""
     from domains.crystals.energy import make_scorer
-    from domains.crystals.generate import cif_grammar, prompts_for
+    from domains.crystals.generate import cif_constraint, prompts_for
     from mcts import Problem, SearchConfig, search
 
     cfg = SearchConfig(simulations=simulations, seconds=seconds, width=width, c=c, selection=selection,
@@ -182,7 +182,7 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
         prompts=[tok.encode(p.text) for p in fitting],
         evaluate=crystal_evaluator(tok, score_fn, snap, fit),
         stop=[[nl, nl]],
-        grammar=lambda i: cif_grammar(gen.vocab, fitting[i]),
+        constraints=[cif_constraint(gen.vocab, p) for p in fitting],
         decode=lambda s: tok.decode(s),
     )
     res = search(gen.model, problem, cfg, progress=progress, desc=f"search {composition}")
