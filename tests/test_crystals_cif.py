@@ -226,12 +226,3 @@ def test_canonicalize_command_takes_a_corpus_table(tmp_path, capsys):
         assert len(pd.read_csv(out)) == rows
         assert pd.read_csv(tmp_path / f"canon{flag}_reasons.csv").empty
     capsys.readouterr()
-
-
-def test_names_of_the_split_module_still_import_from_cif():
-    from domains.crystals import cif, composition, readers
-
-    assert cif.parse_composition is composition.parse_composition
-    assert cif.structure_from_cif is readers.structure_from_cif
-    with pytest.raises(AttributeError):
-        cif.no_such_name
