@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sciar.data import TokenWindows  # noqa: E402
 from sciar.model import LanguageModel, ModelConfig  # noqa: E402
-from sciar.sample import Decoder, generate  # noqa: E402
+from sciar.decode.tokens import Decoder, generate  # noqa: E402
 from sciar.train import TrainConfig, train  # noqa: E402
 
 
@@ -115,14 +115,14 @@ def sync(device):
 
 
 # --- decoding ------------------------------------------------------------------------------------
-def decode_tokens_per_s(model, batch, new_tokens, use_cache, graphs=False, prompt_len=16, repeats=1):
+def decode_tokens_per_s(model, batch, new_tokens, use_cache, prompt_len=16, repeats=1):
     prompts = [[1] * prompt_len] * batch
     device = next(model.parameters()).device
     best = 0.0
     for _ in range(repeats):
         sync(device)
         t = time.perf_counter()
-        gens = generate(model, prompts, max_new_tokens=new_tokens, seed=0, use_cache=use_cache, graphs=graphs)
+        gens = generate(model, prompts, max_new_tokens=new_tokens, seed=0, use_cache=use_cache)
         sync(device)
         n = sum(len(g.tokens) for g in gens)
         best = max(best, n / (time.perf_counter() - t))

@@ -37,7 +37,8 @@ def main(argv=None):
     from sciar.runtime import set_threads
 
     set_threads(1)
-    from domains.crystals.generate import Z_CHOICES, CrystalGenerator, prompts_for
+    from domains.crystals.generate import CrystalGenerator, prompts_for
+    from domains.crystals.prompts import Z_CHOICES
     from domains.crystals.validity import check_cif
 
     gen = CrystalGenerator(args.checkpoint)

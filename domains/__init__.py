@@ -23,8 +23,10 @@ Besides the adapter object, a subpackage supplies in plain modules of its own:
   from the model width, wrapped with :class:`sciar.model.Transformer` in one module whose
   ``forward(**batch)`` returns the training loss;
 - **data**: readers for the domain's files (tables through :func:`sciar.tables.read_table`) and a batch
-  source for :func:`sciar.train.train`, with bad input reported as :class:`sciar.errors.DataError`;
-- **decoding**: generated tokens or vectors back to domain objects;
+  source for :func:`sciar.train.train` (e.g. :class:`sciar.data.TokenWindows`), with bad input reported as
+  :class:`sciar.errors.DataError`;
+- **decoding**: generated tokens or vectors back to domain objects, using :func:`sciar.decode.tokens.generate`
+  (with a constraint per row, :mod:`sciar.decode.constraints`) or its own sampler for continuous outputs;
 - **validity checks and metrics** for its objects;
 - **a typer app**: option parsing and printing only, the logic in library modules.
 

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from mcts.rollout import Decoding, GrammarFactory, Request, extend_root, rollout_batch
+from mcts.rollout import Decoding, Request, extend_root, rollout_batch
 from mcts.tree import Node, add_virtual_loss, backup, select
 from sciar.errors import SciarError, describe
 from sciar.interrupt import deferred_stop
@@ -50,7 +50,7 @@ class Problem:
     evaluate: Callable[[list[list[int]]], list[Evaluation]]  # full sequences (prompt included) -> verdicts
     stop: list[list[int]] = field(default_factory=list)  # a sequence ends after any of these
     max_new_tokens: int | None = None  # default: up to the model's context
-    grammar: GrammarFactory | None = None  # prompt index -> generator of allowed next tokens (see mcts.rollout)
+    constraints: list | None = None  # per prompt: a sciar.decode.constraints.Constraint at the prompt's end, or None
     decode: Callable[[list[int]], str] | None = None  # full sequence -> text for the table
 
 
@@ -175,7 +175,7 @@ def search(model: LanguageModel, problem: Problem, config: SearchConfig | None =
     reward_fn = reward or RunningSigmoidReward(cfg.k)
     gen = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
     dec = Decoding(model, limits, [list(s) for s in problem.stop], cfg.rollout_top_k or cfg.width,
-                   cfg.temperature, cfg.forced, problem.grammar, cfg.cache)
+                   cfg.temperature, cfg.forced, problem.constraints, cfg.cache)
     t0 = time.perf_counter()
     heads = []
     for i, p in enumerate(prompts):

@@ -14,24 +14,20 @@ samples the rest of the sequence with top-k sampling. The reference modes
 cache) and ``"none"`` (no cache: the whole sequence is re-run for every token, as
 CrystaLLM's MCTS does) exist to measure what the cache buys.
 
-Constraints come as a *grammar*: a Python generator per sequence that yields the
-list of allowed next token ids and receives the token taken (``None`` or the
-generator's end: anything goes). A rollout replays the node's tokens through a
-fresh grammar, so grammars need no copying.
+Constraints follow the core's protocol (:mod:`sciar.decode.constraints`): one
+constraint object per prompt, in its state at the prompt's end; a rollout row
+copies it and advances the copy by the node's tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Generator
-
 import torch
 
+from sciar.decode.constraints import Constraint, allowed_mask
+from sciar.decode.tokens import filter_logits, padded_forward, ragged_cache
 from sciar.model import KVCache, LanguageModel
-from sciar.sample import filter_logits
 
-Grammar = Generator  # yields allowed ids (list[int] | None), receives the id taken
-GrammarFactory = Callable[[int], Grammar]  # prompt index -> a fresh grammar for one sequence
 Segment = tuple[torch.Tensor, torch.Tensor]  # keys, values [n_layer, n_head, T, head_dim]
 
 
@@ -57,30 +53,20 @@ class Rollout:
 
 
 class Row:
-    """One sequence being decoded, with its grammar state."""
+    """One sequence being decoded, with its constraint (None: unconstrained)."""
 
-    __slots__ = ("seq", "plen", "gen", "allowed")
+    __slots__ = ("seq", "plen", "con")
 
-    def __init__(self, seq: list[int], plen: int, gen: Grammar | None):
-        self.seq, self.plen, self.gen, self.allowed = list(seq), plen, gen, None
-        if gen is not None:
-            self.allowed = self._next(None)
+    def __init__(self, seq: list[int], plen: int, con: Constraint | None):
+        self.seq, self.plen, self.con = list(seq), plen, con
+        if con is not None:
             for t in self.seq[plen:]:
-                self.allowed = self._next(t)
-
-    def _next(self, tok):
-        if self.gen is None:
-            return None
-        try:
-            return next(self.gen) if tok is None else self.gen.send(tok)
-        except StopIteration:
-            self.gen = None
-            return None
+                con.advance(t)
 
     def push(self, tok: int):
         self.seq.append(tok)
-        if self.gen is not None:
-            self.allowed = self._next(tok)
+        if self.con is not None:
+            self.con.advance(tok)
 
 
 @dataclass
@@ -93,11 +79,12 @@ class Decoding:
     top_k: int | None = None
     temperature: float = 1.0
     forced: float = 0.99  # chain tokens whose probability exceeds this into one edge
-    grammar: GrammarFactory | None = None
+    constraints: list[Constraint | None] | None = None  # per prompt, in its state at the prompt's end
     mode: str = "tree"  # tree | prefill | none
 
     def row(self, tokens: list[int], prompt: int, plen: int) -> Row:
-        return Row(tokens, plen, self.grammar(prompt) if self.grammar else None)
+        base = self.constraints[prompt] if self.constraints else None
+        return Row(tokens, plen, base.copy() if base is not None else None)
 
     def ends(self, row: Row, prompt: int) -> tuple[bool, bool]:
         """(terminal, stopped) for a row."""
@@ -108,15 +95,11 @@ class Decoding:
         return len(row.seq) >= self.limits[prompt], False
 
     def probs(self, rows: list[Row], logits: torch.Tensor) -> torch.Tensor:
-        """Next-token probabilities with each row's grammar applied."""
+        """Next-token probabilities with each row's constraint applied."""
         logits = logits.float()
-        if any(r.allowed is not None for r in rows):
-            mask = torch.zeros_like(logits)
-            for i, r in enumerate(rows):
-                if r.allowed is not None:
-                    mask[i] = float("-inf")
-                    mask[i, r.allowed] = 0.0
-            logits = logits + mask
+        mask = allowed_mask([r.con for r in rows], logits.shape[-1], logits.device)
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf"))
         return logits.softmax(-1)
 
 
@@ -149,33 +132,9 @@ def extend_root(dec: Decoding, tokens: list[int], prompt: int):
     return row.seq, seg, probs, terminal
 
 
-def _ragged_cache(cfg, batch: int, capacity: int, device, dtype) -> KVCache:
-    """A cache whose storage may exceed the context: right-aligned rows of different lengths
-    need ``longest + steps`` slots, while each row's positions stay within the context."""
-    cache = KVCache(cfg, batch, min(capacity, cfg.block_size), device, dtype)
-    if capacity > cfg.block_size:
-        shape = (*cache.k.shape[:3], capacity, cache.k.shape[4])
-        cache.k, cache.v = cache.k.new_zeros(shape), cache.v.new_zeros(shape)
-    return cache
-
-
 def _pad_mask(pad: torch.Tensor, total: int) -> torch.Tensor:
     """[B, total]: key j visible to a row unless it is left padding."""
     return torch.arange(total, device=pad.device)[None, :] >= pad[:, None]
-
-
-def _full_forward(model, seqs: list[list[int]], pad: torch.Tensor, T: int, dev, cache=None):
-    """Left-padded forward pass over whole sequences (rows may differ in length); last logits."""
-    B = len(seqs)
-    block = model.cfg.block_size
-    ids = torch.zeros(B, T, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        s = s[: T - int(pad[i])]
-        ids[i, int(pad[i]) : int(pad[i]) + len(s)] = torch.tensor(s)
-    pos = (torch.arange(T, device=dev)[None, :] - pad[:, None]).clamp(0, block - 1)
-    vis = _pad_mask(pad, T)[:, None, :] & torch.ones(T, T, dtype=torch.bool, device=dev).tril()[None]
-    vis |= torch.eye(T, dtype=torch.bool, device=dev)[None]  # padding rows see themselves: no NaN
-    return model(ids.to(dev), cache=cache, positions=pos, mask=vis)[:, -1].float().cpu()
 
 
 @torch.no_grad()
@@ -192,7 +151,7 @@ def rollout_batch(dec: Decoding, reqs: list[Request], generator: torch.Generator
     rows = [dec.row(r.tokens, r.prompt, r.prompt_len) for r in reqs]
     cache = None
     if dec.mode in ("tree", "prefill"):
-        cache = _ragged_cache(cfg, B, Lmax + steps, dev, dtype)
+        cache = ragged_cache(cfg, B, Lmax + steps, dev, dtype)
         if dec.mode == "tree":
             for i, r in enumerate(reqs):
                 off = int(pad[i])
@@ -203,7 +162,7 @@ def rollout_batch(dec: Decoding, reqs: list[Request], generator: torch.Generator
                     off += n
             cache.length = Lmax
         else:  # re-encode every prefix once (left-padded, one forward pass)
-            _full_forward(model, [r.tokens for r in reqs], pad, Lmax, dev, cache)
+            padded_forward(model, [r.tokens for r in reqs], cache)
     edge_end = [0] * B  # length of the sequence where the child's edge ends (0: still chaining)
     child_probs: list[torch.Tensor | None] = [None] * B
     child_terminal = [False] * B
@@ -216,7 +175,7 @@ def rollout_batch(dec: Decoding, reqs: list[Request], generator: torch.Generator
                 rows[i].push(nxt[i])
         # one forward step for every row (finished rows ride along; their outputs are ignored)
         if dec.mode == "none":
-            logits = _full_forward(model, [r.seq for r in rows], pad, Lmax + t + 1, dev)
+            logits = padded_forward(model, [r.seq for r in rows])[:, -1].float().cpu()
         else:
             vis = _pad_mask(pad, Lmax + t + 1)[:, None, :]
             pos = (lens + t).clamp(max=cfg.block_size - 1)[:, None]

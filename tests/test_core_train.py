@@ -12,7 +12,7 @@ from core_tasks import TOK, MaskedFiller, MaskedSource, ReverseTask, SegmentFore
 from sciar.checkpoint import load_language_model, read_checkpoint
 from sciar.errors import DataError
 from sciar.model import LanguageModel, ModelConfig
-from sciar.sample import generate
+from sciar.decode.tokens import generate
 from sciar.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,9 @@ import torch
 from mcts import Evaluation, Problem, RunningSigmoidReward, SearchConfig, search
 from mcts.rollout import Decoding, Request, extend_root, rollout_batch
 from mcts_toy import BOS, NL, TOK, digits, toy_evaluate, toy_score, train_toy
+from sciar.decode.constraints import GeneratorConstraint
+from sciar.decode.tokens import generate
 from sciar.errors import SciarError
-from sciar.sample import generate
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +110,14 @@ def test_uct_max_backup_and_several_prompts(model):
 
 
 def test_grammar_constrains_children_and_rollouts(model):
-    """A grammar (generator of allowed ids) that forbids the digit 0 everywhere."""
+    """A grammar (generator of allowed ids, as a constraint) that forbids the digit 0 everywhere."""
     no_zero = [i for i in range(TOK.vocab_size) if i != TOK.encode("0")[0]]
 
-    def grammar(_prompt):
+    def grammar():
         while True:
             yield no_zero
 
-    t = search(model, problem(grammar=grammar), cfg(), progress=False).table
+    t = search(model, problem(constraints=[GeneratorConstraint(grammar)]), cfg(), progress=False).table
     assert not t["sequence"].str.contains("0").any()
     assert t["valid"].all()  # the only invalid lines end in 0
 

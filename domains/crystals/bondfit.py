@@ -19,7 +19,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.neighborlist import neighbor_list
 
 from domains.crystals.cif import cif_field, structure_from_cif
-from domains.crystals.generate import SITE_ROW, fmt4, snap_to_wyckoff
+from domains.crystals.wyckoff import SITE_ROW, fmt4, snap_to_wyckoff
 from domains.crystals.validity import (BOND_TOLERANCE, H_BOND_FACTOR, MAX_CHECK_ATOMS, bond_ratios, bonds_in_range,
                                       check_cif, crystalnn_bonds, expected_bond, is_sensible, quiet_spglib)
 

@@ -164,7 +164,7 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
                        progress: bool = True, generator=None) -> CrystalSearch:
     """MCTS over CIFs for one composition. ``scorer``: ``cgcnn``, ``chgnet`` or any callable on structures."""
     from domains.crystals.energy import make_scorer
-    from domains.crystals.generate import cif_grammar, prompts_for
+    from domains.crystals.generate import cif_constraint, prompts_for
     from mcts import Problem, SearchConfig, search
 
     cfg = SearchConfig(simulations=simulations, seconds=seconds, width=width, c=c, selection=selection,
@@ -182,7 +182,7 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
         prompts=[tok.encode(p.text) for p in fitting],
         evaluate=crystal_evaluator(tok, score_fn, snap, fit),
         stop=[[nl, nl]],
-        grammar=lambda i: cif_grammar(gen.vocab, fitting[i]),
+        constraints=[cif_constraint(gen.vocab, p) for p in fitting],
         decode=lambda s: tok.decode(s),
     )
     res = search(gen.model, problem, cfg, progress=progress, desc=f"search {composition}")
