@@ -178,12 +178,17 @@ def benchmark(
     skip_cpshub: bool = typer.Option(False, "--skip-cpshub", help="Leave out the CPShub part."),
     quick: bool = typer.Option(False, help="Smaller hyperparameter grids (for a short run)."),
     seed: int = typer.Option(0, help="Seed of the designs and of random search."),
+    checkpoint: Optional[str] = typer.Option(None, help="Score this model too (checkpoint directory or shipped name, e.g. mechanics-tiny)."),
+    threads: Optional[int] = typer.Option(1, min=1, help="CPU threads for torch."),
 ):
-    """Forward and inverse baselines (kNN, gradient-boosted trees, MLP; kNN lookup, random search, least squares)."""
+    """The model (with --checkpoint) against forward and inverse baselines (kNN, gradient-boosted trees, MLP; kNN lookup, random search, least squares)."""
     from domains.mechanics.benchmark import run_benchmark
+    from sciar.runtime import set_threads
 
+    set_threads(threads)
     res = run_benchmark(_families(families), n=n, requests=requests, budget=budget,
-                        cpshub=None if skip_cpshub else cpshub, quick=quick, seed=seed, json_out=json_out)
+                        cpshub=None if skip_cpshub else cpshub, quick=quick, seed=seed, json_out=json_out,
+                        checkpoint=checkpoint)
     typer.echo(json.dumps({k: v for k, v in res.items() if k != "settings"}, indent=1, default=str))
 
 
