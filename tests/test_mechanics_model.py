@@ -155,11 +155,11 @@ def trained(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("mech")
     oracle_dataset(["square", "triangular"], 6, seed=0, progress=False).to_parquet(d / "o.parquet")
-    pd.DataFrame({"prompt": ["Stiffness<square; t=5.00e-2>"], "answer": ["[my own answer]"]}).to_csv(d / "u.csv")
+    pd.DataFrame({"prompt": ["Buckling<square; t=5.00e-2>"], "answer": ["[Pcr=1.23e-3]"]}).to_csv(d / "u.csv")
     r = _cli("train", "--data", d / "o.parquet", "--data", d / "u.csv", "--preset", "tiny", "--steps", 3,
              "--batch-size", 4, "--threads", 1, "--out", d / "ck")
     assert r.exit_code == 0, r.output
-    assert "Stiffness 13" in r.output and (d / "ck" / "loss.png").is_file()
+    assert "Stiffness 12, Design 12, Buckling 1" in r.output and (d / "ck" / "loss.png").is_file()
     return d
 
 

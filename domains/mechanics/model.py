@@ -100,10 +100,11 @@ class AnswerBatches:
 
 
 def encode_pair(tok, prompt: str, answer: str) -> tuple[list[int], int]:
-    """A document's token ids and where its answer starts (prompts in canonical form)."""
-    from domains.mechanics.grammar import canonical
+    """A document's token ids and where its answer starts (prompts of the grammar's tasks in canonical form,
+    users' own tasks as they are)."""
+    from domains.mechanics.grammar import TASKS, canonical
 
-    p = tok.encode(canonical(prompt))
+    p = tok.encode(canonical(prompt) if prompt.split("<", 1)[0] in TASKS else prompt)
     return p + tok.encode(answer), len(p)
 
 
