@@ -3,7 +3,7 @@
     python benchmarks/mechanics.py --json mechanics.json                 # full: 2000 designs per family
     python benchmarks/mechanics.py --quick -n 150 --requests 30 --json q.json   # a short run
 
-The same as ``sciar mechanics benchmark``; the model's rows join when the model exists.
+The same as ``sciar mechanics benchmark``; ``--checkpoint mechanics-tiny`` adds the model's rows.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ def main(argv=None):
     ap.add_argument("--skip-cpshub", action="store_true")
     ap.add_argument("--quick", action="store_true", help="smaller hyperparameter grids")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint", default=None, help="score this model too (directory or shipped name)")
     a = ap.parse_args(argv)
     res = run_benchmark(a.families.split(","), a.n, a.requests, a.budget, None if a.skip_cpshub else a.cpshub,
-                        a.quick, a.seed, a.json)
+                        a.quick, a.seed, a.json, checkpoint=a.checkpoint)
     print(json.dumps(res, indent=1, default=str))
 
 

@@ -8,4 +8,5 @@ ADAPTER = Adapter(
     app="domains.mechanics.cli:app",
     build_model="sciar.checkpoint:build_language_model",
     tokenizer_kind="vocab",
+    checkpoints=("mechanics-tiny",),
 )

@@ -1,10 +1,19 @@
 """The mechanics benchmark in one run: forward baselines on held-out oracle designs and on CPShub (5-fold over
 lattices), inverse baselines on requests taken from held-out designs, every proposal checked by the oracle.
 
-JSON layout (the model's entries join when the model exists): ``forward.oracle`` and ``forward.cpshub``
-with ``knn``, ``gbt``, ``mlp`` (``mare``, ``r2_log``; ``nu_abs_err`` on the oracle), ``inverse.oracle``
-with ``knn_n1``, ``knn_n20``, ``random_n20``, ``optimiser_n20`` (shares of requests met) and
-``oracle_calls``, ``inverse.cpshub`` with ``param_error`` of the kNN and mean baselines.
+JSON layout: ``forward.oracle`` and ``forward.cpshub`` with ``model`` (given a checkpoint), ``knn``, ``gbt``,
+``mlp`` (``mare``, ``r2_log``; ``nu_abs_err`` on the oracle), ``inverse.oracle`` with ``model_n1``,
+``model_n20``, ``search_n20`` (given a checkpoint), ``knn_n1``, ``knn_n20``, ``random_n20``,
+``optimiser_n20`` (shares of requests met) and ``oracle_calls``, ``inverse.cpshub`` with ``param_error``
+of the model, the kNN and the mean baselines.
+
+The model is scored on what it never trained on: the held-out oracle designs (fixed by their hash) and the
+held-out fifth of CPShub's lattices (:func:`domains.mechanics.model.cpshub_held_out`); the CPShub
+baselines are scored by 5-fold cross-validation over all lattices (one trained model per fold would be
+the same protocol for the model: a GPU's work). Forward answers are greedy under the answer grammar;
+``model_n1`` is one greedy design (judged by the oracle, which the model does not consult),
+``model_n20`` twenty samples at temperature 1, ``search_n20`` MCTS with 20 simulations (reward: the
+oracle's verified error).
 """
 
 from __future__ import annotations
@@ -23,8 +32,64 @@ from domains.mechanics.datasets import oracle_dataset, read_cpshub
 from domains.mechanics.grammar import parse_prompt
 
 
+def model_forward_oracle(model, test) -> dict:
+    """Greedy Stiffness answers to held-out designs against the oracle's."""
+    from domains.mechanics.baselines import forward_oracle_scores
+    from domains.mechanics.decode import sample_answers
+    from domains.mechanics.properties import MODULI
+
+    prompts = [parse_prompt(p) for p in test["prompt"]]
+    preds = [r[0]["answer"].values() for r in sample_answers(model, prompts, 1, top_k=1)]
+    y_pred = np.array([[np.log10(p[k]) for k in MODULI] + [p["nu12"], p["nu21"]] for p in preds])
+    y_true = np.column_stack([np.log10(test[k].to_numpy(float)) for k in MODULI] + [test[k] for k in ("nu12", "nu21")])
+    return {**forward_oracle_scores(y_true, y_pred), "rows": len(test)}
+
+
+def model_cpshub(model, table) -> tuple[dict, dict]:
+    """Greedy StressCurve and Thickness answers for the held-out CPShub lattices: (forward, inverse) scores."""
+    from domains.mechanics.datasets import cpshub_tasks
+    from domains.mechanics.decode import sample_answers
+    from domains.mechanics.grammar import THICKNESS_PARAMS
+    from domains.mechanics.metrics import mare, r2_log
+    from domains.mechanics.model import cpshub_held_out
+
+    held = table[[cpshub_held_out(r) for r in table["run"]]].sort_values(["run", "case"]).reset_index(drop=True)
+    tasks = cpshub_tasks(held)
+    curves = tasks[tasks["task"] == "StressCurve"].reset_index(drop=True)
+    prompts = [parse_prompt(p) for p in curves["prompt"]]
+    pred = np.array([list(r[0]["answer"].items[0][1]) for r in sample_answers(model, prompts, 1, top_k=1)])
+    true = np.array([[float(x) for x in a.split("=", 1)[1].rstrip("]").split()] for a in curves["answer"]])
+    inv = tasks[tasks["task"] == "Thickness"]
+    t_pred = [r[0]["answer"].values() for r in sample_answers(model, [parse_prompt(p) for p in inv["prompt"]], 1, top_k=1)]
+    t_true = held.groupby("run")[list(THICKNESS_PARAMS)].first().loc[inv["run"]].to_numpy(float)
+    t_pred = np.array([[p[k] for k in THICKNESS_PARAMS] for p in t_pred])
+    lattices = int(held["run"].nunique())
+    return ({"mare": mare(true, pred), "r2_log": r2_log(true, pred), "lattices": lattices},
+            {"param_error": float(np.abs(t_pred - t_true).mean()), "lattices": lattices})
+
+
+def model_inverse(model, requests, n: int = 20, seed: int = 0, progress: bool = True) -> dict:
+    """Shares of requests met by one greedy design, by n samples and by MCTS with n simulations, and the
+    oracle calls the last two spend (distinct designs solved)."""
+    from domains.mechanics.decode import sample_answers
+    from domains.mechanics.design import design
+    from domains.mechanics.metrics import verify_design
+
+    hits = {"model_n1": 0, "model_n20": 0, "search_n20": 0}
+    calls = {"model_n20": 0, "search_n20": 0}
+    for i, req in enumerate(tqdm(requests, desc="inverse, model", unit="request", disable=not progress)):
+        hits["model_n1"] += verify_design(req, sample_answers(model, [req], 1, top_k=1)[0][0]["answer"].values())[0]
+        for key, how in (("model_n20", "sample"), ("search_n20", "mcts")):
+            table, c = design(model, req, n=n, search=how, seed=seed + i)
+            hits[key] += bool(table["meets"].any())
+            calls[key] += c
+    m = max(len(requests), 1)
+    return {**{k: v / m for k, v in hits.items()}, "oracle_calls": {k: v / m for k, v in calls.items()}}
+
+
 def run_benchmark(families: list[str], n: int, requests: int = 100, budget: int = 20, cpshub: Path | None = None,
-                  quick: bool = False, seed: int = 0, json_out: Path | None = None, progress: bool = True) -> dict:
+                  quick: bool = False, seed: int = 0, json_out: Path | None = None, progress: bool = True,
+                  checkpoint: str | None = None) -> dict:
     t0 = time.time()
     grid = Grid(quick=quick)
     say = (lambda name, r: tqdm.write(f"  {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in r.items()
@@ -36,11 +101,25 @@ def run_benchmark(families: list[str], n: int, requests: int = 100, budget: int 
                         "requests": requests, "budget": budget, "quick": quick, "seed": seed}}
     if progress:
         tqdm.write(f"forward, oracle: {len(train)} train, {len(test)} held-out designs")
+    model = None
+    if checkpoint is not None:
+        from domains.mechanics.adapter import ADAPTER
+
+        model, ck = ADAPTER.load(checkpoint)
+        res["settings"]["checkpoint"] = str(ck.path)
     res["forward"] = {"oracle": forward_oracle_baselines(train, test, grid, progress=say)}
+    if model is not None:
+        res["forward"]["oracle"]["model"] = model_forward_oracle(model, test)
+        if say:
+            say("model", res["forward"]["oracle"]["model"])
     rng = np.random.default_rng(seed)
     chosen = test.iloc[rng.permutation(len(test))[:requests]]
     reqs = [parse_prompt(p) for p in chosen["design_prompt"]]
     res["inverse"] = {"oracle": inverse_oracle_baselines(reqs, train, n=budget, seed=seed, progress=progress)}
+    if model is not None:
+        mi = model_inverse(model, reqs, n=budget, seed=seed, progress=progress)
+        res["inverse"]["oracle"]["oracle_calls"].update(mi.pop("oracle_calls"))
+        res["inverse"]["oracle"].update(mi)
     res["inverse"]["oracle"]["with_density_bound"] = int(sum("rho<=" in p for p in chosen["design_prompt"]))
     if cpshub is not None:
         table = read_cpshub(cpshub, progress=progress)
@@ -48,6 +127,9 @@ def run_benchmark(families: list[str], n: int, requests: int = 100, budget: int 
             tqdm.write(f"forward, CPShub: {table['run'].nunique()} lattices x 16 load cases, 5-fold over lattices")
         res["forward"]["cpshub"] = forward_cpshub_baselines(table, grid, progress=say)
         res["inverse"]["cpshub"] = inverse_cpshub_baselines(table)
+        if model is not None:
+            fwd, inv = model_cpshub(model, table)
+            res["forward"]["cpshub"]["model"], res["inverse"]["cpshub"]["model"] = fwd, inv
     res["settings"]["seconds"] = round(time.time() - t0, 1)
     if json_out is not None:
         write_json_atomic(json_out, res)

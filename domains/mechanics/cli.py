@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from sciar.io import output_file
+from sciar.io import output_file, output_folder
 
 app = typer.Typer(
     help="MeLM-style mechanics: periodic beam lattices (honeycomb, re-entrant, triangular, square, kagome, "
@@ -178,10 +178,161 @@ def benchmark(
     skip_cpshub: bool = typer.Option(False, "--skip-cpshub", help="Leave out the CPShub part."),
     quick: bool = typer.Option(False, help="Smaller hyperparameter grids (for a short run)."),
     seed: int = typer.Option(0, help="Seed of the designs and of random search."),
+    checkpoint: Optional[str] = typer.Option(None, help="Score this model too (checkpoint directory or shipped name, e.g. mechanics-tiny)."),
+    threads: Optional[int] = typer.Option(1, min=1, help="CPU threads for torch."),
 ):
-    """Forward and inverse baselines (kNN, gradient-boosted trees, MLP; kNN lookup, random search, least squares)."""
+    """The model (with --checkpoint) against forward and inverse baselines (kNN, gradient-boosted trees, MLP; kNN lookup, random search, least squares)."""
     from domains.mechanics.benchmark import run_benchmark
+    from sciar.runtime import set_threads
 
+    set_threads(threads)
     res = run_benchmark(_families(families), n=n, requests=requests, budget=budget,
-                        cpshub=None if skip_cpshub else cpshub, quick=quick, seed=seed, json_out=json_out)
+                        cpshub=None if skip_cpshub else cpshub, quick=quick, seed=seed, json_out=json_out,
+                        checkpoint=checkpoint)
     typer.echo(json.dumps({k: v for k, v in res.items() if k != "settings"}, indent=1, default=str))
+
+
+@app.command()
+def train(
+    data: List[Path] = typer.Option(..., "--data", help="Task tables: oracle datasets, CPShub tasks, your own prompt/answer CSVs; repeat for several."),
+    out: Path = typer.Option(..., "--out", callback=output_folder, help="Checkpoint directory to write (resumes if it holds a run)."),
+    preset: str = typer.Option("tiny", help="Model and budget: tiny (3x4x128, 2 CPU cores, minutes), small (6x8x384, GPU)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps (default: the preset's)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Documents per step (default: the preset's)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the preset's)."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    seed: int = typer.Option(1337, help="Random seed."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch (1 is fastest on a busy machine)."),
+):
+    """Train one language model on every task of the tables (loss on the answer tokens); held-out designs validate."""
+    from domains.mechanics.model import train_mechanics_lm
+    from sciar.runtime import set_threads
+
+    set_threads(threads)
+    s = train_mechanics_lm(data, out, preset, steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed)
+    val = f", best validation loss {s['best_val']:.4f}" if s["n_val_docs"] else ""
+    typer.echo(f"trained {s['params']:,} parameters for {s['steps']} steps on {s['n_train_docs']} documents "
+               f"({', '.join(f'{k} {v}' for k, v in s['tasks'].items())}): final loss {s['final_loss']:.4f}{val}; "
+               f"wrote {out}")
+
+
+CHECKPOINT_HELP = "Checkpoint directory or shipped name."
+
+
+def _load(checkpoint: str, threads: Optional[int]):
+    from domains.mechanics.adapter import ADAPTER
+    from sciar.runtime import set_threads
+
+    set_threads(threads)
+    model, _ = ADAPTER.load(checkpoint)
+    return model
+
+
+@app.command()
+def ask(
+    prompt: str = typer.Argument(..., help="A task prompt, e.g. 'Stiffness<honeycomb; theta=30; h=1; t=5.00e-2>' or 'Design<triangular; E1=1e-2; E2=1e-2>'."),
+    checkpoint: str = typer.Option("mechanics-tiny", help=CHECKPOINT_HELP),
+    n: int = typer.Option(8, "-n", min=1, help="Answers sampled (the most likely is shown; for Design, candidates solved by the oracle)."),
+    temperature: float = typer.Option(1.0, min=0.01, help="Sampling temperature."),
+    seed: int = typer.Option(0, help="Random seed."),
+    threads: Optional[int] = typer.Option(1, min=1, help="CPU threads for torch."),
+):
+    """Answer one prompt with the model (every answer parses: constrained decoding); the oracle's answer beside it."""
+    from domains.mechanics.ask import ask as ask_fn
+
+    res = ask_fn(_load(checkpoint, threads), prompt, n=n, temperature=temperature, seed=seed)
+    typer.echo(res["prompt"])
+    typer.echo(f"model:  {res['answer']}")
+    if "oracle" in res:
+        typer.echo(f"oracle: {res['oracle']}")
+        typer.echo("relative error: " + ", ".join(f"{k}={v:.3g}" for k, v in res["rel_error"].items())
+                   + "; absolute error: " + ", ".join(f"{k}={v:.3g}" for k, v in res["abs_error"].items()))
+    if "best" in res:
+        b = res["best"]
+        verdict = "meets the request" if not res["answer"].startswith("[infeasible") else (
+            "no design found meets the request: nearest reachable design")
+        typer.echo(f"oracle: {verdict}; verified error {b['error']:.3g} ({res['oracle_calls']} oracle calls): "
+                   + ", ".join(f"{k}={b[k]:.3g}" for k in ("E1", "E2", "G12", "nu12", "rho")))
+
+
+@app.command()
+def design(
+    family: str = typer.Option(..., help="Lattice family: honeycomb, reentrant, triangular, square, kagome, hierarchical."),
+    target: str = typer.Option(..., help="Requested properties, e.g. 'E1=2.9e-4,E2=2.9e-4' (nu12, G12, rho too)."),
+    max_density: Optional[float] = typer.Option(None, help="Upper bound on the relative density rho."),
+    n: int = typer.Option(20, "-n", min=1, help="Candidates (samples, or MCTS simulations)."),
+    search: str = typer.Option("sample", help="sample (constrained sampling) or mcts (tree search, reward: the oracle's verified error)."),
+    out: Path = typer.Option(..., callback=output_folder, help="Folder for candidates.csv, summary.json and PNGs."),
+    checkpoint: str = typer.Option("mechanics-tiny", help=CHECKPOINT_HELP),
+    temperature: float = typer.Option(1.0, min=0.01, help="Sampling temperature."),
+    top: int = typer.Option(3, min=0, help="PNGs of the best candidates."),
+    seed: int = typer.Option(0, help="Random seed."),
+    threads: Optional[int] = typer.Option(1, min=1, help="CPU threads for torch."),
+):
+    """Inverse design: candidates from the model, each re-solved by the oracle, ranked by verified error."""
+    from domains.mechanics.design import design as design_fn
+    from domains.mechanics.grammar import format_prompt, parse_prompt
+    from sciar.io import write_json_atomic, write_table_atomic
+
+    items = "; ".join(p.strip() for p in target.split(",") if p.strip())
+    bound = f"; rho<={max_density}" if max_density is not None else ""
+    request = parse_prompt(f"Design<{family}; {items}{bound}>")
+    model = _load(checkpoint, threads)
+    table, calls = design_fn(model, request, n=n, search=search, temperature=temperature, seed=seed, progress=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_table_atomic(table, out / "candidates.csv")
+    met = int(table["meets"].sum())
+    write_json_atomic(out / "summary.json", {"request": format_prompt(request), "search": search, "candidates": len(table),
+                                             "distinct": int(table.drop_duplicates(subset=[c for c in table if c not in ("rank", "logprob")]).shape[0]),
+                                             "meeting": met, "oracle_calls": calls,
+                                             "best": table.iloc[0].to_dict() if len(table) else None})
+    if top:
+        from domains.mechanics.lattices import build, family_params
+        from domains.mechanics.plot import plot_design
+
+        names = [q.name for q in family_params(family)]
+        for _, r in table[table["error"] < float("inf")].drop_duplicates(subset=names).head(top).iterrows():
+            params = {k: float(r[k]) for k in names}
+            plot_design(build(family, params), out / f"candidate_{int(r['rank']):02d}.png",
+                        f"#{int(r['rank'])} {family} " + " ".join(f"{k}={v:.3g}" for k, v in params.items())
+                        + f"  error {r['error']:.3g}")
+    cols = ["rank", *[q for q in table.columns if q in ("theta", "h", "gamma", "t")], "E1", "E2", "nu12", "rho", "error", "meets"]
+    typer.echo(format_prompt(request))
+    typer.echo(table[[c for c in cols if c in table]].head(10).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    typer.echo(f"{met} of {len(table)} candidates meet the request; {calls} oracle calls; wrote {out}")
+
+
+@app.command()
+def batch(
+    input_: Path = typer.Option(..., "--input", help="Table (CSV/parquet) with a 'prompt' column."),
+    output: Path = typer.Option(..., callback=output_file, help="Results table (.csv or .parquet); resumes if it exists."),
+    checkpoint: str = typer.Option("mechanics-tiny", help=CHECKPOINT_HELP),
+    n: int = typer.Option(8, "-n", min=1, help="Answers sampled per prompt (Design: candidates solved by the oracle)."),
+    seed: int = typer.Option(0, help="Random seed (each row's answers depend on it and the row only)."),
+    threads: Optional[int] = typer.Option(1, min=1, help="CPU threads for torch."),
+):
+    """Answer a table of prompts (any task); a bad prompt gets status=error and a one-line error, the rest go on."""
+    from domains.mechanics.ask import ask as ask_fn
+    from sciar.batch import run_batch
+
+    model = _load(checkpoint, threads)
+
+    def row_fn(row: dict) -> list[dict]:
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str):
+            from sciar.errors import DataError
+
+            raise DataError("no prompt given")
+        res = ask_fn(model, prompt, n=n, seed=seed + int(row["row_id"]))
+        rec = {"canonical": res["prompt"], "answer": res["answer"], "oracle": res.get("oracle")}
+        if "rel_error" in res:
+            rec.update({f"rel_error_{k}": v for k, v in res["rel_error"].items()})
+            rec.update({f"abs_error_{k}": v for k, v in res["abs_error"].items()})
+        if "best" in res:
+            rec.update(verified_error=res["best"]["error"], oracle_calls=res["oracle_calls"],
+                       infeasible=res["answer"].startswith("[infeasible"))
+        return [rec]
+
+    df = run_batch(input_, row_fn, output=output, desc="prompts")
+    bad = int((df["status"] == "error").sum())
+    typer.echo(f"answered {len(df) - bad} of {len(df)} prompts ({bad} errors, see the error column); wrote {output}")

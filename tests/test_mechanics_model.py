@@ -1,0 +1,193 @@
+"""The mechanics model: answer-grammar constraint (every sampled answer parses, in range; copy/rewind equal
+replay), training through the core, inverse design verified by the oracle, an infeasible request worked out
+by hand, and the train/ask/design/batch commands end to end with their exit codes."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from domains.mechanics.decode import answer_constraint, canonical_numbers, sample_answers
+from domains.mechanics.grammar import mechanics_tokenizer, parse_answer, parse_prompt
+from domains.mechanics.lattices import build, family_params
+from sciar.model import LanguageModel, ModelConfig
+
+PROMPTS = [
+    "Stiffness<honeycomb; theta=30; h=1; t=0.05>",
+    "Design<reentrant; E1=1e-4; nu12=-1>",
+    "Design<hierarchical; E1=1e-4; rho<=0.1>",
+    "Design<square; E1=1e-2>",
+    "StressCurve<cpshub; t1=0.5; t2=0; t3=0.2; case=shear_tension>",
+]
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    tok = mechanics_tokenizer()
+    torch.manual_seed(0)
+    return LanguageModel(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32, block_size=768)).eval()
+
+
+def test_number_tokens_are_the_tokenizers():
+    from domains.mechanics.decode import number_trie
+
+    tok = mechanics_tokenizer()
+    seqs = []
+
+    def walk(node, path):
+        for k, child in node.items():
+            if k == -1:
+                seqs.append((path, child))
+            else:
+                walk(child, path + [k])
+
+    walk(number_trie(-20.0, 20.0), [])
+    assert len(seqs) == len(canonical_numbers(-20.0, 20.0))
+    for path, v in seqs[::97]:
+        assert tok.decode(path) == f"{v:.2e}".split("e")[0] + "e" + str(int(f"{v:.2e}".split("e")[1]))
+        assert tok.encode(tok.decode(path)) == path
+
+
+def test_canonical_numbers_by_hand():
+    # 1.50 .. 2.50 at exponent 0: 101 mantissas; [-1e-15, 1e-15] holds 0 and +-1.00e-15 only
+    assert canonical_numbers(1.5, 2.5) == pytest.approx([1.5 + k / 100 for k in range(101)])
+    assert sorted(canonical_numbers(-1e-15, 1e-15)) == [-1e-15, 0.0, 1e-15]
+    assert len(canonical_numbers(0.005, 0.15)) == (999 - 500 + 1) + 900 + (150 - 100 + 1)
+
+
+def test_untrained_model_under_the_constraint_answers_in_grammar_and_range(untrained):
+    prompts = [parse_prompt(p) for p in PROMPTS]
+    for p, recs in zip(prompts, sample_answers(untrained, prompts, n=4, seed=3)):
+        for r in recs:
+            a = parse_answer(r["text"], p)  # the grammar module's own parser: names, order, ranges
+            assert r["error"] is None and not a.infeasible
+            if p.task == "Design":
+                params = a.values()
+                for q in family_params(p.subject):
+                    assert q.lo <= params[q.name] <= q.hi
+                build(p.subject, params)  # re-entrant walls that touch would raise
+    # without the constraint the same model writes garbage
+    free = sample_answers(untrained, prompts[:1], n=4, seed=3, constrained=False, max_new_tokens=40)[0]
+    assert all(r["answer"] is None for r in free)
+
+
+def test_copy_and_rewind_equal_replay():
+    tok = mechanics_tokenizer()
+    p = parse_prompt("Design<reentrant; E1=1e-4>")
+    answer = tok.encode("[theta=-3.00e1, h=2.00e0, t=5.00e-2]")
+    c = answer_constraint(p)
+    states = []
+    for t in answer:
+        allowed = c.allowed()
+        assert t in list(allowed)  # the canonical answer is in the grammar
+        states.append(sorted(allowed))
+        c.advance(t)
+    for k in (1, 5, len(answer) - 3):
+        fresh = answer_constraint(p)
+        for t in answer[:k]:
+            fresh.advance(t)
+        twin = c.copy()
+        twin.rewind(len(answer) - k)
+        assert sorted(twin.allowed()) == sorted(fresh.allowed()) == states[k]
+    # theta = -30 needs h > 2 sin(30 deg) + t >= 1.005: after "h=1.0" the next digit cannot be 0
+    c = answer_constraint(p)
+    for t in tok.encode("[theta=-3.00e1, h=1.0"):
+        c.advance(t)
+    assert sorted(c.allowed()) == [tok.encode(str(d))[0] for d in range(1, 10)]
+
+
+def _oracle_error(request, props):
+    errs = []
+    for name, op, want in request.items:
+        got = props[name]
+        if op == "=":
+            errs.append(abs(got / want - 1) if name != "nu12" else abs(got - want))
+        elif op == "<=":
+            errs.append(max(0.0, got / want - 1))
+    return max(errs)
+
+
+def test_design_candidates_errors_are_the_oracles(untrained):
+    from domains.mechanics.design import design
+    from domains.mechanics.properties import simulate
+
+    req = parse_prompt("Design<honeycomb; E1=2.9e-4; E2=2.9e-4; rho<=0.06>")
+    table, calls = design(untrained, req, n=6, seed=1)
+    assert len(table) == 6 and 1 <= calls <= 6 and list(table["error"]) == sorted(table["error"])
+    for _, r in table.iterrows():
+        props = simulate("honeycomb", {"theta": r["theta"], "h": r["h"], "t": r["t"]}).to_dict()
+        assert r["E1"] == props["E1"] and r["error"] == pytest.approx(_oracle_error(req, props), rel=1e-12)
+        assert r["meets"] == (abs(props["E1"] / 2.9e-4 - 1) <= 0.05 and abs(props["E2"] / 2.9e-4 - 1) <= 0.05
+                              and props["rho"] <= 0.06)
+
+
+def test_infeasible_triangular_stretching_bound(untrained):
+    """The triangular lattice is stretching-dominated: E = rho_sum / 3 = 2 sqrt(3) t / 3 (plus O(t^2) bending),
+    at most 0.173 at the family's thickest walls t = 0.15; E1 = 0.3 is out of reach, the nearest is t = 0.15."""
+    from domains.mechanics.ask import ask
+
+    res = ask(untrained, "Design<triangular; E1=0.3; E2=0.3>", n=4, seed=0)
+    assert res["answer"] == "[infeasible, t=1.50e-1]"
+    bound = 2 * math.sqrt(3) * 0.15 / 3
+    assert res["best"]["E1"] == pytest.approx(bound, rel=0.15 ** 2)
+    assert res["best"]["error"] == pytest.approx(1 - res["best"]["E1"] / 0.3, rel=1e-9)
+    # a reachable request is not infeasible: E = 2 sqrt(3) t / 3 at t = 0.05
+    ok = ask(untrained, f"Design<triangular; E1={2 * math.sqrt(3) * 0.05 / 3:.3e}>", n=4, seed=0)
+    assert not ok["answer"].startswith("[infeasible") and ok["best"]["error"] <= 0.05
+
+
+runner = CliRunner()
+
+
+def _cli(*args):
+    from domains.mechanics.cli import app
+
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained for a few steps by the train command on a small oracle table."""
+    from domains.mechanics.datasets import oracle_dataset
+
+    d = tmp_path_factory.mktemp("mech")
+    oracle_dataset(["square", "triangular"], 6, seed=0, progress=False).to_parquet(d / "o.parquet")
+    pd.DataFrame({"prompt": ["Buckling<square; t=5.00e-2>"], "answer": ["[Pcr=1.23e-3]"]}).to_csv(d / "u.csv")
+    r = _cli("train", "--data", d / "o.parquet", "--data", d / "u.csv", "--preset", "tiny", "--steps", 3,
+             "--batch-size", 4, "--threads", 1, "--out", d / "ck")
+    assert r.exit_code == 0, r.output
+    assert "Stiffness 12, Design 12, Buckling 1" in r.output and (d / "ck" / "loss.png").is_file()
+    return d
+
+
+def test_cli_ask_design_batch(trained, capsys):
+    from cli import main
+
+    ck = trained / "ck"
+    r = _cli("ask", "Stiffness<square; t=0.05>", "--checkpoint", ck, "-n", 2)
+    assert r.exit_code == 0, r.output
+    assert "oracle: [E1=5.00e-2, E2=5.00e-2, G12=6.25e-5" in r.output  # E = t, G = t^3 / 2
+    for bad in (["ask", "Stiffness<square; t=0.5>"], ["ask", "Bend<square>"],
+                ["design", "--family", "mesh", "--target", "E1=1e-3", "--out", str(trained / "x")]):
+        assert main(["mechanics", *bad, "--checkpoint", str(ck)]) == 2, bad
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error:"), err
+    r = _cli("design", "--family", "square", "--target", "E1=1e-2", "--max-density", 0.05, "-n", 3, "--top", 1,
+             "--checkpoint", ck, "--out", trained / "d")
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(trained / "d" / "candidates.csv")
+    assert len(table) == 3 and (trained / "d" / "candidate_01.png").is_file()
+    r = _cli("design", "--family", "square", "--target", "E1=1e-2", "-n", 3, "--search", "mcts", "--top", 0,
+             "--checkpoint", ck, "--out", trained / "m")
+    assert r.exit_code == 0, r.output
+    assert (pd.read_csv(trained / "m" / "candidates.csv")["source"] == "mcts").all()
+    pd.DataFrame({"prompt": ["Stiffness<square; t=0.05>", "Design<square; E1=1e-2>", "Stiffness<square; t=9>"]}
+                 ).to_csv(trained / "p.csv", index=False)
+    r = _cli("batch", "--input", trained / "p.csv", "--output", trained / "r.parquet", "--checkpoint", ck, "-n", 2)
+    assert r.exit_code == 0, r.output
+    out = pd.read_parquet(trained / "r.parquet")
+    assert list(out["status"]) == ["ok", "ok", "error"] and "outside its range" in out["error"].iloc[2]
+    assert np.isfinite(out["verified_error"].iloc[1]) and out["rel_error_E1"].notna().iloc[0]
