@@ -16,8 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sciar.errors import SciarError
-
 from domains.mechanics.datasets import sample_designs
 from domains.mechanics.grammar import LOAD_CASES, THICKNESS_PARAMS, Prompt
 from domains.mechanics.lattices import FAMILIES, family_params

@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from sciar.batch import read_table
 from sciar.errors import DataError, SciarError
+from sciar.tables import read_table
 
 from domains.mechanics.grammar import (CURVE_POINTS, LOAD_CASES, THICKNESS_PARAMS, Answer, Prompt, format_answer,
                                        format_prompt, mechanics_tokenizer, round3, stress_component)
-from domains.mechanics.lattices import FAMILIES, family_params
+from domains.mechanics.lattices import family_params
 from domains.mechanics.properties import PROPERTIES, simulate
 
 HELD_OUT_SHARE = 0.1

@@ -19,7 +19,7 @@ from sciar.errors import SciarError
 
 from domains.mechanics.grammar import Answer, Prompt, format_answer
 from domains.mechanics.lattices import check_params, family_params
-from domains.mechanics.metrics import DESIGN_TOLERANCE, design_meets
+from domains.mechanics.metrics import design_meets
 from domains.mechanics.properties import MODULI, PROPERTIES, simulate
 
 
