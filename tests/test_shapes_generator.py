@@ -1,5 +1,7 @@
 """The shape generator on the core: a toy latent set with two classes, the fitted Gaussian, and the commands."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -94,3 +96,106 @@ def test_fitted_gaussian_matches_numpy():
     flat = z[y == 1].reshape(15, -1)
     np.testing.assert_allclose(draws.mean(0), flat.mean(0), atol=0.05)
     np.testing.assert_allclose(np.cov(draws, rowvar=False), np.cov(flat, rowvar=False), atol=0.12)
+
+
+@pytest.fixture(scope="module")
+def box_pair(tmp_path_factory):
+    """A tiny VAE fitted to one box and a tiny masked generator fitted to that box's latents, saved as a pair."""
+    import shutil
+
+    import trimesh
+
+    from domains.shapes.autoencode import DOMAIN, ROLE, encode
+    from domains.shapes.generator import VAE_DIR
+    from domains.shapes.sampling import SamplingConfig, sample_shape
+    from domains.shapes.vae import PRESETS, ShapeVAE
+    from sciar.checkpoint import save_checkpoint
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    box = trimesh.creation.box((1.8, 0.9, 1.35))
+    s = sample_shape(box, SamplingConfig(surface_points=256, dense_factor=4, near_points=512, uniform_points=512), seed=0)
+    vae = ShapeVAE(PRESETS["tiny"])
+    opt = torch.optim.AdamW(vae.parameters(), 3e-3)
+    batch = {k: torch.from_numpy(v)[None].repeat(4, *[1] * v.ndim) for k, v in s.items()}
+    for _ in range(120):
+        vae(**batch).backward()
+        opt.step()
+        opt.zero_grad()
+    vae.eval()
+    z = encode(vae, s["surface"], s["normals"])
+    root = tmp_path_factory.mktemp("pair")
+    save_checkpoint(root / "vae", vae, {"model": PRESETS["tiny"].to_dict()}, None, {"domain": DOMAIN, "role": ROLE})
+    # the generator's training set: the box's latents, twice as two classes, a little jitter
+    mean, std = float(z.mean()), float(z.std())
+    zz = z[None].repeat(32, 1, 1) + 0.01 * std * torch.randn(32, *z.shape)
+    meta = {"mean": mean, "std": std, "labels": ["box", "crate"] * 16, "splits": ["train"] * 32}
+    data = LatentSet(zz, meta)
+    model = build_generator("masked", "tiny", *z.shape, 2, sample_steps=10)
+    cfg = TrainConfig(max_steps=150, batch_size=32, lr=3e-3, min_lr=3e-4, warmup_steps=10, weight_decay=0.0,
+                      eval_batches=0, save_every=150, seed=0, device="cpu", progress=False, ema=0.9)
+    gen = root / "gen"
+    shutil.copytree(root / "vae", gen / VAE_DIR)
+    train(model, data, cfg, gen, model.config(), None,
+          {"domain": "shapes", "role": "generator", "kind": "masked", "classes": data.classes,
+           "latent_mean": mean, "latent_std": std})
+    torch.set_num_threads(threads)
+    return root, box
+
+
+def test_generate_writes_n_meshes_and_a_png(box_pair, tmp_path):
+    from cli import main
+    from domains.shapes.metrics import uniform_points
+    from domains.shapes.mesh import inside
+
+    root, box = box_pair
+    out = tmp_path / "out"
+    assert main(["shapes", "generate", "--model", str(root / "gen"), "--class", "crate", "-n", "3", "--cfg", "2",
+                 "--steps", "4", "--resolution", "32", "--out", str(out)]) == 0
+    objs = sorted(out.glob("*.obj"))
+    assert [p.name for p in objs] == ["crate-0.obj", "crate-1.obj", "crate-2.obj"]
+    assert (out / "shapes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the generator learnt the box's latents: each generated mesh encloses mostly the box (IoU by sampled points)
+    import trimesh
+
+    pts = uniform_points(4000, seed=0)
+    truth = (np.abs(pts) < np.array([0.9, 0.45, 0.675])).all(1)
+    for p in objs:
+        got = inside(trimesh.load(p, force="mesh"), pts)
+        assert (got & truth).sum() / max(1, (got | truth).sum()) > 0.5
+
+
+def test_batch_records_a_bad_class_and_goes_on(box_pair, tmp_path):
+    from cli import main
+
+    root, _ = box_pair
+    pd.DataFrame({"class": ["box", "giraffe"]}).to_csv(tmp_path / "p.csv", index=False)
+    assert main(["shapes", "batch", "--model", str(root / "gen"), "--input", str(tmp_path / "p.csv"), "--output",
+                 str(tmp_path / "r.parquet"), "--steps", "2", "--resolution", "32"]) == 0
+    df = pd.read_parquet(tmp_path / "r.parquet")
+    assert list(df["status"]) == ["ok", "error"]
+    assert "giraffe" in df["error"].iloc[1] and df["mesh"].iloc[0].endswith(".obj")
+
+
+def test_bad_input_exits_2_with_one_line(box_pair, tmp_path, capsys):
+    import shutil
+
+    from cli import main
+
+    root, _ = box_pair
+    base = ["shapes", "generate", "--model", str(root / "gen"), "--out", str(tmp_path / "o"), "--resolution", "32"]
+    for extra, words in ((["--class", "giraffe"], "unknown class"), (["--class", "box", "--cfg", "0.5"], "--cfg"),
+                         (["--class", "box", "--steps", "0"], "--steps")):
+        capsys.readouterr()
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
+    bad = Path(shutil.copytree(root / "gen", tmp_path / "corrupt"))
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["shapes", "generate", "--model", str(bad), "--class", "box", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "checksum" in err and len(err.splitlines()) == 1
