@@ -41,6 +41,11 @@ def _resolution(value: int) -> int:
     return value
 
 
+def _report_training(summary: dict, out: Path):
+    typer.echo(f"trained {summary['steps']} steps: final loss {summary['final_loss']:.4f}, best validation loss "
+               f"{summary['best_val']:.4f}; checkpoint {out}")
+
+
 @app.command()
 def prepare(
     meshes: Path = typer.Option(..., "--meshes", help="A folder of OBJ/PLY/STL/OFF/GLB meshes (classes from subfolder "
@@ -94,8 +99,7 @@ def train_vae(
     if threads:
         torch.set_num_threads(threads)
     summary = run(cache, out, preset, steps, batch_size, lr, seed, device)
-    typer.echo(f"trained {summary['steps']} steps: final loss {summary['final_loss']:.4f}, best validation loss "
-               f"{summary['best_val']:.4f}; checkpoint {out}")
+    _report_training(summary, out)
 
 
 @app.command()
@@ -261,8 +265,7 @@ def train_generator(
     if threads:
         torch.set_num_threads(threads)
     summary = run(vae, cache, out, kind, preset, steps, batch_size, lr, ema, seed, device)
-    typer.echo(f"trained {summary['steps']} steps: final loss {summary['final_loss']:.4f}, best validation loss "
-               f"{summary['best_val']:.4f}; checkpoint {out}")
+    _report_training(summary, out)
 
 
 @app.command()
