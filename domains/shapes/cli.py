@@ -223,6 +223,7 @@ def _write_meshes(vae, latents, names: list[str], titles: list[str], out: Path, 
     """Decode each latent set to a mesh, write ``out/NAME.obj`` atomically and one PNG of all; a row per shape."""
     from domains.shapes.autoencode import decode_mesh
     from domains.shapes.render import render_meshes
+    from sciar.errors import SciarError
     from sciar.io import atomic_path
 
     out.mkdir(parents=True, exist_ok=True)
@@ -238,6 +239,8 @@ def _write_meshes(vae, latents, names: list[str], titles: list[str], out: Path, 
             mesh.export(tmp, file_type="obj")
         rows.append({"mesh": str(path), "faces": len(mesh.faces), "error": ""})
     render_meshes(meshes, titles, out / "shapes.png")
+    if not any(r["mesh"] for r in rows):
+        raise SciarError(f"no shape has a surface: the VAE's decoder sees nothing inside any of them ({out / 'shapes.png'})")
     return rows
 
 
