@@ -219,8 +219,10 @@ def _check_sampling(cfg: float, steps: int):
         raise SciarError(f"--steps must be at least 1, got {steps}")
 
 
-def _write_meshes(vae, latents, names: list[str], titles: list[str], out: Path, resolution: int) -> list[dict]:
-    """Decode each latent set to a mesh, write ``out/NAME.obj`` atomically and one PNG of all; a row per shape."""
+def _write_meshes(vae, latents, names: list[str], titles: list[str], out: Path, resolution: int,
+                  frame=None) -> list[dict]:
+    """Decode each latent set to a mesh, write ``out/NAME.obj`` atomically (mapped by ``frame`` from the normalised
+    one, when given) and one PNG of all (normalised frame); a row per shape."""
     from domains.shapes.autoencode import decode_mesh
     from domains.shapes.render import render_meshes
     from sciar.errors import SciarError
@@ -235,6 +237,9 @@ def _write_meshes(vae, latents, names: list[str], titles: list[str], out: Path, 
             rows.append({"mesh": "", "faces": 0, "error": "the decoded occupancy has no surface"})
             continue
         path = out / f"{name}.obj"
+        if frame is not None:
+            mesh = mesh.copy()
+            mesh.vertices = frame.from_unit(mesh.vertices)
         with atomic_path(path) as tmp:
             mesh.export(tmp, file_type="obj")
         rows.append({"mesh": str(path), "faces": len(mesh.faces), "error": ""})
@@ -256,6 +261,8 @@ def train_generator(
     batch_size: int = typer.Option(32, min=1, help="Shapes per step."),
     lr: float = typer.Option(4e-4, min=0.0, help="Peak learning rate (cosine decay to a tenth)."),
     ema: float = typer.Option(0.999, min=0.0, max=0.99999, help="Decay of the weights' moving average (sampled with)."),
+    points: int = typer.Option(0, min=0, help="Also condition the masked generator on this many of each shape's "
+                               "cached surface points (0: class only; 2048 as in MAR-3D)."),
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch."),
@@ -267,7 +274,7 @@ def train_generator(
 
     if threads:
         torch.set_num_threads(threads)
-    summary = run(vae, cache, out, kind, preset, steps, batch_size, lr, ema, seed, device)
+    summary = run(vae, cache, out, kind, preset, steps, batch_size, lr, ema, seed, device, points=points)
     _report_training(summary, out)
 
 
@@ -280,18 +287,26 @@ def generate(
     steps: int = typer.Option(16, help="Masked decoding steps (at most the number of latent tokens)."),
     temperature: float = typer.Option(1.0, min=1e-6, help="Temperature of the diffusion head's noise."),
     seed: int = typer.Option(0, help="Seed (shape i uses seed + i)."),
+    points: Optional[Path] = typer.Option(None, "--points", help="A point cloud or mesh (PLY, OBJ, ...) to condition "
+                                          "on as well (a generator trained with --points); meshes come out in its frame."),
     resolution: int = typer.Option(128, callback=_resolution, help="Marching-cubes cells per side."),
     out: Path = typer.Option(..., "--out", callback=output_folder, help="Folder for one OBJ per shape and shapes.png."),
 ):
     """Generate shapes of a class: latent tokens by the generator, meshes by the VAE's decoder."""
-    from domains.shapes.generator import load_generator
+    import torch
+
+    from domains.shapes.generator import load_generator, read_points
 
     _check_sampling(cfg, steps)
     gen = load_generator(model)
     label = gen.label(class_name)
-    z = gen.latents([label] * n, cfg=cfg, steps=steps, temperature=temperature, seed=seed, progress=True)
+    cloud = frame = None
+    if points is not None:
+        pts, frame = read_points(points, gen.points or 2048, seed)
+        cloud = torch.as_tensor(pts, dtype=torch.float32)[None].repeat(n, 1, 1)
+    z = gen.latents([label] * n, cfg=cfg, steps=steps, temperature=temperature, seed=seed, progress=True, points=cloud)
     rows = _write_meshes(gen.vae, z, [f"{class_name}-{seed + i}" for i in range(n)],
-                         [f"{class_name} {seed + i}" for i in range(n)], out, resolution)
+                         [f"{class_name} {seed + i}" for i in range(n)], out, resolution, frame)
     for r in rows:
         typer.echo(f"wrote {r['mesh']} ({r['faces']} faces)" if r["mesh"] else f"no mesh: {r['error']}")
     typer.echo(f"picture {out / 'shapes.png'}")

@@ -18,6 +18,7 @@ Every model works on unit-scale tokens: the training latents' mean and standard 
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ from sciar.model import ModelConfig, Transformer
 ROLE = "generator"
 KINDS = ("masked", "causal")
 VAE_DIR = "vae"  # the generator's checkpoint holds a copy of its VAE here, so it is self-contained
+POINT_FREQS = 6  # octaves of the point cloud's Fourier features
+POINT_DIM = 3 + 6 * POINT_FREQS  # their size: the masked trunk's cross_dim when it is conditioned on points
 
 # trunk (layers, width, heads) and diffusion head (width, depth) per size: at most 3 x 256 on the CPU (issue 30)
 PRESETS = {
@@ -43,9 +46,19 @@ PRESETS = {
 }
 
 
+def point_features(points: torch.Tensor) -> torch.Tensor:
+    """Points ``[..., P, 3]`` as condition tokens ``[..., P, POINT_DIM]``: xyz, then sin and cos of xyz at
+    ``POINT_FREQS`` octaves (fixed features; the trunk's cross-attention learns what to read from them)."""
+    x = points[..., None] * ((2.0 ** torch.arange(POINT_FREQS, device=points.device)) * math.pi)
+    return torch.cat([points, x.sin().flatten(-2), x.cos().flatten(-2)], -1)
+
+
 def build_generator(kind: str, preset: str, seq_len: int, token_dim: int, num_classes: int,
-                    sample_steps: int = 50) -> nn.Module:
-    """An untrained generator of ``kind`` (masked or causal) and size ``preset`` for latents ``[seq_len, token_dim]``."""
+                    sample_steps: int = 50, points: bool = False) -> nn.Module:
+    """An untrained generator of ``kind`` (masked or causal) and size ``preset`` for latents ``[seq_len, token_dim]``;
+    ``points``: the masked generator also cross-attends to a point cloud (:func:`point_features`)."""
+    if points and kind != "masked":
+        raise SciarError("only the masked generator is conditioned on point clouds")
     if kind not in KINDS:
         raise SciarError(f"unknown generator kind {kind!r} (choose from {', '.join(KINDS)})")
     if preset not in PRESETS:
@@ -53,7 +66,8 @@ def build_generator(kind: str, preset: str, seq_len: int, token_dim: int, num_cl
     p = PRESETS[preset]
     masked = kind == "masked"
     cfg = ModelConfig(block_size=seq_len + 1, n_layer=p["n_layer"], n_head=p["n_head"], n_embd=p["n_embd"],
-                      attention="bidirectional" if masked else "causal", cond_dim=p["n_embd"] if masked else 0)
+                      attention="bidirectional" if masked else "causal", cond_dim=p["n_embd"] if masked else 0,
+                      cross_dim=POINT_DIM if points else 0)
     mcfg = MaskedConfig(seq_len=seq_len, token_dim=token_dim, num_classes=num_classes, cond_drop=0.1,
                         head_width=p["head_width"], head_depth=p["head_depth"], head_sample_steps=sample_steps)
     return MaskedModel(cfg, mcfg) if masked else CausalLatentModel(cfg, mcfg)
@@ -153,7 +167,11 @@ class FittedGaussian:
 class LatentSet:
     """Training batches of unit-scale latents and class indices (a :class:`sciar.train.BatchSource`)."""
 
-    def __init__(self, latents: torch.Tensor, meta: dict, classes: list[str] | None = None):
+    def __init__(self, latents: torch.Tensor, meta: dict, classes: list[str] | None = None,
+                 points: torch.Tensor | None = None, cond_points: int = 2048):
+        """``points [N, P, 3]`` (one cloud per latent set, normalised frame): batches also hold ``context``,
+        ``cond_points`` of each cloud drawn at random as :func:`point_features`."""
+        self.cond_points = cond_points
         self.mean, self.std = float(meta["mean"]), float(meta["std"])
         labels, splits = list(meta["labels"]), np.asarray(meta["splits"])
         self.classes = classes or sorted({str(c) for c, s in zip(labels, splits) if s == "train"})
@@ -163,6 +181,7 @@ class LatentSet:
         keep = np.array([str(c) in index for c in labels])
         self.z = ((latents.float() - self.mean) / self.std)[torch.as_tensor(keep)]
         self.y = torch.tensor([index[str(c)] for c in np.asarray(labels)[keep]], dtype=torch.long)
+        self.points = None if points is None else points.float()[torch.as_tensor(keep)]
         self.rows = {s: torch.as_tensor(np.flatnonzero(splits[keep] == s)) for s in ("train", "val", "test")}
         if not len(self.rows["train"]):
             raise SciarError("no training latents (no mesh in the train split)")
@@ -171,7 +190,12 @@ class LatentSet:
     def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         rows = self.rows[split]
         pick = rows[torch.randint(len(rows), (batch_size,), generator=generator)]
-        return {"tokens": self.z[pick], "labels": self.y[pick]}
+        batch = {"tokens": self.z[pick], "labels": self.y[pick]}
+        if self.points is not None:
+            P = self.points.shape[1]
+            sub = torch.rand(batch_size, P, generator=generator).argsort(1)[:, :min(self.cond_points, P)]
+            batch["context"] = point_features(self.points[pick[:, None], sub])
+        return batch
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-scale latents and class indices of one split."""
@@ -194,17 +218,32 @@ def cached_latents(vae_path: str | Path, cache: str | Path, progress: bool = Tru
     return read_latents(path)
 
 
+def cached_surfaces(cache: str | Path, paths: list[str]) -> torch.Tensor:
+    """The cached surface points ``[N, P, 3]`` of the meshes at ``paths`` (a latents file's order)."""
+    from domains.shapes.cache import read_entry, read_index
+
+    files = dict(zip(read_index(cache)["path"], read_index(cache)["file"]))
+    missing = [p for p in paths if p not in files]
+    if missing:
+        raise SciarError(f"{cache}: no cached samples for {missing[0]} (prepare the cache again)")
+    return torch.stack([torch.as_tensor(read_entry(files[p])[0]["surface"]) for p in paths]).float()
+
+
 def train_generator(vae: str | Path, cache: str | Path, out: str | Path, kind: str = "masked", preset: str = "small",
                     steps: int = 5000, batch_size: int = 32, lr: float = 4e-4, ema: float = 0.999, seed: int = 0,
-                    device: str = "auto", progress: bool = True) -> dict:
-    """Train a generator on a cache's latents under ``vae`` (train split; validation on val); the trainer's summary."""
+                    device: str = "auto", progress: bool = True, points: int = 0) -> dict:
+    """Train a generator on a cache's latents under ``vae`` (train split; validation on val); the trainer's summary.
+
+    ``points > 0``: the masked generator is also conditioned on that many of each shape's cached surface points.
+    """
     from sciar.checkpoint import read_checkpoint
     from sciar.train import TrainConfig, train
 
     latents, meta = cached_latents(vae, cache, progress)
-    data = LatentSet(latents, meta)
+    clouds = cached_surfaces(cache, meta["paths"]) if points else None
+    data = LatentSet(latents, meta, points=clouds, cond_points=points or 2048)
     torch.manual_seed(seed)
-    model = build_generator(kind, preset, latents.shape[1], latents.shape[2], len(data.classes))
+    model = build_generator(kind, preset, latents.shape[1], latents.shape[2], len(data.classes), points=bool(points))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / VAE_DIR).is_dir():
@@ -214,7 +253,7 @@ def train_generator(vae: str | Path, cache: str | Path, out: str | Path, kind: s
                        weight_decay=0.02, eval_every=max(1, min(250, steps // 4)), eval_batches=4,
                        save_every=max(1, min(250, steps // 4)), seed=seed, device=device, progress=progress, ema=ema)
     domain = {"domain": "shapes", "role": ROLE, "kind": kind, "preset": preset, "classes": data.classes,
-              "latent_mean": data.mean, "latent_std": data.std, "vae_weights_sha256": vae_meta["weights_sha256"],
+              "latent_mean": data.mean, "latent_std": data.std, "points": points, "vae_weights_sha256": vae_meta["weights_sha256"],
               "data_fingerprint": vae_meta.get("data_fingerprint"), "train_shapes": len(data.rows["train"])}
     return train(model, data, tcfg, out, model.config(), None, domain)
 
@@ -229,6 +268,7 @@ class Generator:
     mean: float
     std: float
     vae: nn.Module
+    points: int = 0  # surface points per cloud it was trained on (0: not conditioned on points)
 
     def label(self, name: str) -> int:
         if name not in self.classes:
@@ -236,14 +276,18 @@ class Generator:
         return self.classes.index(name)
 
     def latents(self, labels: list[int], cfg: float = 1.0, steps: int = 16, temperature: float = 1.0,
-                head_steps: int | None = None, seed: int = 0, progress: bool = False) -> torch.Tensor:
-        """Latents ``[B, L, D]`` in the VAE's scale for class indices ``labels``."""
+                head_steps: int | None = None, seed: int = 0, progress: bool = False,
+                points: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents ``[B, L, D]`` in the VAE's scale for class indices ``labels`` (and point clouds ``[B, P, 3]``
+        in the normalised frame, for a generator trained with them)."""
         from sciar.decode.masked import generate
 
         labels = torch.as_tensor(labels, dtype=torch.long)
+        if points is not None and not self.model.cfg.cross_dim:
+            raise SciarError("this generator was not trained on point clouds (sciar shapes train --points N)")
         if self.kind == "masked":
-            z = generate(self.model, labels=labels, steps=steps, cfg=cfg, temperature=temperature,
-                         head_steps=head_steps, seed=seed, progress=progress)
+            z = generate(self.model, labels=labels, steps=steps, cfg=cfg, temperature=temperature, head_steps=head_steps,
+                         seed=seed, progress=progress, context=None if points is None else point_features(points))
         else:
             z = generate_causal(self.model, labels, cfg, temperature, head_steps, seed)
         return z * self.std + self.mean
@@ -257,10 +301,12 @@ def load_generator(path: str | Path, device: str = "cpu") -> Generator:
     ck = read_checkpoint(path, domain="shapes")
     if ck.domain.get("role") != ROLE:
         raise CheckpointError(f"{path} is a shapes {ck.domain.get('role')!r} checkpoint, not a generator")
+    from domains.shapes.adapter import build_model
+
     kind = ck.domain.get("kind")
     try:
-        cfg, mcfg = ModelConfig.from_dict(ck.config["model"]), MaskedConfig.from_dict(ck.config["masked"])
-        model = MaskedModel(cfg, mcfg) if kind == "masked" else CausalLatentModel(cfg, mcfg)
+        model = build_model(ck)
+        mcfg = model.mcfg
         classes, mean, std = list(ck.domain["classes"]), float(ck.domain["latent_mean"]), float(ck.domain["latent_std"])
     except (KeyError, TypeError, ValueError, SciarError) as e:
         raise CheckpointError(f"{path}: config does not describe a shape generator ({e})") from None
@@ -268,4 +314,34 @@ def load_generator(path: str | Path, device: str = "cpu") -> Generator:
     vae = load_vae(Path(path) / VAE_DIR, device)
     if (vae.cfg.num_latents, vae.cfg.latent_dim) != (mcfg.seq_len, mcfg.token_dim):
         raise CheckpointError(f"{path}: its VAE's latents are not the generator's tokens")
-    return Generator(model.eval(), kind, classes, mean, std, vae)
+    return Generator(model.eval(), kind, classes, mean, std, vae, int(ck.domain.get("points") or 0))
+
+
+def read_points(path: str | Path, n: int = 2048, seed: int = 0) -> tuple[np.ndarray, "Frame"]:
+    """``n`` points of a point cloud or mesh file in the normalised frame, and that frame (to map results back).
+
+    A mesh's points are sampled from its surface, area-uniform; a cloud's are drawn from its points.
+    """
+    import trimesh
+
+    from domains.shapes.mesh import Frame
+    from sciar.errors import DataError
+
+    try:
+        loaded = trimesh.load(str(path))
+    except Exception as e:  # trimesh raises many kinds for unreadable files
+        raise DataError(f"{path}: not a readable point cloud or mesh ({type(e).__name__}: {e})") from None
+    if isinstance(loaded, trimesh.Scene):
+        loaded = loaded.dump(concatenate=True) if loaded.geometry else None
+    rng = np.random.default_rng(seed)
+    if isinstance(loaded, trimesh.Trimesh) and len(loaded.faces):
+        pts = np.asarray(trimesh.sample.sample_surface(loaded, n, seed=seed)[0])
+    elif loaded is not None and len(getattr(loaded, "vertices", [])):
+        v = np.asarray(loaded.vertices)
+        pts = v[rng.choice(len(v), n, replace=len(v) < n)]
+    else:
+        raise DataError(f"{path}: holds no points")
+    if not np.isfinite(pts).all():
+        raise DataError(f"{path}: points hold NaN or infinity")
+    frame = Frame.fit(pts)
+    return frame.to_unit(pts), frame
