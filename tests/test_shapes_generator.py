@@ -186,6 +186,21 @@ def test_generate_on_a_point_cloud_comes_out_in_its_frame(box_pair, tmp_path):
     assert 18.0 * 0.8 < got.extents.max() < 18.0 * 1.2
 
 
+def test_interpolate_writes_the_steps_between_two_meshes(box_pair, tmp_path):
+    from cli import main
+
+    root, box = box_pair
+    box.export(tmp_path / "a.ply")
+    other = box.copy()
+    other.apply_transform(np.diag([1.0, 1.0, 1.0, 1.0])[[0, 2, 1, 3]])  # the box with y and z swapped
+    other.export(tmp_path / "b.obj")
+    out = tmp_path / "line"
+    assert main(["shapes", "interpolate", str(tmp_path / "a.ply"), str(tmp_path / "b.obj"), "--vae", str(root / "gen"),
+                 "-n", "3", "--resolution", "32", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.obj")) == ["step-0.obj", "step-1.obj", "step-2.obj"]
+    assert (out / "shapes.png").is_file()
+
+
 def test_batch_records_a_bad_class_and_goes_on(box_pair, tmp_path):
     from cli import main
 
