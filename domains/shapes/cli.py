@@ -160,9 +160,14 @@ def benchmark(
     resolution: int = typer.Option(128, callback=_resolution, help="Marching-cubes cells per side for the meshes (32 times a power of two)."),
     png: Optional[Path] = typer.Option(None, callback=output_file, help="Also draw a few meshes and their grid reconstructions here."),
     vae: Optional[Path] = typer.Option(None, "--vae", help="Also score this VAE checkpoint on the split (JSON key vae)."),
+    generator: Optional[Path] = typer.Option(None, "--generator", help="Also score this generator, and the fitted "
+                                             "Gaussian on its VAE's training latents, against the split (needs --cache)."),
+    causal: Optional[Path] = typer.Option(None, "--causal", help="Also score this causal-baseline generator."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="The cache the generator was trained on."),
+    cfg: float = typer.Option(3.0, help="Guidance scale of the generators."),
 ):
     """Score reconstructions by IoU, Chamfer and F-scores: the grid baseline (signed-distance grids of the latent's
-    size) and, given --vae, a trained VAE. The generation parts come with the generator."""
+    size) and, given --vae, a trained VAE; given --generator, COV, MMD and 1-NNA of the generators."""
     import tempfile
 
     from domains.shapes.bench import grid_baseline_report, render_grid_examples
@@ -173,6 +178,9 @@ def benchmark(
     if split not in ("train", "val", "test"):
         raise SciarError(f"--split must be train, val or test (got {split!r})")
     grid_sizes = _sizes(sizes)
+    if generator and cache is None:
+        raise SciarError("--generator needs --cache (the cache it was trained on)")
+    _check_sampling(cfg, 1)
     with tempfile.TemporaryDirectory() as tmp:
         files = [f for f in find_meshes(mesh_source(meshes, tmp)) if f.split == split]
         if per_class:
@@ -185,6 +193,12 @@ def benchmark(
             from domains.shapes.bench import mean_metrics, vae_rows
 
             result["vae"] = mean_metrics(vae_rows(load_vae(vae), files, resolution))
+        if generator:
+            from domains.shapes.bench import generation_report
+
+            scores = generation_report(generator, files, cache, causal, cfg, resolution=resolution)
+            result["seconds_per_shape"] = scores.pop("seconds_per_shape")
+            result["generation"] = scores
         if png:
             step = max(1, len(files) // 4)
             render_grid_examples(files[::step][:4], grid_sizes, png, resolution)
@@ -197,6 +211,9 @@ def benchmark(
         m = result["vae"]
         typer.echo(f"VAE ({m['meshes']} meshes): IoU {m['iou']:.3f}  Chamfer {m['chamfer']:.5f}  F@0.02 "
                    f"{m['fscore_002']:.3f}  F@0.04 {m['fscore_004']:.3f}  empty {m['empty']}")
+    for name, m in result.get("generation", {}).items():
+        typer.echo(f"generation {name}: COV {m['cov']:.3f}  MMD {m['mmd']:.5f}  1-NNA {m['nna']:.3f}  "
+                   f"({m['generated']} shapes against {m['reference']}, {m['empty']} empty)")
     if json_path:
         write_json_atomic(json_path, result)
         typer.echo(f"wrote {json_path}")
