@@ -142,8 +142,6 @@ def generation_report(generator, test: list[MeshFile], cache, causal=None, cfg: 
     are left out. Also the masked generator's seconds per shape (latents, and latents plus a mesh)."""
     import time
 
-    import torch
-
     from domains.shapes.generator import VAE_DIR, FittedGaussian, LatentSet, cached_latents, load_generator
 
     gen = load_generator(generator)

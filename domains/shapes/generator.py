@@ -22,6 +22,7 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from sciar.errors import CheckpointError, SciarError
 from sciar.heads import DiffusionHead
 from sciar.masked import MaskedConfig, MaskedModel
 from sciar.model import ModelConfig, Transformer
+
+if TYPE_CHECKING:
+    from domains.shapes.mesh import Frame
 
 ROLE = "generator"
 KINDS = ("masked", "causal")
@@ -317,14 +321,14 @@ def load_generator(path: str | Path, device: str = "cpu") -> Generator:
     return Generator(model.eval(), kind, classes, mean, std, vae, int(ck.domain.get("points") or 0))
 
 
-def read_points(path: str | Path, n: int = 2048, seed: int = 0) -> tuple[np.ndarray, "Frame"]:
+def read_points(path: str | Path, n: int = 2048, seed: int = 0) -> tuple[np.ndarray, Frame]:
     """``n`` points of a point cloud or mesh file in the normalised frame, and that frame (to map results back).
 
     A mesh's points are sampled from its surface, area-uniform; a cloud's are drawn from its points.
     """
     import trimesh
 
-    from domains.shapes.mesh import Frame
+    from domains.shapes.mesh import Frame  # noqa: F811 (the annotation's name, imported for use)
     from sciar.errors import DataError
 
     try:
