@@ -1,14 +1,18 @@
-"""Shapes benchmark (MAR-3D style): reconstruction against the grid baseline, later generation. One run, one JSON.
+"""Shapes benchmark (MAR-3D style): reconstruction against the grid baseline, and generation. One run, one JSON.
 
 Built so far: the grid baseline, signed-distance grids stored in as many floats as
 the latent (16^3 = 4,096; 25^3 = 15,625), interpolated trilinearly for volume IoU
 and meshed by the shared coarse-to-fine marching cubes at 128^3, scored on the
 SHREC'16 test split (120 meshes); and, given a VAE checkpoint, the VAE on the
-test split beside the same number of training meshes per class. The generation,
-class-accuracy and speed parts arrive with the generator.
+test split beside the same number of training meshes per class; given a generator
+checkpoint (and its cache), COV, MMD and 1-NNA of the masked generator, the fitted
+Gaussian and (given --causal) the causal baseline against the test split, and the
+masked generator's seconds per shape. Class accuracy is not built yet.
 
     python benchmarks/shapes.py --json runs/bench-shapes.json --png domains/shapes/grid_baseline.png
     python benchmarks/shapes.py --vae runs/shapes-vae --json runs/bench-shapes.json
+    python benchmarks/shapes.py --no-grid --generation-reference --generator runs/shapes-gen \
+        --causal runs/shapes-causal --cache runs/shapes-cache --json runs/bench-gen.json
     python benchmarks/shapes.py --quick          # one test mesh per class, 64^3 meshes
 """
 
@@ -44,6 +48,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--vae", default=None, help="also score this VAE checkpoint (keys vae and vae_train)")
     ap.add_argument("--generation-reference", action="store_true",
                     help="also score the training set used as the generator (generation.training_set)")
+    ap.add_argument("--generator", default=None, help="also score this generator checkpoint, the fitted Gaussian on "
+                    "its VAE's training latents and, given --causal, the causal baseline (generation.*; needs --cache)")
+    ap.add_argument("--causal", default=None, help="a causal-baseline generator checkpoint (sciar shapes train --kind causal)")
+    ap.add_argument("--cache", default=None, help="the prepared cache the generator was trained on (its latents)")
+    ap.add_argument("--cfg", type=float, default=3.0, help="guidance scale of the generators")
     ap.add_argument("--no-grid", action="store_true", help="skip the grid baseline")
     args = ap.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(","))
@@ -60,6 +69,14 @@ def main(argv=None) -> dict:
 
             train = [f for f in find_meshes(mesh_source(args.meshes, tmp)) if f.split == "train"]
             result["generation"] = {"training_set": training_set_reference(train, files)}
+        if args.generator:
+            from domains.shapes.bench import generation_report
+
+            if not args.cache:
+                ap.error("--generator needs --cache (the cache it was trained on)")
+            scores = generation_report(args.generator, files, args.cache, args.causal, args.cfg, resolution=resolution)
+            result["seconds_per_shape"] = scores.pop("seconds_per_shape")
+            result.setdefault("generation", {}).update(scores)
         if args.vae:
             from domains.shapes.autoencode import load_vae
             from domains.shapes.bench import mean_metrics, vae_rows
@@ -86,7 +103,9 @@ def main(argv=None) -> dict:
                   f"{m['fscore_004']:>7.3f} {m['empty']:>6}   ({m['meshes']} meshes)")
     for name, m in result.get("generation", {}).items():
         print(f"generation {name}: COV {m['cov']:.3f}  MMD {m['mmd']:.5f}  1-NNA {m['nna']:.3f}  "
-              f"({m['generated']} shapes against {m['reference']})")
+              f"({m['generated']} shapes against {m['reference']}{', %d empty' % m['empty'] if m.get('empty') else ''})")
+    if "seconds_per_shape" in result:
+        print(f"masked generator: {result['seconds_per_shape']:.2f} s per shape (latents and mesh)")
     if args.json:
         write_json_atomic(args.json, result)
     if args.csv and rows is not None:

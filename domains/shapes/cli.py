@@ -1,4 +1,4 @@
-"""``sciar shapes ...``: 3D shapes after MAR-3D. Built so far: data preparation, the shape VAE and the reconstruction benchmark.
+"""``sciar shapes ...``: 3D shapes after MAR-3D: data, the shape VAE, the latent generator and the benchmark.
 
 Kept light: heavy imports happen inside the commands.
 """
@@ -14,7 +14,7 @@ import typer
 from sciar.io import output_file, output_folder
 
 app = typer.Typer(
-    help="3D shapes as continuous latent tokens (MAR-3D style): mesh data, metrics, the grid baseline and the shape VAE.",
+    help="3D shapes as continuous latent tokens (MAR-3D style): mesh data, the shape VAE, the generator, metrics.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -39,6 +39,11 @@ def _resolution(value: int) -> int:
     if value < 32 or value % 32 or (value // 32) & (value // 32 - 1):
         raise SciarError(f"--resolution must be 32, 64, 128, 256 ... (got {value})")
     return value
+
+
+def _report_training(summary: dict, out: Path):
+    typer.echo(f"trained {summary['steps']} steps: final loss {summary['final_loss']:.4f}, best validation loss "
+               f"{summary['best_val']:.4f}; checkpoint {out}")
 
 
 @app.command()
@@ -94,8 +99,7 @@ def train_vae(
     if threads:
         torch.set_num_threads(threads)
     summary = run(cache, out, preset, steps, batch_size, lr, seed, device)
-    typer.echo(f"trained {summary['steps']} steps: final loss {summary['final_loss']:.4f}, best validation loss "
-               f"{summary['best_val']:.4f}; checkpoint {out}")
+    _report_training(summary, out)
 
 
 @app.command()
@@ -156,9 +160,14 @@ def benchmark(
     resolution: int = typer.Option(128, callback=_resolution, help="Marching-cubes cells per side for the meshes (32 times a power of two)."),
     png: Optional[Path] = typer.Option(None, callback=output_file, help="Also draw a few meshes and their grid reconstructions here."),
     vae: Optional[Path] = typer.Option(None, "--vae", help="Also score this VAE checkpoint on the split (JSON key vae)."),
+    generator: Optional[Path] = typer.Option(None, "--generator", help="Also score this generator, and the fitted "
+                                             "Gaussian on its VAE's training latents, against the split (needs --cache)."),
+    causal: Optional[Path] = typer.Option(None, "--causal", help="Also score this causal-baseline generator."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="The cache the generator was trained on."),
+    cfg: float = typer.Option(3.0, help="Guidance scale of the generators."),
 ):
     """Score reconstructions by IoU, Chamfer and F-scores: the grid baseline (signed-distance grids of the latent's
-    size) and, given --vae, a trained VAE. The generation parts come with the generator."""
+    size) and, given --vae, a trained VAE; given --generator, COV, MMD and 1-NNA of the generators."""
     import tempfile
 
     from domains.shapes.bench import grid_baseline_report, render_grid_examples
@@ -169,6 +178,9 @@ def benchmark(
     if split not in ("train", "val", "test"):
         raise SciarError(f"--split must be train, val or test (got {split!r})")
     grid_sizes = _sizes(sizes)
+    if generator and cache is None:
+        raise SciarError("--generator needs --cache (the cache it was trained on)")
+    _check_sampling(cfg, 1)
     with tempfile.TemporaryDirectory() as tmp:
         files = [f for f in find_meshes(mesh_source(meshes, tmp)) if f.split == split]
         if per_class:
@@ -181,6 +193,12 @@ def benchmark(
             from domains.shapes.bench import mean_metrics, vae_rows
 
             result["vae"] = mean_metrics(vae_rows(load_vae(vae), files, resolution))
+        if generator:
+            from domains.shapes.bench import generation_report
+
+            scores = generation_report(generator, files, cache, causal, cfg, resolution=resolution)
+            result["seconds_per_shape"] = scores.pop("seconds_per_shape")
+            result["generation"] = scores
         if png:
             step = max(1, len(files) // 4)
             render_grid_examples(files[::step][:4], grid_sizes, png, resolution)
@@ -193,6 +211,192 @@ def benchmark(
         m = result["vae"]
         typer.echo(f"VAE ({m['meshes']} meshes): IoU {m['iou']:.3f}  Chamfer {m['chamfer']:.5f}  F@0.02 "
                    f"{m['fscore_002']:.3f}  F@0.04 {m['fscore_004']:.3f}  empty {m['empty']}")
+    for name, m in result.get("generation", {}).items():
+        typer.echo(f"generation {name}: COV {m['cov']:.3f}  MMD {m['mmd']:.5f}  1-NNA {m['nna']:.3f}  "
+                   f"({m['generated']} shapes against {m['reference']}, {m['empty']} empty)")
     if json_path:
         write_json_atomic(json_path, result)
         typer.echo(f"wrote {json_path}")
+
+
+def _vae_dir(path: Path) -> Path:
+    """A VAE checkpoint, or the VAE inside a generator checkpoint."""
+    from domains.shapes.generator import VAE_DIR
+
+    return path / VAE_DIR if (path / VAE_DIR).is_dir() else path
+
+
+def _check_sampling(cfg: float, steps: int):
+    """Guidance and step count checked before anything is loaded."""
+    from sciar.errors import SciarError
+
+    if not cfg >= 1.0:
+        raise SciarError(f"--cfg must be at least 1 (1 = no guidance), got {cfg}")
+    if steps < 1:
+        raise SciarError(f"--steps must be at least 1, got {steps}")
+
+
+def _write_meshes(vae, latents, names: list[str], titles: list[str], out: Path, resolution: int,
+                  frame=None) -> list[dict]:
+    """Decode each latent set to a mesh, write ``out/NAME.obj`` atomically (mapped by ``frame`` from the normalised
+    one, when given) and one PNG of all (normalised frame); a row per shape."""
+    from domains.shapes.autoencode import decode_mesh
+    from domains.shapes.render import render_meshes
+    from sciar.errors import SciarError
+    from sciar.io import atomic_path
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows, meshes = [], []
+    for z, name in zip(latents, names):
+        _, mesh = decode_mesh(vae, z, resolution)
+        meshes.append(mesh)
+        if len(mesh.faces) == 0:
+            rows.append({"mesh": "", "faces": 0, "error": "the decoded occupancy has no surface"})
+            continue
+        path = out / f"{name}.obj"
+        if frame is not None:
+            mesh = mesh.copy()
+            mesh.vertices = frame.from_unit(mesh.vertices)
+        with atomic_path(path) as tmp:
+            mesh.export(tmp, file_type="obj")
+        rows.append({"mesh": str(path), "faces": len(mesh.faces), "error": ""})
+    render_meshes(meshes, titles, out / "shapes.png")
+    if not any(r["mesh"] for r in rows):
+        raise SciarError(f"no shape has a surface: the VAE's decoder sees nothing inside any of them ({out / 'shapes.png'})")
+    return rows
+
+
+@app.command("train")
+def train_generator(
+    vae: Path = typer.Option(..., "--vae", help="A VAE checkpoint (sciar shapes train-vae); it is copied into the output."),
+    cache: Path = typer.Option(..., "--cache", help="The cache the VAE was trained on (its latents are encoded once, "
+                               "into CACHE/latents/)."),
+    out: Path = typer.Option(..., "--out", callback=output_folder, help="Checkpoint directory to write (resumes)."),
+    kind: str = typer.Option("masked", help="masked (the generator) or causal (the left-to-right baseline)."),
+    preset: str = typer.Option("small", help="tiny (tests) or small (3 layers x 256, head 3 x 256: the CPU size)."),
+    steps: int = typer.Option(5000, min=1, help="Optimizer steps."),
+    batch_size: int = typer.Option(32, min=1, help="Shapes per step."),
+    lr: float = typer.Option(4e-4, min=0.0, help="Peak learning rate (cosine decay to a tenth)."),
+    ema: float = typer.Option(0.999, min=0.0, max=0.99999, help="Decay of the weights' moving average (sampled with)."),
+    points: int = typer.Option(0, min=0, help="Also condition the masked generator on this many of each shape's "
+                               "cached surface points (0: class only; 2048 as in MAR-3D)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch."),
+):
+    """Train the class-conditional latent generator (masked autoregression with a diffusion head) on a VAE's latents."""
+    import torch
+
+    from domains.shapes.generator import train_generator as run
+
+    if threads:
+        torch.set_num_threads(threads)
+    summary = run(vae, cache, out, kind, preset, steps, batch_size, lr, ema, seed, device, points=points)
+    _report_training(summary, out)
+
+
+@app.command()
+def generate(
+    model: Path = typer.Option(..., "--model", help="A generator checkpoint (sciar shapes train)."),
+    class_name: str = typer.Option(..., "--class", help="The class to generate (one the generator was trained on)."),
+    n: int = typer.Option(8, "-n", min=1, help="Shapes to generate."),
+    cfg: float = typer.Option(3.0, help="Classifier-free guidance scale (1 = none)."),
+    steps: int = typer.Option(16, help="Masked decoding steps (at most the number of latent tokens)."),
+    temperature: float = typer.Option(1.0, min=1e-6, help="Temperature of the diffusion head's noise."),
+    seed: int = typer.Option(0, help="Seed (shape i uses seed + i)."),
+    points: Optional[Path] = typer.Option(None, "--points", help="A point cloud or mesh (PLY, OBJ, ...) to condition "
+                                          "on as well (a generator trained with --points); meshes come out in its frame."),
+    resolution: int = typer.Option(128, callback=_resolution, help="Marching-cubes cells per side."),
+    out: Path = typer.Option(..., "--out", callback=output_folder, help="Folder for one OBJ per shape and shapes.png."),
+):
+    """Generate shapes of a class: latent tokens by the generator, meshes by the VAE's decoder."""
+    import torch
+
+    from domains.shapes.generator import load_generator, read_points
+
+    _check_sampling(cfg, steps)
+    gen = load_generator(model)
+    label = gen.label(class_name)
+    cloud = frame = None
+    if points is not None:
+        pts, frame = read_points(points, gen.points or 2048, seed)
+        cloud = torch.as_tensor(pts, dtype=torch.float32)[None].repeat(n, 1, 1)
+    z = gen.latents([label] * n, cfg=cfg, steps=steps, temperature=temperature, seed=seed, progress=True, points=cloud)
+    rows = _write_meshes(gen.vae, z, [f"{class_name}-{seed + i}" for i in range(n)],
+                         [f"{class_name} {seed + i}" for i in range(n)], out, resolution, frame)
+    for r in rows:
+        typer.echo(f"wrote {r['mesh']} ({r['faces']} faces)" if r["mesh"] else f"no mesh: {r['error']}")
+    typer.echo(f"picture {out / 'shapes.png'}")
+
+
+@app.command()
+def interpolate(
+    a: Path = typer.Argument(..., help="First mesh file."),
+    b: Path = typer.Argument(..., help="Second mesh file."),
+    vae: Path = typer.Option(..., "--vae", help="A VAE checkpoint, or a generator checkpoint (its VAE)."),
+    n: int = typer.Option(5, "-n", min=2, help="Shapes from A to B, both ends included."),
+    seed: int = typer.Option(0, help="Seed of the surface sampling."),
+    resolution: int = typer.Option(128, callback=_resolution, help="Marching-cubes cells per side."),
+    out: Path = typer.Option(..., "--out", callback=output_folder, help="Folder for one OBJ per step and shapes.png."),
+):
+    """Encode two meshes and decode the straight line between their latent tokens (normalised frame)."""
+    import numpy as np
+    import torch
+
+    from domains.shapes.autoencode import encode, load_vae
+    from domains.shapes.mesh import load_shape
+    from domains.shapes.sampling import spread_surface
+
+    model = load_vae(_vae_dir(vae))
+    ends = []
+    for path in (a, b):
+        surface, normals = spread_surface(load_shape(path).mesh, model.cfg.surface_points, np.random.default_rng(seed))
+        ends.append(encode(model, surface, normals))
+    t = torch.linspace(0, 1, n)
+    z = [(1 - s) * ends[0] + s * ends[1] for s in t]
+    rows = _write_meshes(model, z, [f"step-{i}" for i in range(n)], [f"t = {float(s):.2f}" for s in t], out, resolution)
+    for r in rows:
+        typer.echo(f"wrote {r['mesh']} ({r['faces']} faces)" if r["mesh"] else f"no mesh: {r['error']}")
+    typer.echo(f"picture {out / 'shapes.png'}")
+
+
+@app.command()
+def batch(
+    model: Path = typer.Option(..., "--model", help="A generator checkpoint (sciar shapes train)."),
+    input_path: Path = typer.Option(..., "--input", help="CSV or parquet with a 'class' column (optional 'seed')."),
+    output: Path = typer.Option(..., "--output", callback=output_file, help="Results table (.csv or .parquet); resumes."),
+    meshes: Optional[Path] = typer.Option(None, "--meshes", callback=output_folder, help="Folder for the meshes "
+                                          "(default: OUTPUT's name without suffix, plus -meshes)."),
+    cfg: float = typer.Option(3.0, help="Classifier-free guidance scale (1 = none)."),
+    steps: int = typer.Option(16, help="Masked decoding steps."),
+    seed: int = typer.Option(0, help="Seed of rows without a 'seed' column (row i uses seed + row_id)."),
+    resolution: int = typer.Option(128, callback=_resolution, help="Marching-cubes cells per side."),
+):
+    """Generate one shape per row of a table; a row with a bad class gets its error and the rest go on."""
+    from domains.shapes.autoencode import decode_mesh
+    from domains.shapes.generator import load_generator
+    from sciar.batch import read_table, run_batch
+    from sciar.errors import DataError
+    from sciar.io import atomic_path
+
+    _check_sampling(cfg, steps)
+    gen = load_generator(model)
+    table = read_table(input_path)
+    if "class" not in table.columns:
+        raise DataError(f"{input_path}: no 'class' column")
+    folder = meshes or output.with_name(output.stem + "-meshes")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def row(r: dict) -> list[dict]:
+        s = int(r["seed"]) if "seed" in r and r["seed"] == r["seed"] else seed + int(r["row_id"])
+        z = gen.latents([gen.label(str(r["class"]))], cfg=cfg, steps=steps, seed=s)
+        _, mesh = decode_mesh(gen.vae, z[0], resolution)
+        if len(mesh.faces) == 0:
+            raise DataError("the decoded occupancy has no surface")
+        path = folder / f"row-{r['row_id']}.obj"
+        with atomic_path(path) as tmp:
+            mesh.export(tmp, file_type="obj")
+        return [{"mesh": str(path), "faces": len(mesh.faces), "watertight": bool(mesh.is_watertight)}]
+
+    df = run_batch(table, row, output, desc="generate")
+    typer.echo(f"{int((df['status'] == 'ok').sum())} of {len(df)} rows generated; {output}")
