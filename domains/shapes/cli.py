@@ -5,7 +5,6 @@ Kept light: heavy imports happen inside the commands.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
