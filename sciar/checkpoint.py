@@ -5,8 +5,9 @@ A checkpoint is a directory::
     config.json        {"format": "sciar-checkpoint", "model": {...ModelConfig}, "head": {...adapter's}}
     tokenizer.json     the tokenizer (``{"kind": "none"}`` for continuous domains)
     domain.json        domain name, sciar version, the command and data fingerprint that trained it,
-                       and the sha256 of the weights
+                       and the sha256 of the weights (and of the EMA weights, when there are some)
     model.safetensors  the weights
+    ema.safetensors    optional: the exponential moving average of the weights (same tensor names)
 
 Weights are only ever read with safetensors: no pickle is loaded. Every file is
 checked on load, and any problem is a one-line :class:`CheckpointError`.
@@ -93,12 +94,13 @@ def command_line(argv: list[str] | None = None, cwd: str | Path | None = None) -
 
 def save_checkpoint(
     path: str | Path, model: torch.nn.Module, config: dict, tokenizer, domain: dict,
-    extra: Callable[[Path], None] | None = None,
+    extra: Callable[[Path], None] | None = None, ema: torch.nn.Module | None = None,
 ) -> Path:
     """Write a checkpoint into directory ``path`` (other files there are left alone).
 
     ``config`` must hold ``model`` (a ModelConfig dict); ``domain`` must hold ``domain``
     and should hold ``data_fingerprint``. ``extra(tmpdir)`` may add files (training state).
+    ``ema``: a copy of the model holding the moving average of its weights (:class:`sciar.ema.EMA`).
     Every file is written beside its final name and renamed into place, the weights
     first and ``domain.json`` (with the weights' checksum) last, so a crash leaves
     either the old checkpoint or one whose checksum check fails, never a silent mix.
@@ -112,6 +114,8 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=path))
     try:
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        if ema is not None:
+            save_model(ema, str(tmp / "ema.safetensors"), metadata={"format": FORMAT})
         (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **config}, indent=1))
         tok = tokenizer.to_dict() if tokenizer is not None else {"kind": "none"}
         (tmp / "tokenizer.json").write_text(json.dumps(tok, indent=1))
@@ -122,6 +126,9 @@ def save_checkpoint(
             "command": command_line(),
             "weights_sha256": sha256_file(tmp / "model.safetensors"),
         }
+        meta.pop("ema_sha256", None)
+        if ema is not None:
+            meta["ema_sha256"] = sha256_file(tmp / "ema.safetensors")
         (tmp / "domain.json").write_text(json.dumps(meta, indent=1, default=str))
         if extra is not None:
             extra(tmp)
@@ -171,16 +178,29 @@ def read_checkpoint(path: str | Path, domain: str | None = None) -> Checkpoint:
         raise CheckpointError(f"{path}: missing model.safetensors")
     if sha256_file(weights) != meta["weights_sha256"]:
         raise CheckpointError(f"{weights}: checksum mismatch (truncated or corrupted weights)")
+    if "ema_sha256" in meta:
+        ema = path / "ema.safetensors"
+        if not ema.is_file():
+            raise CheckpointError(f"{path}: missing ema.safetensors (domain.json records EMA weights)")
+        if sha256_file(ema) != meta["ema_sha256"]:
+            raise CheckpointError(f"{ema}: checksum mismatch (truncated or corrupted EMA weights)")
     return Checkpoint(path, config, tokenizer, meta)
 
 
-def load_weights(ck: Checkpoint, model: torch.nn.Module, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Fill ``model`` (built from ``ck.config``) with the checkpoint's weights, strictly."""
+def load_weights(ck: Checkpoint, model: torch.nn.Module, device: str | torch.device = "cpu",
+                 ema: bool = False) -> torch.nn.Module:
+    """Fill ``model`` (built from ``ck.config``) with the checkpoint's weights, strictly.
+
+    ``ema=True`` loads the moving average of the weights instead (a checkpoint trained with ``ema > 0``).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_model as load_safetensors
 
+    name = "ema.safetensors" if ema else "model.safetensors"
+    if ema and "ema_sha256" not in ck.domain:
+        raise CheckpointError(f"{ck.path} holds no EMA weights (it was trained without an EMA)")
     try:
-        missing, unexpected = load_safetensors(model, str(ck.path / "model.safetensors"), strict=False, device=str(device))
+        missing, unexpected = load_safetensors(model, str(ck.path / name), strict=False, device=str(device))
     except (SafetensorError, RuntimeError, OSError, ValueError) as e:
         raise CheckpointError(f"{ck.path}: weights do not fit the model ({one_line(e)})") from None
     if missing or unexpected:
@@ -207,7 +227,8 @@ def check_weights(ck: Checkpoint) -> dict:
         raise CheckpointError(f"{ck.path}: bad model config ({e})") from None
     n_params, n_tensors, bad = 0, 0, []
     with safe_open(str(ck.path / "model.safetensors"), "pt") as f:
-        have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        have = dict(stored)
         if ck.config.get("tied", True) and "head.weight" in have:  # safetensors keeps one name of a shared tensor
             have.setdefault("trunk.wte.weight", have["head.weight"])
         wrong = [k for k in want if have.get(k) != want[k]]
@@ -224,7 +245,15 @@ def check_weights(ck: Checkpoint) -> dict:
     if bad:
         raise CheckpointError(f"{ck.path}: {len(bad)} weight tensors hold NaN or infinity (first {bad[0]}): "
                               "did the training run diverge?")
-    return {"tensors": n_tensors, "parameters": n_params}
+    ema = "ema_sha256" in ck.domain
+    if ema:  # the moving average: the same tensors as the weights, all finite
+        with safe_open(str(ck.path / "ema.safetensors"), "pt") as f:
+            if {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()} != stored:
+                raise CheckpointError(f"{ck.path}: ema.safetensors does not hold the same tensors as model.safetensors")
+            bad = [k for k in f.keys() if f.get_tensor(k).is_floating_point() and not torch.isfinite(f.get_tensor(k)).all()]
+        if bad:
+            raise CheckpointError(f"{ck.path}: {len(bad)} EMA tensors hold NaN or infinity (first {bad[0]})")
+    return {"tensors": n_tensors, "parameters": n_params, "ema": ema}
 
 
 MODELS = Registry("checkpoint domain", CheckpointError)

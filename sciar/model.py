@@ -7,9 +7,22 @@ rotary (or learned) positions, attention through
 The trunk (:class:`Transformer`) maps inputs to hidden states; heads are
 separate modules. Inputs may be token ids, continuous embeddings already
 projected to the model width by an adapter, or a continuous prefix followed
-by tokens. Attention is causal, or follows an explicit visibility mask
-(bidirectional / random-order masked generation). :class:`KVCache` holds a
-preallocated (static) cache for incremental causal decoding.
+by tokens. Attention is causal (``attention="causal"``, autoregressive
+decoding with :class:`KVCache`, a preallocated static cache) or bidirectional
+(``attention="bidirectional"``, masked generation), or follows an explicit
+visibility mask.
+
+Conditioning, each off by default (a config without it builds and computes
+exactly the unconditioned model):
+
+- a condition vector (``cond_dim``) through adaptive layer norm: every block
+  shifts and scales its two normalised inputs and scales its two residual
+  branches by ``1 + gate``, all four from the vector by one zero-initialised
+  linear map, so at initialisation the conditioned block is the plain block;
+- condition tokens in the prefix (the continuous ``prefix`` input);
+- cross-attention (``cross_dim``) from every block to a set of condition tokens
+  (a point cloud's encoding), whose keys and values :meth:`Transformer.encode_context`
+  computes once per generation (:class:`ContextKV`) for every decoding step to reuse.
 """
 
 from __future__ import annotations
@@ -37,6 +50,9 @@ class ModelConfig:
     bias: bool = False
     pos: str = "rope"  # "rope" | "learned" | "none"
     rope_base: float = 10000.0
+    attention: str = "causal"  # "causal" | "bidirectional" (every position sees every other)
+    cond_dim: int = 0  # size of the condition vector fed to every block by adaptive layer norm (0: none)
+    cross_dim: int = 0  # size of the condition tokens every block cross-attends to (0: no cross-attention)
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -45,6 +61,10 @@ class ModelConfig:
             raise SciarError(f"unknown position encoding {self.pos!r} (rope, learned or none)")
         if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
             raise SciarError("rotary positions need an even head dimension")
+        if self.attention not in ("causal", "bidirectional"):
+            raise SciarError(f"unknown attention mode {self.attention!r} (causal or bidirectional)")
+        if self.cond_dim < 0 or self.cross_dim < 0:
+            raise SciarError("cond_dim and cross_dim must be >= 0 (0 turns the condition off)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,12 +152,12 @@ class SelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, mask, cache: KVCache | None, layer: int):
+    def forward(self, x, rope, mask, cache: KVCache | None, layer: int, causal: bool = True):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         if rope is not None:
             q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
-        is_causal = mask is None
+        is_causal = causal and mask is None
         if cache is not None:
             if cache.pos is not None:
                 # static decode: write at the position tensor, attend over the whole buffer (the mask hides the rest)
@@ -167,6 +187,51 @@ def _causal_offset_mask(T: int, start: int, device) -> torch.Tensor:
     return k <= q
 
 
+class ContextKV:
+    """Keys and values of a set of condition tokens for every block's cross-attention.
+
+    Computed once per generation by :meth:`Transformer.encode_context` and passed as
+    ``context`` to every decoding step (cached causal steps, or the K steps of masked
+    decoding), so the condition's projections are not recomputed per token.
+    ``kv[layer]`` is ``(k, v)``, each ``[B, H, S, D]``.
+    """
+
+    def __init__(self, kv: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.kv = kv
+
+    @property
+    def batch(self) -> int:
+        return self.kv[0][0].shape[0]
+
+    def rows(self, idx: torch.Tensor | list[int]) -> "ContextKV":
+        """The keys and values of some rows (tree search forks a row; guidance repeats rows)."""
+        idx = torch.as_tensor(idx, device=self.kv[0][0].device, dtype=torch.long)
+        return ContextKV([(k[idx], v[idx]) for k, v in self.kv])
+
+
+class CrossAttention(nn.Module):
+    """Queries from the sequence, keys and values from the condition tokens (no positions, no mask)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.q = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.kv = nn.Linear(cfg.cross_dim, 2 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, S, _ = context.shape
+        k, v = self.kv(context).view(B, S, 2, self.n_head, -1).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x, kv: tuple[torch.Tensor, torch.Tensor]):
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, *kv).transpose(1, 2).reshape(B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -185,10 +250,26 @@ class Block(nn.Module):
         self.attn = SelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
+        self.causal = cfg.attention == "causal"
+        if cfg.cross_dim:
+            self.ln_x = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+            self.cross = CrossAttention(cfg)
+        else:
+            self.cross = None
+        # adaptive layer norm: shift, scale and gate of both branches from the condition vector
+        self.ada = nn.Linear(cfg.cond_dim, 6 * cfg.n_embd, bias=cfg.bias) if cfg.cond_dim else None
 
-    def forward(self, x, rope, mask, cache, layer):
-        x = x + self.attn(self.ln1(x), rope, mask, cache, layer)
-        return x + self.mlp(self.ln2(x))
+    def forward(self, x, rope, mask, cache, layer, cond=None, context: ContextKV | None = None):
+        if self.ada is None:
+            x = x + self.attn(self.ln1(x), rope, mask, cache, layer, self.causal)
+            if self.cross is not None:
+                x = x + self.cross(self.ln_x(x), context.kv[layer])
+            return x + self.mlp(self.ln2(x))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(F.silu(cond))[:, None].chunk(6, dim=-1)
+        x = x + (1 + gate1) * self.attn(self.ln1(x) * (1 + scale1) + shift1, rope, mask, cache, layer, self.causal)
+        if self.cross is not None:
+            x = x + self.cross(self.ln_x(x), context.kv[layer])
+        return x + (1 + gate2) * self.mlp(self.ln2(x) * (1 + scale2) + shift2)
 
 
 class Transformer(nn.Module):
@@ -206,10 +287,16 @@ class Transformer(nn.Module):
             cos, sin = _rope_tables(cfg)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        # what rows without a condition (dropped for classifier-free guidance) cross-attend to
+        self.null_context = nn.Parameter(torch.zeros(cfg.cross_dim)) if cfg.cross_dim else None
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # GPT-2's scaled init of residual projections
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+            elif name.endswith("ada.weight") or name.endswith("ada.bias"):  # conditioned blocks start as plain ones
+                nn.init.zeros_(p)
+        if self.null_context is not None:
+            nn.init.normal_(self.null_context, mean=0.0, std=0.02)
 
     @staticmethod
     def _init_weights(m):
@@ -238,6 +325,25 @@ class Transformer(nn.Module):
             raise SciarError("the model needs token ids or embeddings")
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
+    def encode_context(
+        self, context: torch.Tensor | None, drop: torch.Tensor | None = None, batch: int | None = None
+    ) -> ContextKV:
+        """Cross-attention keys and values of condition tokens ``[B, S, cross_dim]``, for every block.
+
+        ``drop`` (``[B]`` bool) replaces the tokens of those rows by the learned null condition
+        (condition dropout in training, the unconditioned half under guidance); ``context=None``
+        gives the null condition to ``batch`` rows.
+        """
+        if self.null_context is None:
+            raise SciarError("this model has no cross-attention (cross_dim=0); it was not trained with condition tokens")
+        if context is None:
+            context = self.null_context.expand(batch or 1, 1, -1)
+        if context.dim() != 3 or context.shape[-1] != self.cfg.cross_dim:
+            raise SciarError(f"condition tokens must be [batch, tokens, {self.cfg.cross_dim}], got {list(context.shape)}")
+        if drop is not None:
+            context = torch.where(drop.to(context.device)[:, None, None], self.null_context.to(context.dtype), context)
+        return ContextKV([block.cross.context_kv(context) for block in self.blocks])
+
     def forward(
         self,
         idx: torch.Tensor | None = None,
@@ -246,19 +352,26 @@ class Transformer(nn.Module):
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
+        cond: torch.Tensor | None = None,
+        context: torch.Tensor | ContextKV | None = None,
     ) -> torch.Tensor:
         """Hidden states for the inputs.
 
-        ``mask``: None for causal attention, or a boolean visibility mask
-        (``[T, T]``, ``[B, T, T]`` or ``[B, 1, T, T]``; True = may attend) for
-        bidirectional / masked modes. ``cache``: extend a :class:`KVCache` (causal; a mask
+        ``mask``: None for the configured attention (causal or bidirectional), or a boolean
+        visibility mask (``[T, T]``, ``[B, T, T]`` or ``[B, 1, T, T]``; True = may attend).
+        ``cache``: extend a :class:`KVCache` (causal; a mask
         given with a filled cache covers all cached and new keys, ``[B, T, length + T]``,
         so rows of different lengths can share one cache with hidden left padding).
         ``positions``: explicit positions (``[T]`` or ``[B, T]``), default
-        ``cache.length + arange(T)``.
+        ``cache.length + arange(T)``. ``cond``: the condition vector ``[B, cond_dim]`` of a model
+        with adaptive layer norm. ``context``: condition tokens ``[B, S, cross_dim]`` or their
+        :class:`ContextKV` (computed once by :meth:`encode_context`) for cross-attention.
         """
         x = self.embed(idx, embeds, prefix)
         B, T, _ = x.shape
+        cond, context = self._check_conditions(B, cond, context)
+        if cache is not None and self.cfg.attention != "causal":
+            raise SciarError("a bidirectional model has no KV cache: every step re-reads the whole sequence")
         # static decoding reads no Python-side length, so a compiled step is not specialised on it
         static = cache is not None and cache.pos is not None
         if static:
@@ -281,10 +394,30 @@ class Transformer(nn.Module):
             mask = mask[:, None]
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, mask, cache, i)
+            x = block(x, rope, mask, cache, i, cond, context)
         if cache is not None and not static:
             cache.length = start + T
         return self.ln_f(x)
+
+    def _check_conditions(self, B: int, cond, context):
+        """The conditions a model was built for, no others, with their shapes (one-line errors)."""
+        cfg = self.cfg
+        if cond is not None and not cfg.cond_dim:
+            raise SciarError("this model takes no condition vector (cond_dim=0); it was not trained with one")
+        if cfg.cond_dim and (cond is None or tuple(cond.shape) != (B, cfg.cond_dim)):
+            got = "none" if cond is None else list(cond.shape)
+            raise SciarError(f"this model is conditioned by a vector: pass cond of shape [{B}, {cfg.cond_dim}] (got {got})")
+        if context is not None and not cfg.cross_dim:
+            raise SciarError("this model has no cross-attention (cross_dim=0); it was not trained with condition tokens")
+        if cfg.cross_dim:
+            if context is None:
+                raise SciarError("this model cross-attends to condition tokens: pass context "
+                                 "(trunk.encode_context(None, batch=B) for the null condition)")
+            if not isinstance(context, ContextKV):
+                context = self.encode_context(context)
+            if context.batch != B:
+                raise SciarError(f"condition tokens for {context.batch} rows, inputs for {B}")
+        return cond, context
 
 
 class LMHead(nn.Module):
@@ -311,8 +444,8 @@ class LanguageModel(nn.Module):
         self.trunk = Transformer(cfg)
         self.head = LMHead(self.trunk, tied=tied)
 
-    def forward(self, idx, targets=None, prefix=None, cache=None, positions=None, mask=None):
-        h = self.trunk(idx=idx, prefix=prefix, cache=cache, positions=positions, mask=mask)
+    def forward(self, idx, targets=None, prefix=None, cache=None, positions=None, mask=None, cond=None, context=None):
+        h = self.trunk(idx=idx, prefix=prefix, cache=cache, positions=positions, mask=mask, cond=cond, context=context)
         if targets is None:
             return self.head(h)
         if prefix is not None:

@@ -10,6 +10,8 @@ and accumulation A computes the same update as one process with accumulation N*A
 Checkpoints: ``OUT/`` holds the best weights by validation loss (the last ones
 without validation), ``OUT/last/`` the last weights plus optimizer, RNG and step,
 each written atomically. ``OUT/train_log.csv`` and ``OUT/loss.png`` record the run.
+With ``ema > 0`` a moving average of the weights is updated after every optimizer step, saved
+beside the weights in both (``ema.safetensors``), and validation scores the averaged weights.
 Ctrl-C or SIGTERM (a scheduler's pre-emption) lets the current step finish, saves
 ``OUT/last/`` and then raises ``KeyboardInterrupt``: the next run resumes from that step.
 """
@@ -32,6 +34,7 @@ from tqdm.auto import tqdm
 
 from sciar.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from sciar.distributed import init_distributed
+from sciar.ema import EMA
 from sciar.errors import DataError, SciarError
 from sciar.interrupt import deferred_stop
 from sciar.io import pyplot, save_figure, write_text_atomic
@@ -62,6 +65,11 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     progress: bool = True
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0 = none); see sciar.ema
+
+    def __post_init__(self):
+        if not 0.0 <= self.ema < 1.0:
+            raise SciarError(f"ema must be a decay in [0, 1) (0 = off), got {self.ema}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -154,6 +162,7 @@ def train(
     model.to(device)
     opt = make_optimizer(model, cfg, device)
     start_step, best_val, bad_evals, log = 0, float("inf"), 0, []
+    ema = EMA(model, cfg.ema) if cfg.ema else None
 
     last = out / "last"
     if resume and (last / "trainer.json").is_file():
@@ -162,6 +171,12 @@ def train(
         if ck.domain.get("step") != state["step"]:
             raise SciarError(f"{last}: training state and weights are from different steps; delete {last} to restart")
         load_weights(ck, model, device)
+        if ema is not None and "ema_sha256" in ck.domain:
+            load_weights(ck, ema.model, device, ema=True)
+        elif ema is not None:
+            ema = EMA(model, cfg.ema)
+            if dinfo.main:
+                print(f"note: {last} has no EMA weights; the average starts from the resumed weights")
         _load_optimizer(opt, load_file(str(last / "optimizer.safetensors")), state["optimizer"])
         rng = load_file(str(last / "rng.safetensors"))
         torch.set_rng_state(rng["cpu"])
@@ -192,16 +207,19 @@ def train(
             state = {"step": step, "best_val": best_val, "bad_evals": bad_evals, "log": log, "optimizer": opt_meta}
             (tmp / "trainer.json").write_text(json.dumps(state))
 
-        save_checkpoint(path, model, checkpoint_config, tokenizer, dict(meta, step=step), extra=extra)
+        save_checkpoint(path, model, checkpoint_config, tokenizer, dict(meta, step=step), extra=extra,
+                        ema=ema.model if ema is not None else None)
 
     @torch.no_grad()
     def evaluate() -> float:
-        model.eval()
+        """Validation loss of the weights a user samples with: the moving average when there is one."""
+        scored = ema.model if ema is not None else model
+        scored.eval()
         losses = []
         for i in range(cfg.eval_batches):
             batch = source.get_batch("val", cfg.batch_size, _batch_generator(cfg.seed + 7, 0, i))
             with amp:
-                losses.append(float(model(**_to(batch, device))))
+                losses.append(float(scored(**_to(batch, device))))
         model.train()
         return sum(losses) / len(losses)
 
@@ -238,6 +256,8 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if ema is not None:  # every rank holds the same weights after the step, so the same average
+                ema.update(model)
             loss_sum = float(loss_acc)
             if not math.isfinite(loss_sum):
                 # raised before anything of this step is saved: the last checkpoint holds the weights before it
