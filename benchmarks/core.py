@@ -297,6 +297,73 @@ def masked_decode(device, batch: int = 16, cond_tokens: int = 256) -> dict:
             "masked_decode_kv_once_speedup": out["ours"] / out["recompute"], "masked_decode_same_tokens": same}
 
 
+def roll_flops(model, k: int, steps: int, cached: bool) -> float:
+    """Multiply-adds x 2 of a rolled forecast of one window: ``k`` lookback segments, ``steps`` segments ahead,
+    no prompt. Per position the trunk costs 24 C^2 per layer (qkv, output, MLP) plus 4 C per key attended; the
+    segment embedding and the projection 2 x (S H + H C) each. The loop at 82c2686 re-embeds and re-runs the
+    whole window for every segment; the cached loop reads the lookback once, then one position per segment
+    (and the whole window again after every slide)."""
+    C, L = model.cfg.n_embd, model.cfg.n_layer
+    S, Hd = model.head.segment, model.head.hidden
+    mlp = 2 * (S * Hd + Hd * C)  # embedding or projection of one segment
+    W = max(k, model.head.window - 1)
+
+    def run(n_new: int, n_total: int) -> float:  # n_new positions read after n_total - n_new cached ones
+        keys = sum(n_total - n_new + j + 1 for j in range(n_new))
+        return n_new * (mlp + L * 24 * C * C) + L * 4 * C * keys
+
+    if not cached:
+        return sum(run(min(k + i, W), min(k + i, W)) + mlp for i in range(steps))
+    total, n = run(k, k), k
+    for i in range(steps):
+        total += mlp  # the projection of the last hidden state
+        if i < steps - 1:  # the new segment is read back: one position, or the whole window after a slide
+            total += run(1, n + 1) if n + 1 <= W else run(W, W)
+            n = min(n + 1, W)
+    return total
+
+
+def continuous_cache_speedup(rounds: int = 5, threads: int = 1) -> dict:
+    """The shipped time-series backbone's rolled 720-step forecast of 64 ETTh1 test windows (lookback 672, every
+    channel in turn, with their calendar marks): the cached loop (``SegmentForecaster.forecast`` on
+    ``sciar.decode.continuous``) against the loop as it stood at 82c2686 (``timeseries_recipes.uncached_roll``),
+    interleaved rounds in one process, the best of each. On the CPU at ``threads`` threads: on a shared machine
+    two threads each wait for the other (measured at a load average of 12: 14.5 s against 0.2 s at one thread)."""
+    from domains.timeseries.data import read_series
+    from domains.timeseries.pipeline import load_forecaster, prepare, split_values, window_marks
+    from timeseries_recipes import uncached_roll
+
+    import numpy as np
+
+    model, _ = load_forecaster("timeseries-pretrained")
+    S, L, H, B = model.head.segment, 672, 720, 64
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "timeseries" / "ETTh1.csv"
+    prep = prepare(read_series(shared), L)
+    values, cal = split_values(model, prep, "test", H)
+    starts = np.linspace(0, len(values) - L - H, B).round().astype(int)
+    ctx = torch.from_numpy(np.stack([values[s : s + L, i % values.shape[1]] for i, s in enumerate(starts)]))
+    marks = torch.from_numpy(window_marks(cal, starts, L // S + H // S, S))
+    ours_t, ref_t = [], []
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    with torch.no_grad():
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            ours = model.forecast(ctx, marks, H)
+            ours_t.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            ref = uncached_roll(model, ctx, marks, H)
+            ref_t.append(time.perf_counter() - t0)
+    torch.set_num_threads(before)
+    k, steps = L // S, -(-H // S)
+    flop_ratio = roll_flops(model, k, steps, False) / roll_flops(model, k, steps, True)
+    o, r = min(ours_t), min(ref_t)
+    return {"speedup": r / o, "ours_s": o, "reference_s": r, "flop_ratio": flop_ratio,
+            "max_abs_diff": float((ours - ref).abs().max()), "windows": B, "horizon": H, "lookback": L,
+            "threads": threads, "rounds": len(ours_t),
+            "note": "ours and the reference in one process, interleaved, best of each: a ratio, not absolute times"}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, CPU-friendly (under 3 minutes on 2 cores)")
@@ -340,6 +407,9 @@ def main():
     res.update(masked_decode(device, batch=4 if args.quick else 16))
     print(f"masked decoding (64 x 16-d tokens, K=16, cfg 3, batch {res['masked_decode_batch']}): {res['masked_decode_tokens_per_s']:,.1f} tok/s; "
           f"{res['masked_decode_kv_once_speedup']:.2f}x a loop recomputing the condition K/V per step")
+    res["continuous_cache_speedup"] = c = continuous_cache_speedup()
+    print(f"time series, 64 windows rolled 720 steps: cached loop {c['ours_s']:.3f} s, loop at 82c2686 "
+          f"{c['reference_s']:.3f} s, speedup {c['speedup']:.2f}x (FLOP ratio {c['flop_ratio']:.2f})")
 
     if device.type == "cuda" and not args.quick:
         big = ModelConfig(vocab_size=371, block_size=1024, n_layer=8, n_head=8, n_embd=512)

@@ -36,13 +36,13 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
 
-    import torch
+    from sciar.runtime import set_threads
 
     from domains.timeseries.data import calendar, read_series
     from domains.timeseries.evaluate import Memo, evaluate_many, linear_ensemble, linear_maps
     from domains.timeseries.pipeline import extended_calendar, load_forecaster, model_forecaster, prepare
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     s = read_series(args.csv)
     if not s.name.startswith("ETT"):
         sys.exit("error: the periods are ETT's months (12/4/4 split); pass an ETT file")

@@ -52,14 +52,14 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
 
-    import torch
+    from sciar.runtime import set_threads
 
     from domains.timeseries.data import Series, StandardScaler, read_series, standard_splits
     from domains.timeseries.evaluate import linear_ensemble, linear_maps
     from domains.timeseries.forecast import forecast_channel
     from domains.timeseries.pipeline import load_forecaster
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     H = args.horizon
     s = read_series(args.csv)
     model, _ = load_forecaster(args.checkpoint)

@@ -9,7 +9,7 @@ import torch
 
 from sciar.errors import CheckpointError, DataError, SciarError
 from sciar.model import ModelConfig
-from domains.timeseries.data import CALENDAR_SIZES, Part, calendar, read_csv, standard_splits
+from domains.timeseries.data import CALENDAR_SIZES, Part, calendar, read_csv
 from domains.timeseries.model import HeadConfig, SegmentForecaster, build_model
 from domains.timeseries.pipeline import (corpus_parts, fit_window, evaluate_model, fit, load_forecaster, model_configs, prepare,
                                          train_config)
@@ -253,18 +253,46 @@ def test_stats_embedding_starts_silent_then_reads_the_level(tmp_path):
     shifted = m.forecast(ctx + 3.0, None, 48)
     assert not torch.allclose(shifted, after + 3.0, atol=1e-3)  # the level now matters
     assert any(p is m.stats.weight for p in m.adapter_parameters())
-    # the rolled training loss: next-segment loss plus the rolled forecast's error, with gradients to both paths
-    m.train()
-    m.head.rolled_loss = 48
-    x = torch.randn(4, 24 * 6)
-    loss = m(x)
+    assert any(p is m.stats.weight for p in m.adapter_parameters())
+
+
+def test_cached_roll_equals_the_uncached_loop_of_82c2686(benchmark_module):
+    """The forecasts on the cached loop against the loop that re-ran the trunk over the whole window per segment
+    (benchmarks/timeseries_recipes.py): past the window (the slide), with calendar marks, a prompt, the linear
+    skip path and the statistics inputs."""
+    uncached_roll = benchmark_module("timeseries_recipes").uncached_roll
+    m = tiny().eval()
+    m.add_skip(2)
+    m.add_stats()
     with torch.no_grad():
-        m.eval()
-        want = m.next_loss(x) + m.rolled_loss(x, None, [48])
-    m.train()
+        for p in (m.skip.weight, m.stats.weight, m.stats_out.weight):
+            p.normal_(0, 0.1)
+    g = torch.Generator().manual_seed(0)
+    ctx, prompt = torch.randn(3, 72, generator=g), torch.randn(3, 24, generator=g)
+    H = 24 * 20  # 3 + 20 segments: past the trained window (15) and the model's context (16)
+    marks = torch.randint(0, 3, (3, 3 + 20, 10), generator=g)
+    pm = torch.randint(0, 3, (3, 1, 10), generator=g)
+    with torch.no_grad():
+        for kw in ({}, {"prompt": prompt, "prompt_marks": pm}):
+            want = uncached_roll(m, ctx, marks, H, **kw)
+            torch.testing.assert_close(m.forecast(ctx, marks, H, **kw), want, rtol=1e-5, atol=1e-5)
+
+
+def test_rolled_training_recipe_trains_through_the_roll(benchmark_module):
+    """benchmarks/timeseries_recipes.py: next-segment loss plus the rolled forecast's error, gradients to both."""
+    recipes = benchmark_module("timeseries_recipes")
+    m = tiny(time=False)
+    m.add_stats()
+    r = recipes.RecipeForecaster.of(m, rolled=48).train()
+    x = torch.randn(4, 24 * 6)
+    loss = r(x)
+    with torch.no_grad():
+        r.eval()
+        want = r.next_loss(x) + r.rolled_loss(x, None, [48])
+    r.train()
     assert abs(loss.item() - want.item()) < 1e-4  # dropout is 0 in tiny()
     loss.backward()
-    assert m.stats.weight.grad.abs().sum() > 0
+    assert r.stats.weight.grad.abs().sum() > 0
 
 
 def test_stats_checkpoint_roundtrip(tmp_path):

@@ -35,10 +35,10 @@ def _strip(res: dict, target_idx: int) -> dict:
 
 
 def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=None, init=None, adapter_only=False,
-                  zero_shot=None, preset="default", max_steps=None, ablate_time=False, out="runs/timeseries-bench",
+                  zero_shot=None, preset="default", max_steps=None, out="runs/timeseries-bench",
                   split="auto", fill="error", ets=True, max_windows=None, device="auto", progress=True,
                   log=print, duplicates="error", prompt_segments: list[int] | None = None, stats: bool = False,
-                  rolled_loss: int | None = None, score_split: str = "test") -> dict:
+                  score_split: str = "test") -> dict:
     if score_split not in ("test", "val"):
         raise SciarError(f"--score-split must be test or val (got {score_split!r})")
     series = read_series(csv, fill=fill, duplicates=duplicates)
@@ -82,7 +82,7 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
     else:
         summ = train_on_series(csv, run_dir / "sciar", init=init, adapter_only=adapter_only, preset=preset,
                                lookback=lookback, split=split, fill=fill, max_steps=max_steps, device=device,
-                               progress=progress, series=series, stats=stats, rolled_loss=rolled_loss)
+                               progress=progress, series=series, stats=stats)
         model, ck = load_forecaster(run_dir / "sciar")
         train_info = {"checkpoint": str(ck.path), "train_seconds": summ["seconds"], "steps": summ["steps"],
                       "trainable_params": summ["trainable_params"], "preset": preset, "init": init,
@@ -97,16 +97,6 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
                          lookback, horizons, max_windows=max_windows)
     record("sciar", both["sciar"], **train_info)
     record("sciar+linear", both["ens"], note=ENSEMBLE_NOTE)
-
-    if ablate_time and checkpoint is None:
-        summ = train_on_series(csv, run_dir / "sciar_no_time", init=None, preset=preset, lookback=lookback,
-                               split=split, fill=fill, max_steps=max_steps, device=device, progress=progress,
-                               series=series, time=False)
-        m2, _ = load_forecaster(run_dir / "sciar_no_time")
-        m2.to(dev)
-        record("sciar_no_time",
-               evaluate_model(m2, prep, lookback, horizons, max_windows, device=dev, split=score_split),
-               train_seconds=summ["seconds"], note="same preset without calendar position embeddings")
 
     if zero_shot is not None:
         zs, zck = load_forecaster(zero_shot)

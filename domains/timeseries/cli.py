@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from sciar.io import output_file, output_folder
+from sciar.runtime import set_threads
 
 app = typer.Typer(
     help="AutoTimes-style forecasting: series cut into segments of 96 steps, forecast by the sciar transformer.",
@@ -61,13 +62,6 @@ def _val_horizons(text: str) -> list[int] | None:
     return None if text.strip().lower() == "next" else _ints(text, "--val-horizons")
 
 
-def _threads(threads: int):
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-
-
 @app.command()
 def pretrain(
     out: Path = typer.Option(Path("runs/timeseries-pretrained"), callback=output_folder, help="Checkpoint directory to write."),
@@ -93,39 +87,17 @@ def pretrain(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Pretrain the forecasting backbone on a corpus of real series (never a benchmark's test range) and synthetic ones."""
-    _threads(threads)
-    from .corpus import describe, load_corpus
-    from .pipeline import corpus_parts, fit, fit_untimed, model_configs, train_config
-    from .model import SegmentForecaster
+    set_threads(threads)
+    from .pipeline import pretrain as run
 
-    mcfg, head = model_configs(preset, segment=segment, context=context, time=time, anchor=anchor)
-    series = load_corpus(corpus, packages=packages, min_length=(context + 1) * segment, synthetic=synthetic)
-    table = describe(series)
-    typer.echo(f"corpus: {len(series)} sources, {int(table['channels'].sum())} channels, {int(table['points'].sum()):,} points")
-    train_parts, val_parts = corpus_parts(series)
-    model = SegmentForecaster(mcfg, head)
-    # a fixed budget over a large corpus: no early stopping, the best validation checkpoint is kept
-    tcfg = train_config(preset, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device, progress=progress,
-                        patience=0, eval_every=250, save_every=250)
-    summary = fit(model, train_parts, val_parts, out, tcfg, extra_config={"corpus": _corpus_names(table)},
-                  domain_extra={"stage": "pretrain", "corpus": table.to_dict("records")}, resume=resume)
+    summary, untimed = run(out, corpus, packages=packages, synthetic=synthetic, preset=preset, segment=segment,
+                           context=context, max_steps=max_steps, batch_size=batch_size, lr=lr, time=time,
+                           untimed_steps=untimed_steps, anchor=anchor, device=device, progress=progress, resume=resume,
+                           log=typer.echo)
     _echo_training(summary, out)
-    if untimed_steps and time:
-        done = fit_untimed(out, train_parts, train_config(preset, max_steps=untimed_steps, batch_size=batch_size,
-                                                          lr=lr, device=device, progress=progress, save_every=250),
-                           resume=resume)
-        if done:
-            typer.echo(f"fitted the calendar's 'unknown' entries for {done['steps']} steps (series without timestamps): "
-                       f"final loss {done['final_loss']:.4f}")
-
-
-def _corpus_names(table) -> list[str]:
-    """The corpus sources for config.json, the synthetic series as one entry (domain.json lists every one)."""
-    syn = table["name"].str.startswith("synthetic_")
-    names = table.loc[~syn, "name"].tolist()
-    if syn.any():
-        names.append(f"synthetic: {int(syn.sum())} series, {int(table.loc[syn, 'points'].sum()):,} points")
-    return names
+    if untimed:
+        typer.echo(f"fitted the calendar's 'unknown' entries for {untimed['steps']} steps (series without timestamps): "
+                   f"final loss {untimed['final_loss']:.4f}")
 
 
 @app.command("train")
@@ -144,11 +116,7 @@ def train_cmd(
     split: str = typer.Option("auto", help="auto (ETT* files: 12/4/4 months, others 70/10/20), ett or ratio."),
     fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
     max_steps: Optional[int] = typer.Option(None, min=1, help="Training steps (default: the preset's)."),
-    rollout: Optional[int] = typer.Option(None, min=0, help="Extra training passes that feed back the model's own predictions after the lookback."),
-    skip: int = typer.Option(0, min=0, help="From scratch: add a linear path from the last SKIP segments, started by least squares."),
     val_horizons: str = typer.Option("96,192,336,720", help="Validate (early stopping, best checkpoint) on the rolled forecast's MSE averaged over these horizons; 'next': on the next-segment loss."),
-    stats: bool = typer.Option(False, help="Feed the lookback's mean and deviation back to the model (an embedding and an offset)."),
-    rolled_loss: Optional[int] = typer.Option(None, min=1, help="Also train on the error of the model rolled this many steps past the lookback (default: off)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Windows per step."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -157,14 +125,14 @@ def train_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Train a forecaster on one dataset's training split (fully, or adapter-only on a frozen backbone)."""
-    _threads(threads)
+    set_threads(threads)
     from .pipeline import train_on_series
 
     summary = train_on_series(csv, out, target=target, features=features, init=init, adapter_only=adapter_only,
                               preset=preset, lookback=lookback, segment=segment, embed=embed, time=time, split=split,
                               fill=fill, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device,
-                              progress=progress, resume=resume, rollout=rollout, skip=skip,
-                              val_horizons=_val_horizons(val_horizons), stats=stats, rolled_loss=rolled_loss)
+                              progress=progress, resume=resume,
+                              val_horizons=_val_horizons(val_horizons))
     _echo_training(summary, out)
 
 
@@ -210,7 +178,7 @@ def forecast(
     from sciar.io import write_table_atomic
 
     from .data import read_series, timestamp_gaps
-    from .forecast import check_horizon, ensemble_rows, fitting_lookback, forecast_channel, forecast_frame, plot_forecast
+    from .forecast import check_horizon, ensemble_rows, forecast_series, plot_forecast
     from .pipeline import load_forecaster
 
     check_horizon(horizon)
@@ -223,35 +191,10 @@ def forecast(
     if gaps := timestamp_gaps(series.timestamps, series.step):
         typer.echo(f"note: {series.name}: {gaps}", err=True)
     cols = series.columns if all_channels else [series.target]
-    lb = fitting_lookback(model, series, lookback)
-    S = model.head.segment
-    frames = []
-    results = {}
-    for c in cols:
-        prompt = None
-        if prompt_segments:
-            x = series.values[:, series.columns.index(c)]
-            n = prompt_segments * S
-            if len(x) < lb + n:
-                raise DataError(f"{series.name}: {len(x)} rows hold no {prompt_segments} prompt segments before the lookback")
-            prompt = x[len(x) - lb - n : len(x) - lb]
-        elif prompt_csv is not None:
-            other = read_series(prompt_csv, fill=fill, target_only=True)
-            prompt = other.values[:, other.columns.index(other.target)]
-            prompt = prompt[-(min(len(prompt) // S, model.cfg.block_size - lb // S - 1) * S):]
-        data = ck.config.get("data") or {}
-        sc = None
-        if c in data.get("columns", []) and "scaler" in data:  # the checkpoint's own dataset: its training scaler
-            i = data["columns"].index(c)
-            sc = (data["scaler"]["mean"][i], data["scaler"]["std"][i])
-        r = forecast_channel(model, series, c, horizon, lb, samples=samples, quantiles=q, prompt=prompt, seed=seed,
-                             scaler=sc, ensemble=ensemble)
-        results[c] = r
-        f = forecast_frame(series, c, r, horizon)
-        frames.append(f if not frames else f.drop(columns=["timestamp"]))
-    import pandas as pd
-
-    df = pd.concat(frames, axis=1)
+    other = read_series(prompt_csv, fill=fill, target_only=True) if prompt_csv is not None and not prompt_segments else None
+    df, results, lb = forecast_series(model, ck, series, cols, horizon, lookback, samples=samples, quantiles=q,
+                                      prompt_segments=prompt_segments, prompt_series=other, seed=seed,
+                                      ensemble=ensemble)
     write_table_atomic(df, out)
     png = plot or out.with_suffix(".png")
     plot_forecast(series, cols[0], results[cols[0]], horizon, png)
@@ -274,7 +217,7 @@ def evaluate(
     threads: int = typer.Option(0, min=0, help="CPU threads (0: torch's default)."),
 ):
     """Test-split MSE/MAE of a checkpoint on a dataset (zero-shot when the checkpoint never saw it)."""
-    _threads(threads)
+    set_threads(threads)
     from sciar.io import write_json_atomic
 
     from .data import read_series
@@ -300,14 +243,11 @@ def benchmark(
     zero_shot: Optional[str] = typer.Option(None, help="Also score this checkpoint zero-shot (e.g. the pretrained backbone)."),
     preset: str = typer.Option("default", help="Model size and schedule when training."),
     max_steps: Optional[int] = typer.Option(None, min=1, help="Training steps (default: the preset's)."),
-    ablate_time: bool = typer.Option(False, help="Also train without calendar embeddings, to show what they add."),
     out: Path = typer.Option(Path("runs/timeseries-bench"), callback=output_folder, help="Where trained checkpoints go."),
     split: str = typer.Option("auto", help="auto, ett or ratio."),
     fill: str = typer.Option("error", help="Missing values: error, ffill, interpolate, zero or drop."),
     duplicates: str = typer.Option("error", help="Repeated timestamps: error, or keep (use the rows in file order)."),
     prompt_segments: str = typer.Option("", help="With --zero-shot: also score it with this many earlier segments as an in-context prompt (comma separated, e.g. 1,2,4)."),
-    stats: bool = typer.Option(False, help="Train with the window-statistics inputs."),
-    rolled_loss: Optional[int] = typer.Option(None, min=1, help="Also train on the rolled forecast's error over this many steps (default: off)."),
     score_split: str = typer.Option("test", help="Score every method on the test split, or on the validation split (to choose settings without looking at test)."),
     ets: bool = typer.Option(True, help="Run the statsmodels exponential-smoothing baseline (target only; slow)."),
     max_windows: int = typer.Option(0, min=0, help="Score only this many evenly spaced test windows (0: all, stride 1)."),
@@ -316,14 +256,14 @@ def benchmark(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Ours against seasonal naive, DLinear/NLinear-style least squares and exponential smoothing, in one run."""
-    _threads(threads)
+    set_threads(threads)
     from .bench import run_benchmark
 
     res = run_benchmark(csv, lookback, _ints(horizons, "--horizons"), json_out, checkpoint=checkpoint, init=init,
                         adapter_only=adapter_only, zero_shot=zero_shot, preset=preset, max_steps=max_steps,
-                        ablate_time=ablate_time, out=out, split=split, fill=fill, ets=ets, duplicates=duplicates,
-                        max_windows=max_windows or None, device=device, progress=progress, stats=stats,
-                        rolled_loss=rolled_loss, score_split=score_split,
+                        out=out, split=split, fill=fill, ets=ets, duplicates=duplicates,
+                        max_windows=max_windows or None, device=device, progress=progress,
+                        score_split=score_split,
                         prompt_segments=_ints(prompt_segments, "--prompt-segments") if prompt_segments else None)
     for name, m in res["methods"].items():
         typer.echo(f"{name:<16} avg mse {m['avg']['mse']:.4f}  mae {m['avg']['mae']:.4f}")
@@ -351,7 +291,7 @@ def batch(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Forecast every series of a table in one run; a bad series gets an error row and the batch goes on."""
-    from sciar.batch import read_table
+    from sciar.tables import read_table
 
     from .forecast import batch_forecast, check_horizon, table_series
     from .pipeline import load_forecaster
@@ -372,11 +312,11 @@ def corpus(
     synthetic: int = typer.Option(SYNTHETIC_POINTS, min=0, help="Points of synthetic series, as pretrain adds them."),
 ):
     """List the pretraining corpus found on this machine (what `pretrain` would read)."""
-    from .corpus import describe, load_corpus
+    from .corpus import corpus_names, describe, load_corpus
 
     table = describe(load_corpus(extra, min_length=0, synthetic=synthetic))
     syn = table["name"].str.startswith("synthetic_")
     typer.echo(table[~syn].to_string(index=False))
     if syn.any():
-        typer.echo(_corpus_names(table)[-1])
+        typer.echo(corpus_names(table)[-1])
     typer.echo(f"{len(table)} sources, {int(table['points'].sum()):,} points")

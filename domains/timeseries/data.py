@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sciar.batch import open_text, read_table
-from sciar.errors import DataError
+from sciar.tables import open_text, read_table
+from sciar.errors import DataError, one_line
 
 FILL_POLICIES = ("error", "ffill", "interpolate", "zero", "drop")
 TIME_COLUMNS = ("date", "ds", "ts", "timestamp", "time", "datetime", "month", "date_time", "week", "period", "year")  # any case
@@ -141,7 +141,7 @@ def parse_timestamps(col: pd.Series, where: str) -> pd.DatetimeIndex | None:
         parsed.append(ts)
     if parsed:
         return parsed[0]
-    raise DataError(f"{where}: timestamps do not parse ({str(error).splitlines()[0]})")
+    raise DataError(f"{where}: timestamps do not parse ({one_line(error)})")
 
 
 def check_timestamps(ts: pd.DatetimeIndex, where: str, duplicates: str = "error"):

@@ -116,6 +116,53 @@ def forecast_channel(
     return out
 
 
+def checkpoint_scaler(ck, column: str) -> tuple[float, float] | None:
+    """The (mean, deviation) a dataset checkpoint was trained with for ``column``; None for other columns and
+    for backbones (the series' own statistics are used then)."""
+    data = ck.config.get("data") or {}
+    if column not in data.get("columns", []) or "scaler" not in data:
+        return None
+    i = data["columns"].index(column)
+    return data["scaler"]["mean"][i], data["scaler"]["std"][i]
+
+
+def prompt_values(model: SegmentForecaster, series: Series, column: str, lookback: int, prompt_segments: int = 0,
+                  prompt_series: Series | None = None) -> np.ndarray | None:
+    """An in-context prompt: the ``prompt_segments`` segments before the lookback, or the last whole segments
+    of another series' target (as many as the model's context holds beside the lookback); None without either."""
+    S = model.head.segment
+    if prompt_segments:
+        x = series.values[:, series.columns.index(column)]
+        n = prompt_segments * S
+        if len(x) < lookback + n:
+            raise DataError(f"{series.name}: {len(x)} rows hold no {prompt_segments} prompt segments before the lookback")
+        return x[len(x) - lookback - n : len(x) - lookback]
+    if prompt_series is not None:
+        p = prompt_series.values[:, prompt_series.columns.index(prompt_series.target)]
+        return p[-(min(len(p) // S, model.cfg.block_size - lookback // S - 1) * S):]
+    return None
+
+
+def forecast_series(model: SegmentForecaster, ck, series: Series, columns: list[str], horizon: int,
+                    lookback: int | None = None, samples: int = 0, quantiles: list[float] | None = None,
+                    prompt_segments: int = 0, prompt_series: Series | None = None, seed: int = 0,
+                    ensemble: bool | None = None) -> tuple[pd.DataFrame, dict, int]:
+    """``sciar timeseries forecast``: every column of ``columns`` forecast ``horizon`` steps past the series'
+    end. Returns the table (timestamps, one column per channel and its quantiles), the per-column results of
+    :func:`forecast_channel` and the lookback read."""
+    check_horizon(horizon)
+    lb = fitting_lookback(model, series, lookback)
+    frames, results = [], {}
+    for c in columns:
+        prompt = prompt_values(model, series, c, lb, prompt_segments, prompt_series)
+        r = forecast_channel(model, series, c, horizon, lb, samples=samples, quantiles=quantiles, prompt=prompt,
+                             seed=seed, scaler=checkpoint_scaler(ck, c), ensemble=ensemble)
+        results[c] = r
+        f = forecast_frame(series, c, r, horizon)
+        frames.append(f if not frames else f.drop(columns=["timestamp"]))
+    return pd.concat(frames, axis=1), results, lb
+
+
 def backtest_residual(model: SegmentForecaster, xs: np.ndarray, lookback: int, series: Series, origins: int = 32) -> float:
     """Deviation of one-segment-ahead errors on the series' own history, in per-window normalised units
     (the noise level of sampled paths). Falls back to 0.3 when the history is too short to backtest."""
@@ -146,11 +193,9 @@ def forecast_frame(series: Series, column: str, result: dict, horizon: int) -> p
 
 def plot_forecast(series: Series, column: str, result: dict, horizon: int, path: str | Path, history: int | None = None):
     """History and forecast (with the quantile band, if any) as a PNG."""
-    import matplotlib
+    from sciar.io import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     x = series.values[:, series.columns.index(column)]
     n_hist = min(len(x), history or max(3 * horizon, 672))
     t_hist = series.timestamps[-n_hist:] if series.timestamps is not None else np.arange(len(x) - n_hist, len(x))
@@ -168,12 +213,7 @@ def plot_forecast(series: Series, column: str, result: dict, horizon: int, path:
     ax.grid(alpha=0.3)
     fig.autofmt_xdate()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------------- batch

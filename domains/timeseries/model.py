@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sciar.decode.continuous import Step, decode_continuous
 from sciar.errors import CheckpointError, SciarError
 from sciar.model import ModelConfig, Transformer
 
@@ -36,9 +36,7 @@ class HeadConfig:
     hidden: int = 256
     dropout: float = 0.1
     time: bool = True  # calendar position embeddings
-    rollout: int = 0  # extra training passes that feed the model its own predictions after the lookback
     skip: int = 0  # segments read by a linear path added to the projection (0: none, the pure AutoTimes head)
-    rolled_loss: int = 0  # train on the rolled forecast's error over this many steps after the lookback (0: next-segment loss only)
     stats: bool = False  # feed the lookback's mean and deviation (removed by the normalisation) back as an embedding
     eps: float = 1e-5
     std_floor: float = 0.01  # least window deviation (in training-split standard units): flat windows, e.g. no rain
@@ -197,14 +195,16 @@ class SegmentForecaster(nn.Module):
         """
         if horizons is not None:
             return self.rolled_loss(x, marks, [int(h) for h in horizons])
-        if self.training and self.head.rolled_loss:
-            # train as the model is used: roll it from the lookback over the rest of the window (gradients flow
-            # through the fed-back segments), added to the teacher-forced next-segment loss
-            h = min(self.head.rolled_loss, x.shape[1] - self.head.lookback)
-            return self.next_loss(x, marks) + self.rolled_loss(x, marks, [h])
         return self.next_loss(x, marks)
 
     def next_loss(self, x: torch.Tensor, marks: torch.Tensor | None = None) -> torch.Tensor:
+        """The next-segment MSE at every position, teacher-forced."""
+        pred, tgt = self.next_predictions(x, marks)[:2]
+        return F.mse_loss(pred, tgt)
+
+    def next_predictions(self, x: torch.Tensor, marks: torch.Tensor | None = None):
+        """Teacher-forced predictions of segments 2..n from 1..n-1 and their targets (normalised units), with the
+        inputs, centres and deviations they were made from: ``(pred, target, inputs, marks, mean, std)``."""
         S = self.head.segment
         n_seg = x.shape[1] // S
         if n_seg < 2 or x.shape[1] % S:
@@ -216,15 +216,7 @@ class SegmentForecaster(nn.Module):
         m = marks[:, : n_seg - 1] if marks is not None else None
         inp, tgt = segs[:, :-1], segs[:, 1:]
         pred = self.head_out(self.trunk(embeds=self.tokens(inp, m, mean, std)), inp, mean, std)
-        loss = F.mse_loss(pred, tgt)
-        k = min(self.head.context, n_seg - 1)
-        for _ in range(self.head.rollout if n_seg - 1 > k else 0):
-            # what a rollout sees: inputs after the lookback replaced by the previous pass's predictions of them
-            # (pass r sees r-times-fed-back predictions); gradients flow through the fed-back segments
-            inp = torch.cat([inp[:, :k], pred[:, k - 1 : -1]], dim=1)
-            pred = self.head_out(self.trunk(embeds=self.tokens(inp, m, mean, std)), inp, mean, std)
-            loss = loss + F.mse_loss(pred[:, k - 1 :], tgt[:, k - 1 :])
-        return loss / (1 + (self.head.rollout if n_seg - 1 > k else 0))
+        return pred, tgt, inp, m, mean, std
 
     def rolled_loss(self, x: torch.Tensor, marks: torch.Tensor | None, horizons: list[int]) -> torch.Tensor:
         """The benchmark's figure on a batch of windows: roll the model from the lookback (the first
@@ -239,31 +231,32 @@ class SegmentForecaster(nn.Module):
 
     def _roll(self, ctx, marks, horizon, prompt=None, prompt_marks=None, max_context=None, noise: float = 0.0,
               generator: torch.Generator | None = None) -> torch.Tensor:
+        """One-for-all rolling on the cached loop (:func:`sciar.decode.continuous.decode_continuous`): each step
+        predicts the next segment from the last hidden state and feeds back its embedding; past ``max_context``
+        segments the window slides (the prompt, if any, stays in front)."""
         S = self.head.segment
         B, L = ctx.shape
         if L % S or L == 0:
             raise SciarError(f"the lookback ({L}) must be a positive multiple of the segment length {S}")
         if horizon < 1:
             raise SciarError("the horizon must be at least 1")
-        steps = -(-horizon // S)
+        steps, k = -(-horizon // S), L // S
         # keep the true lookback while the sequence stays within the trained window; beyond it drop the oldest
-        max_context = max_context or max(L // S, self.head.window - 1)
+        max_context = max_context or max(k, self.head.window - 1)
         xn, mean, std = self.normalise(ctx, L)
-        seq = list(xn.view(B, L // S, S).unbind(1))
-        pre = None
+        seq = list(xn.view(B, k, S).unbind(1))
+        e = self.tokens(xn.view(B, k, S), marks[:, :k] if marks is not None else None, mean, std)
+        sink = 0
         if prompt is not None:
             pn, _, _ = self.normalise(prompt, prompt.shape[1])
             pre = self.tokens(pn.view(B, -1, S), prompt_marks)
-        outs = []
-        for _ in range(steps):
-            lo = max(0, len(seq) - max_context)
-            segs = torch.stack(seq[lo:], dim=1)
-            e = self.tokens(segs, marks[:, lo : len(seq)] if marks is not None else None, mean, std)
-            if pre is not None:
-                e = torch.cat([pre, e], dim=1)
-            if e.shape[1] > self.cfg.block_size:
-                raise SciarError(f"{e.shape[1]} segments exceed the model's context of {self.cfg.block_size}")
-            nxt = self.proj(self.trunk(embeds=e)[:, -1])
+            e, sink = torch.cat([pre, e], dim=1), pre.shape[1]
+        window = sink + min(max_context, k + steps - 1)  # the longest sequence the trunk will read
+        if window > self.cfg.block_size:
+            raise SciarError(f"{window} segments exceed the model's context of {self.cfg.block_size}")
+
+        def step(h: torch.Tensor, i: int) -> Step:
+            nxt = self.proj(h)
             if self.skip is not None:
                 recent = torch.stack(seq[-self.head.skip :], dim=1)
                 nxt = nxt + self.skip(self.skip_inputs(recent)[:, -1])
@@ -272,8 +265,13 @@ class SegmentForecaster(nn.Module):
             if noise:
                 nxt = nxt + noise * torch.randn(nxt.shape, generator=generator, device=nxt.device)
             seq.append(nxt)
-            outs.append(nxt)
-        return torch.cat(outs, dim=1)[:, :horizon] * std + mean
+            if i == steps - 1:  # the last segment is never read back
+                return Step(nxt, None)
+            m = marks[:, k + i : k + i + 1] if marks is not None else None
+            return Step(nxt, self.tokens(nxt[:, None], m, mean, std)[:, 0])
+
+        out = decode_continuous(self.trunk, e, step, steps, window=window, sink=sink)
+        return out.values.reshape(B, steps * S)[:, :horizon] * std + mean
 
     @torch.no_grad()
     def forecast(self, ctx: torch.Tensor, marks: torch.Tensor | None, horizon: int, prompt: torch.Tensor | None = None,
@@ -308,9 +306,3 @@ def build_model(config: dict) -> SegmentForecaster:
         raise CheckpointError(f"not a time-series checkpoint config ({e})") from None
 
 
-def count_params(model: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()

@@ -8,25 +8,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sciar.checkpoint import load_weights, read_checkpoint
+from sciar.checkpoint import load_model, load_weights, read_checkpoint
 from sciar.errors import SciarError
 from sciar.io import fingerprint
 from sciar.model import ModelConfig
-from sciar.paths import find_checkpoint
+from sciar.presets import choose, override
+from sciar.runtime import count_parameters
 from sciar.train import TrainConfig, train
 
 from .data import (Part, SegmentWindows, Series, StandardScaler, calendar, future_timestamps,
                    standard_splits)
-from .model import HeadConfig, SegmentForecaster, build_model, count_params
+from .model import HeadConfig, SegmentForecaster, build_model
 
 DOMAIN = "timeseries"
 
-# model shapes and training schedules; "default" trains ETTh1 in minutes on 2 CPU cores
+# model shapes (the trunk, the width of the segment embedding and projection) and training budgets;
+# "default" trains ETTh1 in minutes on 2 CPU cores
 PRESETS = {
-    "tiny": dict(n_layer=1, n_head=2, n_embd=32, hidden=64, max_steps=60, batch_size=32, lr=1e-3, eval_every=30),
-    "small": dict(n_layer=2, n_head=4, n_embd=64, hidden=128, max_steps=600, batch_size=128, lr=1e-3, eval_every=100),
-    "default": dict(n_layer=3, n_head=4, n_embd=128, hidden=256, max_steps=1500, batch_size=64, lr=5e-4, eval_every=150),
-    "base": dict(n_layer=6, n_head=8, n_embd=256, hidden=512, max_steps=4000, batch_size=128, lr=5e-4, eval_every=250),
+    "tiny": {"model": dict(n_layer=1, n_head=2, n_embd=32), "hidden": 64,
+             "train": dict(max_steps=60, batch_size=32, lr=1e-3, eval_every=30)},
+    "small": {"model": dict(n_layer=2, n_head=4, n_embd=64), "hidden": 128,
+              "train": dict(max_steps=600, batch_size=128, lr=1e-3, eval_every=100)},
+    "default": {"model": dict(n_layer=3, n_head=4, n_embd=128), "hidden": 256,
+                "train": dict(max_steps=1500, batch_size=64, lr=5e-4, eval_every=150)},
+    "base": {"model": dict(n_layer=6, n_head=8, n_embd=256), "hidden": 512,
+             "train": dict(max_steps=4000, batch_size=128, lr=5e-4, eval_every=250)},
 }
 
 
@@ -37,24 +43,26 @@ VAL_HORIZONS = [96, 192, 336, 720]
 def model_configs(preset: str, segment: int = 96, context: int = 7, embed: str = "mlp", time: bool = True,
                   block_size: int = 32, dropout: float = 0.1, window: int = 16, skip: int = 0, stats: bool = False,
                   anchor: str = "mean") -> tuple[ModelConfig, HeadConfig]:
-    if preset not in PRESETS:
-        raise SciarError(f"unknown preset {preset!r} ({', '.join(PRESETS)})")
-    p = PRESETS[preset]
+    p = choose(PRESETS, preset)
     window = max(window, context + 1)
-    mcfg = ModelConfig(vocab_size=0, block_size=max(block_size, window), n_layer=p["n_layer"], n_head=p["n_head"],
-                       n_embd=p["n_embd"], dropout=dropout, pos="rope")
+    mcfg = ModelConfig(vocab_size=0, block_size=max(block_size, window), dropout=dropout, pos="rope", **p["model"])
     head = HeadConfig(segment=segment, context=context, window=window, embed=embed, hidden=p["hidden"], dropout=dropout,
                       time=time, skip=skip, stats=stats, anchor=anchor)
     return mcfg, head
 
 
+def preset_budget(preset: str) -> dict:
+    """The preset's training budget: steps, batch size, peak rate, evaluation interval."""
+    return choose(PRESETS, preset)["train"]
+
+
 def train_config(preset: str, **over) -> TrainConfig:
-    p = PRESETS[preset]
+    """The preset's schedule (cosine from its rate to a tenth, early stopping) with the options given (not None)."""
+    p = preset_budget(preset)
     cfg = dict(max_steps=p["max_steps"], batch_size=p["batch_size"], lr=p["lr"], min_lr=p["lr"] / 10,
                warmup_steps=min(100, p["max_steps"] // 10), weight_decay=0.05, eval_every=p["eval_every"],
                save_every=p["eval_every"], eval_batches=20, patience=4, grad_clip=1.0)
-    cfg.update({k: v for k, v in over.items() if v is not None})
-    return TrainConfig.from_dict(cfg)
+    return TrainConfig.from_dict(override(cfg, **over))
 
 
 @dataclass
@@ -84,10 +92,7 @@ def prepare(series: Series, lookback: int, split: str = "auto") -> Prepared:
 
 def load_forecaster(checkpoint: str | Path, device: str = "cpu") -> tuple[SegmentForecaster, object]:
     """A trained forecaster (eval mode) and its checkpoint record from a path or a shipped name."""
-    ck = read_checkpoint(find_checkpoint(checkpoint), DOMAIN)
-    model = build_model(ck.config)
-    load_weights(ck, model, device)
-    return model.eval(), ck
+    return load_model(checkpoint, DOMAIN, device)
 
 
 def fit(
@@ -110,7 +115,7 @@ def fit(
     fp = fingerprint([p.name for p in train_parts] + [str(p.values.shape) + str(float(p.values[:100].sum()))
                                                       for p in train_parts])
     domain = {"domain": DOMAIN, "data_fingerprint": fp, "adapter_only": adapter_only, "val_horizons": val_horizons,
-              "trainable_params": count_params(model, True), "params": count_params(model), **(domain_extra or {})}
+              "trainable_params": count_parameters(model, True), "params": count_parameters(model), **(domain_extra or {})}
     start_val = None
     if keep_start and src.has_val and not (resume and (Path(out) / "last" / "trainer.json").is_file()):
         start_val = val_loss(model, src, tcfg)
@@ -132,6 +137,35 @@ def fit(
     summary["train_windows"] = src.num_windows("train")
     summary["trainable_params"] = domain["trainable_params"]
     return summary
+
+
+def pretrain(out: str | Path, corpus: list[Path], packages: bool = True, synthetic: int = 600_000,
+             preset: str = "default", segment: int = 96, context: int = 7, max_steps: int | None = None,
+             batch_size: int | None = None, lr: float | None = None, time: bool = True, untimed_steps: int = 600,
+             anchor: str = "mean", device: str = "auto", progress: bool = True, resume: bool = True,
+             log=print) -> tuple[dict, dict | None]:
+    """``sciar timeseries pretrain``: the backbone on the corpus (:func:`corpus.load_corpus`) for a fixed budget,
+    keeping the best corpus-validation checkpoint, then :func:`fit_untimed` for ``untimed_steps`` steps.
+    Returns the two stages' training summaries (the second None when skipped or done before)."""
+    from .corpus import corpus_names, describe, load_corpus
+
+    mcfg, head = model_configs(preset, segment=segment, context=context, time=time, anchor=anchor)
+    series = load_corpus(corpus, packages=packages, min_length=(context + 1) * segment, synthetic=synthetic)
+    table = describe(series)
+    log(f"corpus: {len(series)} sources, {int(table['channels'].sum())} channels, {int(table['points'].sum()):,} points")
+    train_parts, val_parts = corpus_parts(series)
+    model = SegmentForecaster(mcfg, head)
+    # a fixed budget over a large corpus: no early stopping, the best validation checkpoint is kept
+    tcfg = train_config(preset, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device, progress=progress,
+                        patience=0, eval_every=250, save_every=250)
+    summary = fit(model, train_parts, val_parts, out, tcfg, extra_config={"corpus": corpus_names(table)},
+                  domain_extra={"stage": "pretrain", "corpus": table.to_dict("records")}, resume=resume)
+    untimed = None
+    if untimed_steps and time:
+        untimed = fit_untimed(out, train_parts, train_config(preset, max_steps=untimed_steps, batch_size=batch_size,
+                                                             lr=lr, device=device, progress=progress, save_every=250),
+                              resume=resume)
+    return summary, untimed
 
 
 def fit_untimed(out: str | Path, train_parts: list[Part], tcfg: TrainConfig, resume: bool = True) -> dict | None:
@@ -322,16 +356,16 @@ def init_model(init: str | Path | None, preset: str, segment: int, context: int,
 def train_on_series(csv, out, target=None, features="all", init=None, adapter_only=None, preset="default",
                     lookback=672, segment=96, embed="mlp", time=True, split="auto", fill="error", max_steps=None,
                     batch_size=None, lr=None, device="auto", progress=True, resume=True, series: Series | None = None,
-                    seed: int = 1337, rollout: int | None = None, window: int | None = None, skip: int = 0,
+                    seed: int = 1337, window: int | None = None, skip: int = 0,
                     val_horizons: list[int] | None = VAL_HORIZONS, stats: bool | None = None,
-                    rolled_loss: int | None = None, patience: int | None = None,
-                    eval_batches: int | None = None) -> dict:
+                    patience: int | None = None, eval_batches: int | None = None, model_hook=None) -> dict:
     """``sciar timeseries train``: fit one dataset's training split, validate on its validation split.
 
     From a backbone (``init``) the whole model is fine-tuned (``adapter_only``: only the adapter, at twice
     the preset's rate) and checkpoints are selected on the rolled forecast's validation MSE
     (``val_horizons``). ``stats`` adds the window-statistics inputs (off by default: on ETTh1 they win on
-    validation and lose on test, see the README)."""
+    validation and lose on test, see the README). ``model_hook``: a function given the model before training,
+    returning the model to train (benchmarks/timeseries_recipes.py adds experimental training losses there)."""
     from .data import read_series
 
     if features not in ("all", "target"):
@@ -349,10 +383,8 @@ def train_on_series(csv, out, target=None, features="all", init=None, adapter_on
     chans = None if features == "all" else [series.columns.index(series.target)]
     tr, va = dataset_parts(prep, chans)
     model, init_info = init_model(init, preset, segment, lookback // segment, embed, time, skip=skip, stats=stats)
-    if rollout is not None:
-        model.head.rollout = rollout
-    if rolled_loss is not None:
-        model.head.rolled_loss = rolled_loss
+    if model_hook is not None:
+        model = model_hook(model)
     if window is not None:
         model.head.window = window
     fit_window(model, tr, va)
@@ -360,12 +392,12 @@ def train_on_series(csv, out, target=None, features="all", init=None, adapter_on
         init_skip(model, [tr])
     if adapter_only:
         # the adapter on a frozen backbone: a faster rate, frequent validation
-        lr = lr or PRESETS[preset]["lr"] * 2
-        max_steps = max_steps or min(PRESETS[preset]["max_steps"], 1200)
+        lr = lr or preset_budget(preset)["lr"] * 2
+        max_steps = max_steps or min(preset_budget(preset)["max_steps"], 1200)
     elif init is not None:
         # fine-tuning a backbone: a gentler rate, short schedule and frequent validation (small sets overfit fast)
-        lr = lr or PRESETS[preset]["lr"] / 5
-        max_steps = max_steps or min(PRESETS[preset]["max_steps"], 600)
+        lr = lr or preset_budget(preset)["lr"] / 5
+        max_steps = max_steps or min(preset_budget(preset)["max_steps"], 600)
     tcfg = train_config(preset, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device, progress=progress,
                         seed=seed, patience=patience, eval_batches=eval_batches,
                         **({"eval_every": 50, "save_every": 50} if init is not None else {}))
