@@ -137,7 +137,7 @@ def test_cli_generate_from_a_checkpoint_and_bad_input(hairstyle, head, tmp_path,
     cards, pts = hairstyle
     cloud = pts.numpy() * head.scale + head.origin
     np.savetxt(tmp_path / "cond.xyz", cloud)
-    assert main(["hair", "generate", str(tmp_path / "cond.xyz"), "--checkpoint", str(tmp_path / "ck"),
+    assert main(["hair", "generate", "--points", str(tmp_path / "cond.xyz"), "--checkpoint", str(tmp_path / "ck"),
                  "--out", str(tmp_path / "gen"), "--max-len", "24"]) == 0
     for name in ("cards.csv", "cards.obj", "cards.glb", "preview.png"):
         assert (tmp_path / "gen" / name).stat().st_size > 0
@@ -145,9 +145,9 @@ def test_cli_generate_from_a_checkpoint_and_bad_input(hairstyle, head, tmp_path,
     (tmp_path / "garbage.ply").write_text("ply\nnot really\n")
     (tmp_path / "empty_ck").mkdir()
     runs = [
-        ["hair", "generate", str(tmp_path / "cond.xyz"), "--out", str(tmp_path / "g1")],  # no checkpoint
-        ["hair", "generate", str(tmp_path / "garbage.ply"), "--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "g2")],
-        ["hair", "generate", str(tmp_path / "cond.xyz"), "--checkpoint", str(tmp_path / "empty_ck"), "--out", str(tmp_path / "g3")],
+        ["hair", "generate", "--points", str(tmp_path / "cond.xyz"), "--out", str(tmp_path / "g1")],  # no checkpoint
+        ["hair", "generate", "--points", str(tmp_path / "garbage.ply"), "--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "g2")],
+        ["hair", "generate", "--points", str(tmp_path / "cond.xyz"), "--checkpoint", str(tmp_path / "empty_ck"), "--out", str(tmp_path / "g3")],
         ["hair", "train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "t")],
         ["hair", "train", "--data", str(tmp_path), "--preset", "huge", "--out", str(tmp_path / "t")],
     ]

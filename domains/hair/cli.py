@@ -129,7 +129,7 @@ def train(
 
 @app.command()
 def generate(
-    points: Path = typer.Argument(..., help="A point cloud of hair (.ply/.obj/.xyz/.csv/.npy), metres, in the head's frame."),
+    points: Path = typer.Option(..., help="A point cloud of hair (.ply/.obj/.xyz/.csv/.npy), metres, in the head's frame."),
     checkpoint: Optional[Path] = typer.Option(None, help="A checkpoint from `sciar hair train` (no hair checkpoint is shipped)."),
     out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Folder for cards.csv, cards.obj, cards.glb, preview.png."),
     top_k: int = typer.Option(10, min=1, help="Sample among the k likeliest values of each field (1: greedy)."),
