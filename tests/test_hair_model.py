@@ -2,6 +2,7 @@
 decoding, the CLI's train/generate paths and their bad input."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -130,6 +131,7 @@ def test_cached_greedy_decoding_equals_full_reforward(hairstyle, head):
 
 
 def test_cli_generate_from_a_checkpoint_and_bad_input(hairstyle, head, tmp_path, capsys):
+    from domains.hair.files import read_cards_csv
     from sciar.checkpoint import save_checkpoint
 
     m = model(5)
@@ -141,6 +143,14 @@ def test_cli_generate_from_a_checkpoint_and_bad_input(hairstyle, head, tmp_path,
                  "--out", str(tmp_path / "gen"), "--max-len", "24"]) == 0
     for name in ("cards.csv", "cards.obj", "cards.glb", "preview.png"):
         assert (tmp_path / "gen" / name).stat().st_size > 0
+    (tmp_path / "garbage.ply").write_text("ply\nnot really\n")
+    pd.DataFrame({"points": [str(tmp_path / "cond.xyz"), str(tmp_path / "garbage.ply"), str(tmp_path / "cond.xyz")]}).to_csv(
+        tmp_path / "prompts.csv", index=False)
+    assert main(["hair", "batch", "--input", str(tmp_path / "prompts.csv"), "--output", str(tmp_path / "res.parquet"),
+                 "--checkpoint", str(tmp_path / "ck"), "--max-len", "16"]) == 0
+    res = pd.read_parquet(tmp_path / "res.parquet")
+    assert res["status"].tolist() == ["ok", "error", "ok"] and "garbage.ply" in res["error"][1]
+    assert res["n_cards"][0] == len(read_cards_csv(res["cards"][0])) >= 1
     capsys.readouterr()
     (tmp_path / "garbage.ply").write_text("ply\nnot really\n")
     (tmp_path / "empty_ck").mkdir()

@@ -75,15 +75,19 @@ def train_model(data: str | Path, preset_name: str, out: str | Path, steps: int 
     return train(model, source, tcfg, out, config, None, domain)
 
 
-def generate_cards(points: np.ndarray, checkpoint: str | Path, head, n: int = 1, top_k: int | None = 10,
-                   temperature: float = 1.0, seed: int = 0, max_len: int | None = None,
-                   ema: bool = False) -> list[list[np.ndarray]]:
-    """``n`` hairstyles (cards in metres) for one point cloud (metres, head frame) from a checkpoint."""
+def load_hair_model(checkpoint: str | Path, ema: bool = False) -> HairModel:
+    """A hair checkpoint's model in eval mode (its moving-average weights with ``ema``); bad checkpoints: one line."""
     from sciar.checkpoint import load_model, load_weights
 
     model, ck = load_model(checkpoint, domain="hair")
     if ema:
         load_weights(ck, model, ema=True)
+    return model.eval()
+
+
+def generate_cards(points: np.ndarray, model: HairModel, head, n: int = 1, top_k: int | None = 10,
+                   temperature: float = 1.0, seed: int = 0, max_len: int | None = None) -> list[list[np.ndarray]]:
+    """``n`` hairstyles (cards in metres) for one point cloud (metres, head frame)."""
     cloud = points_tensor(points, head, seed=seed)[None].expand(n, -1, -1)
     seqs = model.generate(cloud, max_len, temperature, top_k, torch.Generator().manual_seed(seed))
     return [decode(s, head) for s in seqs]
