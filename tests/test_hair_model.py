@@ -167,3 +167,22 @@ def test_cli_generate_from_a_checkpoint_and_bad_input(hairstyle, head, tmp_path,
     assert len(err) == len(runs)
     assert "no hair checkpoint" in err[0] and "garbage.ply" in err[1] and "empty_ck" in err[2]
     assert "not a hairstyle set" in err[3]
+
+
+def test_preview_samples_a_degenerate_card_set():
+    """Greedy decoding of an undertrained model can write cards whose points coincide: the preview still draws."""
+    from domains.hair.gallery import _surface_points
+
+    v = np.array([[0.1, 0.2, 0.3]] * 3)
+    p, n, _ = _surface_points(v, np.array([[0, 1, 2]]), np.ones(3), 5, np.random.default_rng(0))
+    np.testing.assert_allclose(p, np.repeat(v[:1], 5, 0))
+    assert np.isfinite(n).all()
+
+
+def test_a_card_of_coincident_points_meshes_without_nan(head):
+    from domains.hair.mesh import to_mesh
+
+    card = np.tile([[0.0, 0.45, 0.05, 0.02, 0.003]], (3, 1))
+    v = np.asarray(to_mesh([card, T.quantised([card], head)[0]], head).vertices)
+    assert np.isfinite(v).all()
+    np.testing.assert_allclose(np.linalg.norm(v[1] - v[0]), 0.02, rtol=1e-6)  # a section's corners: the card's width
