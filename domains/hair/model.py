@@ -32,8 +32,8 @@ PRESETS = {
     "tiny": {
         "model": dict(block_size=512, n_layer=2, n_head=2, n_embd=64, pos="rope"),
         "encoder": dict(groups=32, group_size=16, width=64),
-        "train": dict(max_steps=300, batch_size=4, lr=1e-3, min_lr=1e-4, warmup_steps=30, eval_every=100,
-                      save_every=100, eval_batches=2),
+        "train": dict(max_steps=4000, batch_size=4, lr=1e-3, min_lr=1e-4, warmup_steps=200, eval_every=500,
+                      save_every=500, eval_batches=4),
     },
     # CHARM's shape (6 layers, width 768, context up to 8,192 tokens): configuration for an accelerator
     "charm": {
