@@ -109,6 +109,93 @@ def fit(
     typer.echo(f"{len(cards)} cards in {out} ({'valid' if r['valid'] else 'INVALID'}, inside head {r['inside_share']:.2%})")
 
 
+@app.command()
+def train(
+    data: Path = typer.Option(..., help="A procedural set (`sciar hair procedural`'s folder: hairstyles.parquet, styles.csv)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint folder (training resumes from it)."),
+    preset: str = typer.Option("tiny", help="Model and budget: tiny (2 CPU cores) or charm (6 layers, width 768)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps (default: the preset's)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Hairstyles per micro-batch (default: the preset's)."),
+    lr: Optional[float] = typer.Option(None, min=0.0, help="Peak learning rate (default: the preset's)."),
+    ema: Optional[float] = typer.Option(None, min=0.0, max=0.9999, help="Decay of a moving average of the weights (0: none)."),
+):
+    """Train the point-cloud-conditioned card model on procedural hairstyles (split 'train'; 'test' validates)."""
+    from domains.hair.training import train_model
+
+    summary = train_model(data, preset, out, steps, batch_size, lr, ema)
+    typer.echo(f"checkpoint in {out}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                  for k, v in summary.items() if isinstance(v, (int, float))))
+
+
+def _checkpoint(checkpoint: Optional[Path]) -> Path:
+    from sciar.errors import CheckpointError
+
+    if checkpoint is None:
+        raise CheckpointError("no hair checkpoint is shipped: train one (`sciar hair train --data DIR --out CK`) and pass --checkpoint CK")
+    return checkpoint
+
+
+@app.command()
+def generate(
+    points: Path = typer.Option(..., help="A point cloud of hair (.ply/.obj/.xyz/.csv/.npy), metres, in the head's frame."),
+    checkpoint: Optional[Path] = typer.Option(None, help="A checkpoint from `sciar hair train` (no hair checkpoint is shipped)."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Folder for cards.csv, cards.obj, cards.glb, preview.png."),
+    top_k: int = typer.Option(10, min=1, help="Sample among the k likeliest values of each field (1: greedy)."),
+    temperature: float = typer.Option(1.0, min=1e-3, help="Sampling temperature."),
+    seed: int = typer.Option(0, help="Seed of the sampling and of the cloud's subsample."),
+    max_len: Optional[int] = typer.Option(None, min=4, help="Longest token sequence (default: the model's context)."),
+    ema: bool = typer.Option(False, help="Use the checkpoint's moving-average weights."),
+):
+    """Generate hair cards for a point cloud with a trained model (cached decoding; every sequence well formed)."""
+    from domains.hair.files import read_points
+    from domains.hair.head import load_head
+    from domains.hair.training import generate_cards, load_hair_model
+    from domains.hair.validity import check_cards
+
+    head = load_head()
+    cloud = read_points(points, head)
+    cards = generate_cards(cloud, load_hair_model(_checkpoint(checkpoint), ema), head, 1, top_k, temperature, seed, max_len)[0]
+    _write_hairstyle(cards, head, out, f"{points.name}: {len(cards)} generated cards")
+    r = check_cards(cards, head)
+    typer.echo(f"{len(cards)} cards in {out} ({'valid' if r['valid'] else 'INVALID'}, inside head {r['inside_share']:.2%})")
+
+
+@app.command()
+def batch(
+    input_: Path = typer.Option(..., "--input", help="CSV/parquet of prompts: column `points` (a cloud's path), optional `seed`."),
+    output: Path = typer.Option(..., callback=output_file, help="Results table (.parquet or .csv); a rerun resumes it."),
+    checkpoint: Optional[Path] = typer.Option(None, help="A checkpoint from `sciar hair train`."),
+    cards_dir: Optional[Path] = typer.Option(None, help="Folder for each row's cards CSV (default: OUTPUT's name + _cards)."),
+    top_k: int = typer.Option(10, min=1, help="Sample among the k likeliest values of each field (1: greedy)."),
+    max_len: Optional[int] = typer.Option(None, min=4, help="Longest token sequence (default: the model's context)."),
+):
+    """Generate cards for a table of point clouds: one result row per prompt (a bad row gets an error and the batch goes on)."""
+    from domains.hair.files import read_points, write_cards_csv
+    from domains.hair.head import load_head
+    from domains.hair.training import generate_cards, load_hair_model
+    from domains.hair.validity import check_cards
+    from sciar.batch import run_batch
+    from sciar.errors import DataError
+
+    head, model = load_head(), load_hair_model(_checkpoint(checkpoint))
+    folder = cards_dir or output.with_name(output.stem + "_cards")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def row(r: dict) -> list[dict]:
+        if not isinstance(r.get("points"), str) or not r["points"]:
+            raise DataError("the row has no `points` path")
+        seed = int(r["seed"]) if "seed" in r and r["seed"] == r["seed"] else int(r["row_id"])
+        cards = generate_cards(read_points(r["points"], head), model, head, 1, top_k, 1.0, seed, max_len)[0]
+        path = folder / f"row_{r['row_id']}.csv"
+        write_cards_csv(cards, path)
+        c = check_cards(cards, head)
+        return [{"n_cards": len(cards), "n_points": int(sum(len(x) for x in cards)), "valid": bool(c["valid"]),
+                 "inside_share": float(c["inside_share"]), "cards": str(path)}]
+
+    df = run_batch(input_, row, output=output, desc="hair batch")
+    typer.echo(f"{int((df['status'] == 'ok').sum())} of {len(df)} rows generated into {output}")
+
+
 @app.command("to-mesh")
 def to_mesh_cmd(
     cards: Path = typer.Argument(..., help="Cards CSV (card, x, y, z, width, thickness; metres, head frame)."),

@@ -24,7 +24,8 @@ def _surface_points(v, f, rgb, n_points, rng):
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     area = np.linalg.norm(n, axis=1)
     n /= area[:, None] + 1e-12
-    face = rng.choice(len(f), n_points, p=area / area.sum())
+    # a degenerate card set (every point in one place: an undertrained model's) has no area: draw faces uniformly
+    face = rng.choice(len(f), n_points, p=area / area.sum() if area.sum() > 0 else None)
     a, b = rng.random((2, n_points))
     flip = a + b > 1
     a, b = np.where(flip, 1 - a, a), np.where(flip, 1 - b, b)

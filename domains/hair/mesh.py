@@ -30,7 +30,8 @@ def frames(card: np.ndarray, normals: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """
     p = card[:, :3]
     t = np.gradient(p, axis=0) if len(p) > 1 else np.array([[0.0, -1.0, 0.0]])
-    t /= np.linalg.norm(t, axis=1, keepdims=True) + 1e-12
+    t[np.linalg.norm(t, axis=1) < 1e-12] = [0.0, -1.0, 0.0]  # coincident points (a model's output): hang down
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
     n = normals
     if len(n) > 2:  # CHARM's smoothed normals: a [1, 2, 1] average along the card
         n = np.concatenate([n[:1] * 3 + n[1:2], n[:-2] + 2 * n[1:-1] + n[2:], n[-1:] * 3 + n[-2:-1]])

@@ -1,0 +1,93 @@
+"""Training the hair model on procedural hairstyles and generating cards from a point cloud with a checkpoint.
+
+The batch source holds, per hairstyle, its tokens (cut to the context: the first cards in azimuth order) and
+``CONDITIONS`` noisy condition clouds (:func:`domains.hair.baselines.condition_points`, seeds per hairstyle); a batch
+draws hairstyles and one of their clouds, pads the tokens with ``-1`` rows (which the loss ignores).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from domains.hair.baselines import condition_points
+from domains.hair.model import PRESETS, HairModel, points_tensor
+from domains.hair.tokens import PAD, decode, encode
+from sciar.errors import DataError
+from sciar.model import ModelConfig
+
+CONDITIONS = 2  # noisy condition clouds per training hairstyle
+
+
+class HairBatches:
+    """``get_batch(split, batch_size, generator) -> {"tokens": [B, T, 6], "points": [B, N, 3]}``."""
+
+    def __init__(self, hairstyles: list[list[np.ndarray]], splits: list[str], head, block_size: int,
+                 n_points: int = 2048, conditions: int = CONDITIONS):
+        if not hairstyles:
+            raise DataError("no hairstyles to train on")
+        self.tokens = [torch.from_numpy(encode(c, head, clip=True)[: block_size + 1]) for c in hairstyles]
+        self.points = [torch.stack([points_tensor(condition_points(c, head, seed=1000 * i + k), head, n_points, seed=k)
+                                    for k in range(conditions)]) for i, c in enumerate(hairstyles)]
+        train = [i for i, s in enumerate(splits) if s == "train"]
+        if not train:
+            raise DataError("no hairstyle of the 'train' split")
+        val = [i for i, s in enumerate(splits) if s == "test"] or train
+        self.rows = {"train": train, "val": val}
+
+    def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        rows = self.rows[split]
+        pick = torch.randint(len(rows), (batch_size,), generator=generator).tolist()
+        cond = torch.randint(len(self.points[0]), (batch_size,), generator=generator).tolist()
+        seqs = [self.tokens[rows[i]] for i in pick]
+        T = max(len(s) for s in seqs)
+        tokens = torch.full((batch_size, T, 6), PAD, dtype=torch.long)
+        for b, s in enumerate(seqs):
+            tokens[b, : len(s)] = s
+        return {"tokens": tokens, "points": torch.stack([self.points[rows[i]][k] for i, k in zip(pick, cond)])}
+
+
+def build_model(ck) -> HairModel:
+    """The untrained model a checkpoint's config describes (registered through the adapter)."""
+    return HairModel(ModelConfig.from_dict(ck.config["model"]), ck.config["encoder"])
+
+
+def train_model(data: str | Path, preset_name: str, out: str | Path, steps: int | None = None,
+                batch_size: int | None = None, lr: float | None = None, ema: float | None = None,
+                progress: bool = True) -> dict:
+    """Train a preset on a procedural set (``sciar hair procedural``'s folder); checkpoints under ``out``."""
+    from domains.hair.files import read_set
+    from domains.hair.head import load_head
+    from sciar.io import fingerprint
+    from sciar.presets import choose, override, train_budget
+    from sciar.train import TrainConfig, train
+
+    preset = choose(PRESETS, preset_name)
+    hairstyles, styles = read_set(data)
+    head = load_head()
+    model = HairModel.from_preset(preset)
+    source = HairBatches(hairstyles, list(styles["split"]), head, model.cfg.block_size)
+    tcfg = TrainConfig.from_dict(override(train_budget(preset["train"], steps, batch_size, lr), ema=ema, progress=progress))
+    config = {"model": model.cfg.to_dict(), "encoder": preset["encoder"], "preset": preset_name}
+    domain = {"domain": "hair", "data_fingerprint": fingerprint([Path(data) / "hairstyles.parquet", Path(data) / "styles.csv"])}
+    return train(model, source, tcfg, out, config, None, domain)
+
+
+def load_hair_model(checkpoint: str | Path, ema: bool = False) -> HairModel:
+    """A hair checkpoint's model in eval mode (its moving-average weights with ``ema``); bad checkpoints: one line."""
+    from sciar.checkpoint import load_model, load_weights
+
+    model, ck = load_model(checkpoint, domain="hair")
+    if ema:
+        load_weights(ck, model, ema=True)
+    return model.eval()
+
+
+def generate_cards(points: np.ndarray, model: HairModel, head, n: int = 1, top_k: int | None = 10,
+                   temperature: float = 1.0, seed: int = 0, max_len: int | None = None) -> list[list[np.ndarray]]:
+    """``n`` hairstyles (cards in metres) for one point cloud (metres, head frame)."""
+    cloud = points_tensor(points, head, seed=seed)[None].expand(n, -1, -1)
+    seqs = model.generate(cloud, max_len, temperature, top_k, torch.Generator().manual_seed(seed))
+    return [decode(s, head) for s in seqs]
