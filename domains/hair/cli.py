@@ -5,7 +5,6 @@ Light on purpose: numpy, trimesh and scikit-learn are imported inside the comman
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
