@@ -30,7 +30,7 @@ would bring a large dependency for a schedule and a loop).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -129,11 +129,17 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def sample(self, eps_fn: EpsFn, shape: tuple[int, ...], temperature: float = 1.0,
-               generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> torch.Tensor:
-        """Ancestral sampling from ``x_T ~ N(0, I)`` through every step of this (respaced) process."""
+               generator: torch.Generator | Sequence[torch.Generator] | None = None, device=None,
+               dtype=torch.float32) -> torch.Tensor:
+        """Ancestral sampling from ``x_T ~ N(0, I)`` through every step of this (respaced) process.
+
+        ``generator``: one for all rows, or a sequence of ``G`` generators, each drawing every noise of its
+        own block of ``shape[0] / G`` consecutive rows, so that a block's samples do not depend on the other
+        blocks sampled beside it (one call for a batch whose rows each own a generator).
+        """
         if not temperature > 0:
             raise SciarError(f"temperature must be positive, got {temperature}")
-        x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        x = _randn(shape, generator, device, dtype)
         var = self.post_var if self.variance == "posterior" else self.betas
         # every row is at the same step: plain Python scalars, no per-step gathers
         for step in reversed(range(self.num_steps)):
@@ -145,10 +151,21 @@ class GaussianDiffusion:
             x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
             x = float(self.post_c0[step]) * x0 + float(self.post_ct[step]) * x
             if step > 0:
-                noise = torch.randn(shape, generator=generator, device=x.device, dtype=dtype)
+                noise = _randn(shape, generator, x.device, dtype)
                 if self.variance == "learned":
                     std = (0.5 * self.learned_log_variance(t.new_full(t.shape, step), v)).exp()
                 else:
                     std = math.sqrt(float(var[step]))
                 x = x + std * temperature * noise
         return x
+
+
+def _randn(shape, generator, device, dtype) -> torch.Tensor:
+    """Standard normal noise of ``shape``; a sequence of generators draws one block of rows each."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    gens = list(generator)
+    if not gens or shape[0] % len(gens):
+        raise SciarError(f"{len(gens)} generators cannot share {shape[0]} rows evenly")
+    block = (shape[0] // len(gens), *shape[1:])
+    return torch.cat([torch.randn(block, generator=g, device=device, dtype=dtype) for g in gens])

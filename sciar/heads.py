@@ -360,12 +360,14 @@ class DiffusionHead(nn.Module):
 
     @torch.no_grad()
     def sample(self, h: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0, steps: int | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
         """Tokens ``[N, token_dim]`` for conditions ``h [N, cond_dim]``.
 
         With classifier-free guidance (``cfg != 1``) ``h`` is ``[2N, cond_dim]``, the conditioned
         rows first and the unconditioned rows second; both halves share the noise and the
-        prediction is ``eps_u + cfg * (eps_c - eps_u)``. The same ``generator`` state gives the same tokens.
+        prediction is ``eps_u + cfg * (eps_c - eps_u)``. The same ``generator`` state gives the same tokens;
+        a list of ``G`` generators gives each block of ``N / G`` consecutive tokens its own noise (one call
+        for a batch of objects that each own a generator).
         """
         self._check(h)
         if cfg < 1:

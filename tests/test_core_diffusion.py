@@ -155,3 +155,20 @@ def test_diffusion_head_with_learned_variance_trains_and_samples():
     assert torch.isfinite(loss) and head.net.out.linear.weight.grad.abs().sum() > 0
     out = head.sample(torch.cat([h[0], h[1]]), cfg=2.0, generator=torch.Generator().manual_seed(0))
     assert out.shape == (7, 2) and torch.isfinite(out).all()
+
+
+def test_a_generator_per_block_of_rows_gives_each_block_its_own_noise():
+    """Sampling 3 blocks of 2 rows with 3 generators equals sampling each block alone with its generator,
+    whatever the eps function (here one that mixes nothing across rows)."""
+    from sciar.diffusion import GaussianDiffusion
+
+    d = GaussianDiffusion.cosine(100).respaced(10)
+
+    def eps(x, t):
+        return 0.1 * x + 0.001 * t[:, None].float()
+
+    together = d.sample(eps, (6, 3), temperature=0.8, generator=[torch.Generator().manual_seed(s) for s in (1, 2, 3)])
+    alone = torch.cat([d.sample(eps, (2, 3), temperature=0.8, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3)])
+    assert torch.equal(together, alone)
+    with pytest.raises(SciarError):
+        d.sample(eps, (5, 3), generator=[torch.Generator(), torch.Generator()])

@@ -110,11 +110,10 @@ def generate(
         idx = pos[..., None].expand(-1, -1, h.shape[-1])
         hk = h[:B].gather(1, idx)
         hu = h[B:].gather(1, idx) if guided else None
-        new = torch.stack([
-            model.head.sample(hk[b] if hu is None else torch.cat([hk[b], hu[b]]), temperature=temperature,
-                              cfg=scale, steps=head_steps, generator=gens[b])
-            for b in range(B)  # a row's noise from its own generator
-        ])
+        n_k = pos.shape[1]
+        cond = hk.reshape(B * n_k, -1) if hu is None else torch.cat([hk.reshape(B * n_k, -1), hu.reshape(B * n_k, -1)])
+        # one head call for the batch; each row's tokens take their noise from the row's own generator
+        new = model.head.sample(cond, temperature=temperature, cfg=scale, steps=head_steps, generator=gens).view(B, n_k, D)
         tokens.scatter_(1, pos[..., None].expand(-1, -1, D), new.to(tokens.dtype))
         masked.scatter_(1, pos, False)
     return tokens
