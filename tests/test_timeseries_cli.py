@@ -268,3 +268,22 @@ def test_series_shorter_than_the_lookback_read_the_segments_they_have(checkpoint
     assert ok.groupby("series")["lookback"].first().to_dict() == {"long": 192, "short": 96}
     tiny = res[res["series"] == "tiny"]
     assert tiny["status"].tolist() == ["error"] and "shorter than one segment of 96" in tiny["error"].iloc[0]
+
+
+def test_benchmark_defaults_to_the_shipped_backbone_with_the_linear_maps(hourly_csv, tmp_path, capsys):
+    """With no recipe the benchmark trains nothing: it scores the shipped backbone zero-shot, alone and
+    averaged with the linear maps (what forecast does), and says which split it chose and why."""
+    js = tmp_path / "b.json"
+    rc = main(["timeseries", "benchmark", "--csv", str(hourly_csv), "--lookback", "192", "--horizons", "96",
+               "--json", str(js), "--max-windows", "8", "--no-ets", "--no-progress", "--out", str(tmp_path / "runs")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "split            ratio: ETT columns, hourly, but 2400 rows" in out
+    res = json.loads(js.read_text())
+    assert res["recipe"] == "pretrained" and res["recommended"] == "zero_shot+linear"
+    assert "sciar" not in res["methods"] and not (tmp_path / "runs").exists()  # nothing trained
+    assert res["methods"]["zero_shot"]["checkpoint"].endswith("timeseries-pretrained")
+    assert "averaged with the linear maps" in res["methods"]["zero_shot+linear"]["recipe"]
+    assert main(["timeseries", "benchmark", "--csv", str(hourly_csv), "--recipe", "scratch", "--init", "x",
+                 "--json", str(js)]) == 2
+

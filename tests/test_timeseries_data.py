@@ -385,3 +385,22 @@ def test_synthetic_corpus_series():
     assert got and all(s.name.startswith("synthetic_") for s in got)
     with pytest.raises(DataError, match="empty"):
         load_corpus(packages=False)
+
+
+def test_auto_split_knows_an_ett_file_by_its_columns_and_step(tmp_path):
+    """A renamed ETTh1 gets ETT's 12/4/4 months from its layout; too short a piece of it, or another dataset,
+    70/10/20; the reason says which."""
+    df = pd.read_csv(ETTH1)
+    df.to_csv(tmp_path / "station.csv", index=False)
+    s = read_csv(tmp_path / "station.csv")
+    sp = standard_splits(s, 672)
+    assert sp.kind == "ett" and sp.train == (0, 8640) and sp.test == (11520 - 672, 14400)
+    assert "ETT columns" in sp.reason and "12/4/4" in sp.reason
+    df.iloc[:2400].to_csv(tmp_path / "short.csv", index=False)
+    sp = standard_splits(read_csv(tmp_path / "short.csv"), 96)
+    assert sp.kind == "ratio" and "2400 rows are fewer than the ETT split's 20 months (14400 rows)" in sp.reason
+    sp = standard_splits(read_csv(SHARED / "exchange_rate.csv"), 96)
+    assert sp.kind == "ratio" and sp.reason.startswith("not an ETT file")
+    # other columns, or a daily step, are not ETT's layout
+    df.rename(columns={"HUFL": "load"}).to_csv(tmp_path / "other.csv", index=False)
+    assert standard_splits(read_csv(tmp_path / "other.csv"), 96).kind == "ratio"

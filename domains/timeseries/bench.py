@@ -25,6 +25,8 @@ from .pipeline import (evaluate_model, load_forecaster, model_forecaster, prepar
 
 ENSEMBLE_NOTE = ("mean of the model's forecast and the DLinear- and NLinear-style maps fitted on the training split "
                  "for the longest horizon")
+RECIPES = ("pretrained", "scratch", "finetune")
+PRETRAINED = "timeseries-pretrained"  # the shipped backbone: what forecast uses and the benchmark scores by default
 
 
 def _strip(res: dict, target_idx: int) -> dict:
@@ -38,9 +40,27 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
                   zero_shot=None, preset="default", max_steps=None, out="runs/timeseries-bench",
                   split="auto", fill="error", ets=True, max_windows=None, device="auto", progress=True,
                   log=print, duplicates="error", prompt_segments: list[int] | None = None, stats: bool = False,
-                  score_split: str = "test") -> dict:
+                  score_split: str = "test", recipe: str | None = None) -> dict:
+    """Ours against the baselines on one dataset, in one run; writes ``json_out`` after every method.
+
+    ``recipe``: what "ours" is. ``pretrained`` (the default when no ``checkpoint`` or ``init`` is given): the
+    shipped backbone zero-shot, alone and averaged with the linear maps as ``sciar timeseries forecast`` does
+    (that average is the recommendation); ``scratch``: a model trained on this dataset from scratch;
+    ``finetune``: the backbone ``init`` (default the shipped one) fine-tuned on it. ``checkpoint`` scores a
+    trained checkpoint instead. Every method's entry says its recipe.
+    """
     if score_split not in ("test", "val"):
         raise SciarError(f"--score-split must be test or val (got {score_split!r})")
+    if recipe is None:
+        recipe = "finetune" if init is not None else ("checkpoint" if checkpoint is not None else "pretrained")
+    if recipe not in RECIPES + ("checkpoint",):
+        raise SciarError(f"unknown recipe {recipe!r} ({', '.join(RECIPES)})")
+    if recipe in ("scratch", "pretrained") and init is not None:
+        raise SciarError(f"--init fine-tunes a backbone: use it with --recipe finetune, not {recipe}")
+    if recipe == "finetune" and init is None:
+        init = PRETRAINED
+    if recipe == "pretrained" and zero_shot is None:
+        zero_shot = PRETRAINED
     series = read_series(csv, fill=fill, duplicates=duplicates)
     prep = prepare(series, lookback, split)
     scored = getattr(prep, score_split).values  # val: model selection without looking at the test split
@@ -50,6 +70,8 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
     methods: dict[str, dict] = {}
     info: dict = {"dataset": series.name, "rows": series.length, "channels": len(series.columns),
                   "target": series.target, "lookback": lookback, "horizons": horizons, "split": prep.splits.kind,
+                  "split_reason": prep.splits.reason, "recipe": recipe,
+                  "recommended": "zero_shot+linear" if recipe == "pretrained" else "sciar+linear",
                   "split_rows": {"train": prep.splits.train, "val": prep.splits.val, "test": prep.splits.test},
                   "scored_split": score_split,
                   "protocol": "standardised by the training split; every test window (stride 1) unless max_windows; "
@@ -76,9 +98,11 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
     # --------------------------------------------------------------------------------------------------- ours
     run_dir = Path(out)
     t0 = time.perf_counter()
-    if checkpoint is not None:
+    if recipe == "pretrained" and checkpoint is None:
+        model = None  # the backbone is scored zero-shot below
+    elif checkpoint is not None:
         model, ck = load_forecaster(checkpoint)
-        train_info = {"checkpoint": str(ck.path)}
+        train_info = {"checkpoint": str(ck.path), "recipe": "a trained checkpoint"}
     else:
         summ = train_on_series(csv, run_dir / "sciar", init=init, adapter_only=adapter_only, preset=preset,
                                lookback=lookback, split=split, fill=fill, max_steps=max_steps, device=device,
@@ -87,16 +111,18 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
         train_info = {"checkpoint": str(ck.path), "train_seconds": summ["seconds"], "steps": summ["steps"],
                       "trainable_params": summ["trainable_params"], "preset": preset, "init": init,
                       "adapter_only": summ["adapter_only"], "stats": summ["stats"], "kept_start": summ.get("kept_start"),
-                      "start_val": summ.get("start_val"), "best_val": summ.get("best_val")}
+                      "start_val": summ.get("start_val"), "best_val": summ.get("best_val"),
+                      "recipe": f"fine-tuned from {init}" if init is not None else "trained from scratch"}
     dev = "cuda" if device in ("auto", "cuda") and _cuda() else "cpu"
-    model.to(dev)
-    # ours, and ours averaged with the DLinear- and NLinear-style maps (one pass of the model serves both)
-    ours = Memo(split_forecaster(model, prep, lookback, H, dev, score_split))
     maps = linear_maps(prep.train.values, lookback, H)  # fitted once, for ours and the zero-shot backbone
-    both = evaluate_many({"sciar": ours, "ens": linear_ensemble(ours, maps)}, scored,
-                         lookback, horizons, max_windows=max_windows)
-    record("sciar", both["sciar"], **train_info)
-    record("sciar+linear", both["ens"], note=ENSEMBLE_NOTE)
+    if model is not None:
+        model.to(dev)
+        # ours, and ours averaged with the DLinear- and NLinear-style maps (one pass of the model serves both)
+        ours = Memo(split_forecaster(model, prep, lookback, H, dev, score_split))
+        both = evaluate_many({"sciar": ours, "ens": linear_ensemble(ours, maps)}, scored,
+                             lookback, horizons, max_windows=max_windows)
+        record("sciar", both["sciar"], **train_info)
+        record("sciar+linear", both["ens"], note=ENSEMBLE_NOTE, recipe=f"{train_info['recipe']}, averaged with the linear maps")
 
     if zero_shot is not None:
         zs, zck = load_forecaster(zero_shot)
@@ -104,8 +130,10 @@ def run_benchmark(csv, lookback: int, horizons: list[int], json_out, checkpoint=
         zfn = Memo(split_forecaster(zs, prep, lookback, H, dev, score_split))
         both = evaluate_many({"zs": zfn, "ens": linear_ensemble(zfn, maps)}, scored,
                              lookback, horizons, max_windows=max_windows)
-        record("zero_shot", both["zs"], checkpoint=str(zck.path), note="pretrained backbone, never trained on this dataset")
-        record("zero_shot+linear", both["ens"], checkpoint=str(zck.path), note=ENSEMBLE_NOTE)
+        record("zero_shot", both["zs"], checkpoint=str(zck.path), note="pretrained backbone, never trained on this dataset",
+               recipe="the pretrained backbone, zero-shot")
+        record("zero_shot+linear", both["ens"], checkpoint=str(zck.path), note=ENSEMBLE_NOTE,
+               recipe="the pretrained backbone, zero-shot, averaged with the linear maps (what forecast does)")
         S = zs.head.segment
         for p in prompt_segments or []:
             # in-context: the p segments before each test window's lookback as a prompt, against the same

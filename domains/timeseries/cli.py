@@ -237,8 +237,11 @@ def benchmark(
     lookback: int = typer.Option(672, min=1, help="Lookback in steps."),
     horizons: str = typer.Option("96,192,336,720", help="Horizons, comma separated."),
     json_out: Path = typer.Option(Path("benchmark.json"), "--json", callback=output_file, help="Where to write the results."),
-    checkpoint: Optional[str] = typer.Option(None, help="Load this trained checkpoint instead of training."),
-    init: Optional[str] = typer.Option(None, help="Fine-tune from this pretrained backbone."),
+    recipe: Optional[str] = typer.Option(None, help="What 'ours' is: pretrained (the default: the shipped backbone "
+                                         "zero-shot, alone and with the linear maps as forecast does), scratch "
+                                         "(train on this dataset) or finetune (the backbone, or --init, fine-tuned)."),
+    checkpoint: Optional[str] = typer.Option(None, help="Score this trained checkpoint instead."),
+    init: Optional[str] = typer.Option(None, help="Fine-tune from this pretrained backbone (--recipe finetune)."),
     adapter_only: bool = typer.Option(False, help="With --init: train only the adapter on the frozen backbone."),
     zero_shot: Optional[str] = typer.Option(None, help="Also score this checkpoint zero-shot (e.g. the pretrained backbone)."),
     preset: str = typer.Option("default", help="Model size and schedule when training."),
@@ -263,8 +266,10 @@ def benchmark(
                         adapter_only=adapter_only, zero_shot=zero_shot, preset=preset, max_steps=max_steps,
                         out=out, split=split, fill=fill, ets=ets, duplicates=duplicates,
                         max_windows=max_windows or None, device=device, progress=progress,
-                        score_split=score_split,
+                        score_split=score_split, recipe=recipe,
                         prompt_segments=_ints(prompt_segments, "--prompt-segments") if prompt_segments else None)
+    typer.echo(f"split            {res['split']}: {res['split_reason']}")
+    typer.echo(f"recipe           {res['recipe']} (recommended: {res['recommended']})")
     for name, m in res["methods"].items():
         typer.echo(f"{name:<16} avg mse {m['avg']['mse']:.4f}  mae {m['avg']['mae']:.4f}")
     typer.echo(f"results: {json_out}")

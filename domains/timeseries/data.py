@@ -372,25 +372,52 @@ class Splits:
     val: tuple[int, int]
     test: tuple[int, int]
     kind: str
+    reason: str = ""  # why this split (what "auto" saw), for the user and the benchmark's JSON
+
+
+ETT_COLUMNS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")  # the ETT files' channels after the date
+ETT_STEPS = (pd.Timedelta("1h"), pd.Timedelta("15min"))
+
+
+def _ett_rows(series: Series) -> tuple[int, int, int]:
+    """The ends of the ETT split's 12, 16 and 20 months in rows of the series' sampling step."""
+    step = series.step
+    per_hour = 1 if step is None else max(1, int(round(pd.Timedelta("1h") / step)))
+    month = 30 * 24 * per_hour
+    return 12 * month, 16 * month, 20 * month
+
+
+def auto_split(series: Series) -> tuple[str, str]:
+    """(kind, reason): the ETT split for an ETT file, known by its name (ETT*) or by its layout (the columns
+    date, HUFL, HULL, MUFL, MULL, LUFL, LULL, OT at an hourly or 15-minute step) when it holds the 20 months
+    that split needs; 70/10/20 by time otherwise."""
+    named = series.name.upper().startswith("ETT")
+    layout = tuple(series.columns) == ETT_COLUMNS and series.step in ETT_STEPS
+    if not (named or layout):
+        return "ratio", "not an ETT file (name or columns): 70/10/20 by time"
+    seen = f"named {series.name}" if named else f"ETT columns, {'hourly' if series.step == ETT_STEPS[0] else '15-minute'}"
+    te = _ett_rows(series)[2]
+    if series.length < te:
+        return "ratio", (f"{seen}, but {series.length} rows are fewer than the ETT split's 20 months ({te} rows): "
+                         "70/10/20 by time")
+    return "ett", f"{seen}: ETT's 12/4/4 months"
 
 
 def standard_splits(series: Series, lookback: int, kind: str = "auto") -> Splits:
     """Informer's splits: ETT 12/4/4 months (by rows of the sampling step), the others 70/10/20."""
     n = series.length
+    reason = f"asked for ({kind})"
     if kind == "auto":
-        kind = "ett" if series.name.upper().startswith("ETT") else "ratio"
+        kind, reason = auto_split(series)
     if kind == "ett":
-        step = series.step
-        per_hour = 1 if step is None else max(1, int(round(pd.Timedelta("1h") / step)))
-        month = 30 * 24 * per_hour
-        tr, va, te = 12 * month, 16 * month, 20 * month
+        tr, va, te = _ett_rows(series)
         if n < te:
             raise DataError(f"{series.name}: {n} rows is shorter than the ETT split of 20 months ({te} rows)")
-        s = Splits((0, tr), (tr - lookback, va), (va - lookback, te), "ett")
+        s = Splits((0, tr), (tr - lookback, va), (va - lookback, te), "ett", reason)
     elif kind == "ratio":
         n_train, n_test = int(n * 0.7), int(n * 0.2)
         n_val = n - n_train - n_test
-        s = Splits((0, n_train), (n_train - lookback, n_train + n_val), (n - n_test - lookback, n), "ratio")
+        s = Splits((0, n_train), (n_train - lookback, n_train + n_val), (n - n_test - lookback, n), "ratio", reason)
     else:
         raise DataError(f"unknown split kind {kind!r} (auto, ett, ratio)")
     if s.val[0] < 0 or s.test[0] < 0:
