@@ -155,3 +155,16 @@ def test_diffusion_head_with_learned_variance_trains_and_samples():
     assert torch.isfinite(loss) and head.net.out.linear.weight.grad.abs().sum() > 0
     out = head.sample(torch.cat([h[0], h[1]]), cfg=2.0, generator=torch.Generator().manual_seed(0))
     assert out.shape == (7, 2) and torch.isfinite(out).all()
+
+
+def test_ring_benchmark_distance_and_report(benchmark_module):
+    core = benchmark_module("core")
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 2, generator=g)
+    shift = torch.tensor([0.3, -0.4])
+    # a translation by c: every projection's W2 is |theta . c|, so SW2^2 = E[(theta . c)^2] = |c|^2 / 2 in 2-D
+    assert core.sliced_wasserstein(a, a + shift) == pytest.approx(0.5 / math.sqrt(2), rel=0.05)
+    assert core.sliced_wasserstein(a, a) == 0
+    fit = core.diffusion_head_fit(steps=3, width=16, depth=1, n=300, sample_steps=5)
+    assert set(fit) >= {"head", "reference", "ratio", "mode_shares"} and len(fit["mode_shares"]) == 8
+    assert sum(fit["mode_shares"]) == pytest.approx(1.0) and fit["steps"] == 3
