@@ -1,7 +1,7 @@
 """Core benchmark: KV-cache decoding, training throughput against a minimal GPT, sampling speed, and
 how well a diffusion head fits a known 2-D distribution (``diffusion_head_fit``).
 
-    python benchmarks/core.py --quick --json core.json      # ~2 minutes on 2 CPU cores
+    python benchmarks/core.py --quick --json core.json      # ~3 minutes on 2 CPU cores
     python benchmarks/core.py --json core.json              # on a GPU: adds MFU at the CrystaLLM-small size
                                                              # and CUDA-graph decoding against an eager loop
 

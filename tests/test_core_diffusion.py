@@ -49,9 +49,9 @@ def test_q_sample_moments():
 
 def _gaussian_eps(d: GaussianDiffusion, mu: float, s: float):
     """The exact noise predictor for 1-D data N(mu, s^2): E[eps | x_t]."""
-    def eps(x, t):
-        ab = d.alpha_bar[t].to(x.dtype)[:, None]
-        return (x - ab.sqrt() * mu) * (1 - ab).sqrt() / (ab * s * s + 1 - ab)
+    def eps(x, t):  # the sampler calls it with every row at the same step
+        ab = float(d.alpha_bar[t[0]])
+        return (x - math.sqrt(ab) * mu) * math.sqrt(1 - ab) / (ab * s * s + 1 - ab)
     return eps
 
 
@@ -172,3 +172,16 @@ def test_a_generator_per_block_of_rows_gives_each_block_its_own_noise():
     assert torch.equal(together, alone)
     with pytest.raises(SciarError):
         d.sample(eps, (5, 3), generator=[torch.Generator(), torch.Generator()])
+
+
+def test_ring_benchmark_distance_and_report(benchmark_module):
+    core = benchmark_module("core")
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 2, generator=g)
+    shift = torch.tensor([0.3, -0.4])
+    # a translation by c: every projection's W2 is |theta . c|, so SW2^2 = E[(theta . c)^2] = |c|^2 / 2 in 2-D
+    assert core.sliced_wasserstein(a, a + shift) == pytest.approx(0.5 / math.sqrt(2), rel=0.05)
+    assert core.sliced_wasserstein(a, a) == 0
+    fit = core.diffusion_head_fit(steps=3, width=16, depth=1, n=300, sample_steps=5)
+    assert set(fit) >= {"head", "reference", "ratio", "mode_shares"} and len(fit["mode_shares"]) == 8
+    assert sum(fit["mode_shares"]) == pytest.approx(1.0) and fit["steps"] == 3
