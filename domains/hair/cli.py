@@ -231,19 +231,19 @@ def from_mesh_cmd(
 
 @app.command()
 def check(
-    cards: List[Path] = typer.Argument(..., help="Cards CSV files."),
+    cards: List[Path] = typer.Argument(..., help="Cards tables (CSV or parquet), or a set's hairstyles.parquet (every hairstyle checked)."),
     json_out: Optional[Path] = typer.Option(None, "--json", callback=output_file, help="Write the checks as JSON too."),
 ):
     """Validity checks: inside-head share, root-to-scalp distance, short cards, fields out of range, NaN."""
-    from domains.hair.files import read_cards_csv
+    from domains.hair.files import read_hairstyles
     from domains.hair.head import load_head
     from domains.hair.validity import check_cards
     from sciar.io import write_json_atomic
 
     head = load_head()
     results = {}
-    for f in cards:
-        r = check_cards(read_cards_csv(f), head)
+    for f, one in ((name, c) for path in cards for name, c in read_hairstyles(path).items()):
+        r = check_cards(one, head)
         results[str(f)] = r
         typer.echo(f"{f}: {'valid' if r['valid'] else 'INVALID'}: {r['n_cards']} cards, inside head {r['inside_share']:.2%}, "
                    f"roots {r['root_to_scalp_median_mm']:.1f} mm (max {r['root_to_scalp_max_mm']:.1f}) from the scalp, "

@@ -47,14 +47,25 @@ def write_cards_csv(cards: list[np.ndarray], path: str | Path):
 
 
 def read_cards_csv(path: str | Path) -> list[np.ndarray]:
+    """One hairstyle's cards from a cards table (CSV or parquet)."""
+    sets = read_hairstyles(path)
+    if len(sets) > 1:
+        raise DataError(f"{path} holds {len(sets)} hairstyles; give one hairstyle's cards")
+    return next(iter(sets.values()))
+
+
+def read_hairstyles(path: str | Path) -> dict[str, list[np.ndarray]]:
+    """Every hairstyle of a cards table (CSV or parquet), by name: a set's ``hairstyles.parquet`` (a
+    ``hairstyle`` column) gives ``path#i`` for each, a one-hairstyle table its path."""
+    from sciar.tables import read_table
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    try:
-        df = pd.read_csv(path)
-    except Exception as e:  # noqa: BLE001 - pandas' many parser errors are all the file's problem
-        raise DataError(f"{path}: not a readable CSV ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    return table_cards(df, str(path))
+    df = read_table(path)
+    if "hairstyle" not in df.columns:
+        return {str(path): table_cards(df, str(path))}
+    return {f"{path}#{h}": table_cards(g, f"{path}#{h}") for h, g in df.groupby("hairstyle", sort=True)}
 
 
 def write_set(hairstyles: list[list[np.ndarray]], styles: pd.DataFrame, folder: str | Path):
