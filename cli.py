@@ -83,6 +83,8 @@ def inspect(checkpoint: str = typer.Argument(..., help="A checkpoint directory, 
     typer.echo(f"model       {m.get('n_layer')} layers, {m.get('n_head')} heads, width {m.get('n_embd')}, "
                f"context {m.get('block_size')}, vocabulary {m.get('vocab_size')}")
     typer.echo(f"weights     {w['parameters']:,} parameters in {w['tensors']} tensors, all finite, shapes as configured")
+    ema = ck.domain.get("train_config", {}).get("ema")
+    typer.echo(f"ema         {f'decay {ema}: ema.safetensors checked (the same tensors, all finite)' if w.get('ema') else 'none'}")
     typer.echo(f"adapter     {adapter}")
     typer.echo(f"tokenizer   {ck.tokenizer.vocab_size if ck.tokenizer else 'none'}")
     typer.echo(f"trained by  {ck.domain.get('command')}")
