@@ -8,8 +8,8 @@ self-attention; each query point, Fourier-embedded, cross-attends to them and
 a linear map gives its occupancy logit. Loss: binary cross-entropy on the
 query points plus ``kl_weight`` times the KL divergence to a unit Gaussian.
 
-The attention is written with torch's own ``scaled_dot_product_attention``:
-the core's cross-attention lives on a branch not yet merged into main.
+The attention is written with torch's own ``scaled_dot_product_attention``: it predates the core's
+cross-attention (``ModelConfig.cross_dim``); moving the VAE onto it is open.
 """
 
 from __future__ import annotations
