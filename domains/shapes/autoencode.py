@@ -119,7 +119,7 @@ def encode_cache(model: ShapeVAE, cache: str | Path, out: str | Path, seed: int 
         pick = rng.choice(len(arrays["surface"]), model.cfg.surface_points, replace=False)
         latents.append(encode(model, arrays["surface"][pick], arrays["normals"][pick]).cpu())
     z = torch.stack(latents).float().contiguous()
-    train = torch.as_tensor((index["split"] == "train").to_numpy())
+    train = torch.tensor((index["split"] == "train").to_numpy(copy=True))
     ref = z[train] if train.any() else z
     meta = {"paths": list(index["path"]), "labels": list(index["label"]), "splits": list(index["split"]),
             "mean": float(ref.mean()), "std": float(ref.std())}
