@@ -272,11 +272,14 @@ def register_model(domain: str, builder, tokenizer: str | None = None) -> None:
     _TOKENIZER_KIND[domain] = tokenizer
 
 
-def load_model(path: str | Path, domain: str | None = None, device: str | torch.device = "cpu"):
+def load_model(path: str | Path, domain: str | None = None, device: str | torch.device = "cpu",
+               ema: bool | None = False):
     """Any registered domain's checkpoint (a directory or a shipped name): returns (model in eval mode, Checkpoint).
 
     The builder registered for the checkpoint's domain makes the model and the weights fill it strictly;
-    ``domain``, when given, refuses a checkpoint of another domain. Every problem is a one-line CheckpointError.
+    ``domain``, when given, refuses a checkpoint of another domain. ``ema``: load the moving average of the
+    weights instead (``None``: the average where the checkpoint has one). Every problem is a one-line
+    CheckpointError.
     """
     from sciar.paths import find_checkpoint
 
@@ -292,7 +295,7 @@ def load_model(path: str | Path, domain: str | None = None, device: str | torch.
         raise
     except (SciarError, TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{ck.path}: bad model config ({one_line(e)})") from None
-    load_weights(ck, model, device)
+    load_weights(ck, model, device, ema="ema_sha256" in ck.domain if ema is None else ema)
     return model.eval(), ck
 
 

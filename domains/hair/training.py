@@ -77,12 +77,9 @@ def train_model(data: str | Path, preset_name: str, out: str | Path, steps: int 
 
 def load_hair_model(checkpoint: str | Path, ema: bool = False) -> HairModel:
     """A hair checkpoint's model in eval mode (its moving-average weights with ``ema``); bad checkpoints: one line."""
-    from sciar.checkpoint import load_model, load_weights
+    from sciar.checkpoint import load_model
 
-    model, ck = load_model(checkpoint, domain="hair")
-    if ema:
-        load_weights(ck, model, ema=True)
-    return model.eval()
+    return load_model(checkpoint, domain="hair", ema=ema)[0]
 
 
 def generate_cards(points: np.ndarray, model: HairModel, head, n: int = 1, top_k: int | None = 10,

@@ -16,7 +16,7 @@ import trimesh
 
 from domains.shapes.batches import ShapeBatches
 from domains.shapes.extract import extract_mesh
-from domains.shapes.vae import PRESETS, ShapeVAE, VAEConfig
+from domains.shapes.vae import PRESETS, ShapeVAE
 from sciar.errors import CheckpointError, SciarError
 
 DOMAIN = "shapes"
@@ -47,17 +47,12 @@ def train_vae(cache: str | Path, out: str | Path, preset: str = "small", steps: 
 
 def load_vae(path: str | Path, device: str = "cpu") -> ShapeVAE:
     """A trained VAE from its checkpoint directory; raises :class:`CheckpointError` for anything else."""
-    from sciar.checkpoint import load_weights, read_checkpoint
+    from sciar.checkpoint import load_model
 
-    ck = read_checkpoint(path, domain=DOMAIN)
+    model, ck = load_model(path, DOMAIN, device)
     if ck.domain.get("role") != ROLE:
         raise CheckpointError(f"{path} is a shapes {ck.domain.get('role')!r} checkpoint, not a VAE")
-    try:
-        cfg = VAEConfig(**ck.config["model"])
-    except TypeError as e:
-        raise CheckpointError(f"{path}: config.json does not describe a shape VAE ({e})") from None
-    model = load_weights(ck, ShapeVAE(cfg), device)
-    return model.eval()
+    return model
 
 
 @torch.no_grad()

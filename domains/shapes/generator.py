@@ -302,22 +302,17 @@ class Generator:
 def load_generator(path: str | Path, device: str = "cpu") -> Generator:
     """A generator checkpoint (EMA weights when it has them) and its VAE; :class:`CheckpointError` for anything else."""
     from domains.shapes.autoencode import load_vae
-    from sciar.checkpoint import load_weights, read_checkpoint
+    from sciar.checkpoint import load_model
 
-    ck = read_checkpoint(path, domain="shapes")
+    model, ck = load_model(path, "shapes", device, ema=None)  # the moving average where there is one
     if ck.domain.get("role") != ROLE:
         raise CheckpointError(f"{path} is a shapes {ck.domain.get('role')!r} checkpoint, not a generator")
-    from domains.shapes.adapter import build_model
-
-    kind = ck.domain.get("kind")
+    kind, mcfg = ck.domain.get("kind"), model.mcfg
     try:
-        model = build_model(ck)
-        mcfg = model.mcfg
         classes, mean, std = list(ck.domain["classes"]), float(ck.domain["latent_mean"]), float(ck.domain["latent_std"])
-    except (KeyError, TypeError, ValueError, SciarError) as e:
-        raise CheckpointError(f"{path}: config does not describe a shape generator ({e})") from None
-    load_weights(ck, model, device, ema="ema_sha256" in ck.domain)
-    vae = load_vae(Path(path) / VAE_DIR, device)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: domain.json does not describe a shape generator ({e})") from None
+    vae = load_vae(ck.path / VAE_DIR, device)
     if (vae.cfg.num_latents, vae.cfg.latent_dim) != (mcfg.seq_len, mcfg.token_dim):
         raise CheckpointError(f"{path}: its VAE's latents are not the generator's tokens")
     return Generator(model.eval(), kind, classes, mean, std, vae, int(ck.domain.get("points") or 0))
