@@ -45,10 +45,9 @@ class CrystalGenerator:
     def __init__(self, checkpoint: str | Path = DEFAULT_CHECKPOINT, device: str = "cpu", threads: int | None = 1):
         from sciar.checkpoint import load_language_model
         from sciar.paths import find_checkpoint
+        from sciar.runtime import set_threads
 
-        if threads:
-            # decoding a small model is overhead-bound: one thread is fastest on a shared CPU
-            torch.set_num_threads(threads)
+        set_threads(threads)  # decoding a small model is overhead-bound: one thread is fastest on a shared CPU
         self.path = find_checkpoint(checkpoint)
         self.model, self.tok, self.ck = load_language_model(self.path, DOMAIN, device=device)
         self.vocab = Vocab(self.tok)

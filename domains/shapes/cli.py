@@ -91,12 +91,10 @@ def train_vae(
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch."),
 ):
     """Train the shape VAE (surface points -> latent tokens -> occupancy) on a prepared cache."""
-    import torch
-
     from domains.shapes.autoencode import train_vae as run
+    from sciar.runtime import set_threads
 
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     summary = run(cache, out, preset, steps, batch_size, lr, seed, device)
     _report_training(summary, out)
 
@@ -284,12 +282,10 @@ def train_generator(
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch."),
 ):
     """Train the class-conditional latent generator (masked autoregression with a diffusion head) on a VAE's latents."""
-    import torch
-
     from domains.shapes.generator import train_generator as run
+    from sciar.runtime import set_threads
 
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     summary = run(vae, cache, out, kind, preset, steps, batch_size, lr, ema, seed, device, points=points)
     _report_training(summary, out)
 
