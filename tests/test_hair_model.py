@@ -201,3 +201,23 @@ def test_benchmark_scores_a_model_function_as_compare_does(hairstyle, head):
         assert r["procedural"]["model"][k] == pytest.approx(want[k])
     assert r["procedural"]["retrieval"] is None and r["inside_head_share"]["model"] == 0.0
     assert "representation" not in r and r["seconds_per_hairstyle"]["model"] >= 0
+
+
+def test_the_shipped_checkpoint_writes_valid_cards_for_a_held_out_condition(head):
+    """The shipped model (data/checkpoints/hair-tiny) loads by name and, for the condition cloud of a procedural
+    hairstyle it never trained on, greedily writes cards that pass every check and lie on the hair region."""
+    from scipy.spatial import cKDTree
+
+    from domains.hair.baselines import condition_points
+    from domains.hair.procedural import hairstyle
+    from domains.hair.training import generate_cards, load_hair_model
+    from domains.hair.validity import check_cards
+
+    params, split, target = hairstyle(0, 73, head)  # a short spiky hairstyle of the held-out random draws
+    assert split == "test" and params.style == "spiky"
+    cond = condition_points(target, head, seed=0)
+    cards = generate_cards(cond, load_hair_model("hair-tiny"), head, top_k=1, seed=0, max_len=400)[0]
+    r = check_cards(cards, head)
+    assert r["valid"] and r["short_cards"] == 0 and r["inside_share"] <= 0.01 and r["root_to_scalp_max_mm"] <= 30
+    assert sum(len(c) + 1 for c in cards) + 1 <= 400  # START, the points, a SEP between cards, END
+    assert np.median(cKDTree(cond).query(np.concatenate(cards)[:, :3])[0]) < 0.03
