@@ -294,7 +294,9 @@ def benchmark(
         from domains.hair.training import generate_cards, load_hair_model
 
         net = load_hair_model(checkpoint)
-        sampler = lambda cond, s: generate_cards(cond, net, head, 1, top_k, 1.0, s)[0]  # noqa: E731
+
+        def sampler(cond, s):
+            return generate_cards(cond, net, head, 1, top_k, 1.0, s)[0]
     result = run_benchmark(train, procedural, real, head, sizes, resamplings, seed, sampler, baselines)
     result["settings"] = {"seed": seed, "n_test": len(procedural["test"]), "n_region": len(procedural["heldout_region"]),
                           "resamplings": resamplings, "strands": str(path) if path else None, "data": str(data) if data else None,
