@@ -155,7 +155,7 @@ def test_cli_generate_from_a_checkpoint_and_bad_input(hairstyle, head, tmp_path,
     (tmp_path / "garbage.ply").write_text("ply\nnot really\n")
     (tmp_path / "empty_ck").mkdir()
     runs = [
-        ["hair", "generate", "--points", str(tmp_path / "cond.xyz"), "--out", str(tmp_path / "g1")],  # no checkpoint
+        ["hair", "generate", "--points", str(tmp_path / "cond.xyz"), "--checkpoint", "no-such-hair-model", "--out", str(tmp_path / "g1")],
         ["hair", "generate", "--points", str(tmp_path / "garbage.ply"), "--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "g2")],
         ["hair", "generate", "--points", str(tmp_path / "cond.xyz"), "--checkpoint", str(tmp_path / "empty_ck"), "--out", str(tmp_path / "g3")],
         ["hair", "train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "t")],
@@ -165,7 +165,7 @@ def test_cli_generate_from_a_checkpoint_and_bad_input(hairstyle, head, tmp_path,
         assert main(argv) == 2, argv
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == len(runs)
-    assert "no hair checkpoint" in err[0] and "garbage.ply" in err[1] and "empty_ck" in err[2]
+    assert "no-such-hair-model not found" in err[0] and "garbage.ply" in err[1] and "empty_ck" in err[2]
     assert "not a hairstyle set" in err[3]
 
 
@@ -186,3 +186,38 @@ def test_a_card_of_coincident_points_meshes_without_nan(head):
     v = np.asarray(to_mesh([card, T.quantised([card], head)[0]], head).vertices)
     assert np.isfinite(v).all()
     np.testing.assert_allclose(np.linalg.norm(v[1] - v[0]), 0.02, rtol=1e-6)  # a section's corners: the card's width
+
+
+def test_benchmark_scores_a_model_function_as_compare_does(hairstyle, head):
+    """The model entries of the benchmark: a stand-in model that answers the quantised target scores exactly as
+    the metrics compare that answer with the target; the baselines' entries stay null when not asked for."""
+    from domains.hair.benchmark import run_benchmark
+    from domains.hair.metrics import compare
+
+    target = hairstyle[0][:12]
+    r = run_benchmark([], {"test": [target]}, None, head, model=lambda cond, seed: T.quantised(target, head), baselines=False)
+    want = compare(T.quantised(target, head), target, head, 0)
+    for k in ("chamfer", "emd", "hausdorff", "iou"):
+        assert r["procedural"]["model"][k] == pytest.approx(want[k])
+    assert r["procedural"]["retrieval"] is None and r["inside_head_share"]["model"] == 0.0
+    assert "representation" not in r and r["seconds_per_hairstyle"]["model"] >= 0
+
+
+def test_the_shipped_checkpoint_writes_valid_cards_for_a_held_out_condition(head):
+    """The shipped model (data/checkpoints/hair-tiny) loads by name and, for the condition cloud of a procedural
+    hairstyle it never trained on, greedily writes cards that pass every check and lie on the hair region."""
+    from scipy.spatial import cKDTree
+
+    from domains.hair.baselines import condition_points
+    from domains.hair.procedural import hairstyle
+    from domains.hair.training import generate_cards, load_hair_model
+    from domains.hair.validity import check_cards
+
+    params, split, target = hairstyle(0, 73, head)  # a short spiky hairstyle of the held-out random draws
+    assert split == "test" and params.style == "spiky"
+    cond = condition_points(target, head, seed=0)
+    cards = generate_cards(cond, load_hair_model("hair-tiny"), head, top_k=1, seed=0, max_len=400)[0]
+    r = check_cards(cards, head)
+    assert r["valid"] and r["short_cards"] == 0 and r["inside_share"] <= 0.01 and r["root_to_scalp_max_mm"] <= 30
+    assert sum(len(c) + 1 for c in cards) + 1 <= 400  # START, the points, a SEP between cards, END
+    assert np.median(cKDTree(cond).query(np.concatenate(cards)[:, :3])[0]) < 0.03

@@ -18,9 +18,11 @@ N_CONDITION = 2048
 NOISE = 0.002
 
 
-def condition_points(cards: list[np.ndarray], head, seed: int = 0, n: int = N_CONDITION, noise: float = NOISE) -> np.ndarray:
+def condition_points(cards: list[np.ndarray], head, seed: int = 0, n: int = N_CONDITION, noise: float = NOISE,
+                     mesh=None) -> np.ndarray:
+    """The condition cloud of a hairstyle (metres); ``mesh``: its card mesh, if already built (several clouds of one)."""
     rng = np.random.default_rng(seed)
-    p = sample_surface(cards, head, 3 * n, seed) + rng.normal(0, noise, (3 * n, 3))
+    p = sample_surface(cards, head, 3 * n, seed, mesh) + rng.normal(0, noise, (3 * n, 3))
     p = p[~head.inside(p)]
     return p[rng.permutation(len(p))[:n]]
 

@@ -3,8 +3,9 @@
 Every method sees the same condition per target (:func:`domains.hair.baselines.condition_points`). The procedural
 targets are the held-out random draws (``test``) and the held-out region (``heldout_region``); the real target is the
 USC-HairSalon hairstyle's cards (:func:`domains.hair.strands.strands_to_cards`), scored as the mean over
-``resamplings`` conditions. Retrieval is also scored against training sets of growing size. The ``model`` entries
-stay ``null`` until a model exists.
+``resamplings`` conditions. Retrieval is also scored against training sets of growing size. ``model`` (a function of
+the condition cloud and a seed returning cards, e.g. a trained checkpoint's sampler) fills the ``model`` entries;
+without one they are ``null``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from domains.hair.metrics import compare
 from domains.hair.strands import points_to_cards
 from domains.hair.tokens import quantised
 from domains.hair.validity import check_cards
+from sciar.errors import SciarError
 
 METHODS = ("retrieval", "geometric_fit", "quantised")
 METRICS = ("chamfer", "emd", "hausdorff", "iou")
@@ -27,18 +29,18 @@ def _mean(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in METRICS} | {"n": len(rows)} if rows else None
 
 
-def score_targets(targets: list[list[np.ndarray]], retrieval: Retrieval, head, seeds) -> dict:
-    """Per method: the metric rows, the inside-head shares and the seconds spent, over every (target, seed)."""
+def score_targets(targets: list[list[np.ndarray]], predict: dict, head, seeds) -> dict:
+    """Per method of ``predict`` (name -> ``f(target, condition, seed) -> cards``): the metric rows, the inside-head
+    shares and the seconds spent, over every (target, seed)."""
     from tqdm import tqdm
 
-    out = {m: {"rows": [], "inside": [], "seconds": 0.0} for m in METHODS}
+    out = {m: {"rows": [], "inside": [], "seconds": 0.0} for m in predict}
     jobs = [(t, s) for t in targets for s in seeds]
     for target, seed in tqdm(jobs, desc="benchmark"):
         cond = condition_points(target, head, seed)
-        for m in METHODS:
+        for m, f in predict.items():
             t0 = time.perf_counter()
-            pred = {"retrieval": lambda: retrieval(cond), "geometric_fit": lambda: points_to_cards(cond, head),
-                    "quantised": lambda: quantised(target, head)}[m]()
+            pred = f(target, cond, seed)
             out[m]["seconds"] += time.perf_counter() - t0
             out[m]["rows"].append(compare(pred, target, head, seed))
             out[m]["inside"].append(check_cards(pred, head)["inside_share"])
@@ -67,25 +69,40 @@ def representation_errors(hairstyles: list[list[np.ndarray]], head) -> dict:
 
 
 def run_benchmark(train: list[list[np.ndarray]], procedural: dict[str, list[list[np.ndarray]]], real: list[np.ndarray] | None,
-                  head, train_sizes=(), resamplings: int = 10, seed: int = 0) -> dict:
-    """The JSON the ``benchmark`` command writes (see the module docstring). ``procedural``: split name -> targets."""
-    retrieval = Retrieval(train, head, seed)
-    parts = {name: score_targets(ts, retrieval, head, [seed]) for name, ts in procedural.items() if ts}
+                  head, train_sizes=(), resamplings: int = 10, seed: int = 0, model=None, baselines: bool = True) -> dict:
+    """The JSON the ``benchmark`` command writes (see the module docstring). ``procedural``: split name -> targets;
+    ``model(condition_points, seed) -> cards`` or ``None``; ``baselines``: score retrieval, the fit and the quantised
+    floor (with retrieval's scaling and the representation errors). A method not scored has ``null`` entries."""
+    predict = {}
+    if model is not None:
+        predict["model"] = lambda target, cond, s: model(cond, s)
+    if baselines:
+        retrieval = Retrieval(train, head, seed)
+        predict |= {"retrieval": lambda target, cond, s: retrieval(cond),
+                    "geometric_fit": lambda target, cond, s: points_to_cards(cond, head),
+                    "quantised": lambda target, cond, s: quantised(target, head)}
+    if not predict:
+        raise SciarError("nothing to score: neither the model nor the baselines")
+    parts = {name: score_targets(ts, predict, head, [seed]) for name, ts in procedural.items() if ts}
     if real is not None:
-        parts["real"] = score_targets([real], retrieval, head, range(seed, seed + resamplings))
+        parts["real"] = score_targets([real], predict, head, range(seed, seed + resamplings))
     pooled = {m: {"rows": [r for p in parts if p != "real" for r in parts[p][m]["rows"]],
-                  "inside": [r for p in parts if p != "real" for r in parts[p][m]["inside"]],
-                  "seconds": sum(parts[p][m]["seconds"] for p in parts if p != "real")} for m in METHODS}
-    every = [parts[p] for p in parts]
+                  "inside": [r for p in parts if p != "real" for r in parts[p][m]["inside"]]} for m in predict}
+    every = list(parts.values())
+
+    def per_method(f):
+        return {m: f(m) if m in predict else None for m in ("model", *METHODS)}
+
     result = {
-        "procedural": {"model": None, **{m: _mean(pooled[m]["rows"]) for m in METHODS}},
-        "procedural_by_split": {p: {m: _mean(parts[p][m]["rows"]) for m in METHODS} for p in parts if p != "real"},
-        "real": {"model": None, **{m: _mean(parts["real"][m]["rows"]) for m in METHODS}} if "real" in parts else None,
-        "inside_head_share": {"model": None, **{m: float(np.mean([x for p in every for x in p[m]["inside"]])) for m in METHODS}},
-        "seconds_per_hairstyle": {"model": None, **{m: sum(p[m]["seconds"] for p in every) / max(1, sum(len(p[m]["rows"]) for p in every))
-                                                    for m in METHODS}},
+        "procedural": per_method(lambda m: _mean(pooled[m]["rows"])),
+        "procedural_by_split": {p: per_method(lambda m: _mean(parts[p][m]["rows"])) for p in parts if p != "real"},
+        "real": per_method(lambda m: _mean(parts["real"][m]["rows"])) if "real" in parts else None,
+        "inside_head_share": per_method(lambda m: float(np.mean([x for p in every for x in p[m]["inside"]]))),
+        "seconds_per_hairstyle": per_method(lambda m: sum(p[m]["seconds"] for p in every) / max(1, sum(len(p[m]["rows"]) for p in every))),
         "n_train": len(train),
     }
+    if not baselines:
+        return result
     targets = [t for ts in procedural.values() for t in ts]
     by_size = {}
     for n in sorted(set(int(n) for n in train_sizes if 0 < n < len(train))):

@@ -15,6 +15,7 @@ from sciar.io import output_file, output_folder
 app = typer.Typer(help="Anime hair cards as control-point sequences (CHARM): data, meshes, validity, benchmark.",
                   no_args_is_help=True)
 
+DEFAULT_CHECKPOINT = "hair-tiny"  # shipped under data/checkpoints/ (see the README)
 SHARED_STRANDS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hair" / "harolongo.data.gz"
 
 
@@ -117,33 +118,28 @@ def train(
     batch_size: Optional[int] = typer.Option(None, min=1, help="Hairstyles per micro-batch (default: the preset's)."),
     lr: Optional[float] = typer.Option(None, min=0.0, help="Peak learning rate (default: the preset's)."),
     ema: Optional[float] = typer.Option(None, min=0.0, max=0.9999, help="Decay of a moving average of the weights (0: none)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch."),
 ):
     """Train the point-cloud-conditioned card model on procedural hairstyles (split 'train'; 'test' validates)."""
     from domains.hair.training import train_model
+    from sciar.runtime import set_threads
 
+    set_threads(threads)
     summary = train_model(data, preset, out, steps, batch_size, lr, ema)
     typer.echo(f"checkpoint in {out}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                   for k, v in summary.items() if isinstance(v, (int, float))))
 
 
-def _checkpoint(checkpoint: Optional[Path]) -> Path:
-    from sciar.errors import CheckpointError
-
-    if checkpoint is None:
-        raise CheckpointError("no hair checkpoint is shipped: train one (`sciar hair train --data DIR --out CK`) and pass --checkpoint CK")
-    return checkpoint
-
-
 @app.command()
 def generate(
     points: Path = typer.Option(..., help="A point cloud of hair (.ply/.obj/.xyz/.csv/.npy), metres, in the head's frame."),
-    checkpoint: Optional[Path] = typer.Option(None, help="A checkpoint from `sciar hair train` (no hair checkpoint is shipped)."),
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="A checkpoint folder from `sciar hair train`, or a shipped name."),
     out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Folder for cards.csv, cards.obj, cards.glb, preview.png."),
     top_k: int = typer.Option(10, min=1, help="Sample among the k likeliest values of each field (1: greedy)."),
     temperature: float = typer.Option(1.0, min=1e-3, help="Sampling temperature."),
     seed: int = typer.Option(0, help="Seed of the sampling and of the cloud's subsample."),
     max_len: Optional[int] = typer.Option(None, min=4, help="Longest token sequence (default: the model's context)."),
-    ema: bool = typer.Option(False, help="Use the checkpoint's moving-average weights."),
+    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="The checkpoint's moving-average weights or its last ones (default: the average where it has one)."),
 ):
     """Generate hair cards for a point cloud with a trained model (cached decoding; every sequence well formed)."""
     from domains.hair.files import read_points
@@ -153,7 +149,7 @@ def generate(
 
     head = load_head()
     cloud = read_points(points, head)
-    cards = generate_cards(cloud, load_hair_model(_checkpoint(checkpoint), ema), head, 1, top_k, temperature, seed, max_len)[0]
+    cards = generate_cards(cloud, load_hair_model(checkpoint, ema), head, 1, top_k, temperature, seed, max_len)[0]
     _write_hairstyle(cards, head, out, f"{points.name}: {len(cards)} generated cards")
     r = check_cards(cards, head)
     typer.echo(f"{len(cards)} cards in {out} ({'valid' if r['valid'] else 'INVALID'}, inside head {r['inside_share']:.2%})")
@@ -163,7 +159,7 @@ def generate(
 def batch(
     input_: Path = typer.Option(..., "--input", help="CSV/parquet of prompts: column `points` (a cloud's path), optional `seed`."),
     output: Path = typer.Option(..., callback=output_file, help="Results table (.parquet or .csv); a rerun resumes it."),
-    checkpoint: Optional[Path] = typer.Option(None, help="A checkpoint from `sciar hair train`."),
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="A checkpoint folder from `sciar hair train`, or a shipped name."),
     cards_dir: Optional[Path] = typer.Option(None, help="Folder for each row's cards CSV (default: OUTPUT's name + _cards)."),
     top_k: int = typer.Option(10, min=1, help="Sample among the k likeliest values of each field (1: greedy)."),
     max_len: Optional[int] = typer.Option(None, min=4, help="Longest token sequence (default: the model's context)."),
@@ -176,7 +172,7 @@ def batch(
     from sciar.batch import run_batch
     from sciar.errors import DataError
 
-    head, model = load_head(), load_hair_model(_checkpoint(checkpoint))
+    head, model = load_head(), load_hair_model(checkpoint)
     folder = cards_dir or output.with_name(output.stem + "_cards")
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -264,8 +260,12 @@ def benchmark(
     resamplings: int = typer.Option(10, min=1, help="Conditions drawn for the real hairstyle (scores averaged)."),
     train_sizes: str = typer.Option("100,300", help="Smaller training sets for retrieval's scaling (comma-separated)."),
     quick: bool = typer.Option(False, help="A small run: 60 training, 6 test, 3 region hairstyles, 2 real conditions."),
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="The model scored: a checkpoint folder or a shipped name."),
+    model: bool = typer.Option(True, help="Score the model (--no-model: its entries null)."),
+    baselines: bool = typer.Option(True, help="Score retrieval, the geometric fit and the quantised floor (--no-baselines: the model only)."),
+    top_k: int = typer.Option(10, min=1, help="The model's sampling: the k likeliest values of each field (1: greedy)."),
 ):
-    """Score retrieval, the geometric fit and the quantised ground truth with CHARM's metrics (the model's entries to come)."""
+    """Score the model, retrieval, the geometric fit and the quantised ground truth with CHARM's metrics."""
     from domains.hair.benchmark import run_benchmark
     from domains.hair.files import read_set
     from domains.hair.head import load_head
@@ -276,6 +276,8 @@ def benchmark(
     if quick:
         n_train, n_test, n_region, resamplings, train_sizes = 60, 6, 3, 2, "20,40"
     sizes = [int(s) for s in train_sizes.split(",") if s.strip()]
+    if not baselines:
+        n_train, sizes = 0, []  # retrieval's training set is not needed
     head = load_head()
     if data:
         cards, styles = read_set(data)
@@ -287,14 +289,24 @@ def benchmark(
                       "heldout_region": draw_set(seed, n_region, head, {"heldout_region"})[0] if n_region else []}
     path = strands or (SHARED_STRANDS if SHARED_STRANDS.is_file() else None)
     real = strands_to_cards(read_strands(path), head) if path else None
-    result = run_benchmark(train, procedural, real, head, sizes, resamplings, seed)
+    sampler = None
+    if model:
+        from domains.hair.training import generate_cards, load_hair_model
+
+        net = load_hair_model(checkpoint)
+
+        def sampler(cond, s):
+            return generate_cards(cond, net, head, 1, top_k, 1.0, s)[0]
+    result = run_benchmark(train, procedural, real, head, sizes, resamplings, seed, sampler, baselines)
     result["settings"] = {"seed": seed, "n_test": len(procedural["test"]), "n_region": len(procedural["heldout_region"]),
-                          "resamplings": resamplings, "strands": str(path) if path else None, "data": str(data) if data else None}
+                          "resamplings": resamplings, "strands": str(path) if path else None, "data": str(data) if data else None,
+                          "checkpoint": checkpoint if model else None, "top_k": top_k if model else None}
     write_json_atomic(json_path, result)
     for part in ("procedural", "real"):
         if result[part]:
-            for m in ("retrieval", "geometric_fit", "quantised"):
-                r = result[part][m]
+            for m, r in result[part].items():
+                if r is None:
+                    continue
                 typer.echo(f"{part:<10} {m:<14} chamfer {r['chamfer']:9.1f} mm^2  emd {r['emd']:6.1f} mm  "
                            f"hausdorff {r['hausdorff']:6.1f} mm  iou {r['iou']:.3f}")
     typer.echo(f"written to {json_path}")

@@ -18,13 +18,13 @@ N_EMD = 1_000
 VOXELS_PER_HEAD = 32
 
 
-def sample_surface(cards: list[np.ndarray], head, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` area-uniform random points on the cards' mesh (metres)."""
+def sample_surface(cards: list[np.ndarray], head, n: int, seed: int = 0, mesh=None) -> np.ndarray:
+    """``n`` area-uniform random points on the cards' mesh (metres); ``mesh``: that mesh, if already built."""
     import trimesh
 
     from domains.hair.mesh import to_mesh
 
-    return np.asarray(trimesh.sample.sample_surface(to_mesh(cards, head), n, seed=seed)[0])
+    return np.asarray(trimesh.sample.sample_surface(to_mesh(cards, head) if mesh is None else mesh, n, seed=seed)[0])
 
 
 def chamfer(a: np.ndarray, b: np.ndarray) -> float:

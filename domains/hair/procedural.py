@@ -13,8 +13,8 @@ A card grows from its root in 32 steps: its direction bends toward gravity at th
 tie), and each step is pushed 3 mm plus half its thickness out of the head (the head's signed distance on a 5 mm
 grid), so cards drape over the head instead of entering it. Then cards of a clump are pulled toward the clump's
 mean (``clumping``, growing toward the tips), curls added (a helix of amplitude ``curl``, phase shared by a clump,
-growing from the root), the points pushed out again, and each card resampled to one control point per 3 cm (4 to
-20). Widths taper toward the tips; thickness is 15% of the width (at least 1.5 mm).
+growing from the root), the points pushed out again, and each card resampled to one control point per 5 cm (3 to
+12: whole hairstyles fit the tiny model's context, see the README). Widths taper toward the tips; thickness is 15% of the width (at least 1.5 mm).
 
 Parameters per hairstyle (:class:`StyleParams`): style, card count (25 to 130, as CHARM), length, curl,
 curl wavelength, clumping, root width. Hairstyle ``i`` of seed ``s`` depends only on ``(s, i)``.
@@ -39,7 +39,8 @@ TEST_SHARE = 0.1
 CENTRE = np.array([0.0, 0.30, 0.045])  # a point inside the cranium: roots are found along rays from it
 GRAVITY = np.array([0.0, -1.0, 0.0])
 STEPS = 32
-SPACING = 0.03  # metres between control points
+SPACING = 0.05  # metres between control points
+CARD_POINTS = (3, 12)  # fewest and most control points of a card
 
 
 @dataclass
@@ -128,10 +129,10 @@ def _perpendiculars(P):
 
 
 def _resample(P, width, thick):
-    """A fine centre line -> control points every :data:`SPACING` (4 to 20), with tapered sizes."""
+    """A fine centre line -> control points every :data:`SPACING` (:data:`CARD_POINTS`), with tapered sizes."""
     seg = np.linalg.norm(np.diff(P, axis=0), axis=1)
     s = np.concatenate([[0], np.cumsum(seg)])
-    n = int(np.clip(round(s[-1] / SPACING) + 1, 4, 20))
+    n = int(np.clip(round(s[-1] / SPACING) + 1, *CARD_POINTS))
     t = np.linspace(0, s[-1], n)
     pts = np.stack([np.interp(t, s, P[:, j]) for j in range(3)], 1)
     f = t / max(s[-1], 1e-9)

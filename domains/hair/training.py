@@ -1,8 +1,9 @@
 """Training the hair model on procedural hairstyles and generating cards from a point cloud with a checkpoint.
 
-The batch source holds, per hairstyle, its tokens (cut to the context: the first cards in azimuth order) and
-``CONDITIONS`` noisy condition clouds (:func:`domains.hair.baselines.condition_points`, seeds per hairstyle); a batch
-draws hairstyles and one of their clouds, pads the tokens with ``-1`` rows (which the loss ignores).
+The batch source holds, per hairstyle, its tokens (cut to the context; the tiny preset's holds whole procedural
+hairstyles) and ``CONDITIONS`` noisy condition clouds (:func:`domains.hair.baselines.condition_points`, seeds fixed
+per hairstyle, made on its first draw); a batch draws hairstyles and one of their clouds, pads the tokens with
+``-1`` rows (which the loss ignores).
 """
 
 from __future__ import annotations
@@ -28,25 +29,37 @@ class HairBatches:
                  n_points: int = 2048, conditions: int = CONDITIONS):
         if not hairstyles:
             raise DataError("no hairstyles to train on")
-        self.tokens = [torch.from_numpy(encode(c, head, clip=True)[: block_size + 1]) for c in hairstyles]
-        self.points = [torch.stack([points_tensor(condition_points(c, head, seed=1000 * i + k), head, n_points, seed=k)
-                                    for k in range(conditions)]) for i, c in enumerate(hairstyles)]
         train = [i for i, s in enumerate(splits) if s == "train"]
         if not train:
             raise DataError("no hairstyle of the 'train' split")
         val = [i for i, s in enumerate(splits) if s == "test"] or train
         self.rows = {"train": train, "val": val}
+        self.hairstyles, self.head, self.block_size = hairstyles, head, block_size
+        self.n_points, self.conditions = n_points, conditions
+        self.tokens, self.points = {}, {}  # filled on a hairstyle's first draw (a card mesh and its clouds take ~0.5 s)
+
+    def _prepare(self, i: int):
+        """Tokens (cut to the context) and the condition clouds of hairstyle ``i`` (seeds fixed per hairstyle)."""
+        from domains.hair.mesh import to_mesh
+
+        if i not in self.tokens:
+            c, head = self.hairstyles[i], self.head
+            mesh = to_mesh(c, head)  # built once, sampled for every condition
+            self.points[i] = torch.stack([points_tensor(condition_points(c, head, seed=1000 * i + k, mesh=mesh), head, self.n_points, seed=k)
+                                          for k in range(self.conditions)])
+            self.tokens[i] = torch.from_numpy(encode(c, head, clip=True)[: self.block_size + 1])
+        return self.tokens[i], self.points[i]
 
     def get_batch(self, split: str, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         rows = self.rows[split]
         pick = torch.randint(len(rows), (batch_size,), generator=generator).tolist()
-        cond = torch.randint(len(self.points[0]), (batch_size,), generator=generator).tolist()
-        seqs = [self.tokens[rows[i]] for i in pick]
-        T = max(len(s) for s in seqs)
+        cond = torch.randint(self.conditions, (batch_size,), generator=generator).tolist()
+        drawn = [self._prepare(rows[i]) for i in pick]
+        T = max(len(t) for t, _ in drawn)
         tokens = torch.full((batch_size, T, 6), PAD, dtype=torch.long)
-        for b, s in enumerate(seqs):
-            tokens[b, : len(s)] = s
-        return {"tokens": tokens, "points": torch.stack([self.points[rows[i]][k] for i, k in zip(pick, cond)])}
+        for b, (t, _) in enumerate(drawn):
+            tokens[b, : len(t)] = t
+        return {"tokens": tokens, "points": torch.stack([p[k] for (_, p), k in zip(drawn, cond)])}
 
 
 def build_model(ck) -> HairModel:
@@ -75,8 +88,10 @@ def train_model(data: str | Path, preset_name: str, out: str | Path, steps: int 
     return train(model, source, tcfg, out, config, None, domain)
 
 
-def load_hair_model(checkpoint: str | Path, ema: bool = False) -> HairModel:
-    """A hair checkpoint's model in eval mode (its moving-average weights with ``ema``); bad checkpoints: one line."""
+def load_hair_model(checkpoint: str | Path, ema: bool | None = None) -> HairModel:
+    """A hair checkpoint (a folder or a shipped name)'s model in eval mode; bad checkpoints: one line.
+
+    ``ema``: its moving-average weights (``None``: those where the checkpoint has them, as its validation scored)."""
     from sciar.checkpoint import load_model
 
     return load_model(checkpoint, domain="hair", ema=ema)[0]
