@@ -97,6 +97,9 @@ def test_merge_ranked_worked_by_hand():
     # a structure already taken is passed over (l3 equals r1, outside the consensus window of 1)
     out = merge_ranked(lm, ret, 10, _same({("l3", "r1")}), share, consensus=1, lead=0.5, pattern="l")
     assert [c.name for c in out] == ["l1", "l2", "l3", "r2", "r3", "r4"]
+    # two structures both propose, each first in one list: by summed rank (equal), then retrieval's order
+    out = merge_ranked(lm, ret, 2, _same({("l1", "r2"), ("l2", "r1")}), share, consensus=3)
+    assert [c.name for c in out] == ["r1", "r2"]
     # one list empty: the other as it is
     assert [c.name for c in merge_ranked([], ret, 2, _same(set()), share)] == ["r1", "r2"]
 

@@ -307,13 +307,15 @@ def merge_ranked(lm: list, ret: list, n: int, same, share, consensus: int = HYBR
     def taken(c) -> bool:
         return any(same(c, o) for o in out)
 
+    pairs = []
     for i, a in enumerate(lm[:consensus]):
         for j, b in enumerate(ret[:consensus]):
             if j not in used_r and same(a, b):
-                out.append(b)
+                pairs.append((i + j, j, i))
                 used_l.add(i)
                 used_r.add(j)
                 break
+    out += [ret[j] for _, j, _ in sorted(pairs)]
     queues = {"l": [c for i, c in enumerate(lm) if i not in used_l], "r": [c for j, c in enumerate(ret) if j not in used_r]}
     turns = ["l" if lm and share(lm[0]) >= lead else "r"]
     k = 0
