@@ -7,8 +7,8 @@ its canonical CIF, as CrystaLLM prompts); a strategy proposes up to ``n`` struct
   with the matcher, the ``n`` most often drawn structures first (:func:`ranked_samples`);
 - ``samples``: the model's first ``n`` samples as drawn (the CDVAE / CrystaLLM protocol);
 - ``retrieval``: substituted training templates (:mod:`domains.crystals.retrieval`);
-- ``hybrid``: consensus of both: the retrieval pool and the model's samples are clustered
-  with the matcher and clusters ranked by their summed votes (:func:`hybrid_candidates`).
+- ``hybrid``: both lists merged by one rule (:func:`merge_ranked`): structures both propose first,
+  then the two lists in turn, so that neither's likeliest structures are crowded out.
 
 A candidate counts only if it passes the SMACT and structural checks (CDVAE's filter).
 Match rate = matched test structures / all evaluated, with
@@ -36,7 +36,6 @@ from sciar.errors import DataError, SciarError
 
 STRATEGIES = ("lm", "samples", "retrieval", "hybrid")
 DRAWS_PER_CANDIDATE = 2  # the lm strategy draws this many samples per candidate it returns
-HYBRID_LM_WEIGHT = 1.0  # the model's samples together weigh this much against the retrieval pool's 1
 
 
 @dataclass
@@ -144,14 +143,8 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
 
     strategies = list(strategies)
     for st in strategies:
-        base, _, w = st.partition(":")
-        if base not in STRATEGIES or (w and base != "hybrid"):
-            raise SciarError(f"unknown strategy {st!r} (lm, samples, retrieval, hybrid or hybrid:<model vote weight>)")
-        if w:
-            try:
-                float(w)
-            except ValueError:
-                raise SciarError(f"bad model vote weight in {st!r}") from None
+        if st not in STRATEGIES:
+            raise SciarError(f"unknown strategy {st!r} (lm, samples, retrieval or hybrid)")
     if n < 1:
         raise SciarError("n must be at least 1")
     if limit is not None and limit < 1:
@@ -166,7 +159,7 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
     sm = matcher()
     gen = index = None
     info = {}
-    bases = {st.partition(":")[0] for st in strategies}
+    bases = set(strategies)
     if {"lm", "samples", "hybrid"} & bases:
         from domains.crystals.generate import CrystalGenerator
 
@@ -207,22 +200,25 @@ def run_benchmarks(test, train, strategies=STRATEGIES, checkpoint: str | None = 
                 c.csp_ok = c.structure is not None and csp_filter(c.structure)
         rms_cache: dict[int, float | None] = {}
         valid_cache: dict[int, bool] = {}
-        clusters = None
+        lists = {}  # the lm and retrieval lists, shared with the hybrid
+
+        def ranked(name):
+            if name not in lists:
+                if name == "lm":
+                    lists[name] = ranked_samples(lm, n, sm)
+                else:
+                    lists[name] = retrieval_candidates(index, comp, n, sm)
+                    for c in lists[name]:
+                        c.csp_ok = c.structure is not None and csp_filter(c.structure)
+            return lists[name]
+
         for st in strategies:
-            if st == "lm":
-                cands = ranked_samples(lm, n, sm)
-            elif st == "samples":
+            if st == "samples":
                 cands = lm[:n]
-            elif st == "retrieval":
-                cands = retrieval_candidates(index, comp, n, sm)
-                for c in cands:
-                    c.csp_ok = c.structure is not None and csp_filter(c.structure)
+            elif st in ("lm", "retrieval"):
+                cands = ranked(st)
             else:
-                w = st.partition(":")[2]
-                if clusters is None:
-                    clusters = hybrid_clusters(index, lm, comp, n, sm)
-                cands = hybrid_candidates(index, lm, comp, n, sm, lm_weight=float(w) if w else HYBRID_LM_WEIGHT,
-                                          clusters=clusters)
+                cands = hybrid_candidates(ranked("lm"), ranked("retrieval"), n, sm, draws)
             rms = []
             for c in cands:
                 key = id(c.structure)
@@ -288,66 +284,66 @@ def _prompt_composition(cif_text: str, target):
         return target.composition
 
 
-def hybrid_candidates(index, lm_cands: list[Cand], comp, n: int, sm, pool: int = 40, tau: float = 4.0,
-                      lm_weight: float = HYBRID_LM_WEIGHT, clusters=None) -> list[Cand]:
-    """Consensus of the two predictors: cluster the retrieval pool and the model's samples with the matcher.
+# the hybrid's ranking rule (merge_ranked), fitted on the validation splits of all three benchmarks together
+# (benchmarks/crystals_hybrid.py); the same on every split
+HYBRID_RULE = dict(consensus=3, lead=0.5, pattern="rl")
 
-    Each of the ``pool`` most similar templates votes with its similarity weight ``exp(-d / tau)``
-    (normalised to sum 1), each model sample passing the filter with ``lm_weight`` times its share
-    of the samples' weight (1 each for plain draws); clusters are ranked by their summed votes
-    (then by the model's best likelihood per token), so a structure both predictors propose ranks first. Represented by their first member
-    (the most similar template, else the model's sample). ``clusters``: the result of
-    :func:`hybrid_clusters` for these inputs, to rank them again with another weight.
+
+def merge_ranked(lm: list, ret: list, n: int, same, share, consensus: int = HYBRID_RULE["consensus"],
+                 lead: float = HYBRID_RULE["lead"], pattern: str = HYBRID_RULE["pattern"]) -> list:
+    """The hybrid's ranking: the model's ranked structures ``lm`` and retrieval's ``ret`` merged into ``n``.
+
+    1. A structure in both the model's first ``consensus`` and retrieval's first ``consensus`` (``same(a, b)``:
+       the matcher) comes first, as retrieval's copy, in the model's order: both predictors propose it.
+    2. Then the next candidate of the model if its first structure holds at least ``lead`` of its draws
+       (``share(c)``: the model is sure), else retrieval's; after that the lists take turns by ``pattern``
+       (``"rl"``: retrieval, then the model, repeated); a list that has run out leaves its turns to the other.
+    3. A candidate equal to one already taken is passed over.
+    Because each list's candidates come in their own order, the first ``n`` hold each list's first few, so
+    neither strategy's likeliest structures are crowded out by the other's long tail.
     """
-    rc, clusters = clusters if clusters is not None else hybrid_clusters(index, lm_cands, comp, n, sm, pool, tau)
-    ranked = sorted(clusters, key=lambda cl: (-(cl[1] + lm_weight * cl[2]), -cl[3]))
-    # a quarter of the slots is kept for the model's own proposals, so that structures only the
-    # model finds are not crowded out by the long tail of retrieved templates
-    k_lm = n // 4
-    head = ranked[: n - k_lm]
-    rest = ranked[n - k_lm :]
-    lm_rest = [cl for cl in rest if cl[2] > 0][:k_lm]
-    others = [cl for cl in rest if not any(cl is x for x in lm_rest)]
-    out = []
-    for rep, r, lw, best in head + lm_rest + others:
-        source = "both" if r > 0 and lw > 0 else rep.source
-        out.append(Cand(rep.structure, rep.text, rep.score, source, csp_ok=rep.csp_ok, valid=rep.valid,
-                        extra=dict(rep.extra, votes_retrieval=round(r, 4), votes_lm=round(lm_weight * lw, 4))))
-    if len(out) < n and len(rc) > pool:
-        from domains.crystals.retrieval import dedupe
+    out, used_l, used_r = [], set(), set()
 
-        extra = [Cand(c.structure, None, -c.score, "retrieval") for c in rc[pool:]]
-        out = dedupe(out + extra, n, sm)
+    def taken(c) -> bool:
+        return any(same(c, o) for o in out)
+
+    pairs = []
+    for i, a in enumerate(lm[:consensus]):
+        for j, b in enumerate(ret[:consensus]):
+            if j not in used_r and same(a, b):
+                pairs.append((i + j, j, i))
+                used_l.add(i)
+                used_r.add(j)
+                break
+    out += [ret[j] for _, j, _ in sorted(pairs)]
+    queues = {"l": [c for i, c in enumerate(lm) if i not in used_l], "r": [c for j, c in enumerate(ret) if j not in used_r]}
+    turns = ["l" if lm and share(lm[0]) >= lead else "r"]
+    k = 0
+    while len(out) < n and (queues["l"] or queues["r"]):
+        if not turns:
+            turns = [pattern[k % len(pattern)]]
+            k += 1
+        src = turns.pop()
+        q = queues[src] or queues["r" if src == "l" else "l"]
+        c = q.pop(0)
+        if not taken(c):
+            out.append(c)
     return out[:n]
 
 
-def hybrid_clusters(index, lm_cands: list[Cand], comp, n: int, sm, pool: int = 40, tau: float = 4.0):
-    """The retrieval pool and the model's filtered samples clustered by the matcher.
+def hybrid_candidates(lm_ranked: list[Cand], ret: list[Cand], n: int, sm, draws: int) -> list[Cand]:
+    """The hybrid strategy: :func:`merge_ranked` of the model's ranked structures (:func:`ranked_samples`
+    of ``draws`` samples) and retrieval's (:func:`retrieval_candidates`), duplicates found by the matcher."""
 
-    Returns (retrieved candidates, clusters); a cluster is [representative, retrieval votes,
-    share of the model's samples, best model score].
-    """
-    import math
+    def same(a, b) -> bool:
+        if a.source == b.source:
+            return False  # each list is distinct already
+        try:
+            return bool(sm.fit(a.structure, b.structure))
+        except Exception:
+            return False
 
-    from domains.crystals.retrieval import cluster
-
-    rc = index.candidates(comp, max(pool, 4 * n))
-    head = rc[:pool]
-    wr = [math.exp(-c.score / tau) for c in head]
-    total = sum(wr) or 1.0
-    items = [(Cand(c.structure, None, -c.score, "retrieval", csp_ok=csp_filter(c.structure),
-                   extra={"template": c.template}), w / total, 0.0) for c, w in zip(head, wr)]
-    ok = [c for c in lm_cands if c.csp_ok]
-    mass = sum(c.extra.get("weight", 1.0) for c in ok)  # the sample weights of spread draws
-    items += [(c, 0.0, c.extra.get("weight", 1.0) / mass) for c in ok]
-    items = [it for it in items if it[0].structure is not None]
-    clusters = []
-    for members in cluster([c.structure for c, _, _ in items], sm):
-        group = [items[j] for j in members]
-        model = [c.score for c, _, _ in group if c.source == "lm"]
-        clusters.append([group[0][0], sum(r for _, r, _ in group), sum(lw for _, _, lw in group),
-                         max(model) if model else -np.inf])
-    return rc, clusters
+    return merge_ranked(lm_ranked, ret, n, same, share=lambda c: c.extra.get("weight", 0.0) / max(draws, 1))
 
 
 def train_for_benchmark(train, preset: str, steps: int | None, seed: int, progress: bool) -> Path:

@@ -18,7 +18,8 @@ from domains.crystals import DEFAULT_CHECKPOINT, DOMAIN
 from domains.crystals.canonical import atom_props_block
 from domains.crystals.cif import SG_KEY
 from domains.crystals.grammar import Vocab, cif_constraint
-from domains.crystals.prompts import MAX_ATOMS, Prompt, fitting_spacegroups, make_prompt, prompts_for
+from domains.crystals.prompts import (
+    MAX_ATOMS, SITE_ROW_TOKENS, Prompt, fewest_sites, fitting_spacegroups, make_prompt, prompts_for)
 from domains.crystals.wyckoff import snap_to_wyckoff
 from sciar.errors import SciarError
 
@@ -62,17 +63,29 @@ class CrystalGenerator:
         return self
 
     def check_fits(self, p: Prompt):
-        """SciarError when even the shortest CIF for this composition cannot fit the context."""
-        n_el = len(p.composition.elements)
-        # the forced text plus one site row per element is a lower bound on the CIF's length
-        least = len(self.tok.encode(p.text)) + (0 if p.spacegroup else len(self.tok.encode(atom_props_block(p.composition)))) \
-            + 160 + len(self.tok.encode(f"{p.composition.formula}{p.composition.reduced_formula}")) + 34 * n_el
+        """SciarError (one line, with the limit) when even the shortest CIF for this composition cannot fit the
+        context. A CIF's length grows with its symmetry-distinct sites (``SITE_ROW_TOKENS`` each), so how many
+        atoms fit depends on the space group: the bound is the space group that holds the composition in the
+        fewest sites (the stated one, or any that fits)."""
+        from domains.crystals.grammar import header_tokens
+        from domains.crystals.tokenizer import spacegroup_symbols
+
         if p.composition.num_atoms > MAX_ATOMS:
             raise SciarError(f"composition {p.formula} is too large: {p.composition.num_atoms:g} atoms in the cell, and "
                              f"the model writes at most {MAX_ATOMS} (give a smaller --z or the reduced formula)")
-        if least > self.block:
-            raise SciarError(f"composition {p.formula} is too large for the model's context of {self.block} tokens "
-                             f"(needs at least about {least})")
+        counts = [int(round(c)) for c in p.composition.values()]
+        groups = [p.spacegroup] if p.spacegroup else fitting_spacegroups(counts)
+        sites, sg = min((fewest_sites(counts, spacegroup_symbols().index(g) + 1), g) for g in groups)
+        fixed = len(self.tok.encode(p.text)) + 1 + header_tokens(self.vocab, p.composition) + 1
+        if not p.spacegroup:
+            fixed += len(self.tok.encode(atom_props_block(p.composition) + f"\n{SG_KEY} "))
+        room = (self.block - fixed) // SITE_ROW_TOKENS
+        if sites > room:
+            raise SciarError(f"composition {p.formula} is too large for the model's context of {self.block} tokens: "
+                             f"it holds at most {room} symmetry-distinct sites of this composition ({fixed} tokens + "
+                             f"{SITE_ROW_TOKENS} per site), and {p.formula} needs at least {sites} (in {sg})"
+                             + ("" if p.spacegroup else ", the space group that needs the fewest")
+                             + "; give a smaller --z or the reduced formula")
 
     def fitting(self, prompts: list[Prompt]) -> list[Prompt]:
         """The prompts whose CIFs can fit the context; the first prompt's error when none can."""
@@ -109,7 +122,7 @@ class CrystalGenerator:
         from sciar.decode.tokens import generate
 
         ids = [self.tok.encode(p.text) for p in rows]
-        cons = [cif_constraint(self.vocab, p) for p in rows] if constrained else None
+        cons = [cif_constraint(self.vocab, p, self.block) for p in rows] if constrained else None
         gens = generate(self.model, ids, max_new_tokens=max_new_tokens or self.block, temperature=temperature,
                         top_k=top_k, stop=[[self.vocab.nl, self.vocab.nl]], constraints=cons, seed=seed,
                         use_cache=use_cache)

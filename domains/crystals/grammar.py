@@ -18,7 +18,9 @@ import math
 from domains.crystals.canonical import atom_props_block
 from domains.crystals.cif import SG_KEY
 from domains.crystals.symmetry import symmetry_operations
-from domains.crystals.prompts import Prompt, crystal_system, fitting_spacegroups, representable, wyckoff_multiplicities
+from domains.crystals.prompts import (
+    SITE_ROW_TOKENS, Prompt, crystal_system, fewest_orbits, fewest_sites, fitting_spacegroups, representable,
+    wyckoff_multiplicities)
 from domains.crystals.wyckoff import CLOSEST, _clear_points, _orbit, _wyckoff_slots, fmt4
 
 SITE_HEADER = ("loop_\n _symmetry_equiv_pos_site_id\n _symmetry_equiv_pos_as_xyz\n 1 'x, y, z'\n"
@@ -192,15 +194,55 @@ class WyckoffSlots:
         return nxt or None
 
 
-def cif_grammar(v: Vocab, prompt: Prompt):
-    """Generator: yields lists of allowed token ids, receives the token taken each step."""
+def header_tokens(v: Vocab, comp) -> int:
+    """The most tokens between the space-group token and the first site row (lattice, formulas, volume, loop
+    headers), with every free number at its longest."""
+    red, z = comp.get_reduced_formula_and_factor()
+    text = ("\n" + "".join(f"_cell_length_{k} 999.9999\n" for k in "abc")
+            + "".join(f"_cell_angle_{k} 179.9999\n" for k in ("alpha", "beta", "gamma"))
+            + f"_symmetry_Int_Tables_number 230\n_chemical_formula_structural {red}\n"
+            f"_chemical_formula_sum '{comp.formula}'\n_cell_volume 999999999.9999\n"
+            f"_cell_formula_units_Z {int(round(z))}\n" + SITE_HEADER)
+    return len(v.encode(text))
+
+
+def cif_grammar(v: Vocab, prompt: Prompt, block: int | None = None):
+    """Generator: yields lists of allowed token ids, receives the token taken each step.
+
+    ``block`` (the model's context length, prompt included): only space groups, and site multiplicities, that
+    leave room in it for the fewest sites that can still hold the remaining atoms are allowed (one site row
+    takes at most ``SITE_ROW_TOKENS``), so that a large cell's CIF ends inside the context; where no choice
+    leaves room, the choice is left free.
+    """
+    taken = [len(v.encode(prompt.text))]  # tokens in the context so far
+
+    def counted(g):
+        allowed = next(g)
+        while True:
+            got = yield allowed
+            taken[0] += 1
+            try:
+                allowed = g.send(got)
+            except StopIteration:
+                return
+
+    def rows_left(after: int = 0) -> int:  # site rows that still fit, ``after`` more tokens taken first
+        return 10**9 if block is None else (block - taken[0] - after - 1) // SITE_ROW_TOKENS  # 1: the closing \n
+
+    yield from counted(_cif_grammar(v, prompt, rows_left))
+
+
+def _cif_grammar(v: Vocab, prompt: Prompt, rows_left):
     from domains.crystals.tokenizer import spacegroup_symbols
 
     comp = prompt.composition
     counts = {str(el): int(round(n)) for el, n in comp.items()}
     if prompt.spacegroup is None:
         yield from _force(v, atom_props_block(comp) + f"\n{SG_KEY} ")
-        fits = [v.sg[s] for s in fitting_spacegroups(counts.values())]
+        syms = fitting_spacegroups(counts.values())
+        rows = rows_left(1 + header_tokens(v, comp))
+        room = [s for s in syms if fewest_sites(counts.values(), spacegroup_symbols().index(s) + 1) <= rows]
+        fits = [v.sg[s] for s in room or syms]
         got = yield fits
         sg = v.sg_by_id[got]
         yield from _force(v, "\n")
@@ -242,6 +284,7 @@ def cif_grammar(v: Vocab, prompt: Prompt):
     clash = SiteClash(sg, *(float(vals[k]) for k in ("a", "b", "c", "alpha", "beta", "gamma")))
     slots = WyckoffSlots(num)
     while any(remaining.values()):
+        rows = rows_left()
         yield from _force(v, " ")
         got = yield [v.element[e] for e, n in remaining.items() if n > 0]
         el = next(e for e, i in v.element.items() if i == got)
@@ -251,6 +294,9 @@ def cif_grammar(v: Vocab, prompt: Prompt):
         options = [m for m in mults if m <= left and representable(left - m, mults)]
         # a fixed position already taken is no option (unless nothing else is)
         options = [m for m in options if slots.available(m)] or options
+        # and each must leave room in the context for the fewest sites that hold the atoms still to place
+        others = sum(fewest_orbits(n, tuple(mults)) for e, n in remaining.items() if e != el)
+        options = [m for m in options if 1 + others + fewest_orbits(left - m, tuple(mults)) <= rows] or options
         res = yield from _choose_int(v, options)
         if isinstance(res, tuple):
             m, _ = res
@@ -276,8 +322,9 @@ def cif_grammar(v: Vocab, prompt: Prompt):
     del sp
 
 
-def cif_constraint(v: Vocab, prompt: Prompt):
-    """The CIF grammar of ``prompt`` as a constraint (:mod:`sciar.decode.constraints`) for one row."""
+def cif_constraint(v: Vocab, prompt: Prompt, block: int | None = None):
+    """The CIF grammar of ``prompt`` (in a context of ``block`` tokens) as a constraint
+    (:mod:`sciar.decode.constraints`) for one row."""
     from sciar.decode.constraints import GeneratorConstraint
 
-    return GeneratorConstraint(lambda: cif_grammar(v, prompt))
+    return GeneratorConstraint(lambda: cif_grammar(v, prompt, block))

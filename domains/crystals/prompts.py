@@ -22,6 +22,9 @@ from sciar.errors import SciarError
 # pass --z or a cell composition for them
 Z_CHOICES = (1, 2, 3, 4)
 MAX_ATOMS = 400
+# the most tokens one site row takes (" Na Na12 192 0.1234 0.1234 0.1234 1.0\n"): a CIF's length grows by about
+# this much per symmetry-distinct site, so the context bounds the distinct sites, not the atoms
+SITE_ROW_TOKENS = 36
 
 
 @lru_cache(maxsize=1)
@@ -43,6 +46,21 @@ def representable(n: int, mults: list[int]) -> bool:
     for i in range(1, n + 1):
         ok[i] = any(m <= i and ok[i - m] for m in mults)
     return ok[n]
+
+
+@lru_cache(maxsize=None)
+def fewest_orbits(count: int, mults: tuple) -> int:
+    """The fewest Wyckoff orbits (sites) of these multiplicities that hold ``count`` atoms (a large number if none)."""
+    best = [0] + [10**9] * count
+    for i in range(1, count + 1):
+        best[i] = min([best[i - m] + 1 for m in mults if m <= i] or [10**9])
+    return best[count]
+
+
+def fewest_sites(counts, number: int) -> int:
+    """The fewest symmetry-distinct sites a cell of these atom counts needs in space group ``number``."""
+    mults = tuple(wyckoff_multiplicities().get(number, []))
+    return sum(fewest_orbits(int(c), mults) for c in counts) if mults else 10**9
 
 
 def spacegroup_fits(number: int, counts) -> bool:

@@ -66,7 +66,8 @@ def retrieved_samples(composition: str, n: int, templates, strategy: str = "retr
     """
     import math
 
-    from domains.crystals.benchmark import Cand, csp_filter, hybrid_candidates, matcher, sample_cands
+    from domains.crystals.benchmark import (
+        DRAWS_PER_CANDIDATE, Cand, csp_filter, hybrid_candidates, matcher, ranked_samples, sample_cands)
     from domains.crystals.canonical import canonicalize
     from domains.crystals.generate import Sample, prompts_for
     from domains.crystals.retrieval import load_index
@@ -82,15 +83,18 @@ def retrieved_samples(composition: str, n: int, templates, strategy: str = "retr
     comp = Composition(prompts[0].formula)
     sm = matcher()
     pool = n * 4 if sg else n * 2  # room for candidates dropped below (another space group, an absurd cell)
-    if strategy == "retrieval":
-        cands = [Cand(c.structure, None, -c.score, c.template) for c in index.predict(comp, pool, sm)]
-    else:
+    cands = [Cand(c.structure, None, -c.score, "retrieval", extra={"template": c.template})
+             for c in index.predict(comp, pool, sm)]
+    if strategy == "hybrid":
         if gen is None:
             raise SciarError("the hybrid strategy needs a model checkpoint")
-        lm = sample_cands(gen.sample_composition(composition, n=n, spacegroup=spacegroup, z=z, seed=seed, **kw))
+        draws = DRAWS_PER_CANDIDATE * n  # as the benchmark's lm and hybrid draw
+        lm = sample_cands(gen.sample_composition(composition, n=draws, spacegroup=spacegroup, z=z, seed=seed, **kw))
         for c in lm:
             c.csp_ok = c.structure is not None and csp_filter(c.structure)
-        cands = hybrid_candidates(index, lm, comp, pool, sm)
+        for c in cands:
+            c.csp_ok = csp_filter(c.structure)
+        cands = hybrid_candidates(ranked_samples(lm, pool, sm), cands, pool, sm, draws)
     out = []
     for c in cands:
         try:
@@ -99,7 +103,7 @@ def retrieved_samples(composition: str, n: int, templates, strategy: str = "retr
             continue
         if sg is not None and can.spacegroup != sg:
             continue
-        src = c.source if c.source in ("lm", "both") else f"template {c.extra.get('template', c.source)}"
+        src = "lm" if c.source == "lm" else f"template {c.extra.get('template', c.source)}"
         out.append(Sample(prompts[0].text, can.cif, math.nan, 0, True, 0, src))
         if len(out) >= n:
             break

@@ -182,7 +182,7 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
         prompts=[tok.encode(p.text) for p in fitting],
         evaluate=crystal_evaluator(tok, score_fn, snap, fit),
         stop=[[nl, nl]],
-        constraints=[cif_constraint(gen.vocab, p) for p in fitting],
+        constraints=[cif_constraint(gen.vocab, p, gen.block) for p in fitting],
         decode=lambda s: tok.decode(s),
     )
     res = search(gen.model, problem, cfg, progress=progress, desc=f"search {composition}")
