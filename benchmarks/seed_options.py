@@ -138,6 +138,86 @@ def one_run(name: str, seed: int, args, corpus, comps) -> dict:
     return res
 
 
+def train_heads(args) -> dict:
+    """Medusa-style: the target checkpoint frozen, only ``--n-heads`` new multi-token heads trained on the corpus."""
+    from domains.crystals.corpus import read_corpus
+    from domains.crystals.lm import corpus_source
+    from sciar.checkpoint import load_language_model
+    from sciar.decode.speculative import with_heads
+    from sciar.paths import find_checkpoint
+    from sciar.train import TrainConfig, train
+
+    base, tok, ck = load_language_model(find_checkpoint(args.target))
+    model = with_heads(base, args.n_heads)
+    corpus = read_corpus(ROOT / "data" / "crystals" / "default.parquet")
+    src, info, fp, _ = corpus_source(corpus, model.cfg.block_size, seed=1337, progress=False)
+    tc = TrainConfig(max_steps=args.heads_steps, batch_size=args.heads_batch, lr=3e-3, min_lr=3e-4, warmup_steps=5,
+                     weight_decay=0.0, eval_every=max(1, args.heads_steps // 4), eval_batches=4,
+                     save_every=max(1, args.heads_steps // 4), device="cpu", progress=False)
+    domain = {k: v for k, v in ck.domain.items() if k not in ("step", "train_config")}
+    summary = train(model, src, tc, args.train_heads, {"model": model.cfg.to_dict(), "tied": True}, tok,
+                    dict(domain, base_checkpoint=str(args.target), heads_only=True), resume=True)
+    print(f"heads trained: {summary}", flush=True)
+    return summary
+
+
+def speculative_speed(args, comps: list[str]) -> dict:
+    """Tokens/s of self-speculative and draft-model speculative decoding over plain cached decoding (forced
+    tokens chained), grammar on, top-k 10, at batch 1 and 16; arms alternate within each round."""
+    from pymatgen.core import Composition
+
+    from domains.crystals.generate import CrystalGenerator, make_prompt
+    from domains.crystals.grammar import cif_constraint
+    from sciar.checkpoint import load_language_model
+    from sciar.decode.speculative import speculative_generate
+    from sciar.decode.tokens import generate
+    from sciar.paths import find_checkpoint
+
+    target, tok, _ = load_language_model(find_checkpoint(args.target))
+    draft = load_language_model(find_checkpoint(args.draft))[0] if args.draft else None
+    heads = load_language_model(args.heads)[0] if args.heads else None
+    vocab = CrystalGenerator.from_model(target, tok).vocab
+    prompt = make_prompt(Composition(comps[0]))
+    ids = tok.encode(prompt.text)
+    stop = [[vocab.nl, vocab.nl]]
+    out = {"target": str(args.target), "draft": args.draft, "heads": args.heads, "composition": comps[0],
+           "max_new_tokens": args.spec_tokens, "top_k": 10}
+    for batch in [int(b) for b in args.spec_batches.split(",")]:
+        arms = {"plain": lambda cons, seed: generate(target, [ids] * batch, args.spec_tokens, top_k=10, stop=stop,
+                                                      constraints=cons, seed=seed)}
+        stats = {"self": {}, "draft": {}}
+        if heads is not None:
+            arms["self"] = lambda cons, seed: speculative_generate(heads, [ids] * batch, args.spec_tokens, top_k=10,
+                                                                   stop=stop, constraints=cons, seed=seed,
+                                                                   stats=stats["self"])
+        if draft is not None:
+            arms["draft"] = lambda cons, seed: speculative_generate(target, [ids] * batch, args.spec_tokens, top_k=10,
+                                                                    stop=stop, constraints=cons, seed=seed, draft=draft,
+                                                                    n_draft=args.n_draft, stats=stats["draft"])
+        tokens = {k: 0 for k in arms}
+        secs = {k: 0.0 for k in arms}
+        acc = {k: [0, 0] for k in stats}
+        for rnd in range(args.rounds):
+            for name, fn in arms.items():
+                cons = [cif_constraint(vocab, prompt) for _ in range(batch)]
+                t = time.perf_counter()
+                gens = fn(cons, rnd)
+                secs[name] += time.perf_counter() - t
+                tokens[name] += sum(len(g.tokens) for g in gens)
+                if name in stats:
+                    acc[name][0] += stats[name]["accepted"]
+                    acc[name][1] += stats[name]["proposed"]
+            print(f"batch {batch} round {rnd}: " + ", ".join(f"{k} {tokens[k] / secs[k]:.1f} tok/s" for k in arms), flush=True)
+        rate = {k: tokens[k] / secs[k] for k in arms}
+        out[f"tokens_per_s_batch_{batch}"] = rate
+        out[f"self_speedup_batch_{batch}"] = rate["self"] / rate["plain"] if "self" in rate else None
+        out[f"draft_speedup_batch_{batch}"] = rate["draft"] / rate["plain"] if "draft" in rate else None
+        out[f"acceptance_batch_{batch}"] = {k: (a / p if p else None) for k, (a, p) in acc.items()}
+    out["acceptance"] = {k: out.get(f"acceptance_batch_{b}", {}).get(k) for k in ("self", "draft")
+                         for b in [args.spec_batches.split(",")[0]]}
+    return out
+
+
 def summarise(results: list[dict]) -> dict:
     by = {}
     for r in results:
@@ -185,7 +265,14 @@ def main():
     ap.add_argument("--heads", default=None, help="checkpoint of the target with multi-token heads")
     ap.add_argument("--draft", default="crystal-small")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--n-draft", type=int, default=4, help="tokens the draft model proposes per round")
+    ap.add_argument("--spec-batches", default="1,16")
+    ap.add_argument("--spec-tokens", type=int, default=1024, help="longest continuation decoded")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--train-heads", default=None, help="train multi-token heads on the frozen --target into this folder")
+    ap.add_argument("--n-heads", type=int, default=3)
+    ap.add_argument("--heads-steps", type=int, default=60)
+    ap.add_argument("--heads-batch", type=int, default=8)
     args = ap.parse_args()
 
     import torch
@@ -194,6 +281,9 @@ def main():
     from domains.crystals.corpus import read_corpus
 
     torch.set_num_threads(args.threads)
+    if args.train_heads:
+        train_heads(args)
+        return
     out_json = Path(args.json)
     result = json.loads(out_json.read_text()) if out_json.is_file() else {}
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -216,8 +306,6 @@ def main():
         result["setup"] = {"preset": "tiny", "steps": args.steps, "seeds": args.seeds, "n_valid": args.n_valid,
                            "bonds": args.bonds, "corpus": "data/crystals/default.parquet", "heldout": comps}
     if args.speculative:
-        from benchmarks_speculative import speculative_speed  # noqa: E402
-
         result["speculative"] = speculative_speed(args, comps)
     out_json.write_text(json.dumps(result, indent=1))
     for name, o in result.get("options", {}).items():
