@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 CONFIGS = {  # name -> (ModelConfig options, TrainConfig options)
     "default": ({}, {}),
@@ -42,28 +43,9 @@ CONFIGS = {  # name -> (ModelConfig options, TrainConfig options)
 
 def heldout_prompts(k: int, seed: int = 0) -> list[str]:
     """k MP-20 test compositions whose reduced formula is in no training data (as benchmarks/crystals.py)."""
-    import pandas as pd
-    from pymatgen.core import Composition
+    from crystals import heldout_compositions
 
-    from domains.crystals.canonical import canonicalize
-    from domains.crystals.readers import structure_from_cif
-
-    data = ROOT.parent / "shared" / "data" / "crystals"
-    seen = set(pd.read_parquet(ROOT / "data" / "crystals" / "default.parquet")["reduced_formula"])
-    for name in ("perov_5", "carbon_24", "mp_20"):
-        seen |= {Composition(f).reduced_formula for f in pd.read_csv(data / name / "train.csv.gz")["formula"]}
-    test = pd.read_csv(data / "mp_20" / "test.csv.gz").sample(frac=1.0, random_state=seed)
-    comps = []
-    for cif in test["cif"]:
-        if len(comps) == k:
-            break
-        try:
-            c = canonicalize(structure_from_cif(cif, rebuild=False))
-        except Exception:
-            continue
-        if c.reduced_formula not in seen:
-            comps.append(c.formula)
-    return comps
+    return heldout_compositions(ROOT.parent / "shared" / "data" / "crystals", k, seed)
 
 
 def raw_validity(model, tok, comps: list[str], n: int, seed: int, bonds: bool) -> float:
@@ -260,6 +242,7 @@ def main():
     ap.add_argument("--bonds", action="store_true", help="include CrystalNN's bond check in validity")
     ap.add_argument("--n-decode", type=int, default=8, help="samples timed for decoding tokens/s")
     ap.add_argument("--no-train", action="store_true", help="only the speculative decoding part")
+    ap.add_argument("--collect", action="store_true", help="summarise the finished runs in --out, train nothing")
     ap.add_argument("--speculative", action="store_true", help="also time speculative decoding")
     ap.add_argument("--target", default="crystal-medium")
     ap.add_argument("--heads", default=None, help="checkpoint of the target with multi-token heads")
@@ -293,7 +276,12 @@ def main():
     else:
         comps = heldout_prompts(args.k_comps)
         comps_file.write_text(json.dumps(comps))
-    if not args.no_train:
+    if args.collect:  # the runs finished so far, none started
+        runs = [json.loads(f.read_text()) for f in sorted(Path(args.out).glob("*-s*/result.json"))]
+        result["options"] = summarise(runs)
+        result["setup"] = {"preset": "tiny", "steps": runs[0]["steps"] if runs else None, "n_valid": args.n_valid,
+                           "runs": [f"{r['config']}-s{r['seed']}" for r in runs], "heldout": comps}
+    elif not args.no_train:
         corpus = read_corpus(ROOT / "data" / "crystals" / "default.parquet")
         runs = []
         for seed in [int(s) for s in args.seeds.split(",")]:
@@ -309,7 +297,7 @@ def main():
         result["speculative"] = speculative_speed(args, comps)
     out_json.write_text(json.dumps(result, indent=1))
     for name, o in result.get("options", {}).items():
-        print(f"{name:8s} val {o['val_loss_mean']:.4f} +- {o['val_loss_se'] or 0:.4f}  raw valid {o['raw_valid']:.3f}  "
+        print(f"{name:8s} seeds {o['seeds']} val {o['val_loss_mean']:.4f} +- {o['val_loss_se'] or 0:.4f}  raw valid {o['raw_valid']:.3f}  "
               f"train {o['train_tokens_per_s']:.0f} tok/s  decode {o['decode_tokens_per_s']:.0f} tok/s  wins {o['wins']}")
 
 

@@ -1,8 +1,6 @@
 """Speculative decoding leaves the model's distribution exactly as it is (scipy's chi-square test against the
 model's own probabilities of whole continuations, enumerated), with a grammar, top-k and temperature on."""
 
-import itertools
-
 import pytest
 import torch
 from scipy.stats import chisquare
@@ -19,7 +17,6 @@ FILT = dict(temperature=0.8, top_k=5)
 PROMPT = [1, 2, 3]
 N_NEW = 3
 
-
 @pytest.fixture(scope="module")
 def target():
     torch.manual_seed(0)
@@ -29,7 +26,6 @@ def target():
         for h in m.mtp:
             h.fc.weight.normal_(0, 0.3)  # heads that are often wrong: both acceptance and rejection happen
     return m
-
 
 def exact_distribution(model) -> dict[tuple, float]:
     """Probability of every continuation of N_NEW tokens: the product of the model's next-token distributions
@@ -55,7 +51,6 @@ def exact_distribution(model) -> dict[tuple, float]:
         out = nxt
     return out
 
-
 def check_frequencies(model, gens):
     exact = exact_distribution(model)
     n = len(gens)
@@ -68,14 +63,12 @@ def check_frequencies(model, gens):
     exp = [exact[s] * n for s in big] + [n * (1 - sum(exact[s] for s in big))]
     assert chisquare(obs, exp).pvalue > 1e-3, (obs, exp)
 
-
 def test_self_speculative_keeps_the_models_distribution(target):
     stats = {}
     gens = speculative_generate(target, [PROMPT] * 4000, max_new_tokens=N_NEW, seed=5, constraints=lambda i: toy(),
                                 stats=stats, **FILT)
     assert 0 < stats["accepted"] < stats["proposed"]  # both branches of the rejection sampling were taken
     check_frequencies(target, gens)
-
 
 def test_draft_model_speculative_keeps_the_models_distribution(target):
     torch.manual_seed(1)
@@ -85,7 +78,6 @@ def test_draft_model_speculative_keeps_the_models_distribution(target):
                                 draft=draft, n_draft=2, stats=stats, **FILT)
     assert 0 < stats["accepted"] < stats["proposed"]
     check_frequencies(target, gens)
-
 
 def test_long_ragged_runs_report_the_models_logprobs(target):
     """Rows of different lengths, forced runs, rejections: every reported log-probability is the model's."""
@@ -100,7 +92,6 @@ def test_long_ragged_runs_report_the_models_logprobs(target):
             want = [float(lp[len(g.prompt) - 1 + j, t]) for j, t in enumerate(g.tokens)]
             assert g.token_logprobs == pytest.approx(want, abs=1e-4)
 
-
 def test_heads_are_required_and_added_frozen():
     torch.manual_seed(2)
     plain = LanguageModel(ModelConfig(vocab_size=8, block_size=16, n_layer=1, n_head=2, n_embd=16))
@@ -111,7 +102,6 @@ def test_heads_are_required_and_added_frozen():
     assert torch.equal(m.trunk.wte.weight, plain.trunk.wte.weight)
     with pytest.raises(CheckpointError, match="crystal-medium.*mtp_heads"):
         load_model("crystal-medium", options={"mtp_heads": 3})
-
 
 def test_mtp_loss_targets_the_tokens_ahead():
     """Head i at position t is scored against the token t + 2 + i of the input (the target of t + 1 + i)."""
