@@ -56,23 +56,19 @@ def speed(checkpoint: str, composition: str = "Na4Cl4", n: int = 20, repeats: in
 MODES = [("raw", False, False), ("snapped", True, False), ("fitted", True, True)]  # (name, snap, fit)
 
 
-def validity_heldout(checkpoint: str, data: Path, k: int = 10, n: int = 20, seed: int = 0, bonds: bool = True,
-                     split: str = "test", temperature: float = 1.0) -> dict:
-    """Validity of n samples for each of k MP-20 ``split`` compositions whose reduced formula is in no training data."""
+def heldout_compositions(data: Path, k: int = 10, seed: int = 0, split: str = "test") -> list[str]:
+    """k MP-20 ``split`` cell compositions (in a seeded order) whose reduced formula is in no training data."""
     import pandas as pd
     from pymatgen.core import Composition
 
     from domains.crystals.canonical import canonicalize
     from domains.crystals.readers import structure_from_cif
-    from domains.crystals.generate import CrystalGenerator, make_prompt
-    from domains.crystals.validity import check_cif
 
     seen = set(pd.read_parquet(ROOT / "data" / "crystals" / "default.parquet")["reduced_formula"])
     for name in SPLITS:
         seen |= {Composition(f).reduced_formula for f in pd.read_csv(data / name / "train.csv.gz")["formula"]}
     test = pd.read_csv(data / "mp_20" / f"{split}.csv.gz").sample(frac=1.0, random_state=seed)
-    gen = CrystalGenerator(checkpoint)
-    rows, comps = [], []
+    comps = []
     for cif in test["cif"]:
         if len(comps) == k:
             break
@@ -80,14 +76,28 @@ def validity_heldout(checkpoint: str, data: Path, k: int = 10, n: int = 20, seed
             c = canonicalize(structure_from_cif(cif, rebuild=False))
         except Exception:
             continue
-        if c.reduced_formula in seen:
-            continue
-        comps.append(c.formula)
+        if c.reduced_formula not in seen:
+            comps.append(c.formula)
+    return comps
+
+
+def validity_heldout(checkpoint: str, data: Path, k: int = 10, n: int = 20, seed: int = 0, bonds: bool = True,
+                     split: str = "test", temperature: float = 1.0) -> dict:
+    """Validity of n samples for each of k MP-20 ``split`` compositions whose reduced formula is in no training data."""
+    import pandas as pd
+    from pymatgen.core import Composition
+
+    from domains.crystals.generate import CrystalGenerator, make_prompt
+    from domains.crystals.validity import check_cif
+
+    gen = CrystalGenerator(checkpoint)
+    rows, comps = [], heldout_compositions(data, k, seed, split)
+    for formula in comps:
         for mode, snap, fit in MODES:
-            for smp in gen.sample([make_prompt(Composition(c.formula))], n, seed=seed, snap=snap, fit=fit,
+            for smp in gen.sample([make_prompt(Composition(formula))], n, seed=seed, snap=snap, fit=fit,
                                   temperature=temperature):
                 r = check_cif(smp.text, bonds=bonds)
-                rows.append({"composition": c.formula, "mode": mode, "valid": r["valid"], "smact": r["smact"],
+                rows.append({"composition": formula, "mode": mode, "valid": r["valid"], "smact": r["smact"],
                              **{ch: r[ch] for ch in ("sensible", "formula", "multiplicity", "sites", "min_distance",
                                                      "bonds", "spacegroup")}})
     df = pd.DataFrame(rows)

@@ -26,6 +26,7 @@ import torch
 
 from sciar.decode.constraints import Constraint, allowed_mask
 from sciar.decode.tokens import filter_logits, padded_forward, ragged_cache
+from sciar.errors import SciarError
 from sciar.model import KVCache, LanguageModel
 
 Segment = tuple[torch.Tensor, torch.Tensor]  # keys, values [n_layer, n_head, T, head_dim]
@@ -153,6 +154,8 @@ def rollout_batch(dec: Decoding, reqs: list[Request], generator: torch.Generator
     if dec.mode in ("tree", "prefill"):
         cache = ragged_cache(cfg, B, Lmax + steps, dev, dtype)
         if dec.mode == "tree":
+            if cache.raw is not None:  # the tree keeps key/value segments only, not the convolution's inputs
+                raise SciarError("tree-cached search does not support a model with qkv_conv (Primer); use mode 'prefill'")
             for i, r in enumerate(reqs):
                 off = int(pad[i])
                 for k, v in r.segments:

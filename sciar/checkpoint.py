@@ -272,18 +272,40 @@ def register_model(domain: str, builder, tokenizer: str | None = None) -> None:
     _TOKENIZER_KIND[domain] = tokenizer
 
 
+# ModelConfig options that change what a model computes (README "core options"): a checkpoint combines only
+# with the values it was trained with
+OPTIONS = ("mlp", "qkv_conv", "meap", "mtp_heads")
+
+
+def refuse_other_options(ck: Checkpoint, options: dict | None):
+    """A one-line CheckpointError naming the checkpoint and the option when ``options`` (ModelConfig fields)
+    ask for something the checkpoint was not trained with (a convolution its weights lack, heads it has not)."""
+    from sciar.model import ModelConfig
+
+    stored = ck.config.get("model", {})
+    for k in OPTIONS:
+        if options is None or k not in options:
+            continue
+        have = stored.get(k, getattr(ModelConfig, k))
+        if options[k] != have:
+            raise CheckpointError(f"{ck.path.name} was trained with {k}={have!r}: the option {k}={options[k]!r} "
+                                  "does not combine with it (train a model with it, or leave the option out)")
+
+
 def load_model(path: str | Path, domain: str | None = None, device: str | torch.device = "cpu",
-               ema: bool | None = False):
+               ema: bool | None = False, options: dict | None = None):
     """Any registered domain's checkpoint (a directory or a shipped name): returns (model in eval mode, Checkpoint).
 
     The builder registered for the checkpoint's domain makes the model and the weights fill it strictly;
     ``domain``, when given, refuses a checkpoint of another domain. ``ema``: load the moving average of the
-    weights instead (``None``: the average where the checkpoint has one). Every problem is a one-line
-    CheckpointError.
+    weights instead (``None``: the average where the checkpoint has one). ``options``: ModelConfig options the
+    caller needs (``{"mtp_heads": 3}`` for self-speculative decoding); a checkpoint trained otherwise is refused.
+    Every problem is a one-line CheckpointError.
     """
     from sciar.paths import find_checkpoint
 
     ck = read_checkpoint(find_checkpoint(path), domain)
+    refuse_other_options(ck, options)
     builder, kind = MODELS.get(ck.domain_name), _TOKENIZER_KIND.get(ck.domain_name)
     have = getattr(ck.tokenizer, "kind", None)
     if have != kind:

@@ -53,6 +53,11 @@ class ModelConfig:
     attention: str = "causal"  # "causal" | "bidirectional" (every position sees every other)
     cond_dim: int = 0  # size of the condition vector fed to every block by adaptive layer norm (0: none)
     cross_dim: int = 0  # size of the condition tokens every block cross-attends to (0: no cross-attention)
+    # options from the literature (README "core options"); each off by default
+    mlp: str = "gelu"  # "gelu" | "relu2": Primer's squared ReLU
+    qkv_conv: bool = False  # Primer: depthwise 3-wide causal convolution over time after the Q, K and V projections
+    meap: float = 0.0  # MEAP: share of input tokens replaced by a learned mask vector in training (0: none)
+    mtp_heads: int = 0  # extra heads predicting the tokens 2, 3, ... ahead (self-speculative decoding)
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -65,6 +70,14 @@ class ModelConfig:
             raise SciarError(f"unknown attention mode {self.attention!r} (causal or bidirectional)")
         if self.cond_dim < 0 or self.cross_dim < 0:
             raise SciarError("cond_dim and cross_dim must be >= 0 (0 turns the condition off)")
+        if self.mlp not in ("gelu", "relu2"):
+            raise SciarError(f"unknown MLP activation {self.mlp!r} (gelu or relu2)")
+        if self.qkv_conv and self.attention != "causal":
+            raise SciarError("qkv_conv is a causal convolution: it needs attention='causal'")
+        if not 0.0 <= self.meap < 1.0:
+            raise SciarError(f"meap is a share of input tokens in [0, 1), got {self.meap}")
+        if self.mtp_heads < 0:
+            raise SciarError(f"mtp_heads must be >= 0, got {self.mtp_heads}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,6 +105,10 @@ class KVCache:
         shape = (cfg.n_layer, batch, cfg.n_head, capacity, hd)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # Primer's convolution reads the projections of the two previous visible slots: they are kept per slot
+        # (slots are where keys are: a ragged batch's hidden slots and compaction move them alike)
+        self.raw = (torch.zeros((cfg.n_layer, batch, 1, capacity, 3 * cfg.n_embd), device=device, dtype=dtype)
+                    if cfg.qkv_conv else None)
         self.length = 0
         # static decoding: positions as a device tensor, advanced in place by the caller, so that
         # one decode step has fixed shapes and addresses and can be replayed as a CUDA graph
@@ -105,27 +122,56 @@ class KVCache:
     def capacity(self) -> int:
         return self.k.shape[3]
 
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """Every per-slot buffer, each ``[layers, rows, ., slots, .]`` (rows on dim 1, slots on dim 3)."""
+        return {"k": self.k, "v": self.v, **({"raw": self.raw} if self.raw is not None else {})}
+
+    def set_buffers(self, bufs: dict[str, torch.Tensor]):
+        for name, t in bufs.items():
+            setattr(self, name, t)
+
     def fork(self, rows: torch.Tensor | list[int] | None = None, repeat: int = 1, capacity: int | None = None) -> "KVCache":
         """A new cache holding the filled part of selected rows, each repeated ``repeat`` times."""
         new = KVCache.__new__(KVCache)
+        new.raw = None
         cap = capacity or self.capacity
-        k, v = self.k[:, :, :, : self.length], self.v[:, :, :, : self.length]
-        if rows is not None:
-            idx = torch.as_tensor(rows, device=k.device, dtype=torch.long)
-            k, v = k[:, idx], v[:, idx]
-        if repeat > 1:
-            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        shape = (*k.shape[:3], cap, k.shape[4])
-        new.k = k.new_zeros(shape)
-        new.v = v.new_zeros(shape)
-        new.k[:, :, :, : self.length] = k
-        new.v[:, :, :, : self.length] = v
+        bufs = {}
+        for name, t in self.buffers().items():
+            t = t[:, :, :, : self.length]
+            if rows is not None:
+                t = t[:, torch.as_tensor(rows, device=t.device, dtype=torch.long)]
+            if repeat > 1:
+                t = t.repeat_interleave(repeat, dim=1)
+            full = t.new_zeros((*t.shape[:3], cap, t.shape[4]))
+            full[:, :, :, : self.length] = t
+            bufs[name] = full
+        new.set_buffers(bufs)
         new.length = self.length
         new.pos = None
         return new
 
+    def select_rows(self, rows: torch.Tensor):
+        """Keep only some rows (finished ones leave a batch)."""
+        self.set_buffers({name: t[:, rows] for name, t in self.buffers().items()})
+
+    def grow(self, capacity: int, used: int):
+        """Reallocate with ``capacity`` slots, keeping the first ``used``."""
+        bufs = {}
+        for name, t in self.buffers().items():
+            full = t.new_zeros((*t.shape[:3], capacity, t.shape[4]))
+            full[:, :, :, :used] = t[:, :, :, :used]
+            bufs[name] = full
+        self.set_buffers(bufs)
+
+    def gather_slots(self, order: torch.Tensor):
+        """Move slots ``order[b]`` ([rows, N]) of every row to the first N slots, in that order."""
+        N = order.shape[1]
+        for t in self.buffers().values():
+            g = order[None, :, None, :, None].expand(t.shape[0], -1, t.shape[2], -1, t.shape[4])
+            t[:, :, :, :N] = t.gather(3, g)
+
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
+        return sum(t.numel() * t.element_size() for t in self.buffers().values())
 
 
 def _rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,10 +197,16 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
+        # Primer's depthwise convolution, one 3-tap filter per channel of Q, K and V (so per head), stored as
+        # the change from the identity: zeros start (and weight decay pulls) towards the plain projections
+        self.conv = nn.Parameter(torch.zeros(3, 3 * cfg.n_embd)) if cfg.qkv_conv else None
 
     def forward(self, x, rope, mask, cache: KVCache | None, layer: int, causal: bool = True):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        u = self.qkv(x)
+        if self.conv is not None:
+            u = self._causal_conv(u, mask, cache, layer)
+        q, k, v = u.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         if rope is not None:
             q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
         is_causal = causal and mask is None
@@ -179,6 +231,42 @@ class SelfAttention(nn.Module):
         )
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_drop(self.proj(y))
+
+
+    def _causal_conv(self, u, mask, cache: KVCache | None, layer: int):
+        """``u_t (1 + w0) + u_prev1 w1 + u_prev2 w2`` per channel, where prev1 and prev2 are the two latest
+        earlier slots the query may attend to (causal order; with a mask, the visible ones: left padding and a
+        ragged batch's hidden slots are skipped, as attention skips them); missing ones count as zero."""
+        B, T, _ = u.shape
+        w = self.conv.to(u.dtype)
+        if cache is None and mask is None:
+            p1 = F.pad(u, (0, 0, 1, 0))[:, :T]
+            p2 = F.pad(u, (0, 0, 2, 0))[:, :T]
+            return u * (1 + w[0]) + p1 * w[1] + p2 * w[2]
+        if cache is None:
+            hist, query = u, torch.arange(T, device=u.device)
+        elif cache.pos is not None:
+            cache.raw[layer].index_copy_(2, cache.pos, u[:, None].to(cache.raw.dtype))
+            hist, query = cache.raw[layer, :, 0], cache.pos
+        else:
+            start = cache.length
+            cache.raw[layer, :, 0, start : start + T] = u
+            hist, query = cache.raw[layer, :, 0, : start + T], start + torch.arange(T, device=u.device)
+        S = hist.shape[1]
+        keys = torch.arange(S, device=u.device)
+        before = keys[None, None, :] < query[None, :, None]  # [1, T, S]
+        if mask is not None:
+            m = mask[:, 0] if mask.dim() == 4 else (mask if mask.dim() == 3 else mask[None])
+            before = before & m[..., -S:] if m.shape[-1] >= S else before & m
+        slot = torch.where(before, keys, -1)
+        prev = torch.cat([slot, slot.new_full((*slot.shape[:2], 2), -1)], -1).topk(2, dim=-1).values  # [1|B, T, 2]
+        prev = prev.expand(B, T, 2)
+
+        def take(p):
+            g = hist.gather(1, p.clamp(min=0)[..., None].expand(B, T, hist.shape[-1]))
+            return g * (p >= 0)[..., None].to(g.dtype)
+
+        return u * (1 + w[0]) + take(prev[..., 0]) * w[1] + take(prev[..., 1]) * w[2]
 
 
 def _causal_offset_mask(T: int, start: int, device) -> torch.Tensor:
@@ -238,9 +326,12 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
+        self.relu2 = cfg.mlp == "relu2"
 
     def forward(self, x):
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        h = self.fc(x)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h)  # Primer's squared ReLU
+        return self.drop(self.proj(h))
 
 
 class Block(nn.Module):
@@ -433,8 +524,38 @@ class LMHead(nn.Module):
         return F.linear(h, self.weight)
 
 
+class MTPHead(nn.Module):
+    """One extra head of multi-token prediction (Medusa-style): a residual SiLU layer on the final hidden
+    state whose output the shared LM head reads; zero-initialised, so it starts as the next-token head."""
+
+    def __init__(self, n_embd: int):
+        super().__init__()
+        self.fc = nn.Linear(n_embd, n_embd, bias=False)
+        nn.init.zeros_(self.fc.weight)
+
+    def forward(self, h):
+        return h + F.silu(self.fc(h))
+
+
+def emo_transport(logits: torch.Tensor, targets: torch.Tensor, cost_embedding: torch.Tensor) -> torch.Tensor:
+    """EMO's transport cost per position: moving the model's next-token distribution ``q`` onto the target
+    token ``y`` costs ``sum_i q_i (1 - cos(e_i, e_y))`` (all mass must reach ``y``, so this is the exact
+    earth mover's distance to a one-hot target), with ``e`` the rows of a frozen embedding."""
+    e = F.normalize(cost_embedding.float(), dim=-1)
+    q = logits.float().softmax(-1)
+    return 1 - ((q @ e) * e[targets.clamp(min=0)]).sum(-1)
+
+
 class LanguageModel(nn.Module):
-    """Trunk + LM head: the model of every token domain. ``forward`` returns the loss when given targets."""
+    """Trunk + LM head: the model of every token domain. ``forward`` returns the loss when given targets.
+
+    Training options (README "core options"): ``cfg.meap`` replaces that share of the input tokens by a
+    learned mask vector while training (the targets stay: next-token prediction over masked inputs);
+    ``emo_cost`` (a frozen ``[vocab, d]`` embedding, set by :func:`sciar.train.train` from ``TrainConfig.emo``)
+    mixes EMO's transport cost into the loss as its authors do, per token
+    ``(CE + min(CE / EMD, 3) EMD) / 2`` with the ratio not differentiated; ``cfg.mtp_heads`` adds heads that
+    predict the tokens 2, 3, ... ahead, their cross-entropies added to the loss.
+    """
 
     def __init__(self, cfg: ModelConfig, tied: bool = True):
         super().__init__()
@@ -443,13 +564,49 @@ class LanguageModel(nn.Module):
         self.cfg = cfg
         self.trunk = Transformer(cfg)
         self.head = LMHead(self.trunk, tied=tied)
+        self.mask_embed = nn.Parameter(torch.randn(cfg.n_embd) * 0.02) if cfg.meap else None
+        self.mtp = nn.ModuleList(MTPHead(cfg.n_embd) for _ in range(cfg.mtp_heads)) if cfg.mtp_heads else None
+        self.register_buffer("emo_cost", None, persistent=False)
 
     def forward(self, idx, targets=None, prefix=None, cache=None, positions=None, mask=None, cond=None, context=None):
-        h = self.trunk(idx=idx, prefix=prefix, cache=cache, positions=positions, mask=mask, cond=cond, context=context)
+        embeds = None
+        if self.mask_embed is not None and self.training and targets is not None:
+            x = self.trunk.wte(idx)
+            hide = torch.rand(idx.shape, device=idx.device) < self.cfg.meap
+            embeds, idx = torch.where(hide[..., None], self.mask_embed.to(x.dtype), x), None
+        h = self.trunk(idx=idx, embeds=embeds, prefix=prefix, cache=cache, positions=positions, mask=mask, cond=cond,
+                       context=context)
         if targets is None:
             return self.head(h)
         if prefix is not None:
             h = h[:, prefix.shape[1] :]
         logits = self.head(h)
         # targets < 0 are ignored (padding, prompt positions)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        flat, tgt = logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1)
+        if self.emo_cost is None:
+            loss = F.cross_entropy(flat, tgt, ignore_index=-1)
+        else:
+            ce = F.cross_entropy(flat, tgt, ignore_index=-1, reduction="none")
+            emd = emo_transport(flat, tgt, self.emo_cost)
+            keep = (tgt >= 0).float()
+            per = 0.5 * (ce + torch.clamp(ce / (emd + 1e-10), max=3.0).detach() * emd)
+            loss = (per * keep).sum() / keep.sum().clamp(min=1)
+        if self.mtp is not None:
+            loss = loss + self.mtp_loss(h, targets)
+        return loss
+
+    def mtp_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits of the extra heads, ``[..., mtp_heads, vocab]``: head i predicts the token ``i + 2`` ahead."""
+        return torch.stack([self.head(m(h)) for m in self.mtp], dim=-2)
+
+    def mtp_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Sum over the extra heads of their cross-entropy (head i at position t: the target of t + 1 + i)."""
+        total = h.new_zeros(())
+        for i, m in enumerate(self.mtp):
+            shift = i + 1
+            if targets.shape[1] <= shift:
+                break
+            logits = self.head(m(h[:, :-shift]))
+            total = total + F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
+                                            targets[:, shift:].reshape(-1), ignore_index=-1)
+        return total

@@ -32,10 +32,10 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from sciar.checkpoint import load_weights, read_checkpoint, save_checkpoint
+from sciar.checkpoint import load_weights, read_checkpoint, refuse_other_options, save_checkpoint
 from sciar.distributed import init_distributed
 from sciar.ema import EMA
-from sciar.errors import DataError, SciarError
+from sciar.errors import CheckpointError, DataError, SciarError
 from sciar.interrupt import deferred_stop
 from sciar.io import pyplot, save_figure, write_text_atomic
 
@@ -66,10 +66,14 @@ class TrainConfig:
     compile: bool = False
     progress: bool = True
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = none); see sciar.ema
+    optimizer: str = "adamw"  # "adamw" | "lion" (sciar.lion; give it lion_budget's smaller lr, larger decay)
+    emo: str = ""  # EMO: the checkpoint (path or shipped name) whose frozen token embedding sets the transport cost
 
     def __post_init__(self):
         if not 0.0 <= self.ema < 1.0:
             raise SciarError(f"ema must be a decay in [0, 1) (0 = off), got {self.ema}")
+        if self.optimizer not in ("adamw", "lion"):
+            raise SciarError(f"unknown optimizer {self.optimizer!r} (adamw or lion)")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -94,14 +98,49 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * frac)) * (cfg.lr - cfg.min_lr)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def lion_budget(budget: dict, factor: float = 3.0) -> dict:
+    """A training budget (TrainConfig fields) moved to Lion: learning rates ``factor`` times smaller, weight
+    decay ``factor`` times larger (Chen et al.'s advice, 3-10x, keeping their product)."""
+    out = dict(budget, optimizer="lion")
+    for k in ("lr", "min_lr"):
+        if k in out:
+            out[k] = out[k] / factor
+    out["weight_decay"] = out.get("weight_decay", TrainConfig.weight_decay) * factor
+    return out
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise SciarError("the model has no trainable parameters")
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "lion":
+        from sciar.lion import Lion
+
+        return Lion(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+
+
+def attach_emo(model: torch.nn.Module, checkpoint: str | Path):
+    """Give a language model EMO's transport cost: the token embedding of ``checkpoint``, frozen."""
+    from safetensors import safe_open
+
+    from sciar.paths import find_checkpoint
+
+    if not hasattr(model, "emo_cost"):
+        raise SciarError("EMO (emo=...) needs a token language model")
+    ck = read_checkpoint(find_checkpoint(checkpoint))
+    with safe_open(str(ck.path / "model.safetensors"), "pt") as f:
+        names = [n for n in ("trunk.wte.weight", "head.weight") if n in f.keys()]
+        if not names:
+            raise SciarError(f"{ck.path} has no token embedding for EMO's transport cost")
+        emb = f.get_tensor(names[0])
+    if emb.shape[0] != model.cfg.vocab_size:
+        raise SciarError(f"EMO: {ck.path.name}'s embedding has {emb.shape[0]} tokens, the model {model.cfg.vocab_size}")
+    model.emo_cost = emb.float().to(next(model.parameters()).device)
+
 
 
 def _batch_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -160,6 +199,8 @@ def train(
               f"{local_accum * dinfo.world * cfg.batch_size} sequences per step (grad_accum {cfg.grad_accum} asked)")
     torch.manual_seed(cfg.seed)
     model.to(device)
+    if cfg.emo:
+        attach_emo(model, cfg.emo)
     opt = make_optimizer(model, cfg, device)
     start_step, best_val, bad_evals, log = 0, float("inf"), 0, []
     ema = EMA(model, cfg.ema) if cfg.ema else None
@@ -168,6 +209,11 @@ def train(
     if resume and (last / "trainer.json").is_file():
         state = json.loads((last / "trainer.json").read_text())
         ck = read_checkpoint(last)  # checks every file and the weights' checksum
+        refuse_other_options(ck, checkpoint_config.get("model", {}))
+        was = ck.domain.get("train_config", {}).get("optimizer", "adamw")
+        if was != cfg.optimizer:
+            raise CheckpointError(f"{last} was trained with optimizer {was}; optimizer {cfg.optimizer} does not combine "
+                                  "with its saved state (keep the optimizer, or delete it to restart)")
         if ck.domain.get("step") != state["step"]:
             raise SciarError(f"{last}: training state and weights are from different steps; delete {last} to restart")
         load_weights(ck, model, device)

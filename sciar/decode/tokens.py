@@ -139,8 +139,7 @@ def ragged_cache(cfg, batch: int, capacity: int, device, dtype) -> KVCache:
     of other rows' forced runs) need more slots than their positions, which stay within the context."""
     cache = KVCache(cfg, batch, min(capacity, cfg.block_size), device, dtype)
     if capacity > cfg.block_size:
-        shape = (*cache.k.shape[:3], capacity, cache.k.shape[4])
-        cache.k, cache.v = cache.k.new_zeros(shape), cache.v.new_zeros(shape)
+        cache.grow(capacity, 0)
     return cache
 
 
@@ -332,7 +331,8 @@ def _generate_batch(model, prompts, seeds, cons, max_new, temperature, top_k, to
         keep = [b for b, r in enumerate(live) if r.needs_pass()]
         if len(keep) < len(live) and use_cache and keep:
             sel = torch.tensor(keep, device=dev)
-            cache.k, cache.v, valid = cache.k[:, sel], cache.v[:, sel], valid[sel]
+            cache.select_rows(sel)
+            valid = valid[sel]
         idx = [idx[b] for b in keep]
         first = False
     return [Generation(r.prompt, r.new, float(sum(r.lps)), r.lps, r.stopped) for r in rows]
@@ -364,10 +364,7 @@ def _make_room(cache, valid, used, T):
         used = _compact(cache, valid, used)
     if used + T > valid.shape[1]:
         cap = max(2 * valid.shape[1], used + T)
-        shape = (*cache.k.shape[:3], cap, cache.k.shape[4])
-        k, v = cache.k.new_zeros(shape), cache.v.new_zeros(shape)
-        k[:, :, :, :used], v[:, :, :, :used] = cache.k[:, :, :, :used], cache.v[:, :, :, :used]
-        cache.k, cache.v = k, v
+        cache.grow(cap, used)
         valid = torch.cat([valid, valid.new_zeros(valid.shape[0], cap - valid.shape[1])], dim=1)
     return cache, valid, used
 
@@ -378,9 +375,7 @@ def _compact(cache, valid, used) -> int:
     n = valid[:, :used].sum(1)
     N = int(n.max())
     order = torch.sort(valid[:, :used].to(torch.int8), dim=1, stable=True).indices[:, used - N:]  # [B, N]
-    g = order[None, :, None, :, None].expand(cache.k.shape[0], -1, cache.k.shape[2], -1, cache.k.shape[4])
-    k, v = cache.k.gather(3, g), cache.v.gather(3, g)
-    cache.k[:, :, :, :N], cache.v[:, :, :, :N] = k, v
+    cache.gather_slots(order)
     valid[:, :] = False
     valid[:, :N] = torch.arange(N, device=valid.device)[None, :] >= (N - n)[:, None]
     return N

@@ -1,0 +1,305 @@
+"""The core's options against the default, several seeds each, at equal training compute; and speculative decoding.
+
+    python benchmarks/seed_options.py --json options.json                              # the issue's run (long)
+    python benchmarks/seed_options.py --json o.json --steps 40 --seeds 0,1,2 --n-valid 40 --out /work/runs/options
+
+Training: the crystal corpus shipped in ``data/crystals/default.parquet`` at the ``tiny`` preset, one run per
+(configuration, seed), every configuration with the same steps and batch (equal training compute). Each run
+records the validation loss at its last step (equal steps) and at the wall time the slowest configuration
+allows all (equal wall time: the last evaluation before that time), training tokens/s, cached decoding
+tokens/s, and raw validity: ``--n-valid`` CIFs sampled for held-out MP-20 test compositions (reduced formula in
+no training data) without grammar, snapping or bond fitting, checked by ``check_cif`` (``--bonds`` adds the
+CrystalNN bond check). An option wins when its mean validation loss over seeds beats the default's by more
+than two standard errors (of the difference of the means) without a lower raw validity.
+
+Speculative decoding (``--speculative``): tokens/s of self-speculative decoding (``--heads``, a checkpoint with
+multi-token heads) and of classic speculative decoding (``--draft`` drafting for ``--target``) against plain
+cached decoding with forced-token chaining, at batch 1 and 16, same prompts, grammar on, rounds alternating.
+Runs are resumable: each writes ``OUT/<config>-s<seed>/result.json`` and is skipped when that exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+CONFIGS = {  # name -> (ModelConfig options, TrainConfig options)
+    "default": ({}, {}),
+    "primer": ({"mlp": "relu2", "qkv_conv": True}, {}),
+    "lion": ({}, {"optimizer": "lion"}),
+    "emo": ({}, {"emo": "crystal-medium"}),  # frozen embedding of the shipped model of the same domain
+    "meap15": ({"meap": 0.15}, {}),  # the paper's pre-training share
+    "meap30": ({"meap": 0.30}, {}),
+}
+
+
+def heldout_prompts(k: int, seed: int = 0) -> list[str]:
+    """k MP-20 test compositions whose reduced formula is in no training data (as benchmarks/crystals.py)."""
+    from crystals import heldout_compositions
+
+    return heldout_compositions(ROOT.parent / "shared" / "data" / "crystals", k, seed)
+
+
+def raw_validity(model, tok, comps: list[str], n: int, seed: int, bonds: bool) -> float:
+    from pymatgen.core import Composition
+
+    from domains.crystals.generate import CrystalGenerator, make_prompt
+    from domains.crystals.validity import check_cif
+
+    gen = CrystalGenerator.from_model(model, tok)
+    per = [n // len(comps) + (i < n % len(comps)) for i in range(len(comps))]
+    ok = total = 0
+    for c, m in zip(comps, per):
+        if not m:
+            continue
+        for s in gen.sample([make_prompt(Composition(c))], m, seed=seed, constrained=False, snap=False, fit=False):
+            ok += bool(s.complete and check_cif(s.text, bonds=bonds)["valid"])
+            total += 1
+    return ok / max(total, 1)
+
+
+def decode_speed(model, tok, comps: list[str], n: int, seed: int) -> float:
+    """Tokens/s of plain cached decoding with the grammar (forced tokens chained), n samples in one batch."""
+    from pymatgen.core import Composition
+
+    from domains.crystals.generate import CrystalGenerator, make_prompt
+
+    gen = CrystalGenerator.from_model(model, tok)
+    t = time.perf_counter()
+    out = gen.sample([make_prompt(Composition(comps[0]))], n, seed=seed, snap=False, fit=False)
+    return sum(s.n_tokens for s in out) / (time.perf_counter() - t)
+
+
+def one_run(name: str, seed: int, args, corpus, comps) -> dict:
+    import torch
+
+    from domains.crystals.lm import corpus_source, preset
+    from domains.crystals.tokenizer import cif_tokenizer
+    from sciar.model import LanguageModel, ModelConfig
+    from sciar.presets import train_budget
+    from sciar.train import TrainConfig, lion_budget, train
+
+    out = Path(args.out) / f"{name}-s{seed}"
+    done = out / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    mopt, topt = CONFIGS[name]
+    p = preset("tiny")
+    tok = cif_tokenizer()
+    cfg = ModelConfig(vocab_size=tok.vocab_size, **p["model"], **mopt)
+    src, info, fp, _ = corpus_source(corpus, cfg.block_size, seed=1337, progress=False)
+    budget = train_budget(p["train"], steps=args.steps)
+    budget["eval_every"] = max(1, args.steps // 8)
+    if topt.get("optimizer") == "lion":
+        budget = lion_budget(budget)
+    tc = TrainConfig(**{**budget, **topt}, device="cpu", seed=seed, progress=False, eval_batches=args.eval_batches)
+    torch.manual_seed(seed)
+    model = LanguageModel(cfg)
+    t0 = time.perf_counter()
+    times = []
+    summary = train(model, src, tc, out, {"model": cfg.to_dict(), "tied": True}, tok,
+                    {"domain": "crystal", "data_fingerprint": fp, "preset": "tiny", "benchmark": name},
+                    resume=True, callback=lambda step, rec: times.append((step, time.perf_counter() - t0, rec["val_loss"])))
+    log = [(s, t, v) for s, t, v in times if v is not None]
+    model.eval()
+    model.emo_cost = None
+    res = {"config": name, "seed": seed, "steps": summary["steps"], "val_loss": log[-1][2] if log else None,
+           "val_curve": log, "train_tokens_per_s": summary["tokens_per_s"], "train_seconds": times[-1][1] if times else None}
+    res["raw_valid"] = raw_validity(model, tok, comps, args.n_valid, seed, args.bonds)
+    res["decode_tokens_per_s"] = decode_speed(model, tok, comps, args.n_decode, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def train_heads(args) -> dict:
+    """Medusa-style: the target checkpoint frozen, only ``--n-heads`` new multi-token heads trained on the corpus."""
+    from domains.crystals.corpus import read_corpus
+    from domains.crystals.lm import corpus_source
+    from sciar.checkpoint import load_language_model
+    from sciar.decode.speculative import with_heads
+    from sciar.paths import find_checkpoint
+    from sciar.train import TrainConfig, train
+
+    base, tok, ck = load_language_model(find_checkpoint(args.target))
+    model = with_heads(base, args.n_heads)
+    corpus = read_corpus(ROOT / "data" / "crystals" / "default.parquet")
+    src, info, fp, _ = corpus_source(corpus, model.cfg.block_size, seed=1337, progress=False)
+    tc = TrainConfig(max_steps=args.heads_steps, batch_size=args.heads_batch, lr=3e-3, min_lr=3e-4, warmup_steps=5,
+                     weight_decay=0.0, eval_every=max(1, args.heads_steps // 4), eval_batches=4,
+                     save_every=max(1, args.heads_steps // 4), device="cpu", progress=False)
+    domain = {k: v for k, v in ck.domain.items() if k not in ("step", "train_config")}
+    summary = train(model, src, tc, args.train_heads, {"model": model.cfg.to_dict(), "tied": True}, tok,
+                    dict(domain, base_checkpoint=str(args.target), heads_only=True), resume=True)
+    print(f"heads trained: {summary}", flush=True)
+    return summary
+
+
+def speculative_speed(args, comps: list[str]) -> dict:
+    """Tokens/s of self-speculative and draft-model speculative decoding over plain cached decoding (forced
+    tokens chained), grammar on, top-k 10, at batch 1 and 16; arms alternate within each round."""
+    from pymatgen.core import Composition
+
+    from domains.crystals.generate import CrystalGenerator, make_prompt
+    from domains.crystals.grammar import cif_constraint
+    from sciar.checkpoint import load_language_model
+    from sciar.decode.speculative import speculative_generate
+    from sciar.decode.tokens import generate
+    from sciar.paths import find_checkpoint
+
+    target, tok, _ = load_language_model(find_checkpoint(args.target))
+    draft = load_language_model(find_checkpoint(args.draft))[0] if args.draft else None
+    heads = load_language_model(args.heads)[0] if args.heads else None
+    vocab = CrystalGenerator.from_model(target, tok).vocab
+    prompt = make_prompt(Composition(comps[0]))
+    ids = tok.encode(prompt.text)
+    stop = [[vocab.nl, vocab.nl]]
+    out = {"target": str(args.target), "draft": args.draft, "heads": args.heads, "composition": comps[0],
+           "max_new_tokens": args.spec_tokens, "top_k": 10}
+    for batch in [int(b) for b in args.spec_batches.split(",")]:
+        arms = {"plain": lambda cons, seed: generate(target, [ids] * batch, args.spec_tokens, top_k=10, stop=stop,
+                                                      constraints=cons, seed=seed)}
+        stats = {"self": {}, "draft": {}}
+        if heads is not None:
+            arms["self"] = lambda cons, seed: speculative_generate(heads, [ids] * batch, args.spec_tokens, top_k=10,
+                                                                   stop=stop, constraints=cons, seed=seed,
+                                                                   stats=stats["self"])
+        if draft is not None:
+            arms["draft"] = lambda cons, seed: speculative_generate(target, [ids] * batch, args.spec_tokens, top_k=10,
+                                                                    stop=stop, constraints=cons, seed=seed, draft=draft,
+                                                                    n_draft=args.n_draft, stats=stats["draft"])
+        tokens = {k: 0 for k in arms}
+        secs = {k: 0.0 for k in arms}
+        acc = {k: [0, 0] for k in stats}
+        for rnd in range(args.rounds):
+            for name, fn in arms.items():
+                cons = [cif_constraint(vocab, prompt) for _ in range(batch)]
+                t = time.perf_counter()
+                gens = fn(cons, rnd)
+                secs[name] += time.perf_counter() - t
+                tokens[name] += sum(len(g.tokens) for g in gens)
+                if name in stats:
+                    acc[name][0] += stats[name]["accepted"]
+                    acc[name][1] += stats[name]["proposed"]
+            print(f"batch {batch} round {rnd}: " + ", ".join(f"{k} {tokens[k] / secs[k]:.1f} tok/s" for k in arms), flush=True)
+        rate = {k: tokens[k] / secs[k] for k in arms}
+        out[f"tokens_per_s_batch_{batch}"] = rate
+        out[f"self_speedup_batch_{batch}"] = rate["self"] / rate["plain"] if "self" in rate else None
+        out[f"draft_speedup_batch_{batch}"] = rate["draft"] / rate["plain"] if "draft" in rate else None
+        out[f"acceptance_batch_{batch}"] = {k: (a / p if p else None) for k, (a, p) in acc.items()}
+    out["acceptance"] = {k: out.get(f"acceptance_batch_{b}", {}).get(k) for k in ("self", "draft")
+                         for b in [args.spec_batches.split(",")[0]]}
+    return out
+
+
+def summarise(results: list[dict]) -> dict:
+    by = {}
+    for r in results:
+        by.setdefault(r["config"], []).append(r)
+    # equal wall time: the shortest total training time of any configuration's runs
+    wall = min(min(r["train_seconds"] for r in rs) for rs in by.values())
+    out = {}
+    for name, rs in by.items():
+        v = [r["val_loss"] for r in rs]
+        at_wall = [max((c for c in r["val_curve"] if c[1] <= wall), key=lambda c: c[1], default=(0, 0, None))[2] for r in rs]
+        mean = statistics.fmean(v)
+        se = statistics.stdev(v) / len(v) ** 0.5 if len(v) > 1 else None
+        aw = [x for x in at_wall if x is not None]
+        out[name] = {"seeds": len(rs), "val_loss_mean": mean, "val_loss_se": se, "val_loss": v,
+                     "val_loss_at_equal_wall_mean": statistics.fmean(aw) if aw else None, "equal_wall_s": wall,
+                     "raw_valid": statistics.fmean(r["raw_valid"] for r in rs),
+                     "train_tokens_per_s": statistics.fmean(r["train_tokens_per_s"] for r in rs),
+                     "decode_tokens_per_s": statistics.fmean(r["decode_tokens_per_s"] for r in rs)}
+    base = out.get("default")
+    for name, o in out.items():
+        if base is None or name == "default" or o["val_loss_se"] is None or base["val_loss_se"] is None:
+            o["wins"] = None
+            continue
+        se = (o["val_loss_se"] ** 2 + base["val_loss_se"] ** 2) ** 0.5
+        o["delta_vs_default"] = o["val_loss_mean"] - base["val_loss_mean"]
+        o["wins"] = bool(o["delta_vs_default"] < -2 * se and o["raw_valid"] >= base["raw_valid"])
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", required=True, help="where to write the results")
+    ap.add_argument("--out", default="build/seed_options", help="folder of the runs (resumable)")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--steps", type=int, default=300, help="training steps of every run (the tiny preset's 300)")
+    ap.add_argument("--eval-batches", type=int, default=10)
+    ap.add_argument("--n-valid", type=int, default=200, help="CIFs sampled for the raw validity")
+    ap.add_argument("--k-comps", type=int, default=10, help="held-out compositions they are spread over")
+    ap.add_argument("--bonds", action="store_true", help="include CrystalNN's bond check in validity")
+    ap.add_argument("--n-decode", type=int, default=8, help="samples timed for decoding tokens/s")
+    ap.add_argument("--no-train", action="store_true", help="only the speculative decoding part")
+    ap.add_argument("--collect", action="store_true", help="summarise the finished runs in --out, train nothing")
+    ap.add_argument("--speculative", action="store_true", help="also time speculative decoding")
+    ap.add_argument("--target", default="crystal-medium")
+    ap.add_argument("--heads", default=None, help="checkpoint of the target with multi-token heads")
+    ap.add_argument("--draft", default="crystal-small")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--n-draft", type=int, default=4, help="tokens the draft model proposes per round")
+    ap.add_argument("--spec-batches", default="1,16")
+    ap.add_argument("--spec-tokens", type=int, default=1024, help="longest continuation decoded")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--train-heads", default=None, help="train multi-token heads on the frozen --target into this folder")
+    ap.add_argument("--n-heads", type=int, default=3)
+    ap.add_argument("--heads-steps", type=int, default=60)
+    ap.add_argument("--heads-batch", type=int, default=8)
+    args = ap.parse_args()
+
+    import torch
+
+    import domains  # noqa: F401  registers the crystal checkpoints
+    from domains.crystals.corpus import read_corpus
+
+    torch.set_num_threads(args.threads)
+    if args.train_heads:
+        train_heads(args)
+        return
+    out_json = Path(args.json)
+    result = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    comps_file = Path(args.out) / "heldout.json"
+    if comps_file.is_file():
+        comps = json.loads(comps_file.read_text())
+    else:
+        comps = heldout_prompts(args.k_comps)
+        comps_file.write_text(json.dumps(comps))
+    if args.collect:  # the runs finished so far, none started
+        runs = [json.loads(f.read_text()) for f in sorted(Path(args.out).glob("*-s*/result.json"))]
+        result["options"] = summarise(runs)
+        result["setup"] = {"preset": "tiny", "steps": runs[0]["steps"] if runs else None, "n_valid": args.n_valid,
+                           "runs": [f"{r['config']}-s{r['seed']}" for r in runs], "heldout": comps}
+    elif not args.no_train:
+        corpus = read_corpus(ROOT / "data" / "crystals" / "default.parquet")
+        runs = []
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for name in args.configs.split(","):
+                r = one_run(name, seed, args, corpus, comps)
+                print(f"{name} seed {seed}: val {r['val_loss']:.4f}, raw valid {r['raw_valid']:.3f}, "
+                      f"train {r['train_tokens_per_s']:.0f} tok/s, decode {r['decode_tokens_per_s']:.0f} tok/s", flush=True)
+                runs.append(r)
+        result["options"] = summarise(runs)
+        result["setup"] = {"preset": "tiny", "steps": args.steps, "seeds": args.seeds, "n_valid": args.n_valid,
+                           "bonds": args.bonds, "corpus": "data/crystals/default.parquet", "heldout": comps}
+    if args.speculative:
+        result["speculative"] = speculative_speed(args, comps)
+    out_json.write_text(json.dumps(result, indent=1))
+    for name, o in result.get("options", {}).items():
+        print(f"{name:8s} seeds {o['seeds']} val {o['val_loss_mean']:.4f} +- {o['val_loss_se'] or 0:.4f}  raw valid {o['raw_valid']:.3f}  "
+              f"train {o['train_tokens_per_s']:.0f} tok/s  decode {o['decode_tokens_per_s']:.0f} tok/s  wins {o['wins']}")
+
+
+if __name__ == "__main__":
+    main()

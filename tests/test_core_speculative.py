@@ -1,0 +1,119 @@
+"""Speculative decoding leaves the model's distribution exactly as it is (scipy's chi-square test against the
+model's own probabilities of whole continuations, enumerated), with a grammar, top-k and temperature on."""
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+import domains  # noqa: F401  (registers the shipped checkpoints' domains)
+from sciar.checkpoint import load_model
+from sciar.decode.speculative import speculative_generate, with_heads
+from sciar.decode.tokens import filter_logits
+from sciar.errors import CheckpointError, SciarError
+from sciar.model import LanguageModel, ModelConfig
+from test_core_sample import toy
+
+FILT = dict(temperature=0.8, top_k=5)
+PROMPT = [1, 2, 3]
+N_NEW = 3
+
+@pytest.fixture(scope="module")
+def target():
+    torch.manual_seed(0)
+    m = LanguageModel(ModelConfig(vocab_size=8, block_size=32, n_layer=2, n_head=2, n_embd=32, mtp_heads=2)).eval()
+    with torch.no_grad():
+        m.trunk.wte.weight.mul_(3)
+        for h in m.mtp:
+            h.fc.weight.normal_(0, 0.3)  # heads that are often wrong: both acceptance and rejection happen
+    return m
+
+def exact_distribution(model) -> dict[tuple, float]:
+    """Probability of every continuation of N_NEW tokens: the product of the model's next-token distributions
+    under the toy grammar, temperature and top-k, enumerated prefix by prefix."""
+    out = {(): 1.0}
+    for _ in range(N_NEW):
+        nxt = {}
+        for seq, pr in out.items():
+            con = toy()
+            for t in seq:
+                con.advance(t)
+            with torch.no_grad():
+                logits = model(torch.tensor([PROMPT + list(seq)]))[0, -1]
+            allowed = con.allowed()
+            if allowed is not None:
+                keep = torch.zeros(8, dtype=torch.bool)
+                keep[list(allowed)] = True
+                logits = logits.masked_fill(~keep, float("-inf"))
+            p = filter_logits(logits, **FILT).softmax(-1).double()
+            for t in range(8):
+                if p[t] > 0:
+                    nxt[seq + (t,)] = pr * float(p[t])
+        out = nxt
+    return out
+
+def check_frequencies(model, gens):
+    exact = exact_distribution(model)
+    n = len(gens)
+    counts = {}
+    for g in gens:
+        counts[tuple(g.tokens)] = counts.get(tuple(g.tokens), 0) + 1
+    assert set(counts) <= set(exact)  # nothing the grammar or top-k rules out
+    big = [s for s in exact if exact[s] * n >= 5]
+    obs = [counts.get(s, 0) for s in big] + [n - sum(counts.get(s, 0) for s in big)]
+    exp = [exact[s] * n for s in big] + [n * (1 - sum(exact[s] for s in big))]
+    assert chisquare(obs, exp).pvalue > 1e-3, (obs, exp)
+
+def test_self_speculative_keeps_the_models_distribution(target):
+    stats = {}
+    gens = speculative_generate(target, [PROMPT] * 4000, max_new_tokens=N_NEW, seed=5, constraints=lambda i: toy(),
+                                stats=stats, **FILT)
+    assert 0 < stats["accepted"] < stats["proposed"]  # both branches of the rejection sampling were taken
+    check_frequencies(target, gens)
+
+def test_draft_model_speculative_keeps_the_models_distribution(target):
+    torch.manual_seed(1)
+    draft = LanguageModel(ModelConfig(vocab_size=8, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    stats = {}
+    gens = speculative_generate(target, [PROMPT] * 4000, max_new_tokens=N_NEW, seed=6, constraints=lambda i: toy(),
+                                draft=draft, n_draft=2, stats=stats, **FILT)
+    assert 0 < stats["accepted"] < stats["proposed"]
+    check_frequencies(target, gens)
+
+def test_long_ragged_runs_report_the_models_logprobs(target):
+    """Rows of different lengths, forced runs, rejections: every reported log-probability is the model's."""
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 1, 2], [3, 3]]
+    for kw in ({}, {"draft": LanguageModel(ModelConfig(vocab_size=8, block_size=32, n_layer=1, n_head=2, n_embd=16))}):
+        gens = speculative_generate(target, prompts, max_new_tokens=20, seed=3, constraints=[toy(), None, toy(), None],
+                                    stop=[[0, 0]], **kw)
+        for g in gens:
+            assert len(g.tokens) == 20 or g.stopped
+            with torch.no_grad():
+                lp = torch.log_softmax(target(torch.tensor([g.prompt + g.tokens]))[0], -1)
+            want = [float(lp[len(g.prompt) - 1 + j, t]) for j, t in enumerate(g.tokens)]
+            assert g.token_logprobs == pytest.approx(want, abs=1e-4)
+
+def test_heads_are_required_and_added_frozen():
+    torch.manual_seed(2)
+    plain = LanguageModel(ModelConfig(vocab_size=8, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(SciarError, match="multi-token heads"):
+        speculative_generate(plain, [[1]], max_new_tokens=2)
+    m = with_heads(plain, 2)
+    assert [n for n, p in m.named_parameters() if p.requires_grad] == ["mtp.0.fc.weight", "mtp.1.fc.weight"]
+    assert torch.equal(m.trunk.wte.weight, plain.trunk.wte.weight)
+    with pytest.raises(CheckpointError, match="crystal-medium.*mtp_heads"):
+        load_model("crystal-medium", options={"mtp_heads": 3})
+
+def test_mtp_loss_targets_the_tokens_ahead():
+    """Head i at position t is scored against the token t + 2 + i of the input (the target of t + 1 + i)."""
+    torch.manual_seed(3)
+    m = LanguageModel(ModelConfig(vocab_size=8, block_size=16, n_layer=1, n_head=2, n_embd=16, mtp_heads=2))
+    with torch.no_grad():
+        for h in m.mtp:
+            h.fc.weight.normal_()
+        idx = torch.randint(8, (2, 7))
+        tgt = torch.randint(8, (2, 7))
+        h = m.trunk(idx)
+        heads = m.mtp_logits(h)  # [2, 7, 2, 8]
+        ce = torch.nn.functional.cross_entropy
+        want = sum(ce(heads[:, : 7 - 1 - i, i].reshape(-1, 8), tgt[:, 1 + i:].reshape(-1)) for i in range(2))
+        assert float(m.mtp_loss(h, tgt)) == pytest.approx(float(want), rel=1e-5)
