@@ -92,6 +92,8 @@ def main(argv=None):
     ap.add_argument("--root-noise", type=float, default=0.0, help="recovery search: Dirichlet noise on the root priors")
     ap.add_argument("--widening", type=float, default=0.0, help="recovery search: progressive widening exponent")
     ap.add_argument("--spread", action="store_true", help="recovery search: try every root-level child once first")
+    ap.add_argument("--merge", nargs="+", type=Path, help="recovery: merge the JSONs of runs on other seeds or targets")
+    ap.add_argument("--skip-retrieval", action="store_true", help="recovery: leave retrieval to another run of --merge")
     ap.add_argument("--search-only", action="store_true", help="recovery: run only the search arm (to compare settings)")
     ap.add_argument("--retrieval-prompts", type=int, default=0,
                     help="recovery search: also prompt with the cells and space groups of retrieval's N best candidates")
@@ -109,6 +111,31 @@ def main(argv=None):
     from domains.crystals.search import evaluate_cifs, load_generator, search_composition
 
     sims = args.simulations or (32 if args.quick else 100)
+    if args.merge:  # runs of the same settings split over processes (seeds or targets): one set of figures
+        runs = [json.loads(p.read_text()) for p in args.merge]
+        rows = [r for run in runs for r in run["recovery_rows"]]
+        names = dict.fromkeys((r["id"], r["composition"]) for r in rows)
+        targets = [{"id": i, "composition": c} for i, c in names]
+        seeds = sorted({r["seed"] for r in rows})
+        cfg = runs[0]["recovery_config"]
+        for k in ("width", "c", "batch", "root_noise", "widening", "spread", "retrieval_prompts", "target_seed", "backup"):
+            setattr(args, k, cfg[k])
+        args.calls, args.split = runs[0]["scorer_calls"], runs[0]["recovery_split"]
+        # retrieval is deterministic: runs started with --skip-retrieval take it from the run that computed it
+        done = {r["id"]: r for r in rows if r["calls_retrieval"]}
+        for r in rows:
+            if not r["calls_retrieval"] and r["id"] in done:
+                d = done[r["id"]]
+                r.update(calls_retrieval=d["calls_retrieval"], best_energy_retrieval=d["best_energy_retrieval"],
+                         match_retrieval=d["match_retrieval"],
+                         win_vs_retrieval=outcome(r["best_energy_search"], d["best_energy_retrieval"]))
+        t = sum(r["seconds_search"] for r in rows)
+        n = sum(r["calls_search"] for r in rows)
+        result = {"benchmark": "mcts", "merged": [str(p) for p in args.merge], **recovery_summary(rows, args, targets, seeds, t, n)}
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2, default=float))
+            print(f"wrote {args.json}")
+        return result
     gen = load_generator(args.checkpoint)
     if "energy" not in parts:
         result = {"benchmark": "mcts", "checkpoint": str(gen.path), "threads": torch.get_num_threads(), **recovery(args, gen)}
@@ -388,7 +415,8 @@ def recovery(args, gen) -> dict:
     targets = choose_compositions(split, args.targets, args.target_seed, gen)
     print(f"recovery: {len(targets)} {args.split} compositions (seed {args.target_seed}): "
           + ", ".join(t["composition"] for t in targets), flush=True)
-    index = template_index(train, [t["composition"] for t in targets])
+    need_index = args.retrieval_prompts or not (args.search_only or args.skip_retrieval)
+    index = template_index(train, [t["composition"] for t in targets]) if need_index else None
     sm = matcher()
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     calls = args.calls
@@ -400,14 +428,14 @@ def recovery(args, gen) -> dict:
         # retrieval: its N best candidates, relaxed and scored like the others; deterministic, so once per target
         base = make_scorer(args.scorer)
         rs = RelaxedScorer(base)
-        cands = index.predict(Composition(comp), calls, sm)
+        cands = [] if args.search_only or args.skip_retrieval else index.predict(Composition(comp), calls, sm)
         texts = []
         for c in cands:
             try:
                 texts.append(canonicalize(c.structure).cif)
             except Exception:
                 texts.append(c.structure.to(fmt="cif"))
-        r_evs = evaluate_cifs(texts, rs) if texts and not args.search_only else []
+        r_evs = evaluate_cifs(texts, rs) if texts and not (args.search_only or args.skip_retrieval) else []
         r_best = _best_ev(r_evs)
         r_match = r_best is not None and _matches(sm, target, r_best.info.get("relaxed_cif"))
         extra = retrieval_prompts(index, comp, args.retrieval_prompts) if args.retrieval_prompts else []
@@ -448,8 +476,15 @@ def recovery(args, gen) -> dict:
                   f"({cs.result.calls:.0f} calls, {len(tb)} CIFs, {dt:.0f} s) | sampling {s_e:8.4f} match {s_match:d} "
                   f"valid {row['valid_rate_sampling']:.2f} ({s_calls:.0f} calls, {len(s_evs)} CIFs) | retrieval "
                   f"{r_e:8.4f} match {r_match:d} | win {row['win_vs_sampling']}", flush=True)
+    return recovery_summary(rows, args, targets, seeds, t_search, n_search_calls)
+
+
+def recovery_summary(rows: list[dict], args, targets: list[dict], seeds: list[int], t_search: float,
+                     n_search_calls: float) -> dict:
+    """The recovery figures of per-target rows (of one run, or of runs merged with ``--merge``)."""
     import pandas as pd
 
+    calls = args.calls
     df = pd.DataFrame(rows)
     w = df["win_vs_sampling"]
     wins, ties, losses = int((w == 1).sum()), int((w == 0.5).sum()), int((w == 0).sum())
