@@ -81,7 +81,24 @@ def main(argv=None):
     ap.add_argument("--compositions", default=None,
                     help="comma-separated cell compositions instead of the fixed list (to check a setting on others)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--parts", default="energy,recovery",
+                    help="energy: search vs sampling on the fixed list (CGCNN, unrelaxed) and the cache timings; "
+                         "recovery: ground-state recovery on MP-20 targets at equal scorer calls (relaxed rewards)")
+    ap.add_argument("--split", default="test", help="MP-20 split the recovery targets come from (val to tune)")
+    ap.add_argument("--targets", type=int, default=50, help="recovery targets drawn from the split")
+    ap.add_argument("--target-seed", type=int, default=0, help="seed of the draw of recovery targets")
+    ap.add_argument("--calls", type=int, default=8, help="scorer calls (relaxed and scored structures) per arm and target")
+    ap.add_argument("--max-simulations", type=int, default=None, help="simulation cap of a recovery search (default 6 x calls)")
+    ap.add_argument("--root-noise", type=float, default=0.0, help="recovery search: Dirichlet noise on the root priors")
+    ap.add_argument("--widening", type=float, default=0.0, help="recovery search: progressive widening exponent")
+    ap.add_argument("--spread", action="store_true", help="recovery search: try every root-level child once first")
+    ap.add_argument("--merge", nargs="+", type=Path, help="recovery: merge the JSONs of runs on other seeds or targets")
+    ap.add_argument("--skip-retrieval", action="store_true", help="recovery: leave retrieval to another run of --merge")
+    ap.add_argument("--search-only", action="store_true", help="recovery: run only the search arm (to compare settings)")
+    ap.add_argument("--retrieval-prompts", type=int, default=0,
+                    help="recovery search: also prompt with the cells and space groups of retrieval's N best candidates")
     args = ap.parse_args(argv)
+    parts = {x.strip() for x in args.parts.split(",") if x.strip()}
 
     import torch
 
@@ -94,9 +111,41 @@ def main(argv=None):
     from domains.crystals.search import evaluate_cifs, load_generator, search_composition
 
     sims = args.simulations or (32 if args.quick else 100)
+    if args.merge:  # runs of the same settings split over processes (seeds or targets): one set of figures
+        runs = [json.loads(p.read_text()) for p in args.merge]
+        rows = [r for run in runs for r in run["recovery_rows"]]
+        names = dict.fromkeys((r["id"], r["composition"]) for r in rows)
+        targets = [{"id": i, "composition": c} for i, c in names]
+        seeds = sorted({r["seed"] for r in rows})
+        cfg = runs[0]["recovery_config"]
+        for k in ("width", "c", "batch", "root_noise", "widening", "spread", "retrieval_prompts", "target_seed", "backup"):
+            setattr(args, k, cfg[k])
+        args.calls, args.split = runs[0]["scorer_calls"], runs[0]["recovery_split"]
+        # retrieval is deterministic: runs started with --skip-retrieval take it from the run that computed it
+        done = {r["id"]: r for r in rows if r["calls_retrieval"]}
+        for r in rows:
+            if not r["calls_retrieval"] and r["id"] in done:
+                d = done[r["id"]]
+                r.update(calls_retrieval=d["calls_retrieval"], best_energy_retrieval=d["best_energy_retrieval"],
+                         match_retrieval=d["match_retrieval"],
+                         win_vs_retrieval=outcome(r["best_energy_search"], d["best_energy_retrieval"]))
+        t = sum(r["seconds_search"] for r in rows)
+        n = sum(r["calls_search"] for r in rows)
+        result = {"benchmark": "mcts", "merged": [str(p) for p in args.merge], **recovery_summary(rows, args, targets, seeds, t, n)}
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2, default=float))
+            print(f"wrote {args.json}")
+        return result
+    gen = load_generator(args.checkpoint)
+    if "energy" not in parts:
+        result = {"benchmark": "mcts", "checkpoint": str(gen.path), "threads": torch.get_num_threads(), **recovery(args, gen)}
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2, default=float))
+            print(f"wrote {args.json}")
+        return result
     comps = args.compositions.split(",") if args.compositions else COMPOSITIONS
     comps = comps[: args.limit] if args.limit else comps
-    gen = load_generator(args.checkpoint)
     scorer = make_scorer(args.scorer)
     dev = next(gen.model.parameters()).device
     print(f"checkpoint {gen.path} ({count_parameters(gen.model) / 1e6:.2f} M params), device {dev}, "
@@ -231,11 +280,244 @@ def main(argv=None):
               "batch": args.batch, "scorer": args.scorer, "seeds": seeds, "backup": arms,
               "sampling": "sample command defaults: temperature 1, top_k 10, grammar on"},
               "per_composition": rows, "overall": overall, "speed": speed, **overall}
+    if "recovery" in parts:
+        result.update(recovery(args, gen))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=float))
         print(f"wrote {args.json}")
     return result
+
+
+# ---------------------------------------------------------------- ground-state recovery (the users' question)
+
+MAX_CELL_ATOMS = 8  # compositions whose conventional cell holds at most this many atoms (relaxation cost)
+
+
+def choose_compositions(split, n: int, seed: int, gen, max_atoms: int = MAX_CELL_ATOMS) -> list[dict]:
+    """``n`` test targets of a CDVAE split, drawn with ``seed`` from the eligible ones, fixed before any search.
+
+    Eligible: a reduced formula that occurs once in the split (so its structure is the one answer), a
+    conventional cell of at most ``max_atoms`` atoms that the model's prompts fit, and elements with
+    CHGNet references (the scorer). Returns ``{"id", "composition" (cell formula), "cif"}`` rows.
+    """
+    import random
+
+    import pandas as pd
+    from pymatgen.core import Composition
+
+    from domains.crystals.canonical import canonicalize
+    from domains.crystals.energy import _dcdft_names
+    from domains.crystals.generate import make_prompt
+    from domains.crystals.readers import structure_from_cif
+    from sciar.errors import SciarError
+
+    df = pd.read_csv(split)
+    red = df["formula"].map(lambda f: Composition(f).reduced_formula)
+    once = df[red.map(red.value_counts()) == 1].sort_values("material_id").reset_index(drop=True)
+    refs = _dcdft_names()
+    order = list(range(len(once)))
+    random.Random(seed).shuffle(order)
+    out = []
+    for i in order:
+        rec = once.iloc[i]
+        comp = Composition(rec["formula"])
+        if any(str(el) not in refs for el in comp.elements):
+            continue
+        try:
+            target = structure_from_cif(rec["cif"], rebuild=False)
+            cell = canonicalize(target)
+            if cell.n_atoms > max_atoms:
+                continue
+            gen.fitting([make_prompt(cell.formula)])
+        except SciarError:
+            continue
+        out.append({"id": rec["material_id"], "composition": cell.formula, "cif": rec["cif"],
+                    "spacegroup": cell.spacegroup})
+        if len(out) == n:
+            break
+    return out
+
+
+def template_index(train, compositions: list[str]):
+    """Retrieval's index over the training structures that share a count pattern with the compositions.
+
+    Candidates only ever come from the query's count pattern, so the rest of the split changes no
+    ranking; structures are read from their CIFs as given (atom counts of those cells break ties).
+    """
+    import pandas as pd
+    from pymatgen.core import Composition
+
+    from domains.crystals.retrieval import RetrievalIndex, count_pattern
+
+    df = pd.read_csv(train)
+    wanted = {count_pattern(Composition(c)) for c in compositions}
+    keep = df["formula"].map(lambda f: count_pattern(Composition(f)) in wanted)
+    sub = df[keep].rename(columns={"material_id": "id"})[["id", "cif"]]
+    return RetrievalIndex.from_table(sub.reset_index(drop=True))
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided sign test over the decided pairs (ties dropped)."""
+    from scipy.stats import binomtest
+
+    n = wins + losses
+    return float(binomtest(wins, n, 0.5).pvalue) if n else 1.0
+
+
+def _matches(sm, target, cif_text) -> bool:
+    from domains.crystals.readers import structure_from_cif
+
+    if not isinstance(cif_text, str):
+        return False
+    try:
+        return bool(sm.fit(target, structure_from_cif(cif_text)))  # canonical text: symmetry rebuilt
+    except Exception:
+        return False
+
+
+def sample_until(gen, comp: str, calls: int, scorer, seed: int, max_draws: int, batch: int = 2):
+    """Best-of-N sampling at a budget of scorer calls: draws (the ``sample`` command's defaults) until
+    ``calls`` new structures were scored; the evaluations of every draw."""
+    from domains.crystals.generate import make_prompt
+    from domains.crystals.search import evaluate_cifs
+
+    evs, spent, draws, k = [], 0.0, 0, 0
+    while spent < calls and draws < max_draws:
+        m = min(batch, max_draws - draws)
+        samples = gen.sample([make_prompt(comp)], n=m, seed=seed * 100003 + k)
+        k += 1
+        draws += m
+        for ev in evaluate_cifs([s.text for s in samples], scorer):
+            if spent >= calls and ev.cost:  # over budget: this one was scored beyond the N calls
+                continue
+            spent += ev.cost
+            evs.append(ev)
+    return evs, spent
+
+
+def _best_ev(evs):
+    v = [e for e in evs if e.valid and math.isfinite(e.score)]
+    return min(v, key=lambda e: e.score) if v else None
+
+
+def recovery(args, gen) -> dict:
+    """Ground-state recovery: search vs best-of-N sampling vs template retrieval at equal scorer calls."""
+    from domains.crystals.canonical import canonicalize
+    from domains.crystals.energy import RelaxedScorer, make_scorer
+    from domains.crystals.matching import matcher
+    from domains.crystals.readers import structure_from_cif
+    from domains.crystals.search import evaluate_cifs, retrieval_prompts, search_composition
+    from pymatgen.core import Composition
+
+    split = ROOT / ".." / "shared" / "data" / "crystals" / "mp_20" / f"{args.split}.csv.gz"
+    train = ROOT / ".." / "shared" / "data" / "crystals" / "mp_20" / "train.csv.gz"
+    targets = choose_compositions(split, args.targets, args.target_seed, gen)
+    print(f"recovery: {len(targets)} {args.split} compositions (seed {args.target_seed}): "
+          + ", ".join(t["composition"] for t in targets), flush=True)
+    need_index = args.retrieval_prompts or not (args.search_only or args.skip_retrieval)
+    index = template_index(train, [t["composition"] for t in targets]) if need_index else None
+    sm = matcher()
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    calls = args.calls
+    rows = []
+    t_search = n_search_calls = 0.0
+    for t in targets:
+        target = structure_from_cif(t["cif"], rebuild=False)
+        comp = t["composition"]
+        # retrieval: its N best candidates, relaxed and scored like the others; deterministic, so once per target
+        base = make_scorer(args.scorer)
+        rs = RelaxedScorer(base)
+        cands = [] if args.search_only or args.skip_retrieval else index.predict(Composition(comp), calls, sm)
+        texts = []
+        for c in cands:
+            try:
+                texts.append(canonicalize(c.structure).cif)
+            except Exception:
+                texts.append(c.structure.to(fmt="cif"))
+        r_evs = evaluate_cifs(texts, rs) if texts and not (args.search_only or args.skip_retrieval) else []
+        r_best = _best_ev(r_evs)
+        r_match = r_best is not None and _matches(sm, target, r_best.info.get("relaxed_cif"))
+        extra = retrieval_prompts(index, comp, args.retrieval_prompts) if args.retrieval_prompts else []
+        for seed in seeds:
+            t0 = time.perf_counter()
+            cs = search_composition(comp, simulations=args.max_simulations or 6 * calls, calls=calls, width=args.width,
+                                    c=args.c, scorer=make_scorer(args.scorer), relax=True, seed=seed, batch=args.batch,
+                                    backup=args.backup.split(",")[0], generator=gen, progress=False,
+                                    root_noise=args.root_noise, widening=args.widening, spread=args.spread,
+                                    extra_prompts=extra)
+            dt = time.perf_counter() - t0
+            t_search += dt
+            n_search_calls += cs.result.calls
+            tb = cs.table
+            tb = tb[tb["cost"].astype(float).cumsum() <= calls]  # a batch may overshoot the budget by a call
+            v = tb[tb["valid"].astype(bool)].sort_values("energy", kind="stable")
+            m_best = float(v["energy"].iloc[0]) if len(v) else math.nan
+            m_match = bool(len(v)) and _matches(sm, target, v["relaxed_cif"].iloc[0])
+            s_evs, s_calls = ([], 0.0) if args.search_only else \
+                sample_until(gen, comp, calls, RelaxedScorer(make_scorer(args.scorer)), seed, 6 * calls)
+            s_best = _best_ev(s_evs)
+            s_e = s_best.score if s_best is not None else math.nan
+            s_match = s_best is not None and _matches(sm, target, s_best.info.get("relaxed_cif"))
+            r_e = r_best.score if r_best is not None else math.nan
+            row = {"id": t["id"], "composition": comp, "target_spacegroup": t["spacegroup"], "seed": seed,
+                   "calls_search": cs.result.calls, "calls_sampling": s_calls, "calls_retrieval": len(r_evs),
+                   "best_energy_search": m_best, "best_energy_sampling": s_e, "best_energy_retrieval": r_e,
+                   "spacegroup_search": v["spacegroup"].iloc[0] if len(v) else None,
+                   "match_search": m_match, "match_sampling": s_match, "match_retrieval": r_match,
+                   "valid_rate_search": float(tb["valid"].astype(bool).mean()) if len(tb) else 0.0,
+                   "valid_rate_sampling": sum(e.valid for e in s_evs) / max(1, len(s_evs)),
+                   "sequences_search": len(tb), "sequences_sampling": len(s_evs),
+                   "simulations_search": int(cs.result.simulations), "nodes_search": int(cs.result.nodes),
+                   "win_vs_sampling": outcome(m_best, s_e), "win_vs_retrieval": outcome(m_best, r_e),
+                   "seconds_search": round(dt, 2), "seconds_per_call_search": round(dt / max(cs.result.calls, 1), 2)}
+            rows.append(row)
+            print(f"{comp:>12} seed {seed}: search {m_best:8.4f} match {m_match:d} valid {row['valid_rate_search']:.2f} "
+                  f"({cs.result.calls:.0f} calls, {len(tb)} CIFs, {dt:.0f} s) | sampling {s_e:8.4f} match {s_match:d} "
+                  f"valid {row['valid_rate_sampling']:.2f} ({s_calls:.0f} calls, {len(s_evs)} CIFs) | retrieval "
+                  f"{r_e:8.4f} match {r_match:d} | win {row['win_vs_sampling']}", flush=True)
+    return recovery_summary(rows, args, targets, seeds, t_search, n_search_calls)
+
+
+def recovery_summary(rows: list[dict], args, targets: list[dict], seeds: list[int], t_search: float,
+                     n_search_calls: float) -> dict:
+    """The recovery figures of per-target rows (of one run, or of runs merged with ``--merge``)."""
+    import pandas as pd
+
+    calls = args.calls
+    df = pd.DataFrame(rows)
+    w = df["win_vs_sampling"]
+    wins, ties, losses = int((w == 1).sum()), int((w == 0.5).sum()), int((w == 0).sum())
+    by_target = df.groupby("id")
+    out = {
+        "recovery_split": args.split, "recovery_targets": [t["composition"] for t in targets],
+        "recovery_ids": [t["id"] for t in targets], "recovery_seeds": seeds,
+        "recovery_search": float(df["match_search"].mean()), "recovery_sampling": float(df["match_sampling"].mean()),
+        "recovery_retrieval": float(by_target["match_retrieval"].first().mean()),
+        "scorer_calls": calls, "scorer": f"{args.scorer} after CHGNet relaxation",
+        "win_rate_recovery": float(w.mean()), "wins_recovery": wins, "ties_recovery": ties, "losses_recovery": losses,
+        "sign_test_p": sign_test(wins, losses),
+        "win_rate_vs_retrieval": float(df["win_vs_retrieval"].mean()),
+        "valid_rate_search": float((df["valid_rate_search"] * df["sequences_search"]).sum() / df["sequences_search"].sum()),
+        "valid_rate_sampling_recovery": float((df["valid_rate_sampling"] * df["sequences_sampling"]).sum()
+                                              / max(1, df["sequences_sampling"].sum())),
+        "mean_best_energy_search": float(df["best_energy_search"].mean()),
+        "mean_best_energy_sampling": float(df["best_energy_sampling"].mean()),
+        "mean_best_energy_retrieval": float(df["best_energy_retrieval"].mean()),
+        "seconds_per_scorer_call_search": t_search / max(n_search_calls, 1),
+        "recovery_config": {"width": args.width, "c": args.c, "batch": args.batch, "backup": args.backup.split(",")[0],
+                            "root_noise": args.root_noise, "widening": args.widening, "spread": args.spread,
+                            "retrieval_prompts": args.retrieval_prompts, "target_seed": args.target_seed,
+                            "max_cell_atoms": MAX_CELL_ATOMS},
+        "recovery_rows": rows,
+    }
+    print(f"recovery over {len(df)} pairs: search {out['recovery_search']:.3f}, sampling {out['recovery_sampling']:.3f}, "
+          f"retrieval {out['recovery_retrieval']:.3f}; best energy win rate vs sampling {out['win_rate_recovery']:.3f} "
+          f"({wins} wins, {ties} ties, {losses} losses, sign test p {out['sign_test_p']:.3g}), vs retrieval "
+          f"{out['win_rate_vs_retrieval']:.3f}; valid search {out['valid_rate_search']:.3f} vs sampling "
+          f"{out['valid_rate_sampling_recovery']:.3f}; {out['seconds_per_scorer_call_search']:.2f} s per scorer call "
+          f"of the search", flush=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -37,6 +38,7 @@ class Evaluation:
     invalid_reward: float = -1.0  # the reward when not valid, in [-1, 0]
     error: str = ""  # why it is invalid or could not be scored
     info: dict = field(default_factory=dict)  # extra columns for the results table
+    cost: float = 1.0  # scorer calls this verdict spent (0 for one judged invalid before scoring, or a cached one)
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Problem:
 class SearchConfig:
     simulations: int = 200  # budget in simulations (0: no limit, then seconds must be set)
     seconds: float | None = None  # budget in wall-clock seconds
+    calls: int = 0  # budget in scorer calls (the summed Evaluation.cost; 0: no limit): what costs when scoring is slow
     width: int = 10  # children per node: the model's top-k next tokens
     c: float = 5.0  # exploration constant
     selection: str = "puct"  # puct | uct
@@ -68,6 +71,14 @@ class SearchConfig:
     # priors of each prompt node's children raised to 1/root_temperature: above 1 the first choice (for
     # CIFs the space group) spreads beyond the model's favourite, as searches flatten their root policy
     root_temperature: float = 1.0
+    # Dirichlet noise mixed into the priors of each prompt node's children (AlphaZero's root noise):
+    # p <- (1 - root_noise) p + root_noise Dir(root_alpha); 0 is off
+    root_noise: float = 0.0
+    root_alpha: float = 0.3
+    # progressive widening: a node offers only its ceil((N + 1) ** widening) likeliest children (0: all width)
+    widening: float = 0.0
+    # the root level (prompts and each prompt node's children) tries every child once before any is deepened
+    spread: bool = False
     forced: float = 0.99  # chain tokens above this probability into one edge
     batch: int = 8  # simulations whose rollouts and scoring run together
     rollouts: int = 1  # rollouts per simulation (their mean reward is backed up)
@@ -78,8 +89,12 @@ class SearchConfig:
     def check(self):
         if self.simulations < 0 or (self.seconds is not None and self.seconds < 0):
             raise SciarError("the search budget cannot be negative")
-        if self.simulations == 0 and not self.seconds:
-            raise SciarError("the search budget is zero: give --simulations > 0 or a time limit in seconds")
+        if self.calls < 0:
+            raise SciarError("the budget in scorer calls cannot be negative")
+        if self.simulations == 0 and not self.seconds and not self.calls:
+            raise SciarError("the search budget is zero: give simulations > 0, scorer calls > 0 or a time limit in seconds")
+        if not 0 <= self.root_noise <= 1 or self.root_alpha <= 0 or not 0 <= self.widening <= 1:
+            raise SciarError("root noise must be in [0, 1], its alpha > 0, widening in [0, 1]")
         if self.width < 1:
             raise SciarError("width must be at least 1")
         if self.selection not in ("puct", "uct"):
@@ -131,6 +146,7 @@ class SearchResult:
     nodes: int
     config: dict
     interrupted: bool = False  # Ctrl-C ended it early; the table holds what was scored until then
+    calls: float = 0.0  # scorer calls spent (the summed Evaluation.cost of new sequences)
 
     @property
     def best(self) -> pd.DataFrame:
@@ -151,7 +167,7 @@ def _safe_evaluate(problem: Problem, seqs: list[list[int]]) -> list[Evaluation]:
     out = []
     for ev in evs:
         if ev.valid and not math.isfinite(float(ev.score)):
-            ev = Evaluation(False, ev.score, -1.0, ev.error or "score is not a finite number", ev.info)
+            ev = Evaluation(False, ev.score, -1.0, ev.error or "score is not a finite number", ev.info, ev.cost)
         out.append(ev)
     return out
 
@@ -187,20 +203,32 @@ def search(model: LanguageModel, problem: Problem, config: SearchConfig | None =
     if all(h.terminal for h in heads):  # the prompt alone is a finished sequence: nothing to search
         raise SciarError("the prompt already ends a sequence; there is nothing to search")
     root = heads[0] if len(heads) == 1 else Node.virtual_root(heads)
+    for h in {id(n): n for n in (root, *heads)}.values():
+        h.spread = cfg.spread
+        if cfg.root_noise > 0 and len(h.priors) > 1:
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            d = rng.dirichlet([cfg.root_alpha] * len(h.priors)).tolist()
+            h.priors = [(1 - cfg.root_noise) * p + cfg.root_noise * x for p, x in zip(h.priors, d)]
     n_nodes = len(heads)
     memo: dict[tuple, Evaluation] = {}
     rows: list[dict] = []
     hist: list[dict] = []
-    sims = 0
+    sims, calls = 0, 0.0
     valid_count, best_score, best_reward, reward_sum, n_rewards = 0, math.inf, -math.inf, 0.0, 0
     budget = cfg.simulations if cfg.simulations > 0 else math.inf
     bar = tqdm(total=None if budget == math.inf else budget, desc=desc, unit="sim", disable=not progress, leave=False)
 
+    costs: list[float] = []
+
     def score_all(seqs):
+        """Verdicts of a batch; a sequence seen before reuses its verdict at no cost."""
         todo = [s for s in dict.fromkeys(map(tuple, seqs)) if s not in memo]
+        spent = 0.0
         if todo:
             for s, ev in zip(todo, _safe_evaluate(problem, [list(s) for s in todo])):
                 memo[s] = ev
+                spent += float(ev.cost)
+        costs.append(spent)
         return [memo[tuple(s)] for s in seqs]
 
     def record(seq, plen, prompt, ev, r, sim, stopped, dup):
@@ -210,7 +238,7 @@ def search(model: LanguageModel, problem: Problem, config: SearchConfig | None =
             "sequence": problem.decode(seq) if problem.decode else " ".join(map(str, seq)),
             "reward": r, "score": float(ev.score) if ev.score is not None else math.nan,
             "valid": bool(ev.valid), "error": ev.error, "n_tokens": len(seq) - plen, "stopped": stopped,
-            "duplicate": dup, "elapsed_s": time.perf_counter() - t0, **ev.info,
+            "duplicate": dup, "cost": 0.0 if dup else float(ev.cost), "elapsed_s": time.perf_counter() - t0, **ev.info,
         })
         valid_count += bool(ev.valid)
         if ev.valid:
@@ -222,11 +250,13 @@ def search(model: LanguageModel, problem: Problem, config: SearchConfig | None =
     seen: set[tuple] = set()
     with deferred_stop() as interrupt:
         while sims < budget and not root.exhausted and not interrupt["stop"]:
+            if cfg.calls and calls >= cfg.calls:
+                break
             if cfg.seconds is not None and time.perf_counter() - t0 >= cfg.seconds:
                 break
             expand: list[tuple[Node, int]] = []
             for _ in range(int(min(cfg.batch, budget - sims))):
-                sel = select(root, cfg.c, cfg.selection, cfg.fpu, cfg.backup)
+                sel = select(root, cfg.c, cfg.selection, cfg.fpu, cfg.backup, cfg.widening)
                 if sel is None:  # every remaining choice is pending in this batch or exhausted
                     break
                 node, action = sel
@@ -241,6 +271,7 @@ def search(model: LanguageModel, problem: Problem, config: SearchConfig | None =
                 reqs += [Request(node.tokens, node.prompt, node.prompt_len, segs, a)] * cfg.rollouts
             outs = rollout_batch(dec, reqs, gen)
             evs = score_all([o.sequence for o in outs])
+            calls += costs.pop()
             for j, (node, a) in enumerate(expand):
                 sim = sims + 1
                 group = outs[j * cfg.rollouts:(j + 1) * cfg.rollouts]
@@ -263,18 +294,18 @@ def search(model: LanguageModel, problem: Problem, config: SearchConfig | None =
                 add_virtual_loss(node, -cfg.rollouts)
                 backup(child, sum(rs) / len(rs))
                 sims += 1
-                hist.append({"simulation": sims, "best_reward": best_reward, "mean_reward": reward_sum / max(n_rewards, 1),
+                hist.append({"simulation": sims, "calls": calls, "best_reward": best_reward, "mean_reward": reward_sum / max(n_rewards, 1),
                              "valid": valid_count, "sequences": n_rewards, "best_score": best_score,
                              "elapsed_s": time.perf_counter() - t0})
             # postfix first: update() redraws the bar, so a postfix set after it shows one batch late
             bar.set_postfix(valid=valid_count, best=f"{best_score:.3f}" if best_score < math.inf else "-", refresh=False)
             bar.update(len(expand))
             if on_batch is not None:
-                on_batch({"simulations": sims, "valid": valid_count, "best_score": best_score, "sequences": n_rewards})
+                on_batch({"simulations": sims, "calls": calls, "valid": valid_count, "best_score": best_score, "sequences": n_rewards})
     bar.close()
     table = pd.DataFrame(rows)
     if table.empty:
         table = pd.DataFrame(columns=["simulation", "prompt", "sequence", "reward", "score", "valid", "error", "n_tokens",
-                                      "stopped", "duplicate", "elapsed_s"])
+                                      "stopped", "duplicate", "cost", "elapsed_s"])
     return SearchResult(table, pd.DataFrame(hist), sims, time.perf_counter() - t0, n_nodes, asdict(cfg),
-                        interrupted=interrupt["stop"])
+                        interrupted=interrupt["stop"], calls=calls)

@@ -13,7 +13,7 @@ class Node:
     """A token prefix. Its children are the model's top-``width`` next tokens with renormalised priors."""
 
     __slots__ = ("parent", "edge", "tokens", "prompt", "prompt_len", "kv", "actions", "priors", "children",
-                 "pending", "N", "W", "M", "vloss", "terminal", "reward", "exhausted")
+                 "pending", "N", "W", "M", "vloss", "terminal", "reward", "exhausted", "spread")
 
     def __init__(self, parent: "Node | None", edge: list[int], tokens: list[int], kv: Segment | None,
                  probs: torch.Tensor | None, width: int, terminal: bool, prompt: int = 0, prompt_len: int = 0):
@@ -39,6 +39,7 @@ class Node:
         self.vloss = 0
         self.reward: float | None = None  # a terminal node's reward (its sequence is scored once)
         self.exhausted = terminal  # nothing left to expand below
+        self.spread = False  # every child is tried once before any is deepened (set on the root level)
 
     @property
     def Q(self) -> float:
@@ -89,7 +90,8 @@ class Node:
         )
 
 
-def select(root: Node, c: float, rule: str = "puct", fpu: str = "parent", backup: str = "mean") -> tuple[Node, int] | None:
+def select(root: Node, c: float, rule: str = "puct", fpu: str = "parent", backup: str = "mean",
+           widening: float = 0.0) -> tuple[Node, int] | None:
     """Walk from the root to a node and pick an action to expand.
 
     Returns ``(node, action)`` for a new child, or None when every choice is pending or
@@ -97,6 +99,8 @@ def select(root: Node, c: float, rule: str = "puct", fpu: str = "parent", backup
     so every simulation yields a new sequence. Virtual losses (each pending simulation
     counts as a visit with reward -1) spread one batch of simulations over different
     branches. ``backup``: a node's value is the mean reward below it (CrystaLLM) or the best.
+    ``widening`` > 0: a node with N visits offers only its ``ceil((N + 1) ** widening)`` likeliest
+    children (progressive widening). A node with ``spread`` set tries each child once first.
     """
     node = root
     while True:
@@ -104,7 +108,10 @@ def select(root: Node, c: float, rule: str = "puct", fpu: str = "parent", backup
             return None
         best, best_score = None, -math.inf
         parent_q, n_parent = node.value(backup)
-        for a, p in zip(node.actions, node.priors):
+        offered = len(node.actions)
+        if widening > 0:
+            offered = min(offered, math.ceil((node.N + node.vloss + 1) ** widening))
+        for a, p in zip(node.actions[:offered], node.priors[:offered]):
             if a in node.pending:
                 continue
             child = node.children.get(a)
@@ -112,7 +119,7 @@ def select(root: Node, c: float, rule: str = "puct", fpu: str = "parent", backup
                 continue  # a finished sequence or a fully searched subtree: nothing new to learn there
             q, n = child.value(backup) if child is not None else (0.0, 0)
             if n == 0:
-                if rule == "uct":
+                if rule == "uct" or node.spread:
                     score = math.inf
                 else:
                     q = parent_q if fpu == "parent" else 0.0

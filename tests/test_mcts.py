@@ -227,3 +227,23 @@ def test_progress_bar_shows_the_final_valid_count(model, monkeypatch):
     monkeypatch.setattr(engine, "tqdm", Bar)
     res = search(model, problem(), cfg(simulations=16, batch=4))
     assert drawn and drawn[-1].get("valid") == int(res.table["valid"].sum()), drawn
+
+
+def test_budget_in_scorer_calls(model):
+    """Only verdicts that cost a call count (here: valid lines); repeated sequences cost nothing."""
+    def costly(seqs):
+        evs = toy_evaluate(seqs)
+        for e in evs:
+            e.cost = 1.0 if e.valid else 0.0
+        return evs
+
+    res = search(model, Problem([[BOS]], costly, stop=[NL], decode=lambda s: TOK.decode(s[1:])),
+                 cfg(simulations=400, calls=7, batch=2), progress=False)
+    t = res.table
+    fresh_valid = int((t["valid"] & ~t["duplicate"]).sum())
+    assert res.calls == fresh_valid == t["cost"].sum()
+    assert 7 <= res.calls <= 8  # the batch (2) that reaches the budget ends the search
+    assert res.simulations < 400 and len(t) == res.simulations
+    with pytest.raises(SciarError, match="negative"):
+        search(model, problem(), cfg(calls=-1))
+    assert search(model, problem(), cfg(simulations=0, calls=3), progress=False).calls >= 3  # calls alone is a budget

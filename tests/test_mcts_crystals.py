@@ -10,7 +10,7 @@ from pymatgen.core import Lattice, Structure
 
 from cli import main
 from domains.crystals.canonical import canonical_cif
-from domains.crystals.search import evaluate_cifs, search_composition, search_row_fn
+from domains.crystals.search import evaluate_cifs, search_composition, search_row_fn, write_search
 from domains.crystals.energy import CGCNNScorer
 from sciar.batch import run_batch
 from sciar.errors import DataError, SciarError
@@ -150,6 +150,7 @@ def test_cli_search_interrupted_writes_what_it_found_and_exits_130(tmp_path, cap
 @pytest.mark.parametrize("args,msg", [
     (["--composition", "Na4Xx4"], "unknown element"),
     (["--composition", "Na4Cl4", "--simulations", "0"], "budget is zero"),
+    (["--composition", "Na4Cl4", "--calls", "-2"], "cannot be negative"),
     (["--composition", "Na4Cl4", "--spacegroup", "Q99"], "unknown space group"),
 ])
 def test_cli_search_bad_input_exits_2(tmp_path, capsys, args, msg):
@@ -259,3 +260,46 @@ def test_batch_command_mixes_sample_and_search_rows(tmp_path):
     bad = df[df.composition == "Xx2"]
     assert bad.status.iloc[0] == "error" and "Xx" in bad.error.iloc[0]
     assert main(["crystal", "batch", "-i", str(table), "-o", str(tmp_path / "o2.csv"), "--mode", "dream"]) == 2
+
+
+def _strained_nacl():
+    import numpy as np
+
+    prim = np.array([[0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
+    return Structure(Lattice(5.64 * 1.04 * prim), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])  # 4% too large
+
+
+def test_relaxed_scorer_rates_chgnets_relaxed_cell_once_per_structure(cgcnn):
+    from chgnet.model import CHGNet, StructOptimizer
+
+    from domains.crystals.energy import RelaxedScorer
+
+    s = _strained_nacl()
+    rs = RelaxedScorer(cgcnn, fmax=0.1, steps=60)
+    e = rs([s, s.copy()])
+    assert rs.relaxations == 1 and rs.fresh == [True, False] and e[0] == e[1]
+    # reference: CHGNet's own optimizer with the same settings, then CGCNN on its cell
+    ref = StructOptimizer(model=CHGNet.load(use_device="cpu", verbose=False), use_device="cpu").relax(
+        s, fmax=0.1, steps=60, verbose=False)["final_structure"]
+    assert e[0] == pytest.approx(cgcnn([ref])[0], abs=1e-3)
+    assert rs.relaxed[0].volume < s.volume - 1.0  # the cell shrank back toward a = 5.6-5.7 A
+    assert rs([s])[0] == e[0] and rs.fresh == [False] and rs.relaxations == 1  # cached
+    bad = rs([None])
+    assert math.isnan(bad[0]) and rs.errors[0].startswith("relax")
+
+
+def test_search_with_relaxed_rewards_counts_scorer_calls(tmp_path):
+    cs = search_composition("Na4Cl4", simulations=6, calls=2, relax=True, seed=0, progress=False)
+    t = cs.table
+    assert cs.result.calls >= 2 and t["cost"].sum() == cs.result.calls
+    assert t.loc[t["cost"] > 0, "valid"].all()  # only valid, new structures spend calls
+    v = t[t["valid"].astype(bool)]
+    assert v["relaxed_cif"].map(lambda x: isinstance(x, str)).all()
+    best = cs.best(1).iloc[0]
+    relaxed = Structure.from_str(cs.output_cif(best), fmt="cif")
+    # the reward is CGCNN's energy of the relaxed cell (the canonical text rounds coordinates)
+    assert best["energy"] == pytest.approx(CGCNNScorer()([relaxed])[0], abs=0.02)
+    s = write_search(cs, tmp_path / "run")
+    assert s["scorer_calls"] == cs.result.calls
+    written = Structure.from_file(tmp_path / "run" / s["best_files"][0])
+    assert written.volume == pytest.approx(relaxed.volume, rel=1e-3)

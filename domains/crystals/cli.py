@@ -274,7 +274,8 @@ def search_cmd(
     width: int = typer.Option(5, "--width", help="Tree width: children per node, the model's top-k next tokens."),
     c: float = typer.Option(1.0, "--c", help="Exploration constant of PUCT/UCT."),
     scorer: str = typer.Option("cgcnn", "--scorer", help="Formation-energy scorer: cgcnn (fast) or chgnet."),
-    relax: bool = typer.Option(False, "--relax", help="Relax each valid structure with CHGNet before scoring (chgnet scorer; slow)."),
+    relax: bool = typer.Option(False, "--relax", help="Reward relaxed structures: each valid CIF is relaxed by CHGNet (forces < 0.1 eV/A or 60 steps, cached by structure) and the scorer rates the relaxed cell (about 1-3 s each); the best CIFs are the relaxed ones."),
+    calls: int = typer.Option(0, "--calls", help="Budget in scorer calls (structures scored, or relaxed and scored; invalid or repeated CIFs cost none), with --simulations as a cap (0: no call budget)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same search)."),
     out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Output folder: best CIFs, results.csv/.parquet, rewards.png, summary.json."),
     checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, "--checkpoint", help="Crystal model: shipped name or checkpoint folder."),
@@ -287,7 +288,7 @@ def search_cmd(
     from domains.crystals.search import search_composition, summary_line, write_search
 
     cs = search_composition(composition, spacegroup, z, simulations=simulations, seconds=seconds, width=width, c=c,
-                            scorer=scorer, relax=relax, seed=seed, checkpoint=checkpoint, batch=batch,
+                            scorer=scorer, relax=relax, calls=calls, seed=seed, checkpoint=checkpoint, batch=batch,
                             selection=selection, backup=backup, progress=True)
     s = write_search(cs, out, top=top)
     typer.echo(summary_line(s))

@@ -254,6 +254,76 @@ class CHGNetScorer:
         return out
 
 
+SEARCH_FMAX, SEARCH_STEPS = 0.1, 60  # the search's short relaxation: forces below 0.1 eV/A or 60 FIRE steps
+
+
+def structure_key(structure, decimals: int = 3) -> tuple:
+    """A hashable key of a structure as written: lattice and fractional coordinates rounded (species in order)."""
+    import numpy as np
+
+    lat = tuple(np.round(structure.lattice.matrix, decimals).ravel().tolist())
+    sites = tuple((str(site.species), *np.round(np.mod(site.frac_coords, 1.0), decimals).tolist()) for site in structure)
+    return lat, sites
+
+
+class RelaxedScorer:
+    """Any scorer applied to structures after a short CHGNet relaxation (cell and positions), cached by structure.
+
+    Near-duplicates of one minimum relax onto it and get its energy, so a search rewarded this way
+    separates polymorphs rather than lattice noise around one. Each structure is relaxed for at
+    most ``steps`` FIRE steps or until every force is below ``fmax`` eV/A; a structure seen before
+    (the same lattice and coordinates to 1e-3) is not relaxed again. After a call, ``relaxed`` holds
+    the relaxed structures, ``fresh`` whether each was relaxed in that call (a scorer call spent)
+    and ``errors`` why one failed.
+    """
+
+    def __init__(self, base: Scorer, fmax: float = SEARCH_FMAX, steps: int = SEARCH_STEPS):
+        self.base, self.fmax, self.steps = base, fmax, steps
+        self.name = f"{getattr(base, 'name', type(base).__name__)}+relax"
+        _chgnet()
+        self.cache: dict[tuple, tuple] = {}  # key -> (relaxed structure or None, energy, error)
+        self.relaxed: list = []
+        self.fresh: list[bool] = []
+        self.errors: list[str] = []
+        self.relaxations = 0
+
+    def __call__(self, structures) -> list[float]:
+        k = len(structures)
+        self.relaxed, self.fresh, self.errors = [None] * k, [False] * k, [""] * k
+        todo: dict[tuple, list[int]] = {}
+        keys = []
+        for i, s in enumerate(structures):
+            try:
+                key = structure_key(s)
+            except Exception as e:  # no structure, broken lattice
+                keys.append(None)
+                self.errors[i] = "relax: " + describe(e)
+                continue
+            keys.append(key)
+            if key not in self.cache:
+                todo.setdefault(key, []).append(i)
+        new = []
+        for key, idx in todo.items():
+            try:
+                final, _ = _relax(structures[idx[0]], self.fmax, self.steps)
+                new.append((key, final))
+            except Exception as e:  # CHGNet/ase fail on pathological cells
+                self.cache[key] = (None, math.nan, "chgnet relax: " + describe(e))
+            self.relaxations += 1
+            self.fresh[idx[0]] = True
+        if new:
+            vals, errs = score_structures([f for _, f in new], self.base)
+            for (key, final), v, er in zip(new, vals, errs):
+                self.cache[key] = (final, v, er)
+        out = [math.nan] * k
+        for i, key in enumerate(keys):
+            if key is None:
+                continue
+            final, v, er = self.cache[key]
+            self.relaxed[i], out[i], self.errors[i] = final, v, er
+        return out
+
+
 def make_scorer(name: str = "cgcnn", relax: bool = False) -> Scorer:
     """A built-in scorer by name (``cgcnn`` or ``chgnet``); models are loaded once per process."""
     if name == "cgcnn":

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 TABLE_COLUMNS = ["simulation", "prompt", "formula", "spacegroup", "energy", "reward", "valid", "checks_valid", "reasons",
-                 "bond_score", "n_atoms", "moved_sites", "cell_scale", "nudged", "error", "duplicate", "n_tokens", "stopped", "elapsed_s", "cif"]
+                 "bond_score", "n_atoms", "moved_sites", "cell_scale", "nudged", "error", "duplicate", "cost", "n_tokens", "stopped",
+                 "elapsed_s", "cif", "relaxed_cif"]
 
 
 @lru_cache(maxsize=2)
@@ -82,7 +83,12 @@ def evaluate_cifs(texts: list[str], scorer) -> list:
         fulls.append(text)  # as generated (identity symmetry loop); full_cif() rebuilds the operations on output
     valid = [i for i, r in enumerate(checks) if r["valid"]]
     energies, errors = score_structures([checks[i]["structure"] for i in valid], scorer) if valid else ([], [])
-    score = dict(zip(valid, zip(energies, errors)))
+    fresh = getattr(scorer, "fresh", None)
+    relaxed = getattr(scorer, "relaxed", None)
+    n_valid = len(valid)
+    fresh = fresh if isinstance(fresh, list) and len(fresh) == n_valid else [True] * n_valid
+    relaxed = relaxed if isinstance(relaxed, list) and len(relaxed) == n_valid else [None] * n_valid
+    score = dict(zip(valid, zip(energies, errors, fresh, relaxed)))
     out = []
     for i, (r, text) in enumerate(zip(checks, fulls)):
         st = r.get("structure")
@@ -92,13 +98,26 @@ def evaluate_cifs(texts: list[str], scorer) -> list:
                 "checks_valid": bool(r["valid"]), "reasons": r.get("reasons", ""), "bond_score": bs,
                 "n_atoms": len(st) if st is not None else None, "cif": text}
         if r["valid"]:
-            e, err = score[i]
-            out.append(Evaluation(True, e, -1.0, err, info))
+            e, err, new, rel = score[i]
+            info["relaxed_cif"] = _relaxed_cif(rel)
+            out.append(Evaluation(True, e, -1.0, err, info, cost=1.0 if new else 0.0))
             continue
         only_bonds = r.get("reasons") == "bonds" and math.isfinite(bs)
         reason = r.get("error") or (f"invalid: {r.get('reasons')}" if r.get("reasons") else "invalid")
-        out.append(Evaluation(False, math.nan, -(1.0 - bs) if only_bonds else -1.0, reason, info))
+        out.append(Evaluation(False, math.nan, -(1.0 - bs) if only_bonds else -1.0, reason, info, cost=0.0))
     return out
+
+
+def _relaxed_cif(structure) -> str | None:
+    """CIF text of a relaxed structure (its canonical symmetrised form where that works)."""
+    if structure is None:
+        return None
+    try:
+        from domains.crystals.canonical import canonicalize
+
+        return canonicalize(structure).cif
+    except Exception:
+        return structure.to(fmt="cif")
 
 
 def crystal_evaluator(tok, scorer, snap: bool = True, fit: bool = True):
@@ -151,7 +170,13 @@ class CrystalSearch:
         """The ``n`` lowest-energy valid structures, one per distinct CIF."""
         t = self.table
         t = t[t["valid"].astype(bool)].sort_values("energy", kind="stable")
-        return t.drop_duplicates("cif").head(n)
+        return t.assign(_key=t["relaxed_cif"].fillna(t["cif"])).drop_duplicates("_key").drop(columns="_key").head(n)
+
+    @staticmethod
+    def output_cif(row) -> str:
+        """The structure a user gets for a table row: the relaxed cell where the reward relaxed it, full symmetry."""
+        rel = row.get("relaxed_cif")
+        return _full(rel if isinstance(rel, str) else row["cif"])
 
 
 def search_composition(composition: str, spacegroup: str | None = None, z: int | None = None,
@@ -159,23 +184,37 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
                        scorer: str | object = "cgcnn", relax: bool = False, seed: int | None = 0,
                        checkpoint: str = DEFAULT_CHECKPOINT, batch: int = 2, selection: str = "puct",
                        rollout_top_k: int | None = None, temperature: float = 1.0, root_temperature: float = 1.0,
-                       cache: str = "tree",
+                       cache: str = "tree", calls: int = 0, root_noise: float = 0.0, widening: float = 0.0,
+                       spread: bool = False, extra_prompts: list | None = None,
                        backup: str = "mean", k: float = 2.0, snap: bool = True, fit: bool = True,
                        progress: bool = True, generator=None) -> CrystalSearch:
-    """MCTS over CIFs for one composition. ``scorer``: ``cgcnn``, ``chgnet`` or any callable on structures."""
-    from domains.crystals.energy import make_scorer
+    """MCTS over CIFs for one composition. ``scorer``: ``cgcnn``, ``chgnet`` or any callable on structures.
+
+    ``relax``: every valid structure is relaxed by CHGNet (:class:`~domains.crystals.energy.RelaxedScorer`,
+    cached by structure) and the scorer rates the relaxed one. ``calls``: a budget in scorer calls (structures
+    scored, or relaxed and scored; invalid and repeated ones cost none) besides ``simulations``.
+    ``extra_prompts``: more :class:`~domains.crystals.prompts.Prompt` for the root to choose among
+    (for instance the cells and space groups that template retrieval proposes, :func:`retrieval_prompts`).
+    """
+    from domains.crystals.energy import RelaxedScorer, make_scorer
     from domains.crystals.generate import cif_constraint, prompts_for
     from mcts import Problem, SearchConfig, search
 
     cfg = SearchConfig(simulations=simulations, seconds=seconds, width=width, c=c, selection=selection,
                        rollout_top_k=rollout_top_k, temperature=temperature, root_temperature=root_temperature,
-                       batch=batch, seed=seed, cache=cache, backup=backup, k=k)
+                       batch=batch, seed=seed, cache=cache, backup=backup, k=k, calls=calls, root_noise=root_noise,
+                       widening=widening, spread=spread)
     cfg.check()  # a zero budget fails before any model is loaded
     prompts = prompts_for(composition, spacegroup, z)  # unknown elements, bad formulas and space groups fail here
+    texts = {p.text for p in prompts}
+    prompts += [p for p in extra_prompts or [] if p.text not in texts and not texts.add(p.text)]
     gen = generator or load_generator(checkpoint)
     fitting = gen.fitting(prompts)
-    scorer_name = scorer if isinstance(scorer, str) else getattr(scorer, "name", type(scorer).__name__)
-    score_fn = make_scorer(scorer, relax) if isinstance(scorer, str) else scorer
+    if isinstance(scorer, str):
+        score_fn = RelaxedScorer(make_scorer(scorer)) if relax else make_scorer(scorer)
+    else:
+        score_fn = RelaxedScorer(scorer) if relax else scorer
+    scorer_name = getattr(score_fn, "name", type(score_fn).__name__)
     tok = gen.tok
     nl = gen.vocab.nl
     problem = Problem(
@@ -187,6 +226,28 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
     )
     res = search(gen.model, problem, cfg, progress=progress, desc=f"search {composition}")
     return CrystalSearch(res, fitting, composition, spacegroup, scorer_name)
+
+
+def retrieval_prompts(index, composition, n: int = 3) -> list:
+    """Prompts naming the cells and space groups of template retrieval's ``n`` best candidates for a composition
+    (:meth:`~domains.crystals.retrieval.RetrievalIndex.predict`), so the search can start where known crystals are."""
+    from domains.crystals.canonical import canonicalize
+    from domains.crystals.composition import parse_composition
+    from domains.crystals.matching import matcher
+    from domains.crystals.prompts import make_prompt
+
+    comp = parse_composition(composition) if isinstance(composition, str) else composition
+    out, seen = [], set()
+    for cand in index.predict(comp, n, matcher()):
+        try:
+            can = canonicalize(cand.structure)
+            p = make_prompt(can.formula, can.spacegroup)
+        except SciarError:
+            continue
+        if p.text not in seen:
+            seen.add(p.text)
+            out.append(p)
+    return out
 
 
 # ---------------------------------------------------------------- outputs
@@ -232,7 +293,7 @@ def write_search(cs: CrystalSearch, out: str | Path, top: int = 5) -> dict:
     files = []
     for rank, (_, r) in enumerate(best.iterrows(), 1):
         name = f"best_{rank:02d}_{_safe(r['formula'])}_{_safe(r['spacegroup']).replace('/', '-')}.cif"
-        write_text_atomic(out / name, _full(r["cif"]))
+        write_text_atomic(out / name, cs.output_cif(r))
         files.append(name)
     write_table_atomic(table, out / "results.csv")
     write_table_atomic(table, out / "results.parquet")
@@ -250,13 +311,14 @@ def summarise(cs: CrystalSearch) -> dict:
     return {
         "composition": cs.composition, "spacegroup": cs.spacegroup, "scorer": cs.scorer,
         "formulas": [p.formula for p in cs.prompts], "simulations": int(cs.result.simulations),
+        "scorer_calls": int(cs.result.calls),
         "sequences": int(len(t)), "valid": int(len(v)), "valid_rate": float(len(v) / len(t)) if len(t) else 0.0,
         "best_energy": float(b["energy"].iloc[0]) if len(b) else None,
         "best_formula": b["formula"].iloc[0] if len(b) else None,
         "best_spacegroup": b["spacegroup"].iloc[0] if len(b) else None,
         "seconds": round(float(cs.result.seconds), 2), "interrupted": bool(cs.result.interrupted),
         "simulations_per_s": round(cs.result.simulations / cs.result.seconds, 3) if cs.result.seconds else None,
-        "nodes": int(cs.result.nodes), "scorer_errors": int(t["error"].fillna("").str.startswith(("cgcnn", "chgnet", "scorer")).sum()),
+        "nodes": int(cs.result.nodes), "scorer_errors": int(t["error"].fillna("").str.startswith(("cgcnn", "chgnet", "scorer", "relax")).sum()),
         "config": {k: cs.result.config[k] for k in ("width", "c", "selection", "backup", "batch", "seed", "cache")},
     }
 
@@ -305,7 +367,7 @@ def search_row_fn(checkpoint: str = DEFAULT_CHECKPOINT, simulations: int = 200, 
         if best.empty:
             return [{**base, "rank": None, "formula": None, "spacegroup": None, col: math.nan, "valid": False, "cif": ""}]
         return [{**base, "rank": k, "formula": r["formula"], "spacegroup": r["spacegroup"], col: r["energy"],
-                 "valid": True, "bond_score": r["bond_score"], "n_atoms": r["n_atoms"], "cif": _full(r["cif"])}
+                 "valid": True, "bond_score": r["bond_score"], "n_atoms": r["n_atoms"], "cif": cs.output_cif(r)}
                 for k, (_, r) in enumerate(best.iterrows(), 1)]
 
     return fn
@@ -404,5 +466,6 @@ def relax_files(paths, out: str | Path | None = None, progress: bool = True):
 def summary_line(s: dict) -> str:
     e = s.get("best_energy")
     best = f"best {e:.4f} eV/atom ({s['best_formula']}, {s['best_spacegroup']})" if e is not None else "no valid structure"
-    return (f"{s['composition']}: {s['simulations']} simulations, {s['valid']}/{s['sequences']} valid, {best}, "
+    return (f"{s['composition']}: {s['simulations']} simulations, {s['scorer_calls']} scorer calls, "
+            f"{s['valid']}/{s['sequences']} valid, {best}, "
             f"{s['seconds']} s ({s['simulations_per_s']} sim/s)")
