@@ -161,10 +161,15 @@ def benchmark(
                                              "Gaussian on its VAE's training latents, against the split (needs --cache)."),
     causal: Optional[Path] = typer.Option(None, "--causal", help="Also score this causal-baseline generator."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="The cache the generator was trained on."),
-    cfg: float = typer.Option(3.0, help="Guidance scale of the generators."),
+    cfg: Optional[float] = typer.Option(None, help="Guidance scale of the generators (default: the one of --scales "
+                                        "whose val-split shapes the point-cloud classifier labels best)."),
+    scales: str = typer.Option("1,2,3,4,5", help="Guidance scales tried on the val split."),
+    gen_resolution: int = typer.Option(64, callback=_resolution, help="Marching-cubes cells per side of generated "
+                                       "meshes for the generation metrics (seconds per shape uses --resolution)."),
 ):
     """Score reconstructions by IoU, Chamfer and F-scores: the grid baseline (signed-distance grids of the latent's
-    size) and, given --vae, a trained VAE; given --generator, COV, MMD and 1-NNA of the generators."""
+    size) and, given --vae, a trained VAE; given --generator, COV, MMD and 1-NNA of the generators and the training
+    set, class accuracy of generated shapes by a point-cloud classifier, memorised shares and seconds per shape."""
     import tempfile
 
     from domains.shapes.bench import grid_baseline_report, render_grid_examples
@@ -177,7 +182,13 @@ def benchmark(
     grid_sizes = _sizes(sizes)
     if generator and cache is None:
         raise SciarError("--generator needs --cache (the cache it was trained on)")
-    _check_sampling(cfg, 1)
+    _check_sampling(1.0 if cfg is None else cfg, 1)
+    try:
+        guidance = tuple(float(s) for s in scales.split(","))
+    except ValueError:
+        raise SciarError(f"--scales must be numbers separated by commas (got {scales!r})") from None
+    for s in guidance:
+        _check_sampling(s, 1)
     with tempfile.TemporaryDirectory() as tmp:
         files = [f for f in find_meshes(mesh_source(meshes, tmp)) if f.split == split]
         if per_class:
@@ -193,9 +204,10 @@ def benchmark(
         if generator:
             from domains.shapes.bench import generation_report
 
-            scores = generation_report(generator, files, cache, causal, cfg, resolution=resolution)
-            result["seconds_per_shape"] = scores.pop("seconds_per_shape")
-            result["generation"] = scores
+            every = find_meshes(mesh_source(meshes, tmp))
+            result |= generation_report(generator, files, cache, causal, cfg, guidance,
+                                        [f for f in every if f.split == "val"], [f for f in every if f.split == "train"],
+                                        resolution=min(resolution, gen_resolution), speed_resolution=resolution)
         if png:
             step = max(1, len(files) // 4)
             render_grid_examples(files[::step][:4], grid_sizes, png, resolution)
@@ -211,6 +223,12 @@ def benchmark(
     for name, m in result.get("generation", {}).items():
         typer.echo(f"generation {name}: COV {m['cov']:.3f}  MMD {m['mmd']:.5f}  1-NNA {m['nna']:.3f}  "
                    f"({m['generated']} shapes against {m['reference']}, {m['empty']} empty)")
+    if "class_accuracy" in result:
+        typer.echo(f"classifier on real test meshes {result['classifier_accuracy_real']:.3f}; guidance "
+                   f"{result['guidance']['chosen']:g}; class accuracy of generated shapes: "
+                   + ", ".join(f"{k} {v:.3f}" for k, v in result["class_accuracy"].items() if k != "cfg"))
+        typer.echo("memorised share: " + ", ".join(f"{k} {v:.3f}" for k, v in result["memorised_share"].items())
+                   + f"; {result['seconds_per_shape']:.1f} s per shape at {resolution}^3")
     if json_path:
         write_json_atomic(json_path, result)
         typer.echo(f"wrote {json_path}")
