@@ -183,6 +183,9 @@ def generation_report(generator, test: list[MeshFile], cache, causal=None, cfg: 
     from domains.shapes.generator import VAE_DIR, FittedGaussian, LatentSet, cached_latents, load_generator
     from domains.shapes.metrics import memorised_share
 
+    from sciar.paths import find_checkpoint
+
+    generator = find_checkpoint(generator)
     gen = load_generator(generator)
     test = [f for f in test if f.label in gen.classes]
     if not test:

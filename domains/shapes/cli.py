@@ -12,6 +12,8 @@ import typer
 
 from sciar.io import output_file, output_folder
 
+SHIPPED = "shapes-small"  # the shipped generator (data/checkpoints; its VAE in vae/), as the adapter lists it
+
 app = typer.Typer(
     help="3D shapes as continuous latent tokens (MAR-3D style): mesh data, the shape VAE, the generator, metrics.",
     no_args_is_help=True,
@@ -119,7 +121,7 @@ def reconstruct(
     mesh: Path = typer.Argument(..., help="A mesh file (OBJ, PLY, STL, OFF, GLB)."),
     out: Path = typer.Option(..., "--out", callback=output_file, help="Output mesh (.obj, .ply, .stl, .off or .glb), "
                              "in the input's coordinates."),
-    vae: Path = typer.Option(..., "--vae", help="A VAE checkpoint directory (sciar shapes train-vae)."),
+    vae: str = typer.Option(SHIPPED, "--vae", help="A VAE checkpoint, or a generator checkpoint (its VAE); default: the shipped one."),
     resolution: int = typer.Option(128, callback=_resolution, help="Marching-cubes cells per side (32 times a power of two)."),
     seed: int = typer.Option(0, help="Seed of the surface sampling."),
 ):
@@ -134,7 +136,7 @@ def reconstruct(
 
     if out.suffix.lower() not in MESH_SUFFIXES:
         raise SciarError(f"--out must end in one of {', '.join(MESH_SUFFIXES)} (got {out.name})")
-    model = load_vae(vae)
+    model = load_vae(_vae_dir(vae))
     shape = load_shape(mesh)
     surface, normals = spread_surface(shape.mesh, model.cfg.surface_points, np.random.default_rng(seed))
     _, result = decode_mesh(model, encode(model, surface, normals), resolution)
@@ -234,10 +236,12 @@ def benchmark(
         typer.echo(f"wrote {json_path}")
 
 
-def _vae_dir(path: Path) -> Path:
-    """A VAE checkpoint, or the VAE inside a generator checkpoint."""
+def _vae_dir(name: str | Path) -> Path:
+    """A VAE checkpoint, or the VAE inside a generator checkpoint (a directory or a shipped name)."""
     from domains.shapes.generator import VAE_DIR
+    from sciar.paths import find_checkpoint
 
+    path = find_checkpoint(name)
     return path / VAE_DIR if (path / VAE_DIR).is_dir() else path
 
 
@@ -310,7 +314,7 @@ def train_generator(
 
 @app.command()
 def generate(
-    model: Path = typer.Option(..., "--model", help="A generator checkpoint (sciar shapes train)."),
+    model: str = typer.Option(SHIPPED, "--model", help="A generator checkpoint (sciar shapes train) or a shipped name; default: the generator shipped with sciar (SHREC'16, 30 classes)."),
     class_name: str = typer.Option(..., "--class", help="The class to generate (one the generator was trained on)."),
     n: int = typer.Option(8, "-n", min=1, help="Shapes to generate."),
     cfg: float = typer.Option(3.0, help="Classifier-free guidance scale (1 = none)."),
@@ -346,7 +350,7 @@ def generate(
 def interpolate(
     a: Path = typer.Argument(..., help="First mesh file."),
     b: Path = typer.Argument(..., help="Second mesh file."),
-    vae: Path = typer.Option(..., "--vae", help="A VAE checkpoint, or a generator checkpoint (its VAE)."),
+    vae: str = typer.Option(SHIPPED, "--vae", help="A VAE checkpoint, or a generator checkpoint (its VAE); default: the shipped one."),
     n: int = typer.Option(5, "-n", min=2, help="Shapes from A to B, both ends included."),
     seed: int = typer.Option(0, help="Seed of the surface sampling."),
     resolution: int = typer.Option(128, callback=_resolution, help="Marching-cubes cells per side."),
@@ -375,7 +379,7 @@ def interpolate(
 
 @app.command()
 def batch(
-    model: Path = typer.Option(..., "--model", help="A generator checkpoint (sciar shapes train)."),
+    model: str = typer.Option(SHIPPED, "--model", help="A generator checkpoint (sciar shapes train) or a shipped name (default: the shipped one)."),
     input_path: Path = typer.Option(..., "--input", help="CSV or parquet with a 'class' column (optional 'seed')."),
     output: Path = typer.Option(..., "--output", callback=output_file, help="Results table (.csv or .parquet); resumes."),
     meshes: Optional[Path] = typer.Option(None, "--meshes", callback=output_folder, help="Folder for the meshes "
