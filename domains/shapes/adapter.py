@@ -25,5 +25,4 @@ ADAPTER = Adapter(
     app="domains.shapes.cli:app",
     build_model="domains.shapes.adapter:build_model",
     tokenizer_kind=None,
-    checkpoints=("shapes-small",),
 )
