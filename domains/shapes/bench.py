@@ -248,7 +248,7 @@ def generation_report(generator, test: list[MeshFile], cache, causal=None, cfg: 
         decode_mesh(gen.vae, latent, speed_resolution)
     out["seconds_per_shape"] = (time.perf_counter() - t0) / len(z)
     out["speed"] = {"resolution": speed_resolution, "shapes": len(z), "steps": steps}
-    out["resolution"] = resolution
+    out["generation_resolution"] = resolution
     return out
 
 
