@@ -7,7 +7,9 @@ SHREC'16 test split (120 meshes); and, given a VAE checkpoint, the VAE on the
 test split beside the same number of training meshes per class; given a generator
 checkpoint (and its cache), COV, MMD and 1-NNA of the masked generator, the fitted
 Gaussian and (given --causal) the causal baseline against the test split, and the
-masked generator's seconds per shape. Class accuracy is not built yet.
+masked generator's seconds per shape, with the guidance scale chosen on the val split by the
+class accuracy of a point-cloud classifier (fitted to the train split), that classifier's
+accuracy on real test meshes and on generated ones, and the memorised shares.
 
     python benchmarks/shapes.py --json runs/bench-shapes.json --png domains/shapes/grid_baseline.png
     python benchmarks/shapes.py --vae runs/shapes-vae --json runs/bench-shapes.json
@@ -52,7 +54,13 @@ def main(argv=None) -> dict:
                     "its VAE's training latents and, given --causal, the causal baseline (generation.*; needs --cache)")
     ap.add_argument("--causal", default=None, help="a causal-baseline generator checkpoint (sciar shapes train --kind causal)")
     ap.add_argument("--cache", default=None, help="the prepared cache the generator was trained on (its latents)")
-    ap.add_argument("--cfg", type=float, default=3.0, help="guidance scale of the generators")
+    ap.add_argument("--cfg", type=float, default=None, help="guidance scale of the generators (default: the one of "
+                    "--scales whose val-split shapes the classifier labels best)")
+    ap.add_argument("--scales", default="1,2,3,4,5", help="guidance scales tried on the val split")
+    ap.add_argument("--val-per-class", type=int, default=0, help="val meshes per class for the guidance choice (0: all)")
+    ap.add_argument("--gen-resolution", type=int, default=64, help="marching-cubes cells per side of generated meshes "
+                    "for COV/MMD/1-NNA, class accuracy and memorisation (seconds per shape is taken at --resolution)")
+    ap.add_argument("--speed-shapes", type=int, default=2, help="shapes timed for seconds per shape")
     ap.add_argument("--no-grid", action="store_true", help="skip the grid baseline")
     args = ap.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(","))
@@ -64,7 +72,7 @@ def main(argv=None) -> dict:
         if per_class:
             files = first_per_class(files, per_class)
         result, rows = ({}, None) if args.no_grid else grid_baseline_report(files, sizes, resolution)
-        if args.generation_reference:
+        if args.generation_reference and not args.generator:  # the generator's report holds it
             from domains.shapes.bench import training_set_reference
 
             train = [f for f in find_meshes(mesh_source(args.meshes, tmp)) if f.split == "train"]
@@ -74,9 +82,16 @@ def main(argv=None) -> dict:
 
             if not args.cache:
                 ap.error("--generator needs --cache (the cache it was trained on)")
-            scores = generation_report(args.generator, files, args.cache, args.causal, args.cfg, resolution=resolution)
-            result["seconds_per_shape"] = scores.pop("seconds_per_shape")
-            result.setdefault("generation", {}).update(scores)
+            every = find_meshes(mesh_source(args.meshes, tmp))
+            val = [f for f in every if f.split == "val"]
+            val = first_per_class(val, args.val_per_class) if args.val_per_class else val
+            scores = generation_report(args.generator, files, args.cache, args.causal, args.cfg,
+                                       tuple(float(s) for s in args.scales.split(",")), val,
+                                       [f for f in every if f.split == "train"],
+                                       resolution=min(resolution, args.gen_resolution), speed_resolution=resolution,
+                                       speed_shapes=args.speed_shapes)
+            result.setdefault("generation", {}).update(scores.pop("generation"))
+            result |= scores
         if args.vae:
             from domains.shapes.autoencode import load_vae
             from domains.shapes.bench import mean_metrics, vae_rows
@@ -104,8 +119,17 @@ def main(argv=None) -> dict:
     for name, m in result.get("generation", {}).items():
         print(f"generation {name}: COV {m['cov']:.3f}  MMD {m['mmd']:.5f}  1-NNA {m['nna']:.3f}  "
               f"({m['generated']} shapes against {m['reference']}{', %d empty' % m['empty'] if m.get('empty') else ''})")
+    if "class_accuracy" in result:
+        g = result["guidance"]
+        print(f"classifier on real test meshes: {result['classifier_accuracy_real']:.3f}; guidance {g['chosen']:g}"
+              + (f" (val accuracy by scale: {g['val_class_accuracy']})" if "val_class_accuracy" in g else ""))
+        print("class accuracy of generated shapes: " + ", ".join(f"{k} {v:.3f}" for k, v in result["class_accuracy"].items()
+                                                                 if k != "cfg"))
+    if "memorised_share" in result:
+        print("memorised share: " + ", ".join(f"{k} {v:.3f}" for k, v in result["memorised_share"].items()))
     if "seconds_per_shape" in result:
-        print(f"masked generator: {result['seconds_per_shape']:.2f} s per shape (latents and mesh)")
+        print(f"masked generator: {result['seconds_per_shape']:.2f} s per shape (latents and mesh at "
+              f"{result['speed']['resolution']}^3)")
     if args.json:
         write_json_atomic(args.json, result)
     if args.csv and rows is not None:

@@ -166,6 +166,23 @@ def test_generate_writes_n_meshes_and_a_png(box_pair, tmp_path):
         assert (got & truth).sum() / max(1, (got | truth).sum()) > 0.5
 
 
+def test_export_ships_the_moving_average_and_the_vae(box_pair, tmp_path):
+    from safetensors.torch import load_file
+
+    from domains.shapes.generator import export_generator, load_generator
+
+    root, _ = box_pair
+    out = export_generator(root / "gen", tmp_path / "shipped")
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".safetensors") == ["model.safetensors"]
+    shipped, ema = load_file(out / "model.safetensors"), load_file(root / "gen" / "ema.safetensors")
+    assert shipped.keys() == ema.keys() and all(torch.equal(shipped[k], ema[k]) for k in ema)
+    assert not (out / "vae" / "last").exists()
+    gen = load_generator(out)
+    assert gen.classes == ["box", "crate"]
+    with pytest.raises(Exception, match="exists"):
+        export_generator(root / "gen", out)
+
+
 def test_generate_on_a_point_cloud_comes_out_in_its_frame(box_pair, tmp_path):
     import trimesh
 

@@ -121,49 +121,141 @@ def render_grid_examples(files: list[MeshFile], sizes: tuple[int, ...], path, re
     render_meshes(meshes, titles, path, columns=len(files))
 
 
-def _clouds_of_latents(vae, latents, resolution: int, seed: int) -> tuple[list[np.ndarray], int]:
-    """Point clouds of the decoded meshes; a latent set that decodes to no surface counts as one point at the origin
-    (far from every shape: it covers nothing), and is counted."""
+def _decoded(vae, latents, resolution: int, seed: int, progress: bool = False, desc: str = "decode"):
+    """The meshes of latent sets and their point clouds; a set that decodes to no surface gets a cloud of one point at
+    the origin (far from every shape: it covers nothing) and is counted in ``empty``."""
     from domains.shapes.autoencode import decode_mesh
 
-    clouds, empty = [], 0
-    for i, z in enumerate(latents):
-        cloud = point_clouds([decode_mesh(vae, z, resolution)[1]], seed=seed + i)[0]
+    meshes, clouds, empty = [], [], 0
+    for i, z in enumerate(tqdm(latents, desc=desc, unit="shape", disable=not progress)):
+        mesh = decode_mesh(vae, z, resolution)[1]
+        cloud = point_clouds([mesh], seed=seed + i)[0]
         if len(cloud) == 0:
             cloud, empty = np.zeros((1, 3)), empty + 1
+        meshes.append(mesh)
         clouds.append(cloud)
-    return clouds, empty
+    return meshes, clouds, empty
 
 
-def generation_report(generator, test: list[MeshFile], cache, causal=None, cfg: float = 3.0, steps: int = 16,
-                      resolution: int = 128, seed: int = 0, progress: bool = True) -> dict:
-    """COV, MMD and 1-NNA against the test shapes of the masked generator, the fitted Gaussian and (given) the causal
-    generator: per test shape one generated shape of its class. Test shapes of classes the generator does not know
-    are left out. Also the masked generator's seconds per shape (latents, and latents plus a mesh)."""
+def _per_class(files: list[MeshFile], labels: list[str]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for i, f in enumerate(files):
+        if f.label in labels:
+            out.setdefault(f.label, []).append(i)
+    return out
+
+
+def nearest_training(clouds: list[np.ndarray], labels: list[str], train_clouds: list[np.ndarray],
+                     train_labels: list[str]) -> np.ndarray:
+    """Each cloud's Chamfer distance ``[N, 1]`` to its nearest training cloud of the same class (inf: none)."""
+    d = np.full((len(clouds), 1), np.inf)
+    for c in sorted(set(labels)):
+        rows = [i for i, lab in enumerate(labels) if lab == c]
+        cols = [j for j, lab in enumerate(train_labels) if lab == c]
+        if cols:
+            d[rows, 0] = chamfer_matrix([clouds[i] for i in rows], [train_clouds[j] for j in cols]).min(1)
+    return d
+
+
+def generation_report(generator, test: list[MeshFile], cache, causal=None, cfg: float | None = None,
+                      scales: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0), val: list[MeshFile] | None = None,
+                      train: list[MeshFile] | None = None, steps: int = 16, resolution: int = 64,
+                      speed_resolution: int = 128, speed_shapes: int = 2, seed: int = 0, progress: bool = True) -> dict:
+    """The generation part of the benchmark, per test shape one generated shape of its class:
+
+    - ``guidance``: given ``val`` and no ``cfg``, the scale among ``scales`` whose shapes (one per val mesh, other
+      seeds) the classifier labels best, with each scale's val accuracy; every guided generator then uses it;
+    - ``generation``: COV, MMD and 1-NNA against the test shapes of the masked generator, the fitted Gaussian on the
+      VAE's training latents, the causal generator (given) and, given ``train``, the training set itself;
+    - ``classifier_accuracy_real`` and ``class_accuracy`` (per generator, on the test-seed shapes): the point-cloud
+      classifier (:mod:`domains.shapes.classify`, fitted to the cache's train split) on real test meshes and on
+      generated ones;
+    - ``memorised_share`` (given ``train``): per generator, and for the test shapes;
+    - ``seconds_per_shape``: the masked generator's latents and mesh at ``speed_resolution``^3, per shape.
+
+    Meshes for the metrics are extracted at ``resolution``^3. Test shapes of classes the generator does not know are
+    left out.
+    """
     import time
 
+    from domains.shapes.autoencode import decode_mesh
+    from domains.shapes.classify import train_classifier
     from domains.shapes.generator import VAE_DIR, FittedGaussian, LatentSet, cached_latents, load_generator
+    from domains.shapes.metrics import memorised_share
 
+    from sciar.paths import find_checkpoint
+
+    generator = find_checkpoint(generator)
     gen = load_generator(generator)
     test = [f for f in test if f.label in gen.classes]
     if not test:
         raise SciarError("no test shape is of a class the generator knows")
-    labels = [gen.classes.index(f.label) for f in test]
-    load = tqdm(test, desc="test point clouds", unit="mesh", disable=not progress)
-    reference = point_clouds([load_shape(f.path).mesh for f in load], seed=seed)
-    out, draws = {}, {}
-    t0 = time.perf_counter()
-    draws["masked"] = gen.latents(labels, cfg=cfg, steps=steps, seed=seed, progress=progress)
-    latent_seconds = (time.perf_counter() - t0) / len(labels)
+    test_labels = [f.label for f in test]
+    labels = [gen.classes.index(c) for c in test_labels]
+    load = tqdm(test, desc="test meshes", unit="mesh", disable=not progress)
+    test_meshes = [load_shape(f.path).mesh for f in load]
+    reference = point_clouds(test_meshes, seed=seed)
+    classifier, fit = train_classifier(cache, seed=seed)
+    out: dict = {"classifier": fit, "classifier_accuracy_real": classifier.accuracy_of_meshes(test_meshes, test_labels, seed)}
+
+    if cfg is None:
+        val = [f for f in (val or []) if f.label in gen.classes]
+        if not val:
+            raise SciarError("choosing the guidance scale needs validation meshes (or give cfg)")
+        val_labels = [f.label for f in val]
+        by_scale = {}
+        for s in scales:
+            z = gen.latents([gen.classes.index(c) for c in val_labels], cfg=s, steps=steps, seed=seed + 100_000)
+            meshes = _decoded(gen.vae, z, resolution, seed, progress, f"val cfg {s:g}")[0]
+            by_scale[s] = classifier.accuracy_of_meshes(meshes, val_labels, seed)
+        cfg = max(scales, key=lambda s: (by_scale[s], -s))  # the best val accuracy; the smaller scale on a tie
+        out["guidance"] = {"chosen": cfg, "val_class_accuracy": {f"{s:g}": a for s, a in by_scale.items()},
+                           "val_shapes": len(val)}
+    else:
+        out["guidance"] = {"chosen": cfg}
+
+    draws = {"masked": gen.latents(labels, cfg=cfg, steps=steps, seed=seed, progress=progress)}
     data = LatentSet(*cached_latents(Path(generator) / VAE_DIR, cache, progress), classes=gen.classes)
     z, y = data.split("train")
     draws["fitted_gaussian"] = FittedGaussian(z, y, len(gen.classes)).sample(labels, seed) * data.std + data.mean
     if causal is not None:
         draws["causal"] = load_generator(causal).latents(labels, cfg=cfg, seed=seed)
+    train_clouds = train_labels = None
+    if train is not None:
+        train = [f for f in train if f.label in gen.classes]
+        load = tqdm(train, desc="train meshes", unit="mesh", disable=not progress)
+        train_meshes = [load_shape(f.path).mesh for f in load]
+        train_clouds, train_labels = point_clouds(train_meshes, seed=seed + 10_000), [f.label for f in train]
+        d_test = nearest_training(reference, test_labels, train_clouds, train_labels)
+    generation, accuracy, memorised = {}, {}, {}
     for name, latents in draws.items():
-        t0 = time.perf_counter()
-        clouds, empty = _clouds_of_latents(gen.vae, latents, resolution, seed)
-        if name == "masked":
-            out["seconds_per_shape"] = latent_seconds + (time.perf_counter() - t0) / len(labels)
-        out[name] = generation_scores(clouds, reference) | {"empty": empty}
+        meshes, clouds, empty = _decoded(gen.vae, latents, resolution, seed, progress, name)
+        generation[name] = generation_scores(clouds, reference) | {"empty": empty}
+        accuracy[name] = classifier.accuracy_of_meshes(meshes, test_labels, seed)
+        if train_clouds is not None:
+            memorised[name] = memorised_share(nearest_training(clouds, test_labels, train_clouds, train_labels),
+                                              d_test)[0]
+    if train_clouds is not None:
+        generation["training_set"] = _training_set_scores(train_clouds, train_labels, reference, test_labels)
+        memorised["test"] = memorised_share(d_test, d_test)[1]
+    out |= {"generation": generation, "class_accuracy": accuracy | {"cfg": cfg}}
+    if memorised:
+        out["memorised_share"] = memorised
+
+    t0 = time.perf_counter()
+    z = gen.latents(labels[:speed_shapes], cfg=cfg, steps=steps, seed=seed)
+    for latent in z:
+        decode_mesh(gen.vae, latent, speed_resolution)
+    out["seconds_per_shape"] = (time.perf_counter() - t0) / len(z)
+    out["speed"] = {"resolution": speed_resolution, "shapes": len(z), "steps": steps}
+    out["generation_resolution"] = resolution
     return out
+
+
+def _training_set_scores(train_clouds, train_labels, reference, test_labels) -> dict:
+    """The training set as the generator: per class its first training shapes, as many as the class's test shapes."""
+    picked = []
+    for c in sorted(set(test_labels)):
+        rows = [i for i, lab in enumerate(train_labels) if lab == c][:test_labels.count(c)]
+        picked += rows
+    return generation_scores([train_clouds[i] for i in picked], reference) | {"empty": 0}

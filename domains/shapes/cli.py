@@ -12,6 +12,8 @@ import typer
 
 from sciar.io import output_file, output_folder
 
+SHIPPED = "shapes-small"  # the shipped generator (data/checkpoints; its VAE in vae/), as the adapter lists it
+
 app = typer.Typer(
     help="3D shapes as continuous latent tokens (MAR-3D style): mesh data, the shape VAE, the generator, metrics.",
     no_args_is_help=True,
@@ -119,7 +121,7 @@ def reconstruct(
     mesh: Path = typer.Argument(..., help="A mesh file (OBJ, PLY, STL, OFF, GLB)."),
     out: Path = typer.Option(..., "--out", callback=output_file, help="Output mesh (.obj, .ply, .stl, .off or .glb), "
                              "in the input's coordinates."),
-    vae: Path = typer.Option(..., "--vae", help="A VAE checkpoint directory (sciar shapes train-vae)."),
+    vae: str = typer.Option(SHIPPED, "--vae", help="A VAE checkpoint, or a generator checkpoint (its VAE); default: the shipped one."),
     resolution: int = typer.Option(128, callback=_resolution, help="Marching-cubes cells per side (32 times a power of two)."),
     seed: int = typer.Option(0, help="Seed of the surface sampling."),
 ):
@@ -134,7 +136,7 @@ def reconstruct(
 
     if out.suffix.lower() not in MESH_SUFFIXES:
         raise SciarError(f"--out must end in one of {', '.join(MESH_SUFFIXES)} (got {out.name})")
-    model = load_vae(vae)
+    model = load_vae(_vae_dir(vae))
     shape = load_shape(mesh)
     surface, normals = spread_surface(shape.mesh, model.cfg.surface_points, np.random.default_rng(seed))
     _, result = decode_mesh(model, encode(model, surface, normals), resolution)
@@ -161,10 +163,15 @@ def benchmark(
                                              "Gaussian on its VAE's training latents, against the split (needs --cache)."),
     causal: Optional[Path] = typer.Option(None, "--causal", help="Also score this causal-baseline generator."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="The cache the generator was trained on."),
-    cfg: float = typer.Option(3.0, help="Guidance scale of the generators."),
+    cfg: Optional[float] = typer.Option(None, help="Guidance scale of the generators (default: the one of --scales "
+                                        "whose val-split shapes the point-cloud classifier labels best)."),
+    scales: str = typer.Option("1,2,3,4,5", help="Guidance scales tried on the val split."),
+    gen_resolution: int = typer.Option(64, callback=_resolution, help="Marching-cubes cells per side of generated "
+                                       "meshes for the generation metrics (seconds per shape uses --resolution)."),
 ):
     """Score reconstructions by IoU, Chamfer and F-scores: the grid baseline (signed-distance grids of the latent's
-    size) and, given --vae, a trained VAE; given --generator, COV, MMD and 1-NNA of the generators."""
+    size) and, given --vae, a trained VAE; given --generator, COV, MMD and 1-NNA of the generators and the training
+    set, class accuracy of generated shapes by a point-cloud classifier, memorised shares and seconds per shape."""
     import tempfile
 
     from domains.shapes.bench import grid_baseline_report, render_grid_examples
@@ -177,7 +184,13 @@ def benchmark(
     grid_sizes = _sizes(sizes)
     if generator and cache is None:
         raise SciarError("--generator needs --cache (the cache it was trained on)")
-    _check_sampling(cfg, 1)
+    _check_sampling(1.0 if cfg is None else cfg, 1)
+    try:
+        guidance = tuple(float(s) for s in scales.split(","))
+    except ValueError:
+        raise SciarError(f"--scales must be numbers separated by commas (got {scales!r})") from None
+    for s in guidance:
+        _check_sampling(s, 1)
     with tempfile.TemporaryDirectory() as tmp:
         files = [f for f in find_meshes(mesh_source(meshes, tmp)) if f.split == split]
         if per_class:
@@ -193,9 +206,10 @@ def benchmark(
         if generator:
             from domains.shapes.bench import generation_report
 
-            scores = generation_report(generator, files, cache, causal, cfg, resolution=resolution)
-            result["seconds_per_shape"] = scores.pop("seconds_per_shape")
-            result["generation"] = scores
+            every = find_meshes(mesh_source(meshes, tmp))
+            result |= generation_report(generator, files, cache, causal, cfg, guidance,
+                                        [f for f in every if f.split == "val"], [f for f in every if f.split == "train"],
+                                        resolution=min(resolution, gen_resolution), speed_resolution=resolution)
         if png:
             step = max(1, len(files) // 4)
             render_grid_examples(files[::step][:4], grid_sizes, png, resolution)
@@ -211,15 +225,23 @@ def benchmark(
     for name, m in result.get("generation", {}).items():
         typer.echo(f"generation {name}: COV {m['cov']:.3f}  MMD {m['mmd']:.5f}  1-NNA {m['nna']:.3f}  "
                    f"({m['generated']} shapes against {m['reference']}, {m['empty']} empty)")
+    if "class_accuracy" in result:
+        typer.echo(f"classifier on real test meshes {result['classifier_accuracy_real']:.3f}; guidance "
+                   f"{result['guidance']['chosen']:g}; class accuracy of generated shapes: "
+                   + ", ".join(f"{k} {v:.3f}" for k, v in result["class_accuracy"].items() if k != "cfg"))
+        typer.echo("memorised share: " + ", ".join(f"{k} {v:.3f}" for k, v in result["memorised_share"].items())
+                   + f"; {result['seconds_per_shape']:.1f} s per shape at {resolution}^3")
     if json_path:
         write_json_atomic(json_path, result)
         typer.echo(f"wrote {json_path}")
 
 
-def _vae_dir(path: Path) -> Path:
-    """A VAE checkpoint, or the VAE inside a generator checkpoint."""
+def _vae_dir(name: str | Path) -> Path:
+    """A VAE checkpoint, or the VAE inside a generator checkpoint (a directory or a shipped name)."""
     from domains.shapes.generator import VAE_DIR
+    from sciar.paths import find_checkpoint
 
+    path = find_checkpoint(name)
     return path / VAE_DIR if (path / VAE_DIR).is_dir() else path
 
 
@@ -292,7 +314,7 @@ def train_generator(
 
 @app.command()
 def generate(
-    model: Path = typer.Option(..., "--model", help="A generator checkpoint (sciar shapes train)."),
+    model: str = typer.Option(SHIPPED, "--model", help="A generator checkpoint (sciar shapes train) or a shipped name; default: the generator shipped with sciar (SHREC'16, 30 classes)."),
     class_name: str = typer.Option(..., "--class", help="The class to generate (one the generator was trained on)."),
     n: int = typer.Option(8, "-n", min=1, help="Shapes to generate."),
     cfg: float = typer.Option(3.0, help="Classifier-free guidance scale (1 = none)."),
@@ -328,7 +350,7 @@ def generate(
 def interpolate(
     a: Path = typer.Argument(..., help="First mesh file."),
     b: Path = typer.Argument(..., help="Second mesh file."),
-    vae: Path = typer.Option(..., "--vae", help="A VAE checkpoint, or a generator checkpoint (its VAE)."),
+    vae: str = typer.Option(SHIPPED, "--vae", help="A VAE checkpoint, or a generator checkpoint (its VAE); default: the shipped one."),
     n: int = typer.Option(5, "-n", min=2, help="Shapes from A to B, both ends included."),
     seed: int = typer.Option(0, help="Seed of the surface sampling."),
     resolution: int = typer.Option(128, callback=_resolution, help="Marching-cubes cells per side."),
@@ -357,7 +379,7 @@ def interpolate(
 
 @app.command()
 def batch(
-    model: Path = typer.Option(..., "--model", help="A generator checkpoint (sciar shapes train)."),
+    model: str = typer.Option(SHIPPED, "--model", help="A generator checkpoint (sciar shapes train) or a shipped name (default: the shipped one)."),
     input_path: Path = typer.Option(..., "--input", help="CSV or parquet with a 'class' column (optional 'seed')."),
     output: Path = typer.Option(..., "--output", callback=output_file, help="Results table (.csv or .parquet); resumes."),
     meshes: Optional[Path] = typer.Option(None, "--meshes", callback=output_folder, help="Folder for the meshes "

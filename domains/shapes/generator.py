@@ -18,6 +18,7 @@ Every model works on unit-scale tokens: the training latents' mean and standard 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,6 +317,39 @@ def load_generator(path: str | Path, device: str = "cpu") -> Generator:
     if (vae.cfg.num_latents, vae.cfg.latent_dim) != (mcfg.seq_len, mcfg.token_dim):
         raise CheckpointError(f"{path}: its VAE's latents are not the generator's tokens")
     return Generator(model.eval(), kind, classes, mean, std, vae, int(ck.domain.get("points") or 0))
+
+
+def export_generator(run: str | Path, out: str | Path) -> Path:
+    """A trained generator's run directory as a checkpoint to ship: the moving average (what sampling uses) as its
+    only weights, its VAE without training state, and the training command and data fingerprint kept as recorded.
+    Written into a fresh ``out``; the result loads with :func:`load_generator`."""
+    import json
+
+    from sciar.checkpoint import read_checkpoint
+    from sciar.io import sha256_file
+
+    ck = read_checkpoint(run, domain="shapes")
+    if ck.domain.get("role") != ROLE:
+        raise CheckpointError(f"{run} is not a shape generator checkpoint")
+    out = Path(out)
+    if out.exists():
+        raise SciarError(f"{out} exists; export writes a fresh directory")
+    weights = ck.path / ("ema.safetensors" if "ema_sha256" in ck.domain else "model.safetensors")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copyfile(weights, tmp / "model.safetensors")
+    for name in ("config.json", "tokenizer.json", "train_log.csv", "loss.png"):
+        if (ck.path / name).is_file():
+            shutil.copyfile(ck.path / name, tmp / name)
+    shutil.copytree(ck.path / VAE_DIR, tmp / VAE_DIR, ignore=shutil.ignore_patterns("last", ".ckpt-*"))
+    meta = {k: v for k, v in ck.domain.items() if k != "ema_sha256"}
+    meta |= {"weights": "the moving average of the run's weights" if weights.name.startswith("ema") else "the run's weights",
+             "weights_sha256": sha256_file(tmp / "model.safetensors")}
+    (tmp / "domain.json").write_text(json.dumps(meta, indent=1, default=str))
+    os.replace(tmp, out)
+    load_generator(out)  # it must load as it is
+    return out
 
 
 def read_points(path: str | Path, n: int = 2048, seed: int = 0) -> tuple[np.ndarray, Frame]:
