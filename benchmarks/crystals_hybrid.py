@@ -169,7 +169,7 @@ def score(args):
     for split, r in t.items():
         for k in (1, args.n):
             x = r[k]
-            ok = x["diff"] + x["se"] >= 0
+            ok = x["diff"] + (0.0 if x["se"] != x["se"] else x["se"]) >= 0  # one structure: no SE
             print(f"{split:<10} n={k:<3} count {r['count']:<4} lm {x['lm']:.1%}  retrieval {x['retrieval']:.1%}  "
                   f"hybrid {x['hybrid']:.1%}  hybrid - {x['better']} {x['diff']:+.1%} (SE {x['se']:.1%})"
                   f"{'' if ok else '  BELOW'}")
