@@ -14,7 +14,7 @@ from sciar.checkpoint import load_model
 from sciar.decode.tokens import Decoder, generate
 from sciar.errors import CheckpointError, SciarError
 from sciar.lion import Lion
-from sciar.model import LanguageModel, ModelConfig, SelfAttention, emo_transport
+from sciar.model import KVCache, LanguageModel, ModelConfig, SelfAttention, emo_transport
 from sciar.train import TrainConfig, lion_budget, train
 from test_core_sample import toy
 
@@ -62,6 +62,16 @@ def test_primer_cached_decoding_equals_the_uncached_forward():
         dec = Decoder(m, 1, 16)
         steps = [dec.prefill(seq[:, :4])[0]] + [dec.step(seq[:, t])[0] for t in range(4, 10)]
     assert torch.allclose(torch.stack(steps), full[3:], atol=1e-5)
+    # the static step (positions as a tensor, the whole buffer masked: what CUDA graphs replay)
+    with torch.no_grad():
+        cache = KVCache(m.cfg, 1, 16)
+        m(seq[:, :4], cache=cache)
+        cache.pos = torch.tensor([4])
+        static = []
+        for t in range(4, 10):
+            cache.pos.fill_(t)
+            static.append(m(seq[:, t : t + 1], cache=cache)[0, -1])
+    assert torch.allclose(torch.stack(static), full[4:], atol=1e-5)
 
 
 def test_primer_ragged_batch_with_forced_runs_matches_the_uncached_reference():
