@@ -1,8 +1,6 @@
 """The benchmark's point-cloud classifier and memorisation: invariances by construction, two SHREC'16 classes told
 apart, nearest training shapes by hand."""
 
-import tarfile
-
 import numpy as np
 import pytest
 import trimesh
@@ -12,6 +10,7 @@ from domains.shapes.bench import nearest_training
 from domains.shapes.classify import CLOUD_POINTS, cloud_features, train_classifier
 from domains.shapes.metrics import chamfer, memorised_share
 from sciar.errors import SciarError
+from tests.test_shapes_data import shrec  # noqa: F401 (the fixture: camel and two_balls unpacked)
 
 
 def test_features_ignore_rotation_scale_and_position():
@@ -36,22 +35,17 @@ def test_features_tell_a_rod_from_a_ball():
 
 
 @pytest.fixture(scope="module")
-def two_class_cache(tmp_path_factory):
+def two_class_cache(shrec, tmp_path_factory):
     """Two SHREC'16 classes (camel, two_balls; 16 training meshes each) prepared at 2,048 surface points."""
     from domains.shapes.cache import prepare
     from domains.shapes.dataset import find_meshes
     from domains.shapes.sampling import SamplingConfig
-    from tests.conftest import SHARED
 
-    root = tmp_path_factory.mktemp("shrec")
-    with tarfile.open(SHARED / "shapes" / "shrec_16.tar.gz") as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(("shrec_16/camel/", "shrec_16/two_balls/"))]
-        tar.extractall(root, members=members, filter="data")
     cache = tmp_path_factory.mktemp("cache")
-    files = find_meshes(root / "shrec_16")
+    files = find_meshes(shrec)
     prepare(files, cache, SamplingConfig(surface_points=CLOUD_POINTS, dense_factor=2, near_points=16, uniform_points=16),
             progress=False)
-    return cache, root / "shrec_16", files
+    return cache, shrec, files
 
 
 def test_classifier_tells_camels_from_two_balls(two_class_cache):

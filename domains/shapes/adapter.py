@@ -25,4 +25,5 @@ ADAPTER = Adapter(
     app="domains.shapes.cli:app",
     build_model="domains.shapes.adapter:build_model",
     tokenizer_kind=None,
+    checkpoints=("shapes-small",),
 )
