@@ -85,9 +85,10 @@ def main(argv=None):
                     help="energy: search vs sampling on the fixed list (CGCNN, unrelaxed) and the cache timings; "
                          "recovery: ground-state recovery on MP-20 targets at equal scorer calls (relaxed rewards)")
     ap.add_argument("--split", default="test", help="MP-20 split the recovery targets come from (val to tune)")
-    ap.add_argument("--targets", type=int, default=50, help="recovery targets drawn from the split")
+    ap.add_argument("--targets", type=int, default=None, help="recovery targets drawn from the split (default 50, quick 8)")
     ap.add_argument("--target-seed", type=int, default=0, help="seed of the draw of recovery targets")
-    ap.add_argument("--calls", type=int, default=8, help="scorer calls (relaxed and scored structures) per arm and target")
+    ap.add_argument("--calls", type=int, default=None,
+                    help="scorer calls (relaxed and scored structures) per arm and target (default 8, quick 4)")
     ap.add_argument("--max-simulations", type=int, default=None, help="simulation cap of a recovery search (default 6 x calls)")
     ap.add_argument("--root-noise", type=float, default=0.0, help="recovery search: Dirichlet noise on the root priors")
     ap.add_argument("--widening", type=float, default=0.0, help="recovery search: progressive widening exponent")
@@ -99,6 +100,8 @@ def main(argv=None):
                     help="recovery search: also prompt with the cells and space groups of retrieval's N best candidates")
     args = ap.parse_args(argv)
     parts = {x.strip() for x in args.parts.split(",") if x.strip()}
+    args.targets = args.targets or (8 if args.quick else 50)
+    args.calls = args.calls or (4 if args.quick else 8)
 
     import torch
 
@@ -422,7 +425,10 @@ def recovery(args, gen) -> dict:
     calls = args.calls
     rows = []
     t_search = n_search_calls = 0.0
+    stop = False
     for t in targets:
+        if stop:
+            break
         target = structure_from_cif(t["cif"], rebuild=False)
         comp = t["composition"]
         # retrieval: its N best candidates, relaxed and scored like the others; deterministic, so once per target
@@ -440,13 +446,16 @@ def recovery(args, gen) -> dict:
         r_match = r_best is not None and _matches(sm, target, r_best.info.get("relaxed_cif"))
         extra = retrieval_prompts(index, comp, args.retrieval_prompts) if args.retrieval_prompts else []
         for seed in seeds:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             cs = search_composition(comp, simulations=args.max_simulations or 6 * calls, calls=calls, width=args.width,
                                     c=args.c, scorer=make_scorer(args.scorer), relax=True, seed=seed, batch=args.batch,
                                     backup=args.backup.split(",")[0], generator=gen, progress=False,
                                     root_noise=args.root_noise, widening=args.widening, spread=args.spread,
                                     extra_prompts=extra)
-            dt = time.perf_counter() - t0
+            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if cs.result.interrupted:  # Ctrl-C / SIGTERM: the figures of the pairs finished so far
+                stop = True
+                break
             t_search += dt
             n_search_calls += cs.result.calls
             tb = cs.table
@@ -470,7 +479,8 @@ def recovery(args, gen) -> dict:
                    "sequences_search": len(tb), "sequences_sampling": len(s_evs),
                    "simulations_search": int(cs.result.simulations), "nodes_search": int(cs.result.nodes),
                    "win_vs_sampling": outcome(m_best, s_e), "win_vs_retrieval": outcome(m_best, r_e),
-                   "seconds_search": round(dt, 2), "seconds_per_call_search": round(dt / max(cs.result.calls, 1), 2)}
+                   "seconds_search": round(dt, 2), "cpu_seconds_search": round(cpu, 2),
+                   "seconds_per_call_search": round(dt / max(cs.result.calls, 1), 2)}
             rows.append(row)
             print(f"{comp:>12} seed {seed}: search {m_best:8.4f} match {m_match:d} valid {row['valid_rate_search']:.2f} "
                   f"({cs.result.calls:.0f} calls, {len(tb)} CIFs, {dt:.0f} s) | sampling {s_e:8.4f} match {s_match:d} "
@@ -505,6 +515,8 @@ def recovery_summary(rows: list[dict], args, targets: list[dict], seeds: list[in
         "mean_best_energy_sampling": float(df["best_energy_sampling"].mean()),
         "mean_best_energy_retrieval": float(df["best_energy_retrieval"].mean()),
         "seconds_per_scorer_call_search": t_search / max(n_search_calls, 1),
+        "cpu_seconds_per_scorer_call_search": float(df["cpu_seconds_search"].sum() / max(df["calls_search"].sum(), 1))
+        if "cpu_seconds_search" in df else None,
         "recovery_config": {"width": args.width, "c": args.c, "batch": args.batch, "backup": args.backup.split(",")[0],
                             "root_noise": args.root_noise, "widening": args.widening, "spread": args.spread,
                             "retrieval_prompts": args.retrieval_prompts, "target_seed": args.target_seed,

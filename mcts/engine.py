@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mcts.rollout import Decoding, Request, extend_root, rollout_batch
-from mcts.tree import Node, add_virtual_loss, backup, select
+from mcts.tree import Node, add_virtual_loss, backup, noisy_priors, select
 from sciar.errors import SciarError, describe
 from sciar.interrupt import deferred_stop
 from sciar.model import LanguageModel
@@ -207,8 +207,7 @@ def search(model: LanguageModel, problem: Problem, config: SearchConfig | None =
         h.spread = cfg.spread
         if cfg.root_noise > 0 and len(h.priors) > 1:
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            d = rng.dirichlet([cfg.root_alpha] * len(h.priors)).tolist()
-            h.priors = [(1 - cfg.root_noise) * p + cfg.root_noise * x for p, x in zip(h.priors, d)]
+            h.priors = noisy_priors(h.priors, cfg.root_noise, cfg.root_alpha, rng)
     n_nodes = len(heads)
     memo: dict[tuple, Evaluation] = {}
     rows: list[dict] = []

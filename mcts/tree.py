@@ -138,6 +138,12 @@ def select(root: Node, c: float, rule: str = "puct", fpu: str = "parent", backup
         node = child
 
 
+def noisy_priors(priors: list[float], eps: float, alpha: float, rng) -> list[float]:
+    """AlphaZero's root noise: ``(1 - eps) p + eps Dir(alpha)`` (``rng``: a numpy Generator)."""
+    d = rng.dirichlet([alpha] * len(priors))
+    return [(1 - eps) * p + eps * float(x) for p, x in zip(priors, d)]
+
+
 def add_virtual_loss(node: Node, amount: int):
     for n in node.path():
         n.vloss += amount

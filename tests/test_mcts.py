@@ -247,3 +247,31 @@ def test_budget_in_scorer_calls(model):
     with pytest.raises(SciarError, match="negative"):
         search(model, problem(), cfg(calls=-1))
     assert search(model, problem(), cfg(simulations=0, calls=3), progress=False).calls >= 3  # calls alone is a budget
+
+
+def _first_digits(res):
+    return [s[2] for s in res.table.sort_values("simulation")["sequence"]]  # "x=DD;y=DD": the root's choice
+
+
+def test_spread_tries_every_root_child_before_deepening(model):
+    res = search(model, problem(), cfg(simulations=10, batch=1, spread=True), progress=False)
+    assert len(set(_first_digits(res))) == 10  # width 10: each of the root's ten choices once
+
+
+def test_progressive_widening_offers_children_as_visits_grow(model):
+    # batch 1: before simulation k the root has k-1 visits and offers ceil(k ** 0.5) children,
+    # so 8 simulations can use at most ceil(sqrt(8)) = 3 first digits (width 10 without widening)
+    res = search(model, problem(), cfg(simulations=8, batch=1, widening=0.5), progress=False)
+    assert len(set(_first_digits(res))) <= 3
+
+
+def test_root_noise_mixes_a_dirichlet_draw_into_the_priors():
+    import numpy as np
+
+    from mcts.tree import noisy_priors
+
+    p = [0.7, 0.2, 0.1]
+    q = noisy_priors(p, 0.25, 0.3, np.random.default_rng(0))
+    d = np.random.default_rng(0).dirichlet([0.3] * 3)  # the same draw, mixed by hand
+    assert q == pytest.approx([0.75 * a + 0.25 * b for a, b in zip(p, d)])
+    assert sum(q) == pytest.approx(1.0) and noisy_priors(p, 0.0, 0.3, np.random.default_rng(1)) == pytest.approx(p)
