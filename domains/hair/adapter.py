@@ -7,4 +7,5 @@ ADAPTER = Adapter(
     app="domains.hair.cli:app",
     build_model="domains.hair.training:build_model",
     tokenizer_kind=None,
+    checkpoints=("hair-tiny",),
 )
