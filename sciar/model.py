@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sciar.errors import SciarError
+from sciar.losses import next_token_loss
 
 
 @dataclass
@@ -537,23 +538,13 @@ class MTPHead(nn.Module):
         return h + F.silu(self.fc(h))
 
 
-def emo_transport(logits: torch.Tensor, targets: torch.Tensor, cost_embedding: torch.Tensor) -> torch.Tensor:
-    """EMO's transport cost per position: moving the model's next-token distribution ``q`` onto the target
-    token ``y`` costs ``sum_i q_i (1 - cos(e_i, e_y))`` (all mass must reach ``y``, so this is the exact
-    earth mover's distance to a one-hot target), with ``e`` the rows of a frozen embedding."""
-    e = F.normalize(cost_embedding.float(), dim=-1)
-    q = logits.float().softmax(-1)
-    return 1 - ((q @ e) * e[targets.clamp(min=0)]).sum(-1)
-
-
 class LanguageModel(nn.Module):
     """Trunk + LM head: the model of every token domain. ``forward`` returns the loss when given targets.
 
     Training options (README "core options"): ``cfg.meap`` replaces that share of the input tokens by a
     learned mask vector while training (the targets stay: next-token prediction over masked inputs);
     ``emo_cost`` (a frozen ``[vocab, d]`` embedding, set by :func:`sciar.train.train` from ``TrainConfig.emo``)
-    mixes EMO's transport cost into the loss as its authors do, per token
-    ``(CE + min(CE / EMD, 3) EMD) / 2`` with the ratio not differentiated; ``cfg.mtp_heads`` adds heads that
+    mixes EMO's transport cost into the loss (:func:`sciar.losses.next_token_loss`); ``cfg.mtp_heads`` adds heads that
     predict the tokens 2, 3, ... ahead, their cross-entropies added to the loss.
     """
 
@@ -580,17 +571,7 @@ class LanguageModel(nn.Module):
             return self.head(h)
         if prefix is not None:
             h = h[:, prefix.shape[1] :]
-        logits = self.head(h)
-        # targets < 0 are ignored (padding, prompt positions)
-        flat, tgt = logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1)
-        if self.emo_cost is None:
-            loss = F.cross_entropy(flat, tgt, ignore_index=-1)
-        else:
-            ce = F.cross_entropy(flat, tgt, ignore_index=-1, reduction="none")
-            emd = emo_transport(flat, tgt, self.emo_cost)
-            keep = (tgt >= 0).float()
-            per = 0.5 * (ce + torch.clamp(ce / (emd + 1e-10), max=3.0).detach() * emd)
-            loss = (per * keep).sum() / keep.sum().clamp(min=1)
+        loss = next_token_loss(self.head(h), targets, self.emo_cost)  # targets < 0 ignored
         if self.mtp is not None:
             loss = loss + self.mtp_loss(h, targets)
         return loss

@@ -14,7 +14,8 @@ from sciar.checkpoint import load_model
 from sciar.decode.tokens import Decoder, generate
 from sciar.errors import CheckpointError, SciarError
 from sciar.lion import Lion
-from sciar.model import KVCache, LanguageModel, ModelConfig, SelfAttention, emo_transport
+from sciar.losses import emo_transport
+from sciar.model import KVCache, LanguageModel, ModelConfig, SelfAttention
 from sciar.train import TrainConfig, lion_budget, train
 from test_core_sample import toy
 
