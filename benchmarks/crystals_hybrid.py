@@ -157,6 +157,7 @@ def table(rows, n, **rule) -> dict:
             best = "lm" if m["lm"].mean() >= m["retrieval"].mean() else "retrieval"
             d = m["hybrid"] - m[best]
             res[k] = {**{s: float(v.mean()) for s, v in m.items()}, "better": best, "diff": float(d.mean()),
+                      "losses": int((d < 0).sum()),
                       "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")}
         out[split] = {"count": len(rs), **res}
     return out
@@ -182,8 +183,11 @@ GRID = dict(consensus=(0, 1, 2, 3, 5), lead=(0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 
 
 
 def fit(args):
-    """Every rule of ``GRID`` on the recorded (validation) lists: the worst margin over splits and n of the
-    hybrid over the better strategy, the rules with the largest first (ties: the larger summed match rate)."""
+    """Every rule of ``GRID`` on the recorded (validation) lists, best first. The issue asks that the hybrid's
+    first n be at least as good as either strategy's first n, so rules are ranked by (1) the worst net margin
+    over splits and n of the hybrid over the better strategy, (2) then the fewest structures, summed over splits
+    and n, that the better strategy matches and the hybrid misses (losses a net margin hides), (3) then the
+    larger summed match rate."""
     import itertools
 
     rows = load(args.files)
@@ -192,14 +196,15 @@ def fit(args):
         rule = dict(consensus=c, lead=l, pattern=p)
         t = table(rows, args.n, **rule)
         worst = min(t[s][k]["diff"] for s in t for k in (1, args.n))
+        losses = sum(t[s][k]["losses"] for s in t for k in (1, args.n))
         total = sum(t[s][k]["hybrid"] for s in t for k in (1, args.n))
-        scored.append((worst, total, rule, t))
-    scored.sort(key=lambda x: (-x[0], -x[1]))
-    for worst, total, rule, t in scored[: args.top]:
-        print(f"{json.dumps(rule):<55} worst {worst:+.1%}  " + "  ".join(
+        scored.append((worst, losses, total, rule, t))
+    scored.sort(key=lambda x: (-x[0], x[1], -x[2]))
+    for worst, losses, total, rule, t in scored[: args.top]:
+        print(f"{json.dumps(rule):<55} worst {worst:+.1%} losses {losses:<3} " + "  ".join(
             f"{s[:6]} {t[s][1]['hybrid']:.0%}/{t[s][args.n]['hybrid']:.0%} ({t[s][1]['diff']:+.0%}/{t[s][args.n]['diff']:+.0%})"
             for s in t))
-    return scored[0][2]
+    return scored[0][3]
 
 
 def main(argv=None):

@@ -103,7 +103,7 @@ def sample(
     bonds: bool = typer.Option(True, help="Run the CrystalNN bond-length check (slower) in the summary."),
     threads: int = typer.Option(1, min=1, help="CPU threads for decoding (1 is fastest for small models)."),
     strategy: str = typer.Option("lm", help="lm: the language model; retrieval: substituted known structures from "
-                                 "--templates (no model); hybrid: both lists merged, structures both propose first, then in turn."),
+                                 "--templates (no model); hybrid: the model's likeliest structure, then retrieval's list (the rule fitted on validation splits)."),
     templates: Optional[List[Path]] = typer.Option(None, help="Known structures for retrieval/hybrid: corpus tables, "
                                                    "CDVAE CSVs or CIF folders (default: the shipped corpus)."),
 ):
