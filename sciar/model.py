@@ -51,6 +51,7 @@ class ModelConfig:
     bias: bool = False
     pos: str = "rope"  # "rope" | "learned" | "none"
     rope_base: float = 10000.0
+    rope_scale: float = 1.0  # position interpolation: rotary angles of position p are those of p / rope_scale
     attention: str = "causal"  # "causal" | "bidirectional" (every position sees every other)
     cond_dim: int = 0  # size of the condition vector fed to every block by adaptive layer norm (0: none)
     cross_dim: int = 0  # size of the condition tokens every block cross-attends to (0: no cross-attention)
@@ -67,6 +68,8 @@ class ModelConfig:
             raise SciarError(f"unknown position encoding {self.pos!r} (rope, learned or none)")
         if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
             raise SciarError("rotary positions need an even head dimension")
+        if not self.rope_scale >= 1.0:
+            raise SciarError(f"rope_scale stretches the trained positions over a longer context: >= 1, got {self.rope_scale}")
         if self.attention not in ("causal", "bidirectional"):
             raise SciarError(f"unknown attention mode {self.attention!r} (causal or bidirectional)")
         if self.cond_dim < 0 or self.cross_dim < 0:
@@ -178,7 +181,7 @@ class KVCache:
 def _rope_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     hd = cfg.n_embd // cfg.n_head
     inv = 1.0 / (cfg.rope_base ** (torch.arange(0, hd, 2, device=device, dtype=torch.float32) / hd))
-    t = torch.arange(cfg.block_size, device=device, dtype=torch.float32)
+    t = torch.arange(cfg.block_size, device=device, dtype=torch.float32) / cfg.rope_scale
     freqs = torch.outer(t, inv)  # [T, hd/2]
     return freqs.cos(), freqs.sin()
 
@@ -591,3 +594,22 @@ class LanguageModel(nn.Module):
             total = total + F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
                                             targets[:, shift:].reshape(-1), ignore_index=-1)
         return total
+
+
+def with_context(model: LanguageModel, block_size: int) -> LanguageModel:
+    """A copy of ``model`` whose context holds ``block_size`` tokens, by rotary position interpolation
+    (Chen et al. 2023, "Extending Context Window of Large Language Models via Positional Interpolation"):
+    position p of the longer context gets the rotary angles the model learned for p * old / new, so every angle
+    stays inside the trained range; a short fine-tune at the new length then adapts the model to the denser
+    positions. The weights are copied as they are (rotary tables are not weights); learned position tables have
+    no entries past the trained length, so only rotary models extend."""
+    cfg = model.cfg
+    if cfg.pos != "rope":
+        raise SciarError(f"only rotary positions extend by interpolation; this model has pos={cfg.pos!r}")
+    if block_size < cfg.block_size:
+        raise SciarError(f"the context can only grow: {block_size} < the model's {cfg.block_size}")
+    new = ModelConfig(**{**cfg.to_dict(), "block_size": block_size,
+                         "rope_scale": cfg.rope_scale * block_size / cfg.block_size})
+    out = LanguageModel(new, tied=model.head.tied)
+    out.load_state_dict(model.state_dict())
+    return out.to(next(model.parameters()).device)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sciar.errors import SciarError
-from sciar.model import KVCache, LanguageModel, ModelConfig, Transformer
+from sciar.model import KVCache, LanguageModel, ModelConfig, Transformer, with_context
 
 
 def tiny(**kw):
@@ -101,3 +101,42 @@ def test_tied_head_and_no_biases():
     m = LanguageModel(tiny())
     assert m.head.weight is m.trunk.wte.weight
     assert not any(n.endswith("bias") for n, _ in m.named_parameters())
+
+
+def test_rope_interpolation_gives_position_p_the_angles_of_p_over_scale():
+    import math
+
+    cfg = ModelConfig(vocab_size=11, block_size=16, n_layer=1, n_head=2, n_embd=8, rope_scale=4.0)
+    t = Transformer(cfg)
+    hd = 4  # head dimension: angles p / 4 * 10000^(-2i/hd), i = 0, 1, worked out by hand
+    for p in (0, 3, 15):
+        for i in range(hd // 2):
+            angle = p / 4.0 * 10000.0 ** (-2 * i / hd)
+            assert t.rope_cos[p, i].item() == pytest.approx(math.cos(angle), abs=1e-6)
+            assert t.rope_sin[p, i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+    with pytest.raises(SciarError, match="rope_scale"):
+        ModelConfig(vocab_size=11, rope_scale=0.5)
+
+
+def test_with_context_doubles_the_context_and_keeps_the_function_at_stretched_positions():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=13, block_size=32, n_layer=2, n_head=2, n_embd=16)
+    base = LanguageModel(cfg).eval()
+    long = with_context(base, 64).eval()
+    assert long.cfg.block_size == 64 and long.cfg.rope_scale == 2.0
+    idx = torch.randint(0, 13, (2, 20))
+    p = torch.arange(20)
+    with torch.no_grad():
+        # position 2p of the extended model turns queries and keys by the angles of p in the original
+        a = base(idx, positions=p)
+        b = long(idx, positions=2 * p)
+        assert torch.allclose(a, b, atol=1e-5)
+        # and it accepts sequences the original refuses
+        long(torch.randint(0, 13, (1, 50)))
+    with pytest.raises(SciarError, match="exceeds"):
+        base(torch.randint(0, 13, (1, 50)))
+    with pytest.raises(SciarError, match="only grow"):
+        with_context(base, 16)
+    with pytest.raises(SciarError, match="rotary"):
+        with_context(LanguageModel(ModelConfig(vocab_size=13, block_size=32, n_layer=1, n_head=2, n_embd=16,
+                                               pos="learned")), 64)

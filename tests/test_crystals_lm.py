@@ -40,6 +40,25 @@ def tiny_ck(perov, tmp_path_factory):
     return out
 
 
+def test_fine_tune_extends_the_context_by_rope_interpolation(perov, tiny_ck, tmp_path):
+    from sciar.checkpoint import load_language_model
+    from safetensors.torch import load_file
+
+    out = tmp_path / "long"
+    base = json.loads((tiny_ck / "config.json").read_text())["model"]
+    train_crystal_lm(perov[["canonical"]], out, "tiny", steps=1, batch_size=1, lr=1e-9, progress=False,
+                     init=str(tiny_ck), block_size=2 * base["block_size"])
+    model, _, ck = load_language_model(out)
+    assert model.cfg.block_size == 2 * base["block_size"] and model.cfg.rope_scale == 2.0
+    assert ck.domain["init"]["checkpoint"] == tiny_ck.name and ck.domain["init"]["block_size"] == base["block_size"]
+    # the fine-tune started from the checkpoint's weights (one step at a negligible learning rate moves them little)
+    a, b = load_file(tiny_ck / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    with pytest.raises(SciarError, match="below"):
+        train_crystal_lm(perov[["canonical"]], tmp_path / "short", "tiny", steps=1, batch_size=1, progress=False,
+                         init=str(tiny_ck), block_size=base["block_size"] // 2)
+
+
 def test_windows_start_at_cif_boundaries(perov):
     tok = cif_tokenizer()
     src, info = make_source(perov, tok, block_size=512, val_fraction=0.0)

@@ -65,7 +65,10 @@ def train(
     steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps (default: the preset's)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Windows per step (default: the preset's)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the preset's)."),
-    block_size: Optional[int] = typer.Option(None, min=64, help="Context length in tokens (default: the preset's, 1024)."),
+    block_size: Optional[int] = typer.Option(None, min=64, help="Context length in tokens (default: the preset's, 1024; with --init a "
+                                             "larger one extends the checkpoint's context by rotary position interpolation)."),
+    init: Optional[str] = typer.Option(None, help="Fine-tune this crystal checkpoint (directory or shipped name) instead of a new "
+                                       "--preset model; the preset still sets the steps, batch and learning rate."),
     dedup: bool = typer.Option(True, help="Deduplicate by (formula, space group), keeping the lowest volume per formula unit."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     seed: int = typer.Option(1337, help="Random seed."),
@@ -78,7 +81,7 @@ def train(
 
     set_threads(threads)
     s = train_crystal_lm(data, out, preset, steps=steps, batch_size=batch_size, lr=lr, block_size=block_size,
-                         device=device, seed=seed, dedup=dedup, val=val, workers=workers)
+                         device=device, seed=seed, dedup=dedup, val=val, workers=workers, init=init)
     left_out = [f"{s['n_dropped_too_long']} longer than the context", f"{s['n_duplicates']} duplicates"]
     if s["n_unusable"]:
         left_out.append(f"{s['n_unusable']} unusable (reasons in {out / 'unusable_inputs.csv'})")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from domains.crystals import DOMAIN
-from sciar.errors import DataError
+from sciar.errors import DataError, SciarError
 from sciar.presets import choose, train_budget
 from sciar.runtime import count_parameters
 
@@ -111,6 +111,26 @@ def make_source(df: pd.DataFrame, tok, block_size: int, val_fraction: float = 0.
     return src, info
 
 
+def _init_model(init, tok, block_size: int | None):
+    """The model of crystal checkpoint ``init`` (training mode), its context extended to ``block_size`` if larger,
+    and what the new checkpoint records of its start (name, data fingerprint, context)."""
+    from sciar.checkpoint import load_language_model
+    from sciar.errors import CheckpointError
+    from sciar.model import with_context
+    from sciar.paths import find_checkpoint
+
+    model, base_tok, ck = load_language_model(find_checkpoint(init), DOMAIN)
+    if base_tok.to_dict() != tok.to_dict():
+        raise CheckpointError(f"{ck.path.name}: its tokenizer is not this version's CIF tokenizer; it cannot be fine-tuned")
+    old = model.cfg.block_size
+    if block_size is not None and block_size < old:
+        raise SciarError(f"--block-size {block_size} is below {ck.path.name}'s context of {old}; a fine-tune keeps or extends it")
+    if block_size is not None and block_size > old:
+        model = with_context(model, block_size)
+    start = {"checkpoint": ck.path.name, "data_fingerprint": ck.domain.get("data_fingerprint"), "block_size": old}
+    return model.train(), start
+
+
 def corpus_source(data, block_size: int, dedup: bool = True, val=None, seed: int = 1337,
                   workers: int | None = None, progress: bool = True, unusable_out: Path | None = None):
     """The training source for ``data`` (paths or a DataFrame): (TokenWindows, info, fingerprint, sources).
@@ -146,8 +166,12 @@ def corpus_source(data, block_size: int, dedup: bool = True, val=None, seed: int
 def train_crystal_lm(data, out: str | Path, preset_name: str = "tiny", steps: int | None = None,
                      batch_size: int | None = None, lr: float | None = None, block_size: int | None = None,
                      device: str = "auto", seed: int = 1337, dedup: bool = True, val=None, progress: bool = True,
-                     resume: bool = True, workers: int | None = None, callback=None) -> dict:
-    """Train a CIF language model on canonicalised ``data`` (paths or a DataFrame) and write a checkpoint."""
+                     resume: bool = True, workers: int | None = None, callback=None, init=None) -> dict:
+    """Train a CIF language model on canonicalised ``data`` (paths or a DataFrame) and write a checkpoint.
+
+    ``init``: start from this crystal checkpoint's weights (fine-tuning; its shape replaces the preset's, whose
+    training budget is kept); a ``block_size`` above its context extends the context by rotary position
+    interpolation (:func:`sciar.model.with_context`), e.g. for cells whose CIFs outgrow 1,024 tokens."""
     import torch
 
     from domains.crystals.tokenizer import cif_tokenizer
@@ -156,19 +180,26 @@ def train_crystal_lm(data, out: str | Path, preset_name: str = "tiny", steps: in
 
     p = preset(preset_name)
     tok = cif_tokenizer()
-    mcfg = dict(p["model"])
-    if block_size:
-        mcfg["block_size"] = block_size
-    cfg = ModelConfig(vocab_size=tok.vocab_size, **mcfg)
+    torch.manual_seed(seed)
+    if init is not None:
+        model, start = _init_model(init, tok, block_size)
+        cfg = model.cfg
+    else:
+        mcfg = dict(p["model"])
+        if block_size:
+            mcfg["block_size"] = block_size
+        cfg, start = ModelConfig(vocab_size=tok.vocab_size, **mcfg), None
+        model = None
     src, info, fp, sources = corpus_source(data, cfg.block_size, dedup=dedup, val=val, seed=seed, workers=workers,
                                            progress=progress, unusable_out=Path(out) / "unusable_inputs.csv")
     tcfg = train_budget(p["train"], steps=steps, batch_size=batch_size, lr=lr)
     tc = TrainConfig(device=device, seed=seed, progress=progress, eval_batches=10, **tcfg)
-    torch.manual_seed(seed)
-    model = LanguageModel(cfg)
+    model = model if model is not None else LanguageModel(cfg)
     domain = {"domain": DOMAIN, "data_fingerprint": fp, "data": sources, "preset": preset_name, **info}
-    summary = train(model, src, tc, out, {"model": cfg.to_dict(), "tied": True}, tok, domain, resume=resume,
-                    callback=callback)
+    if start is not None:
+        domain["init"] = start
+    summary = train(model, src, tc, out, {"model": cfg.to_dict(), "tied": model.head.tied}, tok, domain,
+                    resume=resume, callback=callback)
     summary.update(info)
     summary["params"] = count_parameters(model)
     return summary
