@@ -9,6 +9,7 @@ from domains.shapes.extract import extract_mesh, sample_grid
 from domains.shapes.grid_baseline import reconstruct
 from domains.shapes.mesh import inside
 from sciar.errors import SciarError
+from sciar.pointcloud import fscore
 
 
 def test_volume_iou_of_concentric_cubes_and_spheres_is_the_volume_ratio():
@@ -32,8 +33,8 @@ def test_chamfer_and_fscore_of_hand_worked_point_sets():
     assert M.chamfer(a, b) == pytest.approx(0.03)
     assert M.chamfer(b, b) == 0.0
     # precision: 1 of 2 predicted points within 0.2 of the truth; recall: the one true point is covered
-    assert M.fscore(b, a, 0.2) == pytest.approx(2 * 0.5 * 1.0 / 1.5)
-    assert M.fscore(b, a, 0.05) == 0.0
+    assert fscore(b, a, 0.2) == pytest.approx(2 * 0.5 * 1.0 / 1.5)
+    assert fscore(b, a, 0.05) == 0.0
 
 
 def test_reconstruction_metrics_of_an_empty_prediction():
@@ -117,3 +118,4 @@ def test_training_set_reference_of_a_set_against_itself(tmp_path):
     out = training_set_reference(train, test, progress=False)
     assert out["cov"] == 1.0 and out["generated"] == out["reference"] == 3
     assert out["nna"] == 0.0 and out["mmd"] < 0.005
+
