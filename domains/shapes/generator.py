@@ -131,7 +131,7 @@ def generate_causal(model: CausalLatentModel, labels: torch.Tensor, cfg: float =
     else:
         emb = model.classes(labels, None, B)
 
-    def step(h: torch.Tensor, i: int) -> Step:
+    def step(h: torch.Tensor, i: int, rows: torch.Tensor) -> Step:  # no row ends early: rows are all of them
         # guided: the conditioned rows first, the unconditioned second, as the head takes them; both halves read
         # the token drawn for their row
         new = model.head.sample(h, temperature, guidance_scale(cfg, i + 1, L) if guided else 1.0, head_steps, gens)
