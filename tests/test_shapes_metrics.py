@@ -119,3 +119,14 @@ def test_training_set_reference_of_a_set_against_itself(tmp_path):
     assert out["cov"] == 1.0 and out["generated"] == out["reference"] == 3
     assert out["nna"] == 0.0 and out["mmd"] < 0.005
 
+
+def test_the_picture_grid_fits_the_number_of_shapes(tmp_path):
+    from PIL import Image
+
+    from domains.shapes.render import grid_shape, render_meshes
+
+    # at most 4 to a row: n = 1, 2, 4, 5, 9 -> 1x1, 1x2, 1x4, 2x4, 3x4 (no empty column); nothing: one empty cell
+    assert [grid_shape(n, 4) for n in (1, 2, 4, 5, 9, 0)] == [(1, 1), (1, 2), (1, 4), (2, 4), (3, 4), (1, 1)]
+    box = trimesh.creation.box((1.0, 1.0, 1.0))
+    render_meshes([box, box], ["a", "b"], tmp_path / "two.png", cell=1.0)
+    assert Image.open(tmp_path / "two.png").size == (180, 90)  # two 1-inch cells at 90 dpi, side by side
