@@ -265,6 +265,7 @@ class _RecomputingMasked(MaskedModel):
     def conditions(self, batch, labels=None, prefix=None, context=None, drop=None):
         c = super().conditions(batch, labels, prefix, context, drop)
         raw = self.trunk.null_context.expand(batch, 1, -1) if context is None else context
+        drop = drop.get("context") if isinstance(drop, dict) else drop  # per condition, or every condition
         if drop is not None:
             raw = torch.where(drop[:, None, None], self.trunk.null_context, raw)
         c.context = _PerUseKV(self.trunk, raw)

@@ -260,7 +260,6 @@ def main():
 
     import torch
 
-    import domains  # noqa: F401  registers the crystal checkpoints
     from domains.crystals.corpus import read_corpus
 
     torch.set_num_threads(args.threads)

@@ -6,9 +6,15 @@ mixes their predictions with a guidance scale. The dropped rows see a *null* con
 the null class (index ``num_classes``) here, the learned null context of the trunk's
 cross-attention (:meth:`sciar.model.Transformer.encode_context`), or a learned null
 vector of the caller's own.
+
+With several conditions (a class and a point cloud, say) each is dropped independently with
+its own probability (:func:`drop_conditions`), so the model also learns each condition
+without the others and guidance may act on one condition while the others stay.
 """
 
 from __future__ import annotations
+
+from typing import Mapping
 
 import torch
 import torch.nn as nn
@@ -23,6 +29,18 @@ def drop_rows(batch: int, p: float, device=None, generator: torch.Generator | No
     if p == 0.0:
         return torch.zeros(batch, dtype=torch.bool, device=device)
     return torch.rand(batch, device=device, generator=generator) < p
+
+
+def drop_conditions(batch: int, each: Mapping[str, float], joint: float = 0.0, device=None,
+                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Which rows lose which condition: ``{name: [batch] bool}``.
+
+    Condition ``name`` is dropped with probability ``each[name]``, independently of the others,
+    and every condition of a row is dropped together with probability ``joint``; so a condition
+    is lost with probability ``1 - (1 - joint) (1 - each[name])``.
+    """
+    together = drop_rows(batch, joint, device, generator)
+    return {name: together | drop_rows(batch, p, device, generator) for name, p in each.items()}
 
 
 class ClassEmbedding(nn.Module):

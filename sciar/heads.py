@@ -163,12 +163,13 @@ class MultiFieldHead(nn.Module):
 
     @torch.no_grad()
     def sample(self, h: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-               generator: torch.Generator | None = None, allowed=None) -> torch.Tensor:
-        """Fields ``[N, F]`` (long) for hidden states ``h [N, C]``.
+               generator: torch.Generator | None = None, allowed=None, step: int = 0) -> torch.Tensor:
+        """Fields ``[N, F]`` (long) for hidden states ``h [N, C]`` at decoding step ``step``.
 
-        ``allowed(j, chosen [N, j]) -> BoolTensor [N, size_j]``, when given, restricts field ``j``
-        given the fields chosen so far (before temperature and top-k); a row with nothing
-        allowed gets ``-1`` (padding) in that field.
+        ``allowed(step, j, chosen [N, j]) -> BoolTensor [N, size_j]``, when given, restricts field
+        ``j`` at that step given the fields chosen so far (before temperature and top-k), so a
+        grammar may depend on the position in the sequence; a row with nothing allowed gets
+        ``-1`` (padding) in that field.
         """
         N = h.shape[0]
         chosen = torch.full((N, len(self.field_sizes)), -1, dtype=torch.long, device=h.device)
@@ -177,9 +178,9 @@ class MultiFieldHead(nn.Module):
             logits = head(z).float()
             none = None
             if allowed is not None:
-                ok = torch.as_tensor(allowed(j, chosen[:, :j]), device=h.device)
+                ok = torch.as_tensor(allowed(step, j, chosen[:, :j]), device=h.device)
                 if ok.dtype != torch.bool or tuple(ok.shape) != (N, n):
-                    raise SciarError(f"allowed({j}, ...) must return a bool tensor of shape {(N, n)}, "
+                    raise SciarError(f"allowed({step}, {j}, ...) must return a bool tensor of shape {(N, n)}, "
                                      f"got {ok.dtype} {tuple(ok.shape)}")
                 none = ~ok.any(-1)
                 logits = logits.masked_fill(~(ok | none[:, None]), float("-inf"))

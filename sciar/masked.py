@@ -20,10 +20,11 @@ Conditions, any combination:
 Training (``forward`` returns the loss, so :func:`sciar.train.train` runs it): per row a
 random order and a mask ratio from a Gaussian of mean 1.0 and std 0.25 truncated to
 [``mask_ratio_min``, 1]; the first ``ceil(ratio * L)`` positions of the order are masked
-and the loss is the head's on those only. Each row loses every condition with probability
-``cond_drop`` (the null class, the learned null prefix and null context), which trains the
-unconditioned model that classifier-free guidance needs. Generation:
-:func:`sciar.decode.masked.generate`.
+and the loss is the head's on those only. Each row loses each of its conditions independently
+(``class_drop``, ``prefix_drop``, ``context_drop``: the null class, the learned null prefix,
+the null context) and all of them together with probability ``cond_drop``, which trains the
+unconditioned models that classifier-free guidance needs, per condition or for all at once.
+Generation: :func:`sciar.decode.masked.generate`.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 
-from sciar.conditioning import ClassEmbedding, drop_rows
+from sciar.conditioning import ClassEmbedding, drop_conditions
 from sciar.errors import SciarError
 from sciar.heads import DiffusionHead
 from sciar.model import ContextKV, ModelConfig, Transformer
 
 MASK_RATIO_MEAN, MASK_RATIO_STD = 1.0, 0.25  # MAR's training mask-ratio distribution (before truncation)
+CONDITIONS = ("class", "prefix", "context")  # a masked model's conditions, as dropout and guidance name them
 
 
 @dataclass
@@ -50,7 +52,11 @@ class MaskedConfig:
     num_classes: int = 0  # class labels 0..num_classes-1 (0: no class condition)
     prefix_len: int = 0  # condition vectors in the prefix (0: none)
     prefix_dim: int = 0  # their size
-    cond_drop: float = 0.1  # probability that a training row loses all its conditions (classifier-free guidance)
+    # condition dropout in training (classifier-free guidance): each condition on its own, and all together
+    class_drop: float = 0.1  # probability that a training row loses its class label
+    prefix_drop: float = 0.1  # ... its prefix condition vectors
+    context_drop: float = 0.1  # ... its cross-attention condition tokens
+    cond_drop: float = 0.0  # ... every condition at once (configs from before per-condition dropout: their only one)
     mask_ratio_min: float = 0.7  # the training mask ratio is at least this
     head_width: int = 256
     head_depth: int = 3
@@ -65,8 +71,9 @@ class MaskedConfig:
             raise SciarError("prefix_len and prefix_dim go together (both 0 for no prefix condition)")
         if not 0 < self.mask_ratio_min <= 1:
             raise SciarError(f"mask_ratio_min must be in (0, 1], got {self.mask_ratio_min}")
-        if not 0 <= self.cond_drop < 1:
-            raise SciarError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
+        for name in ("class_drop", "prefix_drop", "context_drop", "cond_drop"):
+            if not 0 <= getattr(self, name) < 1:
+                raise SciarError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,7 +83,13 @@ class MaskedConfig:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise SciarError(f"unknown masked-model config keys: {sorted(unknown)}")
+        if "class_drop" not in d:  # written before per-condition dropout: cond_drop dropped every condition at once
+            d = {"cond_drop": 0.1, **d, "class_drop": 0.0, "prefix_drop": 0.0, "context_drop": 0.0}
         return cls(**d)
+
+    def condition_drop(self) -> dict[str, float]:
+        """Each condition's own dropout probability, by name (:data:`CONDITIONS`)."""
+        return {"class": self.class_drop, "prefix": self.prefix_drop, "context": self.context_drop}
 
 
 @dataclass
@@ -133,14 +146,35 @@ class MaskedModel(nn.Module):
         """Whether the model has any condition (guidance needs one)."""
         return bool(self.n_prefix or self.cfg.cross_dim)
 
-    def conditions(self, batch: int, labels=None, prefix=None, context=None, drop: torch.Tensor | None = None) -> Conditions:
-        """The trunk's inputs for the given conditions; ``drop [B]`` (bool) gives those rows the null ones.
+    @property
+    def condition_names(self) -> tuple[str, ...]:
+        """The conditions this model takes, of :data:`CONDITIONS`."""
+        has = (self.classes is not None, self.prefix_proj is not None, bool(self.cfg.cross_dim))
+        return tuple(name for name, h in zip(CONDITIONS, has) if h)
+
+    def training_drop(self, batch: int, device=None, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Which rows of a training batch lose which condition (the config's per-condition and joint dropout)."""
+        p = self.mcfg.condition_drop()
+        return drop_conditions(batch, {n: p[n] for n in self.condition_names}, self.mcfg.cond_drop, device, generator)
+
+    def conditions(self, batch: int, labels=None, prefix=None, context=None,
+                   drop: torch.Tensor | dict[str, torch.Tensor] | None = None) -> Conditions:
+        """The trunk's inputs for the given conditions; ``drop`` gives rows the null conditions: ``[B]`` bool
+        (those rows lose every condition) or ``{name: [B] bool}`` per condition (:data:`CONDITIONS`; one left
+        out is kept).
 
         A condition left out (None) is the null condition for every row; one the model was not
         trained with is a one-line :class:`SciarError`.
         """
         mcfg, device = self.mcfg, self.mask_token.device
         parts, cond = [], None
+        if isinstance(drop, dict):
+            unknown = set(drop) - set(CONDITIONS)
+            if unknown:
+                raise SciarError(f"unknown conditions {sorted(unknown)} (choose from {', '.join(CONDITIONS)})")
+            drops = drop
+        else:
+            drops = dict.fromkeys(CONDITIONS, drop)
         if labels is not None and self.classes is None:
             raise SciarError("this model was not trained with class labels (num_classes=0)")
         if prefix is not None and self.prefix_proj is None:
@@ -151,7 +185,7 @@ class MaskedModel(nn.Module):
             if x is not None and not torch.isfinite(x).all():
                 raise SciarError(f"{name} hold NaN or infinity")
         if self.classes is not None:
-            emb = self.classes(labels, drop, batch)
+            emb = self.classes(labels, drops.get("class"), batch)
             if len(emb) != batch:
                 raise SciarError(f"{len(emb)} class labels for {batch} rows")
             parts.append(emb[:, None])
@@ -165,10 +199,12 @@ class MaskedModel(nn.Module):
                 if tuple(prefix.shape) != want:
                     raise SciarError(f"prefix condition must be {list(want)}, got {list(prefix.shape)}")
                 p = self.prefix_proj(prefix.to(device))
-                parts.append(p if drop is None else torch.where(drop[:, None, None], null, p))
+                d = drops.get("prefix")
+                parts.append(p if d is None else torch.where(d.to(device)[:, None, None], null, p))
         kv = None
         if self.cfg.cross_dim:
-            kv = self.trunk.encode_context(None if context is None else context.to(device), drop=drop, batch=batch)
+            kv = self.trunk.encode_context(None if context is None else context.to(device), drop=drops.get("context"),
+                                           batch=batch)
             if kv.batch != batch:
                 raise SciarError(f"condition tokens for {kv.batch} rows, {batch} rows asked for")
         return Conditions(torch.cat(parts, 1) if parts else None, cond, kv)
@@ -195,7 +231,7 @@ class MaskedModel(nn.Module):
     def forward(self, tokens: torch.Tensor, labels=None, prefix=None, context=None) -> torch.Tensor:
         """Training loss of a batch of objects ``tokens [B, L, token_dim]``."""
         B = self._check_tokens(tokens)
-        drop = drop_rows(B, self.mcfg.cond_drop, tokens.device) if self.training and self.conditioned else None
+        drop = self.training_drop(B, tokens.device) if self.training and self.conditioned else None
         c = self.conditions(B, labels, prefix, context, drop)
         masked = self.random_mask(B)
         return self.head.loss(self.hidden(tokens, masked, c), tokens, masked)

@@ -30,3 +30,15 @@ def benchmark_module():
         return mod
 
     return load
+
+
+@pytest.fixture(scope="module")
+def shrec(tmp_path_factory):
+    """Two classes of SHREC'16 (camel, two_balls), unpacked from the shared archive (shape tests)."""
+    import tarfile
+
+    dest = tmp_path_factory.mktemp("shrec")
+    with tarfile.open(SHARED / "shapes" / "shrec_16.tar.gz") as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(("shrec_16/camel/", "shrec_16/two_balls/"))]
+        tar.extractall(dest, members=members, filter="data")
+    return dest / "shrec_16"

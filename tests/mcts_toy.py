@@ -6,8 +6,6 @@ score is the distance of the digits to a target (lower is better); a last digit
 0 makes a line invalid, like a failed validity check.
 """
 
-import math
-
 import torch
 
 from mcts import Evaluation

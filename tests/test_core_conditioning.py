@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from sciar.checkpoint import load_language_model
-from sciar.conditioning import ClassEmbedding, drop_rows
+from sciar.conditioning import ClassEmbedding, drop_conditions, drop_rows
 from sciar.errors import SciarError
 from sciar.model import KVCache, LanguageModel, ModelConfig, Transformer
 
@@ -133,6 +133,21 @@ def test_class_dropout_rate_and_null_class():
     assert 60 < int(is_null.sum()) < 140  # Binomial(200, 0.5) within 5.6 sigma
     torch.testing.assert_close(out[~is_null], emb.table.weight[labels[~is_null]])
     assert torch.equal(emb(None, batch=3), emb.table.weight[4].expand(3, 8))
+
+
+def test_each_condition_is_dropped_on_its_own_and_all_together_at_the_joint_rate():
+    """Closed form: with joint rate q and own rates a, b, the four patterns (class lost?, context lost?) have
+    probabilities (1-q)(1-a)(1-b), (1-q)a(1-b), (1-q)(1-a)b and q + (1-q)ab."""
+    n, a, b, q = 20000, 0.2, 0.3, 0.1
+    d = drop_conditions(n, {"class": a, "context": b}, q, generator=torch.Generator().manual_seed(0))
+    want = {(False, False): (1 - q) * (1 - a) * (1 - b), (True, False): (1 - q) * a * (1 - b),
+            (False, True): (1 - q) * (1 - a) * b, (True, True): q + (1 - q) * a * b}
+    for (x, y), p in want.items():
+        k = int(((d["class"] == x) & (d["context"] == y)).sum())
+        assert abs(k - n * p) < 5 * math.sqrt(n * p * (1 - p)), (x, y, k, n * p)
+    alone = drop_conditions(n, {"class": a, "context": b}, generator=torch.Generator().manual_seed(1))
+    both = int((alone["class"] & alone["context"]).sum())  # no joint part: independent, a * b
+    assert abs(both - n * a * b) < 5 * math.sqrt(n * a * b * (1 - a * b))
 
 
 def test_conditions_a_model_was_not_trained_with():

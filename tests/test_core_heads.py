@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from scipy import stats
 
@@ -97,7 +96,7 @@ def test_multi_field_sampling_keeps_to_the_allowed_values():
     rule = torch.rand(N, 3, 5) < 0.5
     rule[:40, 0] = False  # rows 0..39 may use nothing in field 0
 
-    def allowed(j, chosen):
+    def allowed(step, j, chosen):
         if j == 0:
             return rule[:, 0, :3]
         if j == 1:  # field 1 at most field 0's value (nothing when field 0 is padding)
@@ -115,6 +114,26 @@ def test_multi_field_sampling_keeps_to_the_allowed_values():
     assert (out[has0, 1] <= out[has0, 0]).all() and (out[has0, 1] >= 0).all() and (out[~has0, 1] == -1).all()
     again = head.sample(h, temperature=1.5, generator=torch.Generator().manual_seed(2), allowed=allowed)
     assert torch.equal(out, again)
+
+
+def test_multi_field_allowed_sets_may_depend_on_the_step():
+    """A grammar by position: at step t field 0 may only be t % 3, and field 1 only values up to t."""
+    torch.manual_seed(0)
+    head = MultiFieldHead(8, [3, 5])
+    h = torch.randn(64, 8)
+    seen = []
+
+    def allowed(step, j, chosen):
+        seen.append((step, j))
+        if j == 0:
+            return (torch.arange(3) == step % 3).expand(len(chosen), 3)
+        return (torch.arange(5) <= step).expand(len(chosen), 5)
+
+    for t in range(5):
+        out = head.sample(h, generator=torch.Generator().manual_seed(t), allowed=allowed, step=t)
+        assert (out[:, 0] == t % 3).all() and (out[:, 1] <= t).all()
+    assert seen == [(t, j) for t in range(5) for j in (0, 1)]
+    assert head.sample(h[:2], allowed=allowed).shape == (2, 2) and seen[-2:] == [(0, 0), (0, 1)]  # default step 0
 
 
 def test_regression_head_loss_and_quantile_fit():

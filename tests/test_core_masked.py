@@ -66,6 +66,55 @@ def test_generation_reproducible_row_independent_and_context_kv_once(monkeypatch
     assert not torch.allclose(a[1], a[3], atol=1e-3)  # same label, other condition tokens and seed
 
 
+def test_per_condition_dropout_its_config_and_configs_from_before():
+    m = tiny(num_classes=2, cross_dim=5, class_drop=0.2, context_drop=0.3, cond_drop=0.1)
+    assert m.condition_names == ("class", "context")
+    n = 20000
+    d = m.training_drop(n, generator=torch.Generator().manual_seed(1))
+    assert set(d) == {"class", "context"}
+    # lost: 1 - (1 - 0.1)(1 - own rate); both: 0.1 + 0.9 * 0.2 * 0.3
+    for k, p in [(int(d["class"].sum()), 0.28), (int(d["context"].sum()), 0.37), (int((d["class"] & d["context"]).sum()), 0.154)]:
+        assert abs(k - n * p) < 5 * math.sqrt(n * p * (1 - p))
+    assert MaskedConfig.from_dict(m.config()["masked"]) == m.mcfg  # saved in the checkpoint's config
+    # a config written before per-condition dropout: its cond_drop dropped every condition at once
+    old = {k: v for k, v in m.mcfg.to_dict().items() if k not in ("class_drop", "prefix_drop", "context_drop")}
+    o = MaskedConfig.from_dict(old)
+    assert (o.class_drop, o.prefix_drop, o.context_drop, o.cond_drop) == (0.0, 0.0, 0.0, 0.1)
+    d = MaskedModel(m.cfg, o).training_drop(n, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(d["class"], d["context"]) and abs(int(d["class"].sum()) - 0.1 * n) < 5 * math.sqrt(n * 0.09)
+
+
+def test_a_row_may_lose_one_condition_and_keep_the_other():
+    m = tiny(num_classes=2, cross_dim=5)
+    labels, ctx = torch.tensor([0, 1, 1]), torch.randn(3, 4, 5)
+    drop = {"class": torch.tensor([True, False, False]), "context": torch.tensor([False, True, False])}
+    with torch.no_grad():
+        c, full, null = m.conditions(3, labels, None, ctx, drop), m.conditions(3, labels, None, ctx), m.conditions(3)
+    # the class token (prefix) and adaptive-layer-norm vector: null for row 0 only
+    torch.testing.assert_close(c.prefix[0], null.prefix[0])
+    torch.testing.assert_close(c.prefix[1:], full.prefix[1:])
+    # cross-attention keys: the null context (one token, repeated) for row 1 only
+    k, k_full, k_null = c.context.kv[0][0], full.context.kv[0][0], null.context.kv[0][0]
+    torch.testing.assert_close(k[[0, 2]], k_full[[0, 2]])
+    torch.testing.assert_close(k[1], k_null[1].expand_as(k[1]))
+    with pytest.raises(SciarError, match="unknown conditions"):
+        m.conditions(3, labels, None, ctx, {"points": drop["class"]})
+
+
+def test_guidance_on_one_condition_keeps_the_others(monkeypatch):
+    m = tiny(num_classes=2, cross_dim=5)
+    seen = []
+    real = m.conditions
+    monkeypatch.setattr(m, "conditions", lambda *a, **k: seen.append(k.get("drop")) or real(*a, **k))
+    ctx = torch.randn(2, 3, 5)
+    generate(m, labels=[0, 1], context=ctx, steps=2, cfg=2.0, guide=["class"])
+    assert list(seen[-1]) == ["class"] and seen[-1]["class"].tolist() == [False, False, True, True]
+    generate(m, labels=[0, 1], context=ctx, steps=2, cfg=2.0)  # default: every condition
+    assert sorted(seen[-1]) == ["class", "context"]
+    with pytest.raises(SciarError, match="guidance acts on"):
+        generate(m, labels=[0, 1], context=ctx, steps=2, cfg=2.0, guide=["prefix"])
+
+
 def test_training_mask_ratio_and_loss_on_masked_tokens():
     m = tiny(seq_len=40)
     masks = m.random_mask(4000, torch.Generator().manual_seed(0))

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linprog
 
-import domains  # noqa: F401  (registers the shipped checkpoints' domains)
 from core_tasks import TOK, ReverseTask
 from sciar.checkpoint import load_model
 from sciar.decode.tokens import Decoder, generate

@@ -5,7 +5,6 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-import domains  # noqa: F401  (registers the shipped checkpoints' domains)
 from sciar.checkpoint import load_model
 from sciar.decode.speculative import speculative_generate, with_heads
 from sciar.decode.tokens import filter_logits

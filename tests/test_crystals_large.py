@@ -4,7 +4,6 @@ import random
 import warnings
 
 import pytest
-from pymatgen.core import Composition
 
 from cli import main
 from domains.crystals.benchmark import merge_ranked

@@ -254,8 +254,6 @@ def test_cli_procedural_check_and_meshes(tmp_path):
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, head, capsys):
-    from domains.hair.files import read_points
-
     (tmp_path / "cut.data").write_bytes(struct.pack("<i", 5) + struct.pack("<i", 21))
     assert main(["hair", "from-strands", str(tmp_path / "cut.data"), "--out", str(tmp_path / "o")]) == 2
     (tmp_path / "nan.csv").write_text("card,x,y,z,width,thickness\n0,0,0.45,0,0.03,0.003\n0,nan,0.4,0,0.03,0.003\n")

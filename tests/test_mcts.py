@@ -36,7 +36,6 @@ def cfg(**kw):
 
 def test_ragged_cached_rollouts_match_full_recompute(model):
     """Rows of different prefix lengths in one cache (left padding masked) give the logits of plain runs."""
-    dec = Decoding(model, [16], [NL], top_k=1, forced=0.95)  # greedy: the sequences are determined by the logits
     prefixes = [[BOS] + TOK.encode("x="), [BOS] + TOK.encode("x=12;y="), [BOS] + TOK.encode("x=5")]
     reqs = []
     for p in prefixes:

@@ -16,7 +16,7 @@ from domains.mechanics.datasets import (CURVE_STRETCHES, cpshub_tasks, is_held_o
 from domains.mechanics.grammar import LOAD_CASES, fmt, parse_answer, parse_prompt
 from domains.mechanics.metrics import design_meets, mare, r2_log
 from domains.mechanics.properties import simulate
-from sciar.errors import DataError, SciarError
+from sciar.errors import DataError
 
 
 @pytest.fixture(scope="module")

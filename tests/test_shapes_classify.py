@@ -10,7 +10,6 @@ from domains.shapes.bench import nearest_training
 from domains.shapes.classify import CLOUD_POINTS, cloud_features, train_classifier
 from domains.shapes.metrics import chamfer, memorised_share
 from sciar.errors import SciarError
-from tests.test_shapes_data import shrec  # noqa: F401 (the fixture: camel and two_balls unpacked)
 
 
 def test_features_ignore_rotation_scale_and_position():

@@ -1,7 +1,6 @@
 """Shape data: reading and repairing meshes from anywhere, normalisation, splits, sampling, the cache and the CLI."""
 
 import json
-import tarfile
 
 import numpy as np
 import pytest
@@ -15,18 +14,6 @@ from domains.shapes.sampling import SamplingConfig, augment, sample_shape
 from sciar.errors import DataError
 
 TINY = SamplingConfig(surface_points=256, dense_factor=4, near_points=256, uniform_points=256)
-
-
-@pytest.fixture(scope="module")
-def shrec(tmp_path_factory):
-    """Two classes of SHREC'16 (camel, two_balls), unpacked from the shared archive."""
-    from tests.conftest import SHARED
-
-    dest = tmp_path_factory.mktemp("shrec")
-    with tarfile.open(SHARED / "shapes" / "shrec_16.tar.gz") as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(("shrec_16/camel/", "shrec_16/two_balls/"))]
-        tar.extractall(dest, members=members, filter="data")
-    return dest / "shrec_16"
 
 
 def _box(extents=(2.0, 4.0, 6.0)):

@@ -9,6 +9,7 @@ from domains.shapes.extract import extract_mesh, sample_grid
 from domains.shapes.grid_baseline import reconstruct
 from domains.shapes.mesh import inside
 from sciar.errors import SciarError
+from sciar.pointcloud import fscore
 
 
 def test_volume_iou_of_concentric_cubes_and_spheres_is_the_volume_ratio():
@@ -32,8 +33,8 @@ def test_chamfer_and_fscore_of_hand_worked_point_sets():
     assert M.chamfer(a, b) == pytest.approx(0.03)
     assert M.chamfer(b, b) == 0.0
     # precision: 1 of 2 predicted points within 0.2 of the truth; recall: the one true point is covered
-    assert M.fscore(b, a, 0.2) == pytest.approx(2 * 0.5 * 1.0 / 1.5)
-    assert M.fscore(b, a, 0.05) == 0.0
+    assert fscore(b, a, 0.2) == pytest.approx(2 * 0.5 * 1.0 / 1.5)
+    assert fscore(b, a, 0.05) == 0.0
 
 
 def test_reconstruction_metrics_of_an_empty_prediction():
@@ -117,3 +118,15 @@ def test_training_set_reference_of_a_set_against_itself(tmp_path):
     out = training_set_reference(train, test, progress=False)
     assert out["cov"] == 1.0 and out["generated"] == out["reference"] == 3
     assert out["nna"] == 0.0 and out["mmd"] < 0.005
+
+
+def test_the_picture_grid_fits_the_number_of_shapes(tmp_path):
+    from PIL import Image
+
+    from domains.shapes.render import grid_shape, render_meshes
+
+    # at most 4 to a row: n = 1, 2, 4, 5, 9 -> 1x1, 1x2, 1x4, 2x4, 3x4 (no empty column); nothing: one empty cell
+    assert [grid_shape(n, 4) for n in (1, 2, 4, 5, 9, 0)] == [(1, 1), (1, 2), (1, 4), (2, 4), (3, 4), (1, 1)]
+    box = trimesh.creation.box((1.0, 1.0, 1.0))
+    render_meshes([box, box], ["a", "b"], tmp_path / "two.png", cell=1.0)
+    assert Image.open(tmp_path / "two.png").size == (180, 90)  # two 1-inch cells at 90 dpi, side by side

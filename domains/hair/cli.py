@@ -289,7 +289,6 @@ def benchmark(
                       "heldout_region": draw_set(seed, n_region, head, {"heldout_region"})[0] if n_region else []}
     path = strands or (SHARED_STRANDS if SHARED_STRANDS.is_file() else None)
     real = strands_to_cards(read_strands(path), head) if path else None
-    sampler = None
     if model:
         from domains.hair.training import generate_cards, load_hair_model
 
@@ -297,6 +296,8 @@ def benchmark(
 
         def sampler(cond, s):
             return generate_cards(cond, net, head, 1, top_k, 1.0, s)[0]
+    else:
+        sampler = None
     result = run_benchmark(train, procedural, real, head, sizes, resamplings, seed, sampler, baselines)
     result["settings"] = {"seed": seed, "n_test": len(procedural["test"]), "n_region": len(procedural["heldout_region"]),
                           "resamplings": resamplings, "strands": str(path) if path else None, "data": str(data) if data else None,

@@ -7,11 +7,15 @@
 - ``hausdorff``: the larger of the two largest nearest-neighbour distances on the 10,000 samples, mm;
 - ``iou``: the two surfaces' occupied voxels (samples binned on a grid of cell ``head height / 32`` anchored at the
   token frame's origin) as intersection over union.
+
+Chamfer (the two directions added), EMD and Hausdorff are the core's (:mod:`sciar.pointcloud`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from sciar.pointcloud import chamfer, emd, hausdorff
 
 N_SURFACE = 10_000
 N_EMD = 1_000
@@ -25,31 +29,6 @@ def sample_surface(cards: list[np.ndarray], head, n: int, seed: int = 0, mesh=No
     from domains.hair.mesh import to_mesh
 
     return np.asarray(trimesh.sample.sample_surface(to_mesh(cards, head) if mesh is None else mesh, n, seed=seed)[0])
-
-
-def chamfer(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean squared distance A->B plus B->A, in the points' units squared."""
-    from scipy.spatial import cKDTree
-
-    return float((cKDTree(b).query(a)[0] ** 2).mean() + (cKDTree(a).query(b)[0] ** 2).mean())
-
-
-def hausdorff(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.spatial import cKDTree
-
-    return float(max(cKDTree(b).query(a)[0].max(), cKDTree(a).query(b)[0].max()))
-
-
-def emd(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean distance of the optimal one-to-one matching of two equal-size point sets."""
-    from scipy.optimize import linear_sum_assignment
-    from scipy.spatial.distance import cdist
-
-    if len(a) != len(b):
-        raise ValueError("EMD needs two point sets of the same size")
-    cost = cdist(a, b)
-    r, c = linear_sum_assignment(cost)
-    return float(cost[r, c].mean())
 
 
 def voxel_iou(a: np.ndarray, b: np.ndarray, voxel: float, origin=np.zeros(3)) -> float:

@@ -123,27 +123,26 @@ class HairModel(nn.Module):
         start = torch.full((B, 1, len(TOKEN_FIELDS)), PAD, dtype=torch.long, device=dev)
         start[..., 0] = START
         context = self.trunk.encode_context(self.encoder(points))
-        length = torch.ones(B, dtype=torch.long, device=dev)  # tokens so far, START included
-        in_card = torch.zeros(B, dtype=torch.long, device=dev)  # points in the open card
-        ended = torch.zeros(B, dtype=torch.bool, device=dev)
+        in_card = torch.zeros(B, dtype=torch.long, device=dev)  # points in each row's open card
 
-        def allowed(j, chosen):
-            if j == 0:
-                room = max_len - length  # tokens still allowed
-                ok = torch.zeros(B, TOKEN_FIELDS[0], dtype=torch.bool, device=dev)
-                ok[:, POINT] = room - 1 >= (1 - in_card).clamp(min=0) + 1  # after it, room to close the card and END
-                ok[:, SEP] = (in_card >= 2) & (room >= 4)  # room for SEP, two points, END
-                ok[:, END] = in_card >= 2
-                return ok & ~ended[:, None]
-            return (chosen[:, :1] == POINT).expand(B, TOKEN_FIELDS[j]).clone()
+        def step(h, i, rows):  # the rows still running (a row that wrote END has left)
+            open_card = in_card[rows]
 
-        def step(h, i):
-            fields = self.head.sample(h, temperature, top_k, generator, allowed=allowed)
+            def allowed(at, j, chosen):  # at: the step the head samples (== i)
+                if j == 0:
+                    room = max_len - 1 - at  # tokens still allowed: START and `at` tokens are written
+                    ok = torch.zeros(len(rows), TOKEN_FIELDS[0], dtype=torch.bool, device=dev)
+                    # after a point, room to close the card (two points at least) and END
+                    ok[:, POINT] = room - 1 >= (1 - open_card).clamp(min=0) + 1
+                    ok[:, SEP] = (open_card >= 2) & (room >= 4)  # room for SEP, two points, END
+                    ok[:, END] = open_card >= 2
+                    return ok
+                return (chosen[:, :1] == POINT).expand(len(rows), TOKEN_FIELDS[j]).clone()
+
+            fields = self.head.sample(h, temperature, top_k, generator, allowed=allowed, step=i)
             flag = fields[:, 0]
-            in_card.copy_(torch.where(flag == POINT, in_card + 1, torch.zeros_like(in_card)))
-            length.add_((~ended).long())
-            ended.logical_or_(flag == END)
-            return Step(fields, self.embed(fields[:, None])[:, 0], ended.clone())
+            in_card[rows] = torch.where(flag == POINT, open_card + 1, torch.zeros_like(open_card))
+            return Step(fields, self.embed(fields[:, None])[:, 0], flag == END)
 
         out = decode_continuous(self.trunk, self.embed(start), step, max_len - 1, trunk_kwargs={"context": context})
         return [torch.cat([start[r], out.values[r, : out.lengths[r]]]).cpu().numpy() for r in range(B)]

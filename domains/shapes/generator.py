@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from sciar.conditioning import ClassEmbedding, drop_rows
+from sciar.conditioning import ClassEmbedding, drop_conditions
 from sciar.errors import CheckpointError, SciarError
 from sciar.heads import DiffusionHead
 from sciar.masked import MaskedConfig, MaskedModel
@@ -72,7 +72,7 @@ def build_generator(kind: str, preset: str, seq_len: int, token_dim: int, num_cl
     cfg = ModelConfig(block_size=seq_len + 1, n_layer=p["n_layer"], n_head=p["n_head"], n_embd=p["n_embd"],
                       attention="bidirectional" if masked else "causal", cond_dim=p["n_embd"] if masked else 0,
                       cross_dim=POINT_DIM if points else 0)
-    mcfg = MaskedConfig(seq_len=seq_len, token_dim=token_dim, num_classes=num_classes, cond_drop=0.1,
+    mcfg = MaskedConfig(seq_len=seq_len, token_dim=token_dim, num_classes=num_classes, class_drop=0.1, context_drop=0.1,
                         head_width=p["head_width"], head_depth=p["head_depth"], head_sample_steps=sample_steps)
     return MaskedModel(cfg, mcfg) if masked else CausalLatentModel(cfg, mcfg)
 
@@ -105,7 +105,9 @@ class CausalLatentModel(nn.Module):
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         B = tokens.shape[0]
-        drop = drop_rows(B, self.mcfg.cond_drop, tokens.device) if self.training else None
+        drop = None
+        if self.training:  # the class is this model's only condition
+            drop = drop_conditions(B, {"class": self.mcfg.class_drop}, self.mcfg.cond_drop, tokens.device)["class"]
         h = self.hidden(self.classes(labels, drop, B), tokens[:, :-1])
         return self.head.loss(h, tokens)
 
@@ -129,7 +131,7 @@ def generate_causal(model: CausalLatentModel, labels: torch.Tensor, cfg: float =
     else:
         emb = model.classes(labels, None, B)
 
-    def step(h: torch.Tensor, i: int) -> Step:
+    def step(h: torch.Tensor, i: int, rows: torch.Tensor) -> Step:  # no row ends early: rows are all of them
         # guided: the conditioned rows first, the unconditioned second, as the head takes them; both halves read
         # the token drawn for their row
         new = model.head.sample(h, temperature, guidance_scale(cfg, i + 1, L) if guided else 1.0, head_steps, gens)

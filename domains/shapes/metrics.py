@@ -14,13 +14,17 @@ Generation, from a matrix of Chamfer distances between sets of point clouds (2,0
   reference in their union (50% when the two are indistinguishable, 100% when apart);
 - memorised share: the share of generated shapes closer to a training shape than the median test
   shape is to its nearest training shape.
+
+The point-cloud distances themselves are the core's (:mod:`sciar.pointcloud`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import trimesh
-from scipy.spatial import cKDTree
+
+from sciar import pointcloud
+from sciar.pointcloud import fscore_of, nearest_distances
 
 IOU_POINTS = 100_000
 SURFACE_POINTS = 10_000
@@ -39,28 +43,9 @@ def volume_iou(pred_inside: np.ndarray, true_inside: np.ndarray) -> float:
     return float(np.logical_and(pred_inside, true_inside).sum() / union) if union else 1.0
 
 
-def nearest_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distances from each point of ``a`` to its nearest in ``b``, and from each of ``b`` to ``a``."""
-    return cKDTree(b).query(a)[0], cKDTree(a).query(b)[0]
-
-
-def _chamfer(ab: np.ndarray, ba: np.ndarray) -> float:
-    return float((np.mean(ab**2) + np.mean(ba**2)) / 2)
-
-
-def _fscore(ab: np.ndarray, ba: np.ndarray, threshold: float) -> float:
-    precision, recall = np.mean(ab < threshold), np.mean(ba < threshold)
-    return float(2 * precision * recall / (precision + recall)) if precision + recall > 0 else 0.0
-
-
 def chamfer(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean of the squared nearest-neighbour distances in both directions."""
-    return _chamfer(*nearest_distances(a, b))
-
-
-def fscore(pred: np.ndarray, true: np.ndarray, threshold: float) -> float:
-    """F-score of predicted surface samples against true ones at a distance threshold."""
-    return _fscore(*nearest_distances(pred, true), threshold)
+    """Mean of the squared nearest-neighbour distances in both directions (this benchmark averages the two)."""
+    return pointcloud.chamfer(a, b, average=True)
 
 
 def surface_samples(mesh: trimesh.Trimesh, n: int = SURFACE_POINTS, seed: int = 0) -> np.ndarray:
@@ -77,24 +62,16 @@ def reconstruction_metrics(true_inside: np.ndarray, pred_inside: np.ndarray, tru
     if len(pred_surface) == 0:
         return out | {"chamfer": float("inf"), "fscore_002": 0.0, "fscore_004": 0.0}
     ab, ba = nearest_distances(pred_surface, true_surface)
-    out["chamfer"] = _chamfer(ab, ba)
+    out["chamfer"] = pointcloud.chamfer_of(ab, ba, average=True)
     for t in FSCORE_THRESHOLDS:
-        out[f"fscore_{int(round(t * 100)):03d}"] = _fscore(ab, ba, t)
+        out[f"fscore_{int(round(t * 100)):03d}"] = fscore_of(ab, ba, t)
     return out
 
 
 def chamfer_matrix(clouds_a: list[np.ndarray], clouds_b: list[np.ndarray] | None = None) -> np.ndarray:
-    """Chamfer distances between every cloud of ``a`` (rows) and of ``b`` (columns); ``b`` omitted: ``a`` with
-    itself, each pair computed once."""
-    same = clouds_b is None
-    clouds_b = clouds_a if same else clouds_b
-    trees_a = [cKDTree(c) for c in clouds_a]
-    trees_b = trees_a if same else [cKDTree(c) for c in clouds_b]
-    out = np.zeros((len(clouds_a), len(clouds_b)))
-    for i, (ca, ta) in enumerate(zip(clouds_a, trees_a)):
-        for j in range(i + 1 if same else 0, len(clouds_b)):
-            out[i, j] = (np.mean(trees_b[j].query(ca)[0] ** 2) + np.mean(ta.query(clouds_b[j])[0] ** 2)) / 2
-    return out + out.T if same else out
+    """Chamfer distances (:func:`chamfer`) between every cloud of ``a`` (rows) and of ``b`` (columns); ``b``
+    omitted: ``a`` with itself, each pair computed once."""
+    return pointcloud.chamfer_matrix(clouds_a, clouds_b, average=True)
 
 
 def coverage(d_gen_ref: np.ndarray) -> float:

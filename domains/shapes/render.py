@@ -23,16 +23,24 @@ def _decimated(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     return trimesh.Trimesh(v, f, process=False)
 
 
+def grid_shape(n: int, columns: int) -> tuple[int, int]:
+    """Rows and columns of a grid of ``n`` pictures, at most ``columns`` to a row: fewer columns when ``n`` fills
+    less than one row, so no column stays empty."""
+    columns = max(1, min(columns, n))
+    return max(1, -(-n // columns)), columns
+
+
 def render_meshes(meshes: list[trimesh.Trimesh], titles: list[str], path: str | Path, columns: int = 4,
                   cell: float = 2.6):
-    """Draw the meshes (normalised frame, y up) in a grid of views and write a PNG atomically."""
+    """Draw the meshes (normalised frame, y up) in a grid of views, at most ``columns`` to a row and no empty
+    column, and write a PNG atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-    rows = max(1, -(-len(meshes) // columns))
+    rows, columns = grid_shape(len(meshes), columns)
     fig = plt.figure(figsize=(cell * columns, cell * rows))
     for i, (mesh, title) in enumerate(zip(meshes, titles)):
         ax = fig.add_subplot(rows, columns, i + 1, projection="3d")

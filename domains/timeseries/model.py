@@ -255,7 +255,7 @@ class SegmentForecaster(nn.Module):
         if window > self.cfg.block_size:
             raise SciarError(f"{window} segments exceed the model's context of {self.cfg.block_size}")
 
-        def step(h: torch.Tensor, i: int) -> Step:
+        def step(h: torch.Tensor, i: int, rows: torch.Tensor) -> Step:  # no row ends early: rows are all of them
             nxt = self.proj(h)
             if self.skip is not None:
                 recent = torch.stack(seq[-self.head.skip :], dim=1)

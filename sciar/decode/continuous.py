@@ -13,6 +13,10 @@ With ``keep == window`` (the default) each step past the window re-reads the las
 re-running the trunk on the sliding window gives; a smaller ``keep`` refills once every
 ``window - keep + 1`` steps, at the price of a shorter context just after each refill.
 
+A row that reports ``done`` leaves the batch: its cache rows, its part of the trunk's conditions and its window
+are dropped, so later steps run the trunk and the step function on the rows still running only, and its
+values stay what they were at its last step.
+
 No gradients flow through the loop (the cache is written in place): it decodes, it does not train.
 """
 
@@ -25,25 +29,28 @@ from typing import Callable, Sequence
 import torch
 
 from sciar.errors import SciarError
-from sciar.model import KVCache, Transformer
+from sciar.model import ContextKV, KVCache, Transformer
 
 
 @dataclass
 class Step:
     """What a step function returns for the current position of every row."""
 
-    values: torch.Tensor  # [B, ...]: what the head produced (the loop returns them stacked over steps)
-    embeds: torch.Tensor | None  # [B, n_embd]: the input embedding of those values, read by the next step (None at
+    values: torch.Tensor  # [b, ...]: what the head produced for the b running rows (stacked over steps)
+    embeds: torch.Tensor | None  # [b, n_embd]: the input embedding of those values, read by the next step (None at
     # the last step, which is never read back)
-    done: torch.Tensor | None = None  # [B] bool: rows that ended at this step (e.g. an end flag); None: no row did
+    done: torch.Tensor | None = None  # [b] bool: rows that ended at this step (e.g. an end flag); None: no row did
 
 
-StepFn = Callable[[torch.Tensor, int], Step]  # (last hidden state [B, n_embd], step index) -> Step
+# (last hidden state [b, n_embd] of the b rows still running, step index, those rows' indices [b] in the batch)
+# -> Step of those rows; a step function that keeps per-row state indexes it with the rows
+StepFn = Callable[[torch.Tensor, int, torch.Tensor], Step]
 
 
 @dataclass
 class Decoded:
-    values: torch.Tensor  # [B, n, ...]: the values of every step run (n < steps when every row ended early)
+    values: torch.Tensor  # [B, n, ...]: the values of every step run (n < steps when every row ended early); a row
+    # that ended keeps its last value in the steps after its end
     lengths: torch.Tensor  # [B] long: steps up to and including each row's end (n for a row that never ended)
     refills: int  # how many times the window slid and the cache was refilled
 
@@ -67,8 +74,8 @@ def decode_continuous(
     positions kept at the front of every window. ``trunk_kwargs``: passed to every trunk call, e.g. a condition
     (``{"cond": c}`` for adaptive layer norm, ``{"context": trunk.encode_context(tokens)}`` for cross-attention,
     its keys and values computed once).
-    The loop stops early once every row has reported ``done``. Rows that ended still run (the batch keeps
-    its shape); their later values are whatever the step produced and ``lengths`` says where they ended.
+    A row that reports ``done`` stops: later steps neither run it nor change its values, and ``lengths`` says
+    where it ended; the loop stops early once every row has.
     """
     if prefix.dim() != 3 or prefix.shape[1] < 1:
         raise SciarError("the prefix must be input embeddings [batch, positions >= 1, n_embd]")
@@ -93,26 +100,45 @@ def decode_continuous(
     h = trunk(embeds=first, cache=cache, **kw)[:, -1]
     values = []
     ended = torch.full((B,), -1, dtype=torch.long, device=prefix.device)
+    rows = torch.arange(B, device=prefix.device)  # the rows still running
     for i in range(steps):
-        out = step(h, i)
-        values.append(out.values)
-        if out.done is not None:
-            ended = torch.where((ended < 0) & out.done.to(ended.device), i, ended)
-            if bool((ended >= 0).all()):
+        out = step(h, i, rows)
+        if not values:
+            values.append(out.values)
+        else:  # the rows that ended keep their last values
+            values.append(values[-1].index_put((rows,), out.values.to(values[-1].dtype)))
+        embeds = out.embeds
+        if out.done is not None and bool(out.done.any()):
+            done = out.done.to(rows.device)
+            ended[rows[done]] = i
+            if bool(done.all()):
                 break
+            if i < steps - 1:
+                stay = (~done).nonzero().flatten()
+                rows, embeds = rows[stay], embeds[stay]
+                cache.select_rows(stay)
+                tail = deque((t[stay] for t in tail), maxlen=tail.maxlen)
+                kw = {k: _take_rows(v, stay) for k, v in kw.items()}
         if i == steps - 1:
             break
-        tail.append(out.embeds)
+        tail.append(embeds)
         if cache.length + 1 > W:
             cache.length = sink  # keys and values past the sink are rewritten from here
             x = torch.stack(list(tail)[-(keep - sink) :], dim=1)
             refills += 1
         else:
-            x = out.embeds[:, None]
+            x = embeds[:, None]
         h = trunk(embeds=x, cache=cache, **kw)[:, -1]
     n = len(values)
     lengths = torch.where(ended >= 0, ended + 1, torch.full_like(ended, n))
     return Decoded(torch.stack(values, dim=1), lengths, refills)
+
+
+def _take_rows(x, rows: torch.Tensor):
+    """Those rows of a per-row trunk argument (a condition tensor, or cross-attention keys and values)."""
+    if isinstance(x, ContextKV):
+        return x.rows(rows)
+    return x[rows] if isinstance(x, torch.Tensor) else x
 
 
 def randn_rows(generators: Sequence[torch.Generator], shape: Sequence[int], device=None,

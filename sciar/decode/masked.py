@@ -7,7 +7,9 @@ the step ``floor(L * cos(pi/2 * (k+1)/K))`` positions stay masked (at least one 
 step, none after the last). Classifier-free guidance runs a conditioned and an
 unconditioned copy of the batch through the trunk and mixes the head's two noise
 predictions with a scale that ramps with the share of unmasked tokens,
-``1 + (cfg - 1) * unmasked / L`` (unmasked: known after the step, as in MAR).
+``1 + (cfg - 1) * unmasked / L`` (unmasked: known after the step, as in MAR). The
+unconditioned copy loses the conditions ``guide`` names (all by default), keeping the
+others: guidance towards a class given a point cloud, say.
 The conditions' cross-attention keys and values are computed once per generation.
 
 Each row has its own ``torch.Generator`` (its order and its head noise), so a row's
@@ -22,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sciar.errors import SciarError
-from sciar.masked import MaskedModel
+from sciar.masked import CONDITIONS, MaskedModel
 
 
 def cosine_schedule(L: int, K: int) -> list[int]:
@@ -61,6 +63,7 @@ def generate(
     context: torch.Tensor | None = None,
     steps: int = 16,
     cfg: float = 1.0,
+    guide: tuple[str, ...] | list[str] | None = None,
     temperature: float = 1.0,
     head_steps: int | None = None,
     seed: int = 0,
@@ -71,6 +74,8 @@ def generate(
 
     ``labels [n]``, ``prefix [n, prefix_len, prefix_dim]``, ``context [n, S, cross_dim]``: the
     conditions (None: the null condition). ``cfg``: classifier-free guidance scale (1: none).
+    ``guide``: the conditions guidance acts on, of ``"class"``, ``"prefix"``, ``"context"`` (default:
+    every condition the model has); the others condition both copies alike.
     ``temperature``: of the head's noise. ``head_steps``: the head's respaced diffusion steps
     (default its ``head_sample_steps``). ``generators``: one per row (default ``seed + row``).
     """
@@ -86,6 +91,10 @@ def generate(
     guided = cfg > 1.0
     if guided and not model.conditioned:
         raise SciarError("guidance needs a condition, and this model was trained without one (use cfg=1)")
+    guide = model.condition_names if guide is None else tuple(guide)
+    if guided and (not guide or not set(guide) <= set(model.condition_names)):
+        raise SciarError(f"guidance acts on some of this model's conditions ({', '.join(model.condition_names) or 'none'}), "
+                         f"not on {list(guide)} (of {', '.join(CONDITIONS)})")
     B = _batch_size(n, labels, prefix, context)
     device = model.mask_token.device
     gens = generators if generators is not None else row_generators(seed, B, device)
@@ -93,8 +102,9 @@ def generate(
         raise SciarError(f"{len(gens)} generators for {B} rows")
 
     if guided:  # conditioned rows first, the same rows with null conditions second
+        second = torch.arange(2 * B, device=device) >= B
         c = model.conditions(2 * B, _twice(labels), _twice(prefix), _twice(context),
-                             drop=torch.arange(2 * B, device=device) >= B)
+                             drop={name: second for name in guide})
     else:
         c = model.conditions(B, labels, prefix, context)
     orders = torch.stack([torch.randperm(L, generator=g, device=device) for g in gens])
