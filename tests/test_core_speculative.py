@@ -6,7 +6,7 @@ import torch
 from scipy.stats import chisquare
 
 from sciar.checkpoint import load_model
-from sciar.decode.speculative import speculative_generate, with_heads
+from sciar.decode.speculative import _Depth, fit_heads, speculative_generate, with_heads
 from sciar.decode.tokens import filter_logits
 from sciar.errors import CheckpointError, SciarError
 from sciar.model import LanguageModel, ModelConfig
@@ -116,3 +116,28 @@ def test_mtp_loss_targets_the_tokens_ahead():
         ce = torch.nn.functional.cross_entropy
         want = sum(ce(heads[:, : 7 - 1 - i, i].reshape(-1, 8), tgt[:, 1 + i:].reshape(-1)) for i in range(2))
         assert float(m.mtp_loss(h, tgt)) == pytest.approx(float(want), rel=1e-5)
+
+def test_draft_depth_follows_the_measured_acceptance():
+    """Draft j is made while the product of the acceptance rates of drafts 0..j (1 before any try) reaches min_gain."""
+    d = _Depth(3, 0.3)
+    assert d.depth() == 3  # nothing tried yet: optimistic
+    for ok in (True, True, False, False):  # draft 0 accepted 2 of 4: rate (2 + 1) / (4 + 1) = 0.6
+        d.record(0, ok)
+    for ok in (False, False, False):  # draft 1 accepted 0 of 3: rate 1 / 4, reach 0.6 * 0.25 = 0.15 < 0.3
+        d.record(1, ok)
+    assert d.depth() == 1
+    assert _Depth(3, 0.0).depth() == 3
+
+def test_fit_heads_learns_a_deterministic_sequence():
+    """On a sequence that repeats 0..7, the token 2 and 3 ahead is determined: trained heads predict it, the trunk
+    stays as it was."""
+    from sciar.data import TokenWindows
+
+    torch.manual_seed(4)
+    base = LanguageModel(ModelConfig(vocab_size=8, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    m = with_heads(base, 2)
+    before = {k: v.clone() for k, v in m.state_dict().items() if not k.startswith("mtp.")}
+    ids = torch.arange(2000) % 8
+    out = fit_heads(m, TokenWindows(ids, 16, val_ids=ids[:200]), windows=32, epochs=12, batch=4, lr=2e-2, progress=False)
+    assert out["head_0_val_top1"] == 1.0 and out["head_1_val_top1"] == 1.0
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())

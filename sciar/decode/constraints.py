@@ -3,7 +3,8 @@
 A :class:`Constraint` decides for one row (a factory is told the row's index and makes one). The
 decoding loops (:func:`sciar.decode.tokens.generate`, ``mcts.rollout``) ask it for the tokens
 ``allowed()`` next, advance it by the token taken, ``copy()`` it where tree search forks a row,
-and ``rewind(n)`` it where speculative decoding rejects drafted tokens. A constraint that allows
+and ``rewind(n)`` it to undo tokens (speculative decoding needs no rewind: it advances a constraint only by
+the drafts it accepts, checking them one by one). A constraint that allows
 exactly one token forces it: the loops then feed such runs of tokens in one forward pass.
 
 :class:`GeneratorConstraint` turns a grammar written as a Python generator (yield the allowed ids,
@@ -33,7 +34,7 @@ class Constraint(Protocol):
         """An independent constraint in the same state (tree search forks a row)."""
 
     def rewind(self, n: int) -> None:
-        """Undo the last ``n`` tokens taken (speculative decoding rejects drafts)."""
+        """Undo the last ``n`` tokens taken."""
 
 
 ConstraintFactory = Callable[[int], "Constraint | None"]  # row index -> its constraint (None: unconstrained)

@@ -4,16 +4,20 @@ Two kinds of draft: the model's own multi-token heads (self-speculative, after M
 Future": ``ModelConfig.mtp_heads`` heads read the last hidden state and propose the tokens 2, 3, ... ahead), or
 a smaller model of the same vocabulary (classic speculative decoding, Leviathan et al. / Chen et al. 2023).
 
-Every round a row feeds its next token (sampled exactly from the model's last logits, or left by the last
-rejection) and the drafts after it; the pass returns the model's logits after each. Draft ``d`` proposed
-from ``q`` is accepted with probability ``min(1, p(d) / q(d))``, where ``p`` is the model's distribution there
-after the row's constraint, temperature and top-k/top-p; the first rejected one is replaced by a draw from
-``max(p - q, 0)`` (normalised) and the rest are dropped. Each emitted token then has exactly the distribution
-plain sampling gives it (the standard rejection-sampling argument, which holds for any proposal ``q``), so the
-output distribution is the model's, only faster when drafts are accepted. Tokens the constraint forces are
-taken without drafting (their distribution is a point mass), so a round also chains forced runs. Rejected
-tokens are undone in the constraint (``rewind``) and their cache slots hidden, as a ragged batch hides its
-padding (:mod:`sciar.decode.tokens`).
+Every round a row samples its next token exactly from the model's last logits (unless a rejection left one),
+takes the forced run after it, then drafts; one pass of the model over the row's unfed tokens and drafts returns
+the logits after each. Draft ``d`` proposed from ``q`` is accepted with probability ``min(1, p(d) / q(d))``,
+where ``p`` is the model's distribution there after the row's constraint, temperature and top-k/top-p; the first
+rejected one is replaced by a draw from ``max(p - q, 0)`` (normalised) and the rest are dropped. Each emitted
+token then has exactly the distribution plain sampling gives it (the standard rejection-sampling argument, which
+holds for any proposal ``q``), so the output distribution is the model's, only faster when drafts are accepted.
+
+The constraint only ever advances by tokens that are kept: drafts are checked against it in verification, draft by
+draft, as it advances by the accepted ones, so nothing is undone in it (a grammar written as a generator could
+only be rewound by replaying the whole row, which cost a third of the time at batch 1). The price is that only
+the first draft's proposal is masked by the constraint. Rejected drafts' cache slots are hidden, as a ragged batch
+hides its padding (:mod:`sciar.decode.tokens`). How many tokens a round drafts follows their measured acceptance
+(:class:`_Depth`).
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from sciar.model import LanguageModel
 
 
 class _Row:
-    """One sequence: its tokens (``fed`` of them in the model's cache, ``dfed`` in the draft's), its constraint,
-    its random numbers, and the drafts of the current round (``(token, q or None for forced, allowed mask)``)."""
+    """One sequence: its certain tokens (``fed`` of them in the model's cache, ``dfed`` in the draft's), its
+    constraint (advanced by the certain tokens only), its random numbers, and this round's drafts
+    (``(token, q)``, after the certain tokens)."""
 
     def __init__(self, prompt, con, limit, seed):
         self.prompt, self.tokens, self.con, self.limit = list(prompt), list(prompt), con, limit
@@ -42,16 +47,13 @@ class _Row:
         self.lps: dict[int, float] = {}
         self.rng = np.random.default_rng(seed)
         self.stopped = self.done = False
-        self.drafts: list = []
+        self.drafts: list[tuple[int, torch.Tensor]] = []
         self.last = self.heads = None  # the model's logits after the last fed token, and the heads' there
 
     def take(self, tok: int, stop):
         self.tokens.append(int(tok))
         if self.con is not None:
             self.con.advance(int(tok))
-        self._ends(stop)
-
-    def _ends(self, stop):
         new = self.tokens[len(self.prompt):]
         self.stopped = any(_ends_with(new, s) for s in stop)
         self.done = self.stopped or len(self.tokens) >= self.limit
@@ -63,13 +65,9 @@ class _Row:
         while len(self.tokens) < upto and (tok := self.forced()) is not None:
             self.take(tok, stop)
 
-    def cut(self, n: int, stop):
-        """Drop the last ``n`` tokens (rejected drafts)."""
-        if n:
-            del self.tokens[-n:]
-            if self.con is not None:
-                self.con.rewind(n)
-            self._ends(stop)
+    def view(self) -> SimpleNamespace:
+        """The tokens a pass feeds from (certain ones, then drafts) and how many the cache holds."""
+        return SimpleNamespace(tokens=self.tokens + [t for t, _ in self.drafts], fed=self.fed)
 
     def needs_pass(self) -> bool:
         return not self.done or any(i not in self.lps for i in range(len(self.prompt), len(self.tokens)))
@@ -87,11 +85,17 @@ class _Cache:
         self.used = 0
 
     def feed(self, views, counts) -> tuple[torch.Tensor, int]:
-        """Hidden states ``[B, Tc, C]`` of each row's next ``counts`` tokens (right-aligned), and ``Tc``."""
+        """Hidden states ``[B, Tc, C]`` of each row's next ``counts`` tokens (right-aligned), and ``Tc``; a row
+        with a count of 0 feeds one hidden dummy slot."""
+        dummy = [b for b, c in enumerate(counts) if c == 0]
+        views = [SimpleNamespace(tokens=[0], fed=0) if c == 0 else v for v, c in zip(views, counts)]
+        counts = [max(c, 1) for c in counts]
         Tc = max(counts)
         self.cache, self.valid, self.used = _make_room(self.cache, self.valid, self.used, Tc)
         h = _cached_step(self.model.trunk, self.cache, self.valid, self.used, views, counts, Tc)
         self.used += Tc
+        for b in dummy:
+            self.valid[b, self.used - 1] = False
         return h, Tc
 
     def hide_last(self, b: int, n: int):
@@ -115,9 +119,26 @@ def _target_probs(logits: torch.Tensor, masks: torch.Tensor | None, temperature,
     return probs
 
 
-def _mask_rows(rows: list[_Row], V: int, dev) -> torch.Tensor:
-    m = allowed_mask([r.con for r in rows], V, dev)
-    return m if m is not None else torch.ones(len(rows), V, dtype=torch.bool, device=dev)
+def _mask_rows(rows: list[_Row], V: int, dev) -> torch.Tensor | None:
+    return allowed_mask([r.con for r in rows], V, dev)
+
+
+class _Depth:
+    """How far to draft: draft ``j`` of a round (0-based) is made only while the estimated chance that it is
+    accepted, the product of the acceptance rates of drafts ``0..j`` so far in this call (optimistic, 1 before
+    any try), is at least ``min_gain`` tokens; a draft that would rarely be reached costs a fed token for little.
+    The depth depends only on past rounds, so the rejection-sampling argument still holds."""
+
+    def __init__(self, n: int, min_gain: float):
+        self.tried, self.acc, self.n, self.min_gain = np.zeros(n), np.zeros(n), n, min_gain
+
+    def depth(self) -> int:
+        reach = np.cumprod((self.acc + 1) / (self.tried + 1))
+        return int(max(1, (reach >= self.min_gain).sum()))
+
+    def record(self, j: int, ok: bool):
+        self.tried[j] += 1
+        self.acc[j] += ok
 
 
 @torch.no_grad()
@@ -133,14 +154,17 @@ def speculative_generate(
     seed: int | Sequence[int] | None = None,
     draft: LanguageModel | None = None,
     n_draft: int | None = None,
+    min_gain: float = 0.1,
     stats: dict | None = None,
 ) -> list[Generation]:
     """Sample one continuation per prompt with drafts verified by the model; same arguments and results as
     :func:`sciar.decode.tokens.generate` (the same distribution, not the same draws for a seed).
 
-    ``draft``: a smaller model of the same vocabulary proposes ``n_draft`` tokens (default 4) per round;
-    without it the model's multi-token heads propose ``n_draft`` (default: all its ``mtp_heads``).
-    ``stats`` (a dict) receives ``proposed`` and ``accepted`` drafts and the model's forward ``passes``.
+    ``draft``: a smaller model of the same vocabulary proposes up to ``n_draft`` tokens (default 4) per round;
+    without it the model's multi-token heads propose up to ``n_draft`` (default: all its ``mtp_heads``).
+    ``min_gain``: a round drafts only as deep as the drafts' measured acceptance makes worth a fed token
+    (:class:`_Depth`; 0 always drafts ``n_draft``). ``stats`` (a dict) receives ``proposed`` and ``accepted``
+    drafts and the model's forward ``passes``.
     """
     if not prompts:
         return []
@@ -183,14 +207,15 @@ def speculative_generate(
     cap = max(len(r.tokens) for r in rows) + CHAIN + n_draft + 1
     tgt = _Cache(model, len(rows), cap)
     drf = _Cache(draft, len(rows), cap) if draft is not None else None
-    dev = tgt.dev
+    depth = _Depth(n_draft, min_gain)
+    filt = (temperature, top_k, top_p)
     live = [r for r in rows if r.needs_pass()]
     stats = stats if stats is not None else {}
     stats.update(proposed=0, accepted=0, passes=0)
     while live:
-        _sample_next(live, V, dev, temperature, top_k, top_p, stop)
-        _draft(live, model, drf, n_draft, V, dev, temperature, top_k, top_p, stop)
-        _verify(live, model, tgt, drf, V, temperature, top_k, top_p, stop, stats)
+        _sample_next(live, V, tgt.dev, filt, stop)
+        _draft(live, drf, depth.depth(), V, tgt.dev, filt, stop)
+        _verify(live, model, tgt, drf, V, filt, stop, stats, depth)
         keep = [b for b, r in enumerate(live) if r.needs_pass()]
         if len(keep) < len(live) and keep:
             tgt.keep(keep)
@@ -201,13 +226,13 @@ def speculative_generate(
                        [r.lps[i] for i in range(len(r.prompt), len(r.tokens))], r.stopped) for r in rows]
 
 
-def _sample_next(live, V, dev, temperature, top_k, top_p, stop):
-    """Rows whose every token is fed take the next one exactly from the model's last logits (then forced ones)."""
+def _sample_next(live, V, dev, filt, stop):
+    """Rows whose every token is fed take the next one exactly from the model's last logits."""
     todo = [r for r in live if r.last is not None and not r.done and r.fed == len(r.tokens)]
     if not todo:
         return
     logits = torch.stack([r.last for r in todo])
-    probs = _target_probs(logits, _mask_rows(todo, V, dev), temperature, top_k, top_p)
+    probs = _target_probs(logits, _mask_rows(todo, V, dev), *filt)
     u = torch.tensor([r.rng.random() for r in todo], dtype=torch.float64, device=dev)
     toks = sample_rows(probs, u).tolist()
     logp = F.log_softmax(logits.float(), -1)
@@ -216,133 +241,101 @@ def _sample_next(live, V, dev, temperature, top_k, top_p, stop):
         r.take(t, stop)
 
 
-def _draft(live, model, drf, n_draft, V, dev, temperature, top_k, top_p, stop):
-    """Each row's drafts of this round after its certain tokens: up to ``n_draft`` proposed ones (forced tokens
-    between them cost no proposal), then the forced run that follows, at most CHAIN tokens in all."""
+def _draft(live, drf, depth, V, dev, filt, stop):
+    """Each row takes the forced run after its certain tokens (at most CHAIN unfed), then drafts up to ``depth``
+    tokens. The constraint is not advanced by drafts (so nothing is ever undone in it): the first draft's proposal
+    is masked by the constraint, later ones are not (a draft the grammar rules out is rejected in verification,
+    where the model's probability of it is 0)."""
     for r in live:
         r.drafts = []
         r.force(stop, r.fed + CHAIN)
-    for step in range(n_draft):
-        todo = [r for r in live if r.last is not None and not r.done and len(r.tokens) - r.fed < CHAIN + n_draft]
-        if drf is None:  # the heads read the hidden state of the last fed token: offset o uses head o - 2
-            todo = [r for r in todo if len(r.tokens) - r.fed + 1 <= n_draft + 1]
+    for j in range(depth):
+        todo = [r for r in live if r.last is not None and not r.done and len(r.drafts) == j
+                and len(r.tokens) + j < r.limit and (j > 0 or r.forced() is None)]
+        if drf is None:  # the heads read the hidden state of the last fed token: the token o after it uses head o - 2
+            todo = [r for r in todo if 0 <= len(r.tokens) + j - r.fed - 1 < len(r.heads)]
             if not todo:
                 break
-            logits = torch.stack([r.heads[len(r.tokens) - r.fed - 1] for r in todo])
+            logits = torch.stack([r.heads[len(r.tokens) + j - r.fed - 1] for r in todo])
         else:
-            todo = [r for r in todo if r.dfed < len(r.tokens) or step == 0]
             if not todo:
                 break
-            views = [SimpleNamespace(tokens=r.tokens, fed=r.dfed) for r in todo]
-            counts = [len(r.tokens) - r.dfed for r in todo]
-            if min(counts) == 0:  # nothing new for a row (cannot happen after _sample_next): skip it
-                todo = [r for r, c in zip(todo, counts) if c]
-                views = [v for v, c in zip(views, counts) if c]
-                counts = [c for c in counts if c]
-                if not todo:
-                    break
-            rows_idx = [live.index(r) for r in todo]
-            h, Tc = _draft_pass(drf, live, rows_idx, views, counts)
-            logits = drf.model.head(h[:, -1])
-            for r in todo:
-                r.dfed = len(r.tokens)
-        masks = _mask_rows(todo, V, dev)
-        q = _target_probs(logits, masks, temperature, top_k, top_p)
+            views = [SimpleNamespace(tokens=r.view().tokens, fed=r.dfed) for r in live]
+            ids = {id(r) for r in todo}
+            counts = [len(v.tokens) - v.fed if id(r) in ids else 0 for v, r in zip(views, live)]
+            if not any(counts):
+                break
+            h, _ = drf.feed(views, counts)
+            for r, v, c in zip(live, views, counts):
+                r.dfed = len(v.tokens) if c else r.dfed
+            todo = [r for r, c in zip(live, counts) if c]
+            logits = drf.model.head(h[[b for b, c in enumerate(counts) if c], -1])
+        q = _target_probs(logits, _mask_rows(todo, V, dev) if j == 0 else None, *filt)
         u = torch.tensor([r.rng.random() for r in todo], dtype=torch.float64, device=dev)
-        toks = sample_rows(q, u).tolist()
-        for b, (r, t) in enumerate(zip(todo, toks)):
-            r.drafts.append((len(r.tokens), t, q[b], masks[b]))
-            r.take(t, stop)
-            # forced tokens after a draft need no proposal: they are drafts with a point-mass q
-            while len(r.tokens) - r.fed < CHAIN + n_draft and (f := r.forced()) is not None:
-                r.drafts.append((len(r.tokens), f, None, None))
-                r.take(f, stop)
+        for b, (r, t) in enumerate(zip(todo, sample_rows(q, u).tolist())):
+            r.drafts.append((t, q[b]))
 
 
-def _draft_pass(drf, live, rows_idx, views, counts):
-    """One pass of the draft model over some rows of the batch (the others feed nothing: hidden slots)."""
-    all_views = [SimpleNamespace(tokens=r.tokens, fed=r.dfed) for r in live]
-    all_counts = [0] * len(live)
-    for i, v, c in zip(rows_idx, views, counts):
-        all_views[i], all_counts[i] = v, c
-    Tc = max(all_counts)
-    # rows feeding nothing take one hidden dummy slot each (the step needs a token per row): mark it invalid
-    pad = [i for i, c in enumerate(all_counts) if c == 0]
-    for i in pad:
-        all_views[i] = SimpleNamespace(tokens=[0], fed=0)
-        all_counts[i] = 1
-    h, Tc = drf.feed(all_views, all_counts)
-    for i in pad:
-        drf.valid[i, drf.used - 1] = False
-    return h[rows_idx], Tc
-
-
-def _verify(live, model, tgt, drf, V, temperature, top_k, top_p, stop, stats):
-    """One pass of the model over every row's unfed tokens: accept or replace the drafts, keep the logits."""
-    counts = [len(r.tokens) - r.fed for r in live]
-    pad = [b for b, c in enumerate(counts) if c == 0]
-    views = [r if c else SimpleNamespace(tokens=[0], fed=0) for r, c in zip(live, counts)]
-    h, Tc = tgt.feed(views, [max(c, 1) for c in counts])
-    for b in pad:
-        tgt.valid[b, tgt.used - 1] = False
+def _verify(live, model, tgt, drf, V, filt, stop, stats, depth):
+    """One pass of the model over every row's unfed tokens and drafts; then, draft by draft across the rows,
+    accept each with probability ``min(1, p/q)`` (``p`` under the constraint advanced by the tokens accepted so
+    far) or replace the first rejected one from ``max(p - q, 0)``; keep the logits after the last accepted token."""
+    views = [r.view() for r in live]
+    counts = [len(v.tokens) - r.fed for v, r in zip(views, live)]
+    h, Tc = tgt.feed(views, counts)
     stats["passes"] += 1
     logits = model.head(h).float()  # [B, Tc, V]
     logp = F.log_softmax(logits, -1)
-
     fed0 = [r.fed for r in live]
+    certain = [len(r.tokens) for r in live]
 
     def col(b, i):  # the column of row b's token i in this pass
         return Tc - counts[b] + (i - fed0[b])
 
-    # the model's distribution at every proposed draft, in one batch
-    items = [(b, d) for b, r in enumerate(live) for d in r.drafts if d[2] is not None]
-    if items:
-        lg = torch.stack([logits[b, col(b, d[0] - 1)] for b, d in items])
-        masks = torch.stack([d[3] for _, d in items])
-        p = _target_probs(lg, masks, temperature, top_k, top_p)
-        q = torch.stack([d[2] for _, d in items])
-        pos = {(b, d[0]): n for n, (b, d) in enumerate(items)}
-        tok = torch.tensor([d[1] for _, d in items], device=p.device)
+    for b, r in enumerate(live):  # log-probabilities of the certain tokens this pass predicts
+        for i in range(max(fed0[b] + 1, len(r.prompt)), certain[b]):
+            r.lps[i] = float(logp[b, col(b, i - 1), r.tokens[i]])
+    open_ = [b for b, r in enumerate(live) if r.drafts]
+    accepted = [0] * len(live)
+    for j in range(max((len(r.drafts) for r in live), default=0)):
+        open_ = [b for b in open_ if len(live[b].drafts) > j and not live[b].done]
+        if not open_:
+            break
+        rs = [live[b] for b in open_]
+        cols = [col(b, len(live[b].tokens) - 1) for b in open_]
+        p = _target_probs(logits[open_, cols], _mask_rows(rs, V, tgt.dev), *filt)
+        q = torch.stack([r.drafts[j][1] for r in rs])
+        tok = torch.tensor([r.drafts[j][0] for r in rs], device=p.device)
         ratio = (p.gather(1, tok[:, None]) / q.gather(1, tok[:, None])).squeeze(1).tolist()
-    last_cols = []
+        still = []
+        for n, (b, r) in enumerate(zip(open_, rs)):
+            ok = r.rng.random() < min(1.0, ratio[n])
+            depth.record(j, ok)
+            if ok:
+                t = r.drafts[j][0]
+                accepted[b] += 1
+                still.append(b)
+            else:
+                resid = (p[n] - q[n]).clamp(min=0)
+                if not resid.sum() > 0:
+                    resid = p[n]
+                t = int(sample_rows(resid[None], torch.tensor([r.rng.random()], dtype=torch.float64, device=p.device))[0])
+            r.lps[len(r.tokens)] = float(logp[b, cols[n], t])
+            r.take(t, stop)
+        open_ = still
     for b, r in enumerate(live):
-        c = counts[b]
-        reject = None
-        for i, t, qd, _ in r.drafts:
-            if qd is None:
-                continue
-            stats["proposed"] += 1
-            if not r.rng.random() < min(1.0, ratio[pos[(b, i)]]):
-                reject = i
-                stats["proposed"] += sum(d[2] is not None for d in r.drafts if d[0] > i)
-                break
-            stats["accepted"] += 1
-        fed_before = r.fed
-        if reject is not None:
-            n = pos[(b, reject)]
-            resid = (p[n] - q[n]).clamp(min=0)
-            if not resid.sum() > 0:
-                resid = p[n]
-            new = int(sample_rows(resid[None], torch.tensor([r.rng.random()], dtype=torch.float64, device=p.device))[0])
-            dropped = len(r.tokens) - reject
-            r.cut(dropped, stop)
-            tgt.hide_last(b, dropped)
-            if drf is not None and r.dfed > reject:
-                drf.hide_last(live.index(r), r.dfed - reject)
-                r.dfed = reject
-            r.fed = reject
-            r.lps[reject] = float(logp[b, col(b, reject - 1), new])
-            r.take(new, stop)
-        else:
-            r.fed = len(r.tokens)
-        for i in range(max(fed_before + 1, len(r.prompt)), min(r.fed + 1, len(r.tokens))):
-            if i not in r.lps:
-                r.lps[i] = float(logp[b, col(b, i - 1), r.tokens[i]])
-        last_cols.append(col(b, r.fed - 1) if c else None)
+        a, d = accepted[b], len(r.drafts)
+        stats["proposed"] += d
+        stats["accepted"] += a
+        tgt.hide_last(b, d - a)  # drafts after the first rejection (or after a stop): slots hidden
+        r.fed = certain[b] + a if counts[b] else r.fed
+        if drf is not None and r.dfed > r.fed:
+            drf.hide_last(b, r.dfed - r.fed)
+            r.dfed = r.fed
         r.drafts = []
-    idx = [b for b, cl in enumerate(last_cols) if cl is not None]
+    idx = [b for b, c in enumerate(counts) if c]
     if idx:
-        hs = h[idx, [last_cols[b] for b in idx]]
+        hs = h[idx, [col(b, live[b].fed - 1) for b in idx]]
         lasts = model.head(hs).float()
         heads = model.mtp_logits(hs).float() if getattr(model, "mtp", None) and drf is None else None
         for n, b in enumerate(idx):
@@ -364,3 +357,59 @@ def with_heads(model: LanguageModel, n: int) -> LanguageModel:
     for name, p in new.named_parameters():
         p.requires_grad_(name.startswith("mtp."))
     return new
+
+
+def fit_heads(model: LanguageModel, source, windows: int, epochs: int = 3, batch: int = 4, lr: float = 2e-3,
+              seed: int = 0, progress: bool = True) -> dict:
+    """Train the multi-token heads of ``model`` alone on its frozen trunk (Medusa-style, after :func:`with_heads`).
+
+    The trunk's hidden states of ``windows`` training windows of ``source`` (a :class:`sciar.data.TokenWindows`)
+    are computed once and every epoch reuses them: the trunk is frozen, so recomputing them each step (as
+    :func:`sciar.train.train` would) costs several times the heads' own training. AdamW with a cosine schedule;
+    returns each head's validation cross-entropy and top-1 agreement with the data (on up to 8 validation windows).
+    """
+    from tqdm.auto import tqdm
+
+    if not getattr(model, "mtp", None):
+        raise SciarError("the model has no multi-token heads to train (see with_heads)")
+    gen = torch.Generator().manual_seed(seed)
+    model.eval()
+
+    def states(split, n):
+        hs, ys = [], []
+        for i in tqdm(range(0, n, batch), desc=f"trunk states ({split})", disable=not progress):
+            b = source.get_batch(split, min(batch, n - i), gen)
+            with torch.no_grad():
+                hs.append(model.trunk(b["idx"]).to(torch.bfloat16))
+            ys.append(b["targets"])
+        return torch.cat(hs), torch.cat(ys)
+
+    h, y = states("train", windows)
+    hv, yv = states("val", min(8, windows)) if source.has_val else (None, None)
+    params = [p for p in model.mtp.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    steps = epochs * -(-len(h) // batch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s / steps, 1))))
+    bar = tqdm(total=steps, desc="heads", disable=not progress)
+    loss = None
+    for _ in range(epochs):
+        for idx in torch.randperm(len(h), generator=gen).split(batch):
+            loss = model.mtp_loss(h[idx].float(), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    bar.close()
+    out = {"windows": windows, "epochs": epochs, "steps": steps, "train_loss": float(loss.detach())}
+    if hv is not None:
+        with torch.no_grad():
+            hf = hv.float()
+            for i, m in enumerate(model.mtp):
+                logits = model.head(m(hf[:, : -(i + 1)]))
+                t = yv[:, i + 1:]
+                ok = t >= 0
+                out[f"head_{i}_val_loss"] = float(F.cross_entropy(logits[ok].float(), t[ok]))
+                out[f"head_{i}_val_top1"] = float((logits.argmax(-1)[ok] == t[ok]).float().mean())
+    return out
