@@ -596,20 +596,32 @@ class LanguageModel(nn.Module):
         return total
 
 
-def with_context(model: LanguageModel, block_size: int) -> LanguageModel:
-    """A copy of ``model`` whose context holds ``block_size`` tokens, by rotary position interpolation
-    (Chen et al. 2023, "Extending Context Window of Large Language Models via Positional Interpolation"):
-    position p of the longer context gets the rotary angles the model learned for p * old / new, so every angle
-    stays inside the trained range; a short fine-tune at the new length then adapts the model to the denser
-    positions. The weights are copied as they are (rotary tables are not weights); learned position tables have
-    no entries past the trained length, so only rotary models extend."""
+def with_context(model: LanguageModel, block_size: int, method: str = "ntk") -> LanguageModel:
+    """A copy of ``model`` whose context holds ``block_size`` tokens (``s`` times its own), rotary positions
+    rescaled so that the longest distances stay inside the trained range of angles; a short fine-tune at the new
+    length then adapts the model. ``method``:
+
+    - ``"ntk"`` (the default; "NTK-aware" scaling, bloc97 2023, analysed in YaRN, Peng et al. 2023): the rotary base
+      grows by ``s ** (d / (d - 2))`` (``d`` the head dimension), so the fastest-turning pair keeps its angles
+      (local order, which CIF syntax lives on, is unchanged) and the slowest turns ``s`` times slower;
+    - ``"linear"`` (position interpolation, Chen et al. 2023): every angle of position p becomes that of p / s.
+
+    Measured on 2,048-token windows of MP-20 validation CIFs before any fine-tune (crystals README): crystal-medium
+    keeps a loss of 0.54 with "ntk", 5.45 with "linear" (2.17 extrapolating with the old angles). The weights are
+    copied as they are (rotary tables are not weights); learned position tables have no entries past the trained
+    length, so only rotary models extend."""
     cfg = model.cfg
     if cfg.pos != "rope":
         raise SciarError(f"only rotary positions extend by interpolation; this model has pos={cfg.pos!r}")
     if block_size < cfg.block_size:
         raise SciarError(f"the context can only grow: {block_size} < the model's {cfg.block_size}")
-    new = ModelConfig(**{**cfg.to_dict(), "block_size": block_size,
-                         "rope_scale": cfg.rope_scale * block_size / cfg.block_size})
-    out = LanguageModel(new, tied=model.head.tied)
+    s, hd = block_size / cfg.block_size, cfg.n_embd // cfg.n_head
+    if method == "ntk":
+        change = {"rope_base": cfg.rope_base * s ** (hd / (hd - 2))}
+    elif method == "linear":
+        change = {"rope_scale": cfg.rope_scale * s}
+    else:
+        raise SciarError(f"unknown context extension {method!r} (ntk or linear)")
+    out = LanguageModel(ModelConfig(**{**cfg.to_dict(), "block_size": block_size, **change}), tied=model.head.tied)
     out.load_state_dict(model.state_dict())
     return out.to(next(model.parameters()).device)

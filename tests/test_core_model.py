@@ -122,7 +122,7 @@ def test_with_context_doubles_the_context_and_keeps_the_function_at_stretched_po
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=13, block_size=32, n_layer=2, n_head=2, n_embd=16)
     base = LanguageModel(cfg).eval()
-    long = with_context(base, 64).eval()
+    long = with_context(base, 64, method="linear").eval()
     assert long.cfg.block_size == 64 and long.cfg.rope_scale == 2.0
     idx = torch.randint(0, 13, (2, 20))
     p = torch.arange(20)
@@ -140,3 +140,18 @@ def test_with_context_doubles_the_context_and_keeps_the_function_at_stretched_po
     with pytest.raises(SciarError, match="rotary"):
         with_context(LanguageModel(ModelConfig(vocab_size=13, block_size=32, n_layer=1, n_head=2, n_embd=16,
                                                pos="learned")), 64)
+
+
+def test_ntk_extension_keeps_the_fastest_angles_and_slows_the_slowest_by_the_factor():
+    cfg = ModelConfig(vocab_size=13, block_size=32, n_layer=1, n_head=2, n_embd=16)  # head dimension 8
+    base = LanguageModel(cfg)
+    long = with_context(base, 96)  # s = 3
+    assert long.cfg.rope_base == pytest.approx(10000.0 * 3 ** (8 / 6)) and long.cfg.rope_scale == 1.0
+    a, b = base.trunk, long.trunk
+    # pair 0 turns by p radians in both; the last pair (exponent 6/8) turns 3 times slower: angle(3p) = old angle(p)
+    assert torch.allclose(a.rope_cos[:32, 0], b.rope_cos[:32, 0], atol=1e-6)
+    for p in (1, 5, 10, 31):
+        assert b.rope_cos[3 * p, -1].item() == pytest.approx(a.rope_cos[p, -1].item(), abs=1e-5)
+        assert b.rope_sin[3 * p, -1].item() == pytest.approx(a.rope_sin[p, -1].item(), abs=1e-5)
+    with pytest.raises(SciarError, match="unknown context extension"):
+        with_context(base, 64, method="yarn")

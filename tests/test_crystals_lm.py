@@ -40,7 +40,7 @@ def tiny_ck(perov, tmp_path_factory):
     return out
 
 
-def test_fine_tune_extends_the_context_by_rope_interpolation(perov, tiny_ck, tmp_path):
+def test_fine_tune_extends_the_context_by_rotary_rescaling(perov, tiny_ck, tmp_path):
     from sciar.checkpoint import load_language_model
     from safetensors.torch import load_file
 
@@ -49,7 +49,9 @@ def test_fine_tune_extends_the_context_by_rope_interpolation(perov, tiny_ck, tmp
     train_crystal_lm(perov[["canonical"]], out, "tiny", steps=1, batch_size=1, lr=1e-9, progress=False,
                      init=str(tiny_ck), block_size=2 * base["block_size"])
     model, _, ck = load_language_model(out)
-    assert model.cfg.block_size == 2 * base["block_size"] and model.cfg.rope_scale == 2.0
+    hd = base["n_embd"] // base["n_head"]
+    assert model.cfg.block_size == 2 * base["block_size"]
+    assert model.cfg.rope_base == pytest.approx(base.get("rope_base", 10000.0) * 2 ** (hd / (hd - 2)))
     assert ck.domain["init"]["checkpoint"] == tiny_ck.name and ck.domain["init"]["block_size"] == base["block_size"]
     # the fine-tune started from the checkpoint's weights (one step at a negligible learning rate moves them little)
     a, b = load_file(tiny_ck / "model.safetensors"), load_file(out / "model.safetensors")

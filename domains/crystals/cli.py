@@ -66,7 +66,7 @@ def train(
     batch_size: Optional[int] = typer.Option(None, min=1, help="Windows per step (default: the preset's)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the preset's)."),
     block_size: Optional[int] = typer.Option(None, min=64, help="Context length in tokens (default: the preset's, 1024; with --init a "
-                                             "larger one extends the checkpoint's context by rotary position interpolation)."),
+                                             "larger one extends the checkpoint's context by NTK-aware rotary scaling)."),
     init: Optional[str] = typer.Option(None, help="Fine-tune this crystal checkpoint (directory or shipped name) instead of a new "
                                        "--preset model; the preset still sets the steps, batch and learning rate."),
     dedup: bool = typer.Option(True, help="Deduplicate by (formula, space group), keeping the lowest volume per formula unit."),

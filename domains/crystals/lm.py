@@ -170,8 +170,8 @@ def train_crystal_lm(data, out: str | Path, preset_name: str = "tiny", steps: in
     """Train a CIF language model on canonicalised ``data`` (paths or a DataFrame) and write a checkpoint.
 
     ``init``: start from this crystal checkpoint's weights (fine-tuning; its shape replaces the preset's, whose
-    training budget is kept); a ``block_size`` above its context extends the context by rotary position
-    interpolation (:func:`sciar.model.with_context`), e.g. for cells whose CIFs outgrow 1,024 tokens."""
+    training budget is kept); a ``block_size`` above its context extends the context by rescaling the rotary
+    positions (NTK-aware, :func:`sciar.model.with_context`), e.g. for cells whose CIFs outgrow 1,024 tokens."""
     import torch
 
     from domains.crystals.tokenizer import cif_tokenizer
