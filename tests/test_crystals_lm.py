@@ -634,3 +634,26 @@ def test_fitting_nudges_atoms_under_the_symmetry_where_no_scale_helps():
     assert (x, y) == (0.3333, 0.6667) and 0.0817 < z  # Zr moved along its 4f line toward C
     assert (z - 0.0817) * 14.8505 * scale < 1.5
     assert nudge_atoms(ZR2TLC, reach=0.1) is None  # not within a tenth of an angstrom
+
+
+def test_hybrid_sample_never_returns_another_composition(tmp_path):
+    """A model sample whose composition is not the prompt's (here KCl drawn for Na4Cl4; in practice atoms that fell
+    onto each other and merged when read) is passed over; the prompt's own structures are kept."""
+    from pymatgen.core import Composition, Lattice, Structure
+
+    from domains.crystals.generate import Sample
+    from domains.crystals.sampling import retrieved_samples
+
+    def rocksalt(a, b, x, group="Fm-3m"):
+        return Structure.from_spacegroup(group, Lattice.cubic(x), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+    class FakeModel:
+        def sample_composition(self, composition, n, **kw):
+            kcl = canonicalize(rocksalt("K", "Cl", 6.29)).cif
+            nacl = canonicalize(rocksalt("Na", "Cl", 3.3, "Pm-3m")).cif  # CsCl-type: not the template
+            return [Sample("", kcl, -1.0, 10, True)] * (n - 1) + [Sample("", nacl, -2.0, 10, True)]
+
+    (tmp_path / "nacl.cif").write_text(rocksalt("Na", "Cl", 5.70).to(fmt="cif"))
+    out = retrieved_samples("Na4Cl4", 3, [tmp_path], "hybrid", gen=FakeModel())
+    assert out and all(Composition(structure_from_cif(s.text).composition).reduced_formula == "NaCl" for s in out)
+    assert sorted(s.source for s in out) == ["lm", "template nacl"]  # the model's NaCl kept, its KCl not

@@ -103,6 +103,8 @@ def retrieved_samples(composition: str, n: int, templates, strategy: str = "retr
             continue
         if sg is not None and can.spacegroup != sg:
             continue
+        if Composition(can.formula).reduced_composition != comp.reduced_composition:
+            continue  # a model sample whose atoms fell onto each other (merged when read): not this composition
         src = "lm" if c.source == "lm" else f"template {c.extra.get('template', c.source)}"
         out.append(Sample(prompts[0].text, can.cif, math.nan, 0, True, 0, src))
         if len(out) >= n:
