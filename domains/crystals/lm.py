@@ -183,18 +183,16 @@ def train_crystal_lm(data, out: str | Path, preset_name: str = "tiny", steps: in
     torch.manual_seed(seed)
     if init is not None:
         model, start = _init_model(init, tok, block_size)
-        cfg = model.cfg
     else:
         mcfg = dict(p["model"])
         if block_size:
             mcfg["block_size"] = block_size
-        cfg, start = ModelConfig(vocab_size=tok.vocab_size, **mcfg), None
-        model = None
+        model, start = LanguageModel(ModelConfig(vocab_size=tok.vocab_size, **mcfg)), None
+    cfg = model.cfg
     src, info, fp, sources = corpus_source(data, cfg.block_size, dedup=dedup, val=val, seed=seed, workers=workers,
                                            progress=progress, unusable_out=Path(out) / "unusable_inputs.csv")
     tcfg = train_budget(p["train"], steps=steps, batch_size=batch_size, lr=lr)
     tc = TrainConfig(device=device, seed=seed, progress=progress, eval_batches=10, **tcfg)
-    model = model if model is not None else LanguageModel(cfg)
     domain = {"domain": DOMAIN, "data_fingerprint": fp, "data": sources, "preset": preset_name, **info}
     if start is not None:
         domain["init"] = start
