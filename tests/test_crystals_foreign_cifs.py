@@ -207,3 +207,24 @@ def test_evaluate_a_folder_written_by_pymatgen_ase_and_by_hand(tmp_path):
     # the COD block has one formula and no multiplicities: those checks apply to every other file
     assert r["formula_on"] == len(df) - 1 and r["multiplicity_on"] == len(df) - 2 and r["count"] == len(df)
     assert not np.isnan(r["bonds_rate"])
+
+
+def test_one_atom_primitive_cells_have_bonds_to_their_own_images(tmp_path):
+    """ase's bulk() writes fcc copper and bcc iron as one-atom primitive cells: every neighbour is the atom's own
+    periodic image, which CrystaLLM's bond rule leaves out (no bond at all, score 0). Counted here: 12 bonds of
+    a/sqrt(2) (fcc) and 8 of a*sqrt(3)/2 (bcc), the closed-form nearest-neighbour distances."""
+    from ase.build import bulk
+    from ase.io import write
+    from pymatgen.core import Structure
+
+    from domains.crystals.validity import crystalnn_bonds
+
+    for name, atoms, bonds, length in (("Cu", bulk("Cu", "fcc", a=3.615), 12, 3.615 / np.sqrt(2)),
+                                       ("Fe", bulk("Fe", "bcc", a=2.867), 8, 2.867 * np.sqrt(3) / 2)):
+        assert len(atoms) == 1
+        write(tmp_path / f"{name}.cif", atoms)
+        found = crystalnn_bonds(Structure.from_file(tmp_path / f"{name}.cif"))
+        assert len(found) == bonds
+        assert np.allclose([b[3] for b in found], length, atol=1e-4)
+        r = check_cif((tmp_path / f"{name}.cif").read_text())
+        assert r["bonds"] is True and r["valid"], r["reasons"]

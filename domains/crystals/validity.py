@@ -214,7 +214,9 @@ def crystalnn_bonds(structure) -> list[tuple[int, int, np.ndarray, float, float,
     """The CrystalNN bonds of one atom per symmetry orbit (spglib, 1e-3 A): (i, j, image of j, length,
     expected length, orbit size of i). Symmetry-equivalent atoms have the same bonds, so each counted
     once per atom of its orbit stands for running CrystalNN on every atom. As CrystaLLM, an atom's
-    bond to its own periodic image is left out. ValueError where pymatgen has no radius for a bond.
+    bonds to its own periodic images are left out, except where it has no other bond: an atom alone in its
+    cell (ase's primitive fcc copper) is bonded only to its images, and CrystaLLM's rule would score that
+    correct crystal 0. ValueError where pymatgen has no radius for a bond.
 
     Where CrystalNN's search would have to gather over VORONOI_MAX_SITES sites (no real crystal comes
     near), the atom's bonds are taken by distance instead (:func:`_distance_bonds`)."""
@@ -231,15 +233,15 @@ def crystalnn_bonds(structure) -> list[tuple[int, int, np.ndarray, float, float,
             except _SearchTooWide:
                 out += [(*b, times) for b in _distance_bonds(structure, i)]
                 continue
+            if any(info["site_index"] != i for info in infos):
+                infos = [info for info in infos if info["site_index"] != i]
             for info in infos:
-                j = info["site_index"]
-                if j == i:
-                    continue
-                other = info["site"]
+                j, other = info["site_index"], info["site"]
                 expected = expected_bond(site.specie.symbol, other.specie.symbol)
                 if expected is None:
                     raise ValueError(f"no radius for the {site.specie.symbol}-{other.specie.symbol} bond")
-                out.append((i, j, np.array(info["image"], float), site.distance(other), expected, times))
+                length = float(np.linalg.norm(other.coords - site.coords))  # to this image, not the nearest one
+                out.append((i, j, np.array(info["image"], float), length, expected, times))
     return out
 
 
