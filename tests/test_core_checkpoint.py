@@ -118,3 +118,20 @@ def test_recorded_command_can_be_rerun_from_the_project(tmp_path):
     # relative paths are read against the folder the command ran in
     script = command_line(["gpu_train.py", "run", "../data/x"], cwd=root / "benchmarks").split()
     assert script == ["python", "benchmarks/gpu_train.py", "run", "data/x"]
+
+
+def test_shipped_checkpoints_record_commands_a_user_can_rerun():
+    """Every domain.json under data/checkpoints names its command with paths relative to the project (or
+    ../shared), never the scratch paths of the machine that ran it."""
+    import shlex
+
+    root = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+    found = 0
+    for p in sorted(root.rglob("domain.json")):
+        cmd = json.loads(p.read_text()).get("command")
+        assert cmd, f"{p} records no command"
+        for tok in shlex.split(cmd):
+            value = tok.partition("=")[2] if tok.startswith("-") else tok
+            assert not value.startswith(("/", "~")), f"{p}: {tok}"
+        found += 1
+    assert found >= 6
