@@ -6,7 +6,9 @@ The windows: the first ``--cifs`` MP-20 validation CIFs, canonicalised and conca
 as training windows are), cut to ``--block`` + 1 tokens. For each checkpoint, the loss of its own context on the
 first half, then of the model extended to ``--block`` tokens by each method of :func:`sciar.model.with_context`
 ("ntk", "linear") and by plain extrapolation (the old angles past the trained length), on the first half and on the
-whole window. A method that keeps the loss near the original's needs only a short fine-tune.
+whole window. A method that keeps the loss near the original's needs only a short fine-tune. A checkpoint already
+trained at ``--block`` tokens (the fine-tune, ``sciar crystal train --init CK --block-size 2048``) is scored as it is
+on the same two spans.
 """
 
 from __future__ import annotations
@@ -61,6 +63,13 @@ def main(argv=None):
 
             def loss(m, n):
                 return round(float(m.eval()(x[:, :n], targets=x[:, 1 : n + 1])), 4)
+
+            if half >= args.block:  # a model already trained at this context (a fine-tune): as it is
+                out[name] = {"as trained": {"first": loss(model, args.block // 2), "whole": loss(model, args.block)}}
+                r = out[name]["as trained"]
+                print(f"{name:<16} as trained   loss on the first {args.block // 2} tokens {r['first']:.4f}, "
+                      f"on all {args.block} {r['whole']:.4f}", flush=True)
+                continue
 
             extrapolate = LanguageModel(ModelConfig(**{**cfg.to_dict(), "block_size": args.block}), tied=model.head.tied)
             extrapolate.load_state_dict(model.state_dict())
