@@ -178,8 +178,8 @@ def score(args):
         Path(args.json).write_text(json.dumps(t, indent=1))
 
 
-GRID = dict(consensus=(0, 1, 2, 3, 5), lead=(0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 1.01),
-            pattern=("rl", "lr", "rrl", "rll", "rrrl", "r", "l"))
+GRID = dict(weight=(0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0, 2.0),
+            decay=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0))
 
 
 def fit(args):
@@ -187,19 +187,19 @@ def fit(args):
     first n be at least as good as either strategy's first n, so rules are ranked by (1) the worst net margin
     over splits and n of the hybrid over the better strategy, (2) then the fewest structures, summed over splits
     and n, that the better strategy matches and the hybrid misses (losses a net margin hides), (3) then the
-    larger summed match rate."""
+    larger summed match rate; a tie goes to the rule first in the grid's order."""
     import itertools
 
     rows = load(args.files)
     scored = []
-    for c, l, p in itertools.product(*GRID.values()):
-        rule = dict(consensus=c, lead=l, pattern=p)
+    for values in itertools.product(*GRID.values()):
+        rule = dict(zip(GRID, values))
         t = table(rows, args.n, **rule)
         worst = min(t[s][k]["diff"] for s in t for k in (1, args.n))
         losses = sum(t[s][k]["losses"] for s in t for k in (1, args.n))
         total = sum(t[s][k]["hybrid"] for s in t for k in (1, args.n))
         scored.append((worst, losses, total, rule, t))
-    scored.sort(key=lambda x: (-x[0], x[1], -x[2]))
+    scored.sort(key=lambda x: (-round(x[0], 9), x[1], -round(x[2], 9)))
     for worst, losses, total, rule, t in scored[: args.top]:
         print(f"{json.dumps(rule):<55} worst {worst:+.1%} losses {losses:<3} " + "  ".join(
             f"{s[:6]} {t[s][1]['hybrid']:.0%}/{t[s][args.n]['hybrid']:.0%} ({t[s][1]['diff']:+.0%}/{t[s][args.n]['diff']:+.0%})"

@@ -83,23 +83,26 @@ def _same(pairs):
 
 
 def test_merge_ranked_worked_by_hand():
-    lm = [C("l1", "lm", 0.6), C("l2", "lm"), C("l3", "lm")]
+    lm = [C("l1", "lm", 0.5), C("l2", "lm", 0.3), C("l3", "lm", 0.025)]
     ret = [C("r1", "retrieval"), C("r2", "retrieval"), C("r3", "retrieval"), C("r4", "retrieval")]
     share = lambda c: c.share  # noqa: E731
-    # l2 and r3 are one structure, both in the first 3 of their lists: it comes first (retrieval's copy);
-    # then the model (its first holds 0.6 >= 0.5 of the draws), then retrieval and the model in turn
-    out = merge_ranked(lm, ret, 10, _same({("l2", "r3")}), share, consensus=3, lead=0.5, pattern="rl")
-    assert [c.name for c in out] == ["r3", "l1", "r1", "l3", "r2", "r4"]
-    # an unsure model (0.6 < 0.7) leaves the first turn to retrieval; n cuts the list
-    out = merge_ranked(lm, ret, 3, _same({("l2", "r3")}), share, consensus=3, lead=0.7, pattern="rl")
-    assert [c.name for c in out] == ["r3", "r1", "r2"]
-    # a structure already taken is passed over (l3 equals r1, outside the consensus window of 1)
-    out = merge_ranked(lm, ret, 10, _same({("l3", "r1")}), share, consensus=1, lead=0.5, pattern="l")
-    assert [c.name for c in out] == ["l1", "l2", "l3", "r2", "r3", "r4"]
-    # two structures both propose, each first in one list: by summed rank (equal), then retrieval's order
-    out = merge_ranked(lm, ret, 2, _same({("l1", "r2"), ("l2", "r1")}), share, consensus=3)
-    assert [c.name for c in out] == ["r1", "r2"]
-    # one list empty: the other as it is
+    # weight 0.2, decay 1: retrieval's votes 0.2, 0.1, 0.0667, 0.05 by rank; l2 and r3 are one structure, so it
+    # scores 0.3 + 0.0667 (kept as r3); votes: l1 0.5, r3 0.367, r1 0.2, r2 0.1, r4 0.05, l3 0.025
+    out = merge_ranked(lm, ret, 10, _same({("l2", "r3")}), share, weight=0.2, decay=1.0)
+    assert [c.name for c in out] == ["l1", "r3", "r1", "r2", "r4", "l3"]
+    assert [c.name for c in merge_ranked(lm, ret, 2, _same({("l2", "r3")}), share, weight=0.2, decay=1.0)] == ["l1", "r3"]
+    # decay 0: every retrieval candidate votes 0.5; l1 (0.5) ties with them and the lists take turns, the model first
+    lm2 = [C("l1", "lm", 0.5), C("l2", "lm", 0.25)]
+    out = merge_ranked(lm2, ret[:2], 10, _same(set()), share, weight=0.5, decay=0.0)
+    assert [c.name for c in out] == ["l1", "r1", "r2", "l2"]
+    # l2 equal to r2: 0.25 + 0.5 leads; a tie at 0.5 then goes to the model's l1 before r1
+    out = merge_ranked(lm2, ret[:2], 10, _same({("l2", "r2")}), share, weight=0.5, decay=0.0)
+    assert [c.name for c in out] == ["r2", "l1", "r1"]
+    # a model structure pairs with the first retrieval candidate equal to it that is still free
+    out = merge_ranked([C("l1", "lm", 0.1), C("l2", "lm", 0.05)], ret[:2], 10,
+                       _same({("l1", "r1"), ("l2", "r1"), ("l2", "r2")}), share, weight=0.2, decay=1.0)
+    assert [c.name for c in out] == ["r1", "r2"]  # 0.1 + 0.2 and 0.05 + 0.1
+    # one list empty: the other in its own order
     assert [c.name for c in merge_ranked([], ret, 2, _same(set()), share)] == ["r1", "r2"]
 
 

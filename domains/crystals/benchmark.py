@@ -7,8 +7,8 @@ its canonical CIF, as CrystaLLM prompts); a strategy proposes up to ``n`` struct
   with the matcher, the ``n`` most often drawn structures first (:func:`ranked_samples`);
 - ``samples``: the model's first ``n`` samples as drawn (the CDVAE / CrystaLLM protocol);
 - ``retrieval``: substituted training templates (:mod:`domains.crystals.retrieval`);
-- ``hybrid``: both lists merged by one rule (:func:`merge_ranked`): structures both propose first,
-  then the two lists in turn, so that neither's likeliest structures are crowded out.
+- ``hybrid``: both lists merged by one rule (:func:`merge_ranked`): each structure scored by the model's
+  draws that gave it plus a vote that falls with its retrieval rank, the two summed where both propose it.
 
 A candidate counts only if it passes the SMACT and structural checks (CDVAE's filter).
 Match rate = matched test structures / all evaluated, with
@@ -286,52 +286,44 @@ def _prompt_composition(cif_text: str, target):
 
 # the hybrid's ranking rule (merge_ranked), fitted on the validation splits of all three benchmarks together
 # (benchmarks/crystals_hybrid.py fit: 64 MP-20, 60 perov-5 and 60 carbon-24 validation structures); the same on
-# every split. The fitted rule: the model's likeliest structure, then retrieval's list. On validation the model's
-# first structure matched at least as often as retrieval's on every split, and retrieval's first 20 more often
-# than the model's (README, "hybrid").
-HYBRID_RULE = dict(consensus=0, lead=0.0, pattern="r")
+# every split (README, "hybrid"). With these values a template in retrieval's first 20 outweighs a structure the
+# model drew once in 40 draws, and the model's structure drawn 4 times or more outweighs retrieval's first.
+HYBRID_RULE = dict(weight=0.1, decay=0.25)
 
 
-def merge_ranked(lm: list, ret: list, n: int, same, share, consensus: int = HYBRID_RULE["consensus"],
-                 lead: float = HYBRID_RULE["lead"], pattern: str = HYBRID_RULE["pattern"]) -> list:
-    """The hybrid's ranking: the model's ranked structures ``lm`` and retrieval's ``ret`` merged into ``n``.
+def merge_ranked(lm: list, ret: list, n: int, same, share, weight: float = HYBRID_RULE["weight"],
+                 decay: float = HYBRID_RULE["decay"]) -> list:
+    """The hybrid's ranking: the model's ranked structures ``lm`` and retrieval's ``ret`` scored by votes.
 
-    1. A structure in both the model's first ``consensus`` and retrieval's first ``consensus`` (``same(a, b)``:
-       the matcher) comes first, as retrieval's copy, in the model's order: both predictors propose it.
-    2. Then the next candidate of the model if its first structure holds at least ``lead`` of its draws
-       (``share(c)``: the model is sure), else retrieval's; after that the lists take turns by ``pattern``
-       (``"rl"``: retrieval, then the model, repeated); a list that has run out leaves its turns to the other.
-    3. A candidate equal to one already taken is passed over.
-    Because each list's candidates come in their own order, the first ``n`` hold each list's first few, so
-    neither strategy's likeliest structures are crowded out by the other's long tail.
+    A structure's vote is the share of the model's draws that gave it (``share(c)``; 0 if the model did not
+    propose it) plus, if retrieval proposes it at rank ``j`` (0: its first), ``weight / (1 + j) ** decay``.
+    A structure both propose (``same(a, b)``: the matcher; a model structure pairs with the first retrieval
+    candidate equal to it that is not paired yet) gets both votes and is kept as retrieval's copy. The ``n``
+    highest votes come first; ties: a structure both propose first, then the model's order and retrieval's in
+    turn, the model's first. So agreement of the two predictors counts, the model's confident structures can lead
+    and its once-drawn tail does not crowd out retrieval's list.
     """
-    out, used_l, used_r = [], set(), set()
-
-    def taken(c) -> bool:
-        return any(same(c, o) for o in out)
-
-    pairs = []
-    for i, a in enumerate(lm[:consensus]):
-        for j, b in enumerate(ret[:consensus]):
-            if j not in used_r and same(a, b):
-                pairs.append((i + j, j, i))
-                used_l.add(i)
-                used_r.add(j)
+    paired, used = {}, set()
+    for i, a in enumerate(lm):
+        for j, b in enumerate(ret):
+            if j not in used and same(a, b):
+                paired[i] = j
+                used.add(j)
                 break
-    out += [ret[j] for _, j, _ in sorted(pairs)]
-    queues = {"l": [c for i, c in enumerate(lm) if i not in used_l], "r": [c for j, c in enumerate(ret) if j not in used_r]}
-    turns = ["l" if lm and share(lm[0]) >= lead else "r"]
-    k = 0
-    while len(out) < n and (queues["l"] or queues["r"]):
-        if not turns:
-            turns = [pattern[k % len(pattern)]]
-            k += 1
-        src = turns.pop()
-        q = queues[src] or queues["r" if src == "l" else "l"]
-        c = q.pop(0)
-        if not taken(c):
-            out.append(c)
-    return out[:n]
+
+    def prior(j: int) -> float:
+        return weight / (1.0 + j) ** decay
+
+    scored = []  # (vote, proposed by both, position in turn order, candidate)
+    for i, a in enumerate(lm):
+        j = paired.get(i)
+        if j is None:
+            scored.append((share(a), 0, 2 * i, a))
+        else:
+            scored.append((share(a) + prior(j), 1, 2 * min(i, j), ret[j]))
+    scored += [(prior(j), 0, 2 * j + 1, b) for j, b in enumerate(ret) if j not in used]
+    scored.sort(key=lambda x: (-x[0], -x[1], x[2]))
+    return [c for *_, c in scored[:n]]
 
 
 def hybrid_candidates(lm_ranked: list[Cand], ret: list[Cand], n: int, sm, draws: int) -> list[Cand]:
