@@ -266,7 +266,7 @@ def test_cli_sample_evaluate_batch_and_bad_input(tmp_path, tiny_ck, capsys):
     ck = str(SHIPPED if SHIPPED.exists() else tiny_ck)
     out = tmp_path / "s"
     assert main(["crystal", "sample", "--composition", "Sr1Ti1O3", "-n", "3", "--checkpoint", ck, "--out", str(out),
-                 "--seed", "0", "--no-bonds"]) == 0
+                 "--seed", "0", "--no-bonds", "--strategy", "lm"]) == 0
     cifs = sorted(out.glob("*.cif"))
     assert len(cifs) == 3 and (out / "summary.csv").exists()
     text = cifs[0].read_text()
@@ -369,6 +369,33 @@ def test_sample_with_retrieval_and_hybrid_strategies(tmp_path, perov, tiny_ck):
                "--checkpoint", str(tiny_ck), "--out", str(tmp_path / "hyb"), "--no-bonds", "--seed", "0"])
     assert rc == 0 and len(pd.read_csv(tmp_path / "hyb" / "summary.csv")) == 2
     assert main(["crystal", "sample", "-c", formula, "--strategy", "nearest", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_retrieval_keeps_the_cell_a_cell_composition_asks_for(tmp_path, perov):
+    """A 10-atom template of the same reduced formula (a perovskite doubled along a, one A atom moved off its
+    site so that it is not the 5-atom cell again) is offered for the reduced formula (any formula-unit count) and
+    not for the 5-atom cell composition the model would be prompted with."""
+    from pymatgen.core import Composition
+    from pymatgen.io.cif import CifWriter
+
+    from domains.crystals.sampling import retrieved_samples
+
+    target = structure_from_cif(perov["cif"][7], rebuild=False)
+    double = target * (2, 1, 1)
+    a_site = min(range(len(double)), key=lambda i: double[i].specie.X)  # the least electronegative: an A cation
+    double.translate_sites([a_site], [0.12, 0.2, 0.1])
+    table = tmp_path / "templates.csv"
+    rows = perov[["material_id", "cif"]].head(12)
+    pd.concat([rows, pd.DataFrame({"material_id": ["double"], "cif": [str(CifWriter(double))]})]).to_csv(table, index=False)
+    cell = canonicalize(target).formula
+    reduced = target.composition.reduced_formula
+    assert Composition(cell).num_atoms == 5 and Composition(reduced).num_atoms == 5
+
+    def atoms(formula):
+        return [structure_from_cif(x.text).composition.num_atoms for x in retrieved_samples(formula, 20, [table], "retrieval")]
+
+    assert set(atoms(cell)) == {5}
+    assert 10 in atoms(reduced)
 
 
 def test_retrieval_index_cache(tmp_path, perov, monkeypatch):

@@ -62,7 +62,9 @@ def retrieved_samples(composition: str, n: int, templates, strategy: str = "retr
 
     ``templates``: corpus table(s) or CIF inputs (canonicalised and cached). The prompt's cell
     composition picks the templates (a reduced formula: the first formula-unit count that fits);
-    ``spacegroup`` keeps only candidates of that space group.
+    ``spacegroup`` keeps only candidates of that space group. A cell composition (``Sr1Ti1O3``,
+    ``Na4Cl4`` or ``z`` given: one prompt, as the model reads it) keeps only templates of that many atoms
+    (the model's structures are prompted with that cell); a reduced formula (``SrTiO3``) takes any.
     """
     import math
 
@@ -82,7 +84,9 @@ def retrieved_samples(composition: str, n: int, templates, strategy: str = "retr
     index = load_index(templates)
     comp = Composition(prompts[0].formula)
     sm = matcher()
-    pool = n * 4 if sg else n * 2  # room for candidates dropped below (another space group, an absurd cell)
+    cell = prompts[0].composition.num_atoms if len(prompts) == 1 else None
+    # room for candidates dropped below (another space group or cell size, an absurd cell)
+    pool = max(n * 4, 40) if sg or cell else n * 2
     cands = [Cand(c.structure, None, -c.score, "retrieval", extra={"template": c.template})
              for c in index.predict(comp, pool, sm)]
     if strategy == "hybrid":
@@ -103,8 +107,11 @@ def retrieved_samples(composition: str, n: int, templates, strategy: str = "retr
             continue
         if sg is not None and can.spacegroup != sg:
             continue
-        if Composition(can.formula).reduced_composition != comp.reduced_composition:
+        got = Composition(can.formula)
+        if got.reduced_composition != comp.reduced_composition:
             continue  # a model sample whose atoms fell onto each other (merged when read): not this composition
+        if cell is not None and c.source != "lm" and got.num_atoms != cell:
+            continue  # a template of another formula-unit count than the cell asked for (the model is prompted with it)
         src = "lm" if c.source == "lm" else f"template {c.extra.get('template', c.source)}"
         out.append(Sample(prompts[0].text, can.cif, math.nan, 0, True, 0, src))
         if len(out) >= n:
