@@ -370,6 +370,8 @@ def fit_heads(model: LanguageModel, source, windows: int, epochs: int = 3, batch
     """
     from tqdm.auto import tqdm
 
+    from sciar.train import TrainConfig, lr_at
+
     if not getattr(model, "mtp", None):
         raise SciarError("the model has no multi-token heads to train (see with_heads)")
     gen = torch.Generator().manual_seed(seed)
@@ -386,19 +388,20 @@ def fit_heads(model: LanguageModel, source, windows: int, epochs: int = 3, batch
 
     h, y = states("train", windows)
     hv, yv = states("val", min(8, windows)) if source.has_val else (None, None)
-    params = [p for p in model.mtp.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.mtp.parameters(), lr=lr, weight_decay=0.0)
     steps = epochs * -(-len(h) // batch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(s / steps, 1))))
+    schedule = TrainConfig(lr=lr, min_lr=0.1 * lr, warmup_steps=0, max_steps=steps)  # the trainer's cosine, no warmup
     bar = tqdm(total=steps, desc="heads", disable=not progress)
-    loss = None
+    loss, step = None, 0
     for _ in range(epochs):
         for idx in torch.randperm(len(h), generator=gen).split(batch):
             loss = model.mtp_loss(h[idx].float(), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, schedule)
             opt.step()
-            sched.step()
+            step += 1
             bar.update()
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     bar.close()
