@@ -130,7 +130,7 @@ def train_heads(args) -> dict:
     from sciar.paths import find_checkpoint
 
     base, tok, ck = load_language_model(find_checkpoint(args.target))
-    model = with_heads(base, args.n_heads)
+    model = with_heads(base, args.n_heads, kind=args.heads_kind)
     corpus = read_corpus(ROOT / "data" / "crystals" / "default.parquet")
     src, info, fp, _ = corpus_source(corpus, model.cfg.block_size, seed=1337, progress=False)
     summary = fit_heads(model, src, args.heads_windows, epochs=args.heads_epochs, batch=args.heads_batch)
@@ -143,7 +143,8 @@ def train_heads(args) -> dict:
 
 def speculative_speed(args, comps: list[str]) -> dict:
     """Tokens/s of self-speculative and draft-model speculative decoding over plain cached decoding (forced
-    tokens chained), grammar on, top-k 10, at batch 1 and 16; arms alternate within each round."""
+    tokens chained), grammar on, top-k 10, at batch 1 and 16; round r decodes the r-th held-out composition
+    (cycling) with every arm in turn."""
     from pymatgen.core import Composition
 
     from domains.crystals.generate import CrystalGenerator, make_prompt
@@ -157,33 +158,34 @@ def speculative_speed(args, comps: list[str]) -> dict:
     draft = load_language_model(find_checkpoint(args.draft))[0] if args.draft else None
     heads = load_language_model(args.heads)[0] if args.heads else None
     vocab = CrystalGenerator.from_model(target, tok).vocab
-    prompt = make_prompt(Composition(comps[0]))
-    ids = tok.encode(prompt.text)
     stop = [[vocab.nl, vocab.nl]]
-    out = {"target": str(args.target), "draft": args.draft, "heads": args.heads, "composition": comps[0],
-           "max_new_tokens": args.spec_tokens, "top_k": 10}
+    out = {"target": str(args.target), "draft": args.draft, "heads": args.heads,
+           "compositions": comps[: args.rounds], "max_new_tokens": args.spec_tokens, "top_k": 10}
     for batch in [int(b) for b in args.spec_batches.split(",")]:
-        arms = {"plain": lambda cons, seed: generate(target, [ids] * batch, args.spec_tokens, top_k=10, stop=stop,
-                                                      constraints=cons, seed=seed)}
+        arms = {"plain": lambda ids, cons, seed: generate(target, [ids] * batch, args.spec_tokens, top_k=10, stop=stop,
+                                                           constraints=cons, seed=seed)}
         stats = {"self": {}, "draft": {}}
         if heads is not None:
-            arms["self"] = lambda cons, seed: speculative_generate(heads, [ids] * batch, args.spec_tokens, top_k=10,
-                                                                   stop=stop, constraints=cons, seed=seed,
-                                                                   stats=stats["self"])
+            arms["self"] = lambda ids, cons, seed: speculative_generate(heads, [ids] * batch, args.spec_tokens, top_k=10,
+                                                                        stop=stop, constraints=cons, seed=seed,
+                                                                        stats=stats["self"])
         if draft is not None:
-            arms["draft"] = lambda cons, seed: speculative_generate(target, [ids] * batch, args.spec_tokens, top_k=10,
-                                                                    stop=stop, constraints=cons, seed=seed, draft=draft,
-                                                                    n_draft=args.n_draft, stats=stats["draft"])
+            arms["draft"] = lambda ids, cons, seed: speculative_generate(target, [ids] * batch, args.spec_tokens,
+                                                                         top_k=10, stop=stop, constraints=cons,
+                                                                         seed=seed, draft=draft, n_draft=args.n_draft,
+                                                                         stats=stats["draft"])
         tokens = {k: 0 for k in arms}
         secs = {k: 0.0 for k in arms}
         cpu = {k: 0.0 for k in arms}  # this process's CPU time: the cost on a core, whatever else runs
         passes = {k: 0 for k in stats}
         acc = {k: [0, 0] for k in stats}
-        for rnd in range(args.rounds):
+        for rnd in range(args.rounds):  # round r: the r-th held-out composition (cycling), every arm on it
+            prompt = make_prompt(Composition(comps[rnd % len(comps)]))
+            ids = tok.encode(prompt.text)
             for name, fn in arms.items():
                 cons = [cif_constraint(vocab, prompt) for _ in range(batch)]
                 t, c = time.perf_counter(), time.process_time()
-                gens = fn(cons, rnd)
+                gens = fn(ids, cons, rnd)
                 secs[name] += time.perf_counter() - t
                 cpu[name] += time.process_time() - c
                 tokens[name] += sum(len(g.tokens) for g in gens)
@@ -260,6 +262,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--train-heads", default=None, help="train multi-token heads on the frozen --target into this folder")
     ap.add_argument("--n-heads", type=int, default=3)
+    ap.add_argument("--heads-kind", default="parallel", choices=["parallel", "sequential"],
+                    help="one head per distance (Medusa) or one draft step unrolled (sequential)")
     ap.add_argument("--heads-windows", type=int, default=800, help="corpus windows the heads train on")
     ap.add_argument("--heads-epochs", type=int, default=3)
     ap.add_argument("--heads-batch", type=int, default=4, help="windows per step")

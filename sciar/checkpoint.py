@@ -274,7 +274,7 @@ def register_model(domain: str, builder, tokenizer: str | None = None) -> None:
 
 # ModelConfig options that change what a model computes (README "core options"): a checkpoint combines only
 # with the values it was trained with
-OPTIONS = ("mlp", "qkv_conv", "meap", "mtp_heads")
+OPTIONS = ("mlp", "qkv_conv", "meap", "mtp_heads", "mtp_kind")
 
 
 def refuse_other_options(ck: Checkpoint, options: dict | None):

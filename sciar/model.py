@@ -60,6 +60,7 @@ class ModelConfig:
     qkv_conv: bool = False  # Primer: depthwise 3-wide causal convolution over time after the Q, K and V projections
     meap: float = 0.0  # MEAP: share of input tokens replaced by a learned mask vector in training (0: none)
     mtp_heads: int = 0  # extra heads predicting the tokens 2, 3, ... ahead (self-speculative decoding)
+    mtp_kind: str = "parallel"  # "parallel": one head per distance (Medusa); "sequential": one draft step reused
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -82,6 +83,8 @@ class ModelConfig:
             raise SciarError(f"meap is a share of input tokens in [0, 1), got {self.meap}")
         if self.mtp_heads < 0:
             raise SciarError(f"mtp_heads must be >= 0, got {self.mtp_heads}")
+        if self.mtp_kind not in ("parallel", "sequential"):
+            raise SciarError(f"unknown mtp_kind {self.mtp_kind!r} (parallel or sequential)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -541,6 +544,23 @@ class MTPHead(nn.Module):
         return h + F.silu(self.fc(h))
 
 
+class DraftStep(nn.Module):
+    """The sequential draft head (the sampler of "Your LLM Knows the Future", Hydra's sequentially dependent heads,
+    EAGLE without attention): from the state that predicted a token and that token's embedding, the state that
+    predicts the next one, read by the shared LM head. Starting from the trunk's last hidden state and applied
+    once per token, each draft is conditioned on the tokens drafted before it, which parallel heads cannot be.
+    Zero-initialised output, so it starts as the identity."""
+
+    def __init__(self, n_embd: int):
+        super().__init__()
+        self.fc = nn.Linear(2 * n_embd, 2 * n_embd, bias=False)
+        self.proj = nn.Linear(2 * n_embd, n_embd, bias=False)
+        nn.init.zeros_(self.proj.weight)
+
+    def forward(self, g, e):
+        return g + self.proj(F.silu(self.fc(torch.cat([g, e], -1))))
+
+
 class LanguageModel(nn.Module):
     """Trunk + LM head: the model of every token domain. ``forward`` returns the loss when given targets.
 
@@ -559,7 +579,10 @@ class LanguageModel(nn.Module):
         self.trunk = Transformer(cfg)
         self.head = LMHead(self.trunk, tied=tied)
         self.mask_embed = nn.Parameter(torch.randn(cfg.n_embd) * 0.02) if cfg.meap else None
-        self.mtp = nn.ModuleList(MTPHead(cfg.n_embd) for _ in range(cfg.mtp_heads)) if cfg.mtp_heads else None
+        self.mtp = None
+        if cfg.mtp_heads:
+            self.mtp = (DraftStep(cfg.n_embd) if cfg.mtp_kind == "sequential"
+                        else nn.ModuleList(MTPHead(cfg.n_embd) for _ in range(cfg.mtp_heads)))
         self.register_buffer("emo_cost", None, persistent=False)
 
     def forward(self, idx, targets=None, prefix=None, cache=None, positions=None, mask=None, cond=None, context=None):
@@ -579,12 +602,25 @@ class LanguageModel(nn.Module):
             loss = loss + self.mtp_loss(h, targets)
         return loss
 
+    @property
+    def sequential_draft(self) -> bool:
+        return self.mtp is not None and self.cfg.mtp_kind == "sequential"
+
+    def draft_step(self, g: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Sequential heads: the state after ``tokens`` (``[...]``) from the states ``g`` (``[..., C]``) that
+        predicted them; ``self.head`` of it predicts the token after."""
+        return self.mtp(g, self.trunk.wte(tokens))
+
     def mtp_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits of the extra heads, ``[..., mtp_heads, vocab]``: head i predicts the token ``i + 2`` ahead."""
-        return torch.stack([self.head(m(h)) for m in self.mtp], dim=-2)
+        """Logits of the parallel heads, ``[..., mtp_heads, vocab]``: head i predicts the token ``i + 2`` ahead."""
+        w = torch.cat([m.fc.weight for m in self.mtp])  # every head's layer in one matmul (decoding calls this per pass)
+        u = F.linear(h, w).unflatten(-1, (len(self.mtp), h.shape[-1]))
+        return self.head(h.unsqueeze(-2) + F.silu(u))
 
     def mtp_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Sum over the extra heads of their cross-entropy (head i at position t: the target of t + 1 + i)."""
+        if self.sequential_draft:
+            return self._sequential_loss(h, targets)
         total = h.new_zeros(())
         for i, m in enumerate(self.mtp):
             shift = i + 1
@@ -593,6 +629,27 @@ class LanguageModel(nn.Module):
             logits = self.head(m(h[:, :-shift]))
             total = total + F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
                                             targets[:, shift:].reshape(-1), ignore_index=-1)
+        return total
+
+    def _sequential_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The draft step unrolled ``mtp_heads`` times from every position t, teacher-forced with the true tokens:
+        step k's state predicts the target of t + k (cross-entropy, summed over k). A chain through a position
+        without a target (-1) stops there. (EAGLE also regresses the trunk's hidden state at t + k; on a trunk
+        whose states do not yet predict the data that term fights the cross-entropy, so it is left out.)"""
+        T = h.shape[1]
+        valid = targets >= 0
+        tok = targets.clamp(min=0)
+        g, ok, total = h, valid, h.new_zeros(())
+        for k in range(1, self.cfg.mtp_heads + 1):
+            n = T - k
+            if n <= 0:
+                break
+            g = self.draft_step(g[:, :n], tok[:, k - 1: k - 1 + n])
+            ok = ok[:, :n] & valid[:, k: k + n]
+            if not ok.any():
+                break
+            logits = self.head(g[ok]).float()
+            total = total + F.cross_entropy(logits, targets[:, k: k + n][ok])
         return total
 
 

@@ -26,6 +26,20 @@ def target():
             h.fc.weight.normal_(0, 0.3)  # heads that are often wrong: both acceptance and rejection happen
     return m
 
+@pytest.fixture(scope="module")
+def seq_target(target):
+    """The same trunk with a sequential draft head of random weights (often wrong, so both branches happen)."""
+    from dataclasses import replace
+
+    torch.manual_seed(7)
+    trunk = LanguageModel(replace(target.cfg, mtp_heads=0))
+    trunk.load_state_dict({k: v for k, v in target.state_dict().items() if not k.startswith("mtp.")})
+    m = with_heads(trunk, 2, kind="sequential").eval()
+    with torch.no_grad():
+        m.mtp.fc.weight.normal_(0, 0.3)
+        m.mtp.proj.weight.normal_(0, 0.3)
+    return m
+
 def exact_distribution(model) -> dict[tuple, float]:
     """Probability of every continuation of N_NEW tokens: the product of the model's next-token distributions
     under the toy grammar, temperature and top-k, enumerated prefix by prefix."""
@@ -69,6 +83,13 @@ def test_self_speculative_keeps_the_models_distribution(target):
     assert 0 < stats["accepted"] < stats["proposed"]  # both branches of the rejection sampling were taken
     check_frequencies(target, gens)
 
+def test_sequential_heads_keep_the_models_distribution(seq_target):
+    stats = {}
+    gens = speculative_generate(seq_target, [PROMPT] * 4000, max_new_tokens=N_NEW, seed=8, constraints=lambda i: toy(),
+                                stats=stats, **FILT)
+    assert 0 < stats["accepted"] < stats["proposed"]
+    check_frequencies(seq_target, gens)
+
 def test_draft_model_speculative_keeps_the_models_distribution(target):
     torch.manual_seed(1)
     draft = LanguageModel(ModelConfig(vocab_size=8, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
@@ -78,11 +99,12 @@ def test_draft_model_speculative_keeps_the_models_distribution(target):
     assert 0 < stats["accepted"] < stats["proposed"]
     check_frequencies(target, gens)
 
-def test_long_ragged_runs_report_the_models_logprobs(target):
+def test_long_ragged_runs_report_the_models_logprobs(target, seq_target):
     """Rows of different lengths, forced runs, rejections: every reported log-probability is the model's."""
     prompts = [[1, 2, 3], [4], [5, 6, 7, 1, 2], [3, 3]]
-    for kw in ({}, {"draft": LanguageModel(ModelConfig(vocab_size=8, block_size=32, n_layer=1, n_head=2, n_embd=16))}):
-        gens = speculative_generate(target, prompts, max_new_tokens=20, seed=3, constraints=[toy(), None, toy(), None],
+    for m, kw in ((target, {}), (seq_target, {}),
+                  (target, {"draft": LanguageModel(ModelConfig(vocab_size=8, block_size=32, n_layer=1, n_head=2, n_embd=16))})):
+        gens = speculative_generate(m, prompts, max_new_tokens=20, seed=3, constraints=[toy(), None, toy(), None],
                                     stop=[[0, 0]], **kw)
         for g in gens:
             assert len(g.tokens) == 20 or g.stopped
@@ -141,3 +163,41 @@ def test_fit_heads_learns_a_deterministic_sequence():
     out = fit_heads(m, TokenWindows(ids, 16, val_ids=ids[:200]), windows=32, epochs=12, batch=4, lr=2e-2, progress=False)
     assert out["head_0_val_top1"] == 1.0 and out["head_1_val_top1"] == 1.0
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+
+def test_sequential_loss_unrolls_the_draft_step_teacher_forced():
+    """Step k from position t reads the true token t + k and predicts the target of t + k; a chain through a
+    target of -1 is left out. Written out by hand, chain by chain."""
+    torch.manual_seed(9)
+    base = LanguageModel(ModelConfig(vocab_size=8, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    m = with_heads(base, 2, kind="sequential")
+    with torch.no_grad():
+        m.mtp.proj.weight.normal_(0, 0.3)
+        idx = torch.randint(8, (1, 6))
+        tgt = torch.randint(8, (1, 6))
+        tgt[0, 3] = -1
+        h = m.trunk(idx)[0]
+        ce = torch.nn.functional.cross_entropy
+        want = 0.0
+        for k in (1, 2):
+            logits, labels = [], []
+            for t in range(6 - k):
+                if any(int(tgt[0, t + i]) < 0 for i in range(k + 1)):
+                    continue
+                g = h[t]
+                for i in range(k):
+                    g = g + m.mtp.proj(torch.nn.functional.silu(m.mtp.fc(torch.cat([g, m.trunk.wte.weight[tgt[0, t + i]]]))))
+                logits.append(m.head(g))
+                labels.append(int(tgt[0, t + k]))
+            want += float(ce(torch.stack(logits), torch.tensor(labels)))
+        assert float(m.mtp_loss(h[None], tgt)) == pytest.approx(want, rel=1e-5)
+
+def test_fit_heads_trains_a_sequential_head():
+    """On a sequence that repeats 0..7 the sequential head learns the tokens 2 and 3 ahead."""
+    from sciar.data import TokenWindows
+
+    torch.manual_seed(4)
+    m = with_heads(LanguageModel(ModelConfig(vocab_size=8, block_size=16, n_layer=1, n_head=2, n_embd=32)), 2,
+                   kind="sequential")
+    ids = torch.arange(2000) % 8
+    out = fit_heads(m, TokenWindows(ids, 16, val_ids=ids[:200]), windows=32, epochs=12, batch=4, lr=2e-2, progress=False)
+    assert out["head_0_val_top1"] == 1.0 and out["head_1_val_top1"] == 1.0

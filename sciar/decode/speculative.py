@@ -49,13 +49,14 @@ class _Row:
         self.stopped = self.done = False
         self.drafts: list[tuple[int, torch.Tensor]] = []
         self.last = self.heads = None  # the model's logits after the last fed token, and the heads' there
+        self.state = None  # sequential heads: the draft state after the certain tokens and this round's drafts
 
     def take(self, tok: int, stop):
         self.tokens.append(int(tok))
         if self.con is not None:
             self.con.advance(int(tok))
-        new = self.tokens[len(self.prompt):]
-        self.stopped = any(_ends_with(new, s) for s in stop)
+        n = len(self.tokens) - len(self.prompt)
+        self.stopped = any(len(s) <= n and _ends_with(self.tokens, s) for s in stop)
         self.done = self.stopped or len(self.tokens) >= self.limit
 
     def forced(self) -> int | None:
@@ -70,7 +71,7 @@ class _Row:
         return SimpleNamespace(tokens=self.tokens + [t for t, _ in self.drafts], fed=self.fed)
 
     def needs_pass(self) -> bool:
-        return not self.done or any(i not in self.lps for i in range(len(self.prompt), len(self.tokens)))
+        return not self.done or len(self.lps) < len(self.tokens) - len(self.prompt)  # a log-probability missing
 
 
 class _Cache:
@@ -214,7 +215,7 @@ def speculative_generate(
     stats.update(proposed=0, accepted=0, passes=0)
     while live:
         _sample_next(live, V, tgt.dev, filt, stop)
-        _draft(live, drf, depth.depth(), V, tgt.dev, filt, stop)
+        _draft(live, drf, depth.depth(), V, tgt.dev, filt, stop, model)
         _verify(live, model, tgt, drf, V, filt, stop, stats, depth)
         keep = [b for b, r in enumerate(live) if r.needs_pass()]
         if len(keep) < len(live) and keep:
@@ -241,22 +242,34 @@ def _sample_next(live, V, dev, filt, stop):
         r.take(t, stop)
 
 
-def _draft(live, drf, depth, V, dev, filt, stop):
+def _draft(live, drf, depth, V, dev, filt, stop, model):
     """Each row takes the forced run after its certain tokens (at most CHAIN unfed), then drafts up to ``depth``
     tokens. The constraint is not advanced by drafts (so nothing is ever undone in it): the first draft's proposal
     is masked by the constraint, later ones are not (a draft the grammar rules out is rejected in verification,
-    where the model's probability of it is 0)."""
+    where the model's probability of it is 0). Heads draft the token ``o`` places after the last fed one only for
+    ``o <= mtp_heads + 1``: parallel head ``o - 2`` reads that token's hidden state; the sequential head steps from
+    it through the certain unfed tokens and each draft in turn."""
     for r in live:
         r.drafts = []
         r.force(stop, r.fed + CHAIN)
+    K = model.cfg.mtp_heads
+    seq = drf is None and model.sequential_draft
+    if seq:
+        _step_states(model, [(r, r.heads, r.tokens[r.fed:]) for r in live
+                             if r.last is not None and not r.done and len(r.tokens) - r.fed <= K])
     for j in range(depth):
         todo = [r for r in live if r.last is not None and not r.done and len(r.drafts) == j
                 and len(r.tokens) + j < r.limit and (j > 0 or r.forced() is None)]
-        if drf is None:  # the heads read the hidden state of the last fed token: the token o after it uses head o - 2
-            todo = [r for r in todo if 0 <= len(r.tokens) + j - r.fed - 1 < len(r.heads)]
+        if drf is None:
+            todo = [r for r in todo if 0 <= len(r.tokens) + j - r.fed - 1 < K]
             if not todo:
                 break
-            logits = torch.stack([r.heads[len(r.tokens) + j - r.fed - 1] for r in todo])
+            if seq:
+                if j:
+                    _step_states(model, [(r, r.state, [r.drafts[-1][0]]) for r in todo])
+                logits = model.head(torch.stack([r.state for r in todo])).float()
+            else:
+                logits = torch.stack([r.heads[len(r.tokens) + j - r.fed - 1] for r in todo])
         else:
             if not todo:
                 break
@@ -274,6 +287,19 @@ def _draft(live, drf, depth, V, dev, filt, stop):
         u = torch.tensor([r.rng.random() for r in todo], dtype=torch.float64, device=dev)
         for b, (r, t) in enumerate(zip(todo, sample_rows(q, u).tolist())):
             r.drafts.append((t, q[b]))
+
+
+def _step_states(model, items):
+    """Sequential heads: for each ``(row, state, tokens)``, ``row.state`` becomes ``state`` stepped through
+    ``tokens``, all rows' steps batched."""
+    for r, g, _ in items:
+        r.state = g
+    for s in range(max((len(t) for _, _, t in items), default=0)):
+        rows = [(r, t[s]) for r, _, t in items if len(t) > s]
+        g = model.draft_step(torch.stack([r.state for r, _ in rows]),
+                             torch.tensor([t for _, t in rows], device=rows[0][0].state.device))
+        for n, (r, _) in enumerate(rows):
+            r.state = g[n]
 
 
 def _verify(live, model, tgt, drf, V, filt, stop, stats, depth):
@@ -335,22 +361,25 @@ def _verify(live, model, tgt, drf, V, filt, stop, stats, depth):
         r.drafts = []
     idx = [b for b, c in enumerate(counts) if c]
     if idx:
-        hs = h[idx, [col(b, live[b].fed - 1) for b in idx]]
-        lasts = model.head(hs).float()
-        heads = model.mtp_logits(hs).float() if getattr(model, "mtp", None) and drf is None else None
+        cols = [col(b, live[b].fed - 1) for b in idx]
+        hs, lasts = h[idx, cols], logits[idx, cols]
+        heads = None
+        if getattr(model, "mtp", None) is not None and drf is None:  # sequential heads keep the trunk's state
+            heads = hs if model.sequential_draft else model.mtp_logits(hs).float()
         for n, b in enumerate(idx):
             live[b].last = lasts[n]
             live[b].heads = heads[n] if heads is not None else None
 
 
-def with_heads(model: LanguageModel, n: int) -> LanguageModel:
-    """A copy of ``model`` with ``n`` new multi-token heads (zero-initialised) and its own weights frozen: what
-    Medusa-style training of the heads alone starts from (``sciar.train.train`` trains what requires grad)."""
+def with_heads(model: LanguageModel, n: int, kind: str = "parallel") -> LanguageModel:
+    """A copy of ``model`` with ``n`` new multi-token heads (zero-initialised; ``kind`` "sequential": one draft
+    step unrolled ``n`` times, see :class:`sciar.model.DraftStep`) and its own weights frozen: what Medusa-style
+    training of the heads alone starts from (``sciar.train.train`` trains what requires grad)."""
     from dataclasses import replace
 
-    if getattr(model, "mtp", None):
+    if getattr(model, "mtp", None) is not None:
         raise SciarError(f"the model already has {model.cfg.mtp_heads} multi-token heads")
-    new = LanguageModel(replace(model.cfg, mtp_heads=n, dropout=0.0), tied=model.head.tied)
+    new = LanguageModel(replace(model.cfg, mtp_heads=n, mtp_kind=kind, dropout=0.0), tied=model.head.tied)
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
     if unexpected or any(not k.startswith("mtp.") for k in missing):
         raise SciarError(f"weights do not fit the model with heads (missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -409,9 +438,14 @@ def fit_heads(model: LanguageModel, source, windows: int, epochs: int = 3, batch
     if hv is not None:
         with torch.no_grad():
             hf = hv.float()
-            for i, m in enumerate(model.mtp):
-                logits = model.head(m(hf[:, : -(i + 1)]))
+            g = hf
+            for i in range(model.cfg.mtp_heads):  # head i (or draft step i + 1, teacher-forced): the target of t + 1 + i
                 t = yv[:, i + 1:]
+                if model.sequential_draft:
+                    g = model.draft_step(g[:, :-1], yv[:, i: i + g.shape[1] - 1].clamp(min=0))
+                    logits = model.head(g)
+                else:
+                    logits = model.head(model.mtp[i](hf[:, : -(i + 1)]))
                 ok = t >= 0
                 out[f"head_{i}_val_loss"] = float(F.cross_entropy(logits[ok].float(), t[ok]))
                 out[f"head_{i}_val_top1"] = float((logits.argmax(-1)[ok] == t[ok]).float().mean())
