@@ -191,3 +191,24 @@ def test_cli_ask_design_batch(trained, capsys):
     out = pd.read_parquet(trained / "r.parquet")
     assert list(out["status"]) == ["ok", "ok", "error"] and "outside its range" in out["error"].iloc[2]
     assert np.isfinite(out["verified_error"].iloc[1]) and out["rel_error_E1"].notna().iloc[0]
+
+
+def test_batches_keep_to_one_length_bucket_and_draw_documents_uniformly():
+    """Short and long documents never share a batch, and over many batches each kind is drawn in its share of
+    the documents (90 of 40 tokens, 10 of 600: a tenth long, within four binomial standard errors)."""
+    import torch
+
+    from domains.mechanics.model import AnswerBatches
+
+    docs = [([1] * 40, 20)] * 90 + [([2] * 600, 300)] * 10
+    src = AnswerBatches({"train": docs})
+    gen = torch.Generator().manual_seed(0)
+    long = total = 0
+    for _ in range(2000):
+        b = src.get_batch("train", 8, gen)
+        lengths = {int((row != 0).sum()) for row in b["idx"]}
+        assert len(lengths) == 1  # one bucket: no padding at all here
+        long += 8 * (lengths == {599})
+        total += 8
+    share, se = long / total, (0.1 * 0.9 / 2000) ** 0.5  # batches, not tokens, are the independent draws
+    assert abs(share - 0.1) < 4 * se
