@@ -25,6 +25,7 @@ import json
 import statistics
 import sys
 import time
+from types import SimpleNamespace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,6 +209,100 @@ def speculative_speed(args, comps: list[str]) -> dict:
     return out
 
 
+def _passes(forced: list[bool], depth: int | None) -> int:
+    """Forward passes after the prompt's to decode a row whose tokens the grammar forces where ``forced``: plain
+    cached decoding (``depth`` None: one sampled token and the forced run after it, at most CHAIN fed a pass), or
+    self-speculative decoding whose drafts are all accepted (the rules of ``sciar.decode.speculative``: the forced
+    run, then drafts up to ``depth`` tokens ahead of the last fed one, the first only where the grammar leaves a
+    choice; the pass gives the next token)."""
+    from sciar.decode.tokens import CHAIN
+
+    n, passes = len(forced), 0
+    fed = next((i for i, f in enumerate(forced) if not f), n)  # the prompt's pass took the forced tokens before
+    taken = fed
+    while fed < n:
+        if taken == fed:  # everything fed: the next token is sampled from the last pass
+            taken += 1
+        if depth is None:
+            while taken < n and forced[taken]:
+                taken += 1
+            passes += -(-(taken - fed) // CHAIN)
+            fed = taken
+            continue
+        while taken < n and forced[taken] and taken < fed + CHAIN:
+            taken += 1
+        drafts = 0
+        while (drafts < depth and taken + drafts < n and taken + drafts - fed - 1 < depth
+               and (drafts or not forced[taken])):
+            drafts += 1
+        passes += 1
+        fed = taken + drafts
+        taken = min(fed + 1, n)  # the pass's own next token (sampled, or forced)
+    return passes
+
+
+def speculative_ceiling(args, comps: list[str]) -> dict:
+    """What self-speculative decoding could give at best: drafts that are always accepted. Rows sampled from the
+    target (plain, grammar on, top-k 10) give which tokens the grammar forces; :func:`_passes` counts the passes
+    of plain decoding and of perfect drafts of each depth; the cost of a pass is measured against the tokens it
+    feeds (cached, batch 1, one thread). The ceiling is the plain time over the perfect-draft time, leaving out
+    drafting and verification overhead (so an upper bound)."""
+    import torch
+    from pymatgen.core import Composition
+
+    from domains.crystals.generate import CrystalGenerator, make_prompt
+    from domains.crystals.grammar import cif_constraint
+    from sciar.checkpoint import load_language_model
+    from sciar.decode.constraints import single
+    from sciar.decode.tokens import _cached_step, generate, ragged_cache
+    from sciar.paths import find_checkpoint
+
+    target, tok, _ = load_language_model(find_checkpoint(args.target))
+    vocab = CrystalGenerator.from_model(target, tok).vocab
+    rows = []
+    for r in range(args.rounds):
+        prompt = make_prompt(Composition(comps[r % len(comps)]))
+        g = generate(target, [tok.encode(prompt.text)], args.spec_tokens, top_k=10, stop=[[vocab.nl, vocab.nl]],
+                     constraints=[cif_constraint(vocab, prompt)], seed=r)[0]
+        con, forced = cif_constraint(vocab, prompt), []
+        for t in g.tokens:
+            forced.append(single(con.allowed()) is not None)
+            con.advance(t)
+        rows.append(forced)
+    cost = {}  # ms of CPU per pass feeding T tokens, after 300 cached ones
+    ids = torch.randint(target.cfg.vocab_size, (700,)).tolist()
+    for T in (1, 2, 4, 6, 8, 12, 16):
+        cache = ragged_cache(target.cfg, 1, 1024, "cpu", torch.float32)
+        valid = torch.zeros(1, 1024, dtype=torch.bool)
+        with torch.no_grad():
+            _cached_step(target.trunk, cache, valid, 0, [SimpleNamespace(tokens=ids[:300], fed=0)], [300], 300)
+            used, t0, k = 300, time.process_time(), 0
+            while used + T <= 620:
+                target.head(_cached_step(target.trunk, cache, valid, used, [SimpleNamespace(tokens=ids[: used + T], fed=used)], [T], T))
+                used, k = used + T, k + 1
+        cost[T] = (time.process_time() - t0) / k * 1000
+
+    def ms(t):  # linear between the measured sizes
+        xs = sorted(cost)
+        t = min(max(t, xs[0]), xs[-1])
+        hi = next(x for x in xs if x >= t)
+        lo = max(x for x in xs if x <= t)
+        return cost[lo] if hi == lo else cost[lo] + (cost[hi] - cost[lo]) * (t - lo) / (hi - lo)
+
+    n = sum(len(f) for f in rows)
+    plain = sum(_passes(f, None) for f in rows)
+    out = {"tokens": n, "forced_share": sum(map(sum, rows)) / n, "plain_passes": plain,
+           "pass_ms_by_tokens_fed": cost, "perfect_drafts": {}}
+    for depth in (2, 4, 6, 8, 12):
+        p = sum(_passes(f, depth) for f in rows)
+        out["perfect_drafts"][depth] = {"passes": p, "pass_ratio": plain / p,
+                                        "speedup_ceiling": plain * ms(n / plain) / (p * ms(n / p))}
+    print(f"ceiling over {args.rounds} CIFs ({n} tokens, {out['forced_share']:.0%} forced): plain {plain} passes; "
+          + ", ".join(f"depth {d}: {v['passes']} passes, at most {v['speedup_ceiling']:.2f}x"
+                      for d, v in out["perfect_drafts"].items()), flush=True)
+    return out
+
+
 def summarise(results: list[dict]) -> dict:
     by = {}
     for r in results:
@@ -252,6 +347,7 @@ def main():
     ap.add_argument("--no-train", action="store_true", help="only the speculative decoding part")
     ap.add_argument("--collect", action="store_true", help="summarise the finished runs in --out, train nothing")
     ap.add_argument("--speculative", action="store_true", help="also time speculative decoding")
+    ap.add_argument("--ceiling", action="store_true", help="the speed-up perfect drafts would give (--rounds CIFs)")
     ap.add_argument("--target", default="crystal-medium")
     ap.add_argument("--heads", default=None, help="checkpoint of the target with multi-token heads")
     ap.add_argument("--draft", default="crystal-small")
@@ -305,6 +401,8 @@ def main():
                            "bonds": args.bonds, "corpus": "data/crystals/default.parquet", "heldout": comps}
     if args.speculative:
         result["speculative"] = speculative_speed(args, comps)
+    if args.ceiling:
+        result["speculative_ceiling"] = speculative_ceiling(args, comps)
     out_json.write_text(json.dumps(result, indent=1))
     for name, o in result.get("options", {}).items():
         print(f"{name:8s} seeds {o['seeds']} val {o['val_loss_mean']:.4f} +- {o['val_loss_se'] or 0:.4f}  raw valid {o['raw_valid']:.3f}  "
