@@ -597,7 +597,8 @@ class LanguageModel(nn.Module):
             return self.head(h)
         if prefix is not None:
             h = h[:, prefix.shape[1] :]
-        loss = next_token_loss(self.head(h), targets, self.emo_cost)  # targets < 0 ignored
+        # EMO is a training loss: evaluation scores cross-entropy, comparable across options
+        loss = next_token_loss(self.head(h), targets, self.emo_cost if self.training else None)  # targets < 0 ignored
         if self.mtp is not None:
             loss = loss + self.mtp_loss(h, targets)
         return loss

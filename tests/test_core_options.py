@@ -187,6 +187,8 @@ def test_emo_loss_mixes_cross_entropy_and_transport_as_the_paper():
         per = 0.5 * (ce + torch.minimum(ce / emd, torch.tensor(3.0)) * emd)
         keep = tgt.reshape(-1) >= 0
         assert float(m(idx, tgt)) == pytest.approx(float(per[keep].mean()), rel=1e-5)
+        m.eval()  # EMO is a training loss: evaluation scores plain cross-entropy, comparable across options
+        assert float(m(idx, tgt)) == pytest.approx(float(ce[keep].mean()), rel=1e-5)
 
 
 def test_meap_masks_inputs_only_in_training():
