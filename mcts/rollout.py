@@ -26,10 +26,17 @@ import torch
 
 from sciar.decode.constraints import Constraint, allowed_mask
 from sciar.decode.tokens import filter_logits, padded_forward, ragged_cache
-from sciar.errors import SciarError
 from sciar.model import KVCache, LanguageModel
 
-Segment = tuple[torch.Tensor, torch.Tensor]  # keys, values [n_layer, n_head, T, head_dim]
+# keys, values [n_layer, n_head, T, head_dim]; with Primer's convolution also the projections it reads
+# ([n_layer, 1, T, 3 * n_embd], KVCache.raw)
+Segment = tuple[torch.Tensor, ...]
+
+
+def _segment(cache, row: int, a: int, b: int) -> Segment:
+    """Row ``row``'s cache slots ``a:b`` as a segment (copies)."""
+    seg = (cache.k[:, row, :, a:b].clone(), cache.v[:, row, :, a:b].clone())
+    return seg if cache.raw is None else seg + (cache.raw[:, row, :, a:b].clone(),)
 
 
 @dataclass
@@ -129,8 +136,7 @@ def extend_root(dec: Decoding, tokens: list[int], prompt: int):
         row.push(int(tok))
         logits = model(torch.tensor([[int(tok)]], device=dev), cache=cache)[:, -1].float().cpu()
     n = len(row.seq)
-    seg = (cache.k[:, 0, :, :n].clone(), cache.v[:, 0, :, :n].clone())
-    return row.seq, seg, probs, terminal
+    return row.seq, _segment(cache, 0, 0, n), probs, terminal
 
 
 def _pad_mask(pad: torch.Tensor, total: int) -> torch.Tensor:
@@ -154,14 +160,14 @@ def rollout_batch(dec: Decoding, reqs: list[Request], generator: torch.Generator
     if dec.mode in ("tree", "prefill"):
         cache = ragged_cache(cfg, B, Lmax + steps, dev, dtype)
         if dec.mode == "tree":
-            if cache.raw is not None:  # the tree keeps key/value segments only, not the convolution's inputs
-                raise SciarError("tree-cached search does not support a model with qkv_conv (Primer); use mode 'prefill'")
             for i, r in enumerate(reqs):
                 off = int(pad[i])
-                for k, v in r.segments:
-                    n = k.shape[2]
-                    cache.k[:, i, :, off : off + n] = k
-                    cache.v[:, i, :, off : off + n] = v
+                for seg in r.segments:
+                    n = seg[0].shape[2]
+                    cache.k[:, i, :, off : off + n] = seg[0]
+                    cache.v[:, i, :, off : off + n] = seg[1]
+                    if cache.raw is not None:  # Primer: the projections its convolution reads
+                        cache.raw[:, i, :, off : off + n] = seg[2]
                     off += n
             cache.length = Lmax
         else:  # re-encode every prefix once (left-padded, one forward pass)
@@ -219,7 +225,6 @@ def rollout_batch(dec: Decoding, reqs: list[Request], generator: torch.Generator
         edge = rows[i].seq[len(r.tokens) : edge_end[i]]
         kv = None
         if dec.mode == "tree":
-            a, b = Lmax, Lmax + len(edge)
-            kv = (cache.k[:, i, :, a:b].clone(), cache.v[:, i, :, a:b].clone())
+            kv = _segment(cache, i, Lmax, Lmax + len(edge))
         out.append(Rollout(edge, kv, child_probs[i], child_terminal[i], rows[i].seq, stopped[i]))
     return out

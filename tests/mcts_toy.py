@@ -23,9 +23,10 @@ def line(g: torch.Generator) -> str:
     return f"x={d[:2]};y={d[2:]}\n"
 
 
-def train_toy(steps: int = 150, seed: int = 0, make_line=line) -> LanguageModel:
+def train_toy(steps: int = 150, seed: int = 0, make_line=line, **options) -> LanguageModel:
+    """A tiny model of the toy lines; ``options``: ModelConfig options (Primer's ``qkv_conv``, ...)."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=TOK.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    cfg = ModelConfig(vocab_size=TOK.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0, **options)
     model = LanguageModel(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(seed)

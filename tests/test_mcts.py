@@ -54,6 +54,25 @@ def test_ragged_cached_rollouts_match_full_recompute(model):
     assert outs["tree"][2].edge_kv[0].shape[2] == 4
 
 
+def test_tree_cache_carries_primers_convolution():
+    """With Primer's convolution the tree's segments carry the projections it reads: tree-cached rollouts give
+    plain generation's tokens, and a tree-cached search the sequences of a re-encoding one."""
+    model = train_toy(steps=60, qkv_conv=True, mlp="relu2")
+    prefixes = [[BOS] + TOK.encode("x="), [BOS] + TOK.encode("x=12;y=")]
+    reqs = []
+    for p in prefixes:
+        _, seg, _, _ = extend_root(Decoding(model, [16], [NL], forced=1.0), p, 0)
+        assert len(seg) == 3
+        reqs.append(Request(p, 0, 1, [seg], TOK.encode("7")[0]))
+    out = rollout_batch(Decoding(model, [16], [NL], top_k=1, forced=0.95, mode="tree"), reqs, torch.Generator().manual_seed(0))
+    for i, p in enumerate(prefixes):
+        g = generate(model, [p + TOK.encode("7")], max_new_tokens=16, top_k=1, stop=[NL], seed=0)[0]
+        assert out[i].sequence == p + TOK.encode("7") + g.tokens
+    a = search(model, problem(), cfg(seed=3, simulations=30), progress=False)
+    b = search(model, problem(), cfg(seed=3, simulations=30, cache="prefill"), progress=False)
+    assert a.table["sequence"].tolist() == b.table["sequence"].tolist()
+
+
 def test_root_chains_forced_tokens_and_table_has_every_rollout(model):
     res = search(model, problem(), cfg())
     t = res.table

@@ -102,8 +102,10 @@ def mcts_candidates(model, request: Prompt, n: int, oracle: Oracle, seed: int = 
 
     problem = Problem([prompt], evaluate, stop=[tok.encode("]")], constraints=[answer_constraint(request)],
                       decode=tok.decode)
-    res = search(model, problem, SearchConfig(simulations=n, width=width, seed=seed, batch=4), progress=progress,
-                 desc="mcts")
+    # only the grammar's forced tokens (probability exactly 1) are chained without branching: a trained model is
+    # often sure of a whole answer, and chaining its confident digits would leave the search nothing to explore
+    res = search(model, problem, SearchConfig(simulations=n, width=width, seed=seed, batch=4, forced=1 - 1e-6),
+                 progress=progress, desc="mcts")
     rows = []
     for params in res.table["params"]:  # every completed answer, in the order the search found them
         rows.append(_row(request, params, oracle(params), "mcts"))
