@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sciar.draft_heads import draft_loss, make_draft_heads, parallel_logits
 from sciar.errors import SciarError
 from sciar.losses import next_token_loss
 
@@ -531,36 +532,6 @@ class LMHead(nn.Module):
         return F.linear(h, self.weight)
 
 
-class MTPHead(nn.Module):
-    """One extra head of multi-token prediction (Medusa-style): a residual SiLU layer on the final hidden
-    state whose output the shared LM head reads; zero-initialised, so it starts as the next-token head."""
-
-    def __init__(self, n_embd: int):
-        super().__init__()
-        self.fc = nn.Linear(n_embd, n_embd, bias=False)
-        nn.init.zeros_(self.fc.weight)
-
-    def forward(self, h):
-        return h + F.silu(self.fc(h))
-
-
-class DraftStep(nn.Module):
-    """The sequential draft head (the sampler of "Your LLM Knows the Future", Hydra's sequentially dependent heads,
-    EAGLE without attention): from the state that predicted a token and that token's embedding, the state that
-    predicts the next one, read by the shared LM head. Starting from the trunk's last hidden state and applied
-    once per token, each draft is conditioned on the tokens drafted before it, which parallel heads cannot be.
-    Zero-initialised output, so it starts as the identity."""
-
-    def __init__(self, n_embd: int):
-        super().__init__()
-        self.fc = nn.Linear(2 * n_embd, 2 * n_embd, bias=False)
-        self.proj = nn.Linear(2 * n_embd, n_embd, bias=False)
-        nn.init.zeros_(self.proj.weight)
-
-    def forward(self, g, e):
-        return g + self.proj(F.silu(self.fc(torch.cat([g, e], -1))))
-
-
 class LanguageModel(nn.Module):
     """Trunk + LM head: the model of every token domain. ``forward`` returns the loss when given targets.
 
@@ -579,10 +550,7 @@ class LanguageModel(nn.Module):
         self.trunk = Transformer(cfg)
         self.head = LMHead(self.trunk, tied=tied)
         self.mask_embed = nn.Parameter(torch.randn(cfg.n_embd) * 0.02) if cfg.meap else None
-        self.mtp = None
-        if cfg.mtp_heads:
-            self.mtp = (DraftStep(cfg.n_embd) if cfg.mtp_kind == "sequential"
-                        else nn.ModuleList(MTPHead(cfg.n_embd) for _ in range(cfg.mtp_heads)))
+        self.mtp = make_draft_heads(cfg)  # sciar.draft_heads: self-speculative decoding's draft heads
         self.register_buffer("emo_cost", None, persistent=False)
 
     def forward(self, idx, targets=None, prefix=None, cache=None, positions=None, mask=None, cond=None, context=None):
@@ -614,44 +582,11 @@ class LanguageModel(nn.Module):
 
     def mtp_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Logits of the parallel heads, ``[..., mtp_heads, vocab]``: head i predicts the token ``i + 2`` ahead."""
-        w = torch.cat([m.fc.weight for m in self.mtp])  # every head's layer in one matmul (decoding calls this per pass)
-        u = F.linear(h, w).unflatten(-1, (len(self.mtp), h.shape[-1]))
-        return self.head(h.unsqueeze(-2) + F.silu(u))
+        return parallel_logits(self, h)
 
     def mtp_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Sum over the extra heads of their cross-entropy (head i at position t: the target of t + 1 + i)."""
-        if self.sequential_draft:
-            return self._sequential_loss(h, targets)
-        total = h.new_zeros(())
-        for i, m in enumerate(self.mtp):
-            shift = i + 1
-            if targets.shape[1] <= shift:
-                break
-            logits = self.head(m(h[:, :-shift]))
-            total = total + F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
-                                            targets[:, shift:].reshape(-1), ignore_index=-1)
-        return total
-
-    def _sequential_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The draft step unrolled ``mtp_heads`` times from every position t, teacher-forced with the true tokens:
-        step k's state predicts the target of t + k (cross-entropy, summed over k). A chain through a position
-        without a target (-1) stops there. (EAGLE also regresses the trunk's hidden state at t + k; on a trunk
-        whose states do not yet predict the data that term fights the cross-entropy, so it is left out.)"""
-        T = h.shape[1]
-        valid = targets >= 0
-        tok = targets.clamp(min=0)
-        g, ok, total = h, valid, h.new_zeros(())
-        for k in range(1, self.cfg.mtp_heads + 1):
-            n = T - k
-            if n <= 0:
-                break
-            g = self.draft_step(g[:, :n], tok[:, k - 1: k - 1 + n])
-            ok = ok[:, :n] & valid[:, k: k + n]
-            if not ok.any():
-                break
-            logits = self.head(g[ok]).float()
-            total = total + F.cross_entropy(logits, targets[:, k: k + n][ok])
-        return total
+        """Sum over the draft heads of their cross-entropy (head i at position t: the target of t + 1 + i)."""
+        return draft_loss(self, h, targets)
 
 
 def with_context(model: LanguageModel, block_size: int, method: str = "ntk") -> LanguageModel:

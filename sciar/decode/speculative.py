@@ -373,7 +373,7 @@ def _verify(live, model, tgt, drf, V, filt, stop, stats, depth):
 
 def with_heads(model: LanguageModel, n: int, kind: str = "parallel") -> LanguageModel:
     """A copy of ``model`` with ``n`` new multi-token heads (zero-initialised; ``kind`` "sequential": one draft
-    step unrolled ``n`` times, see :class:`sciar.model.DraftStep`) and its own weights frozen: what Medusa-style
+    step unrolled ``n`` times, see :class:`sciar.draft_heads.DraftStep`) and its own weights frozen: what Medusa-style
     training of the heads alone starts from (``sciar.train.train`` trains what requires grad)."""
     from dataclasses import replace
 
@@ -399,6 +399,7 @@ def fit_heads(model: LanguageModel, source, windows: int, epochs: int = 3, batch
     """
     from tqdm.auto import tqdm
 
+    from sciar.draft_heads import head_predictions
     from sciar.train import TrainConfig, lr_at
 
     if not getattr(model, "mtp", None):
@@ -437,15 +438,7 @@ def fit_heads(model: LanguageModel, source, windows: int, epochs: int = 3, batch
     out = {"windows": windows, "epochs": epochs, "steps": steps, "train_loss": float(loss.detach())}
     if hv is not None:
         with torch.no_grad():
-            hf = hv.float()
-            g = hf
-            for i in range(model.cfg.mtp_heads):  # head i (or draft step i + 1, teacher-forced): the target of t + 1 + i
-                t = yv[:, i + 1:]
-                if model.sequential_draft:
-                    g = model.draft_step(g[:, :-1], yv[:, i: i + g.shape[1] - 1].clamp(min=0))
-                    logits = model.head(g)
-                else:
-                    logits = model.head(model.mtp[i](hf[:, : -(i + 1)]))
+            for i, (logits, t) in enumerate(head_predictions(model, hv.float(), yv)):
                 ok = t >= 0
                 out[f"head_{i}_val_loss"] = float(F.cross_entropy(logits[ok].float(), t[ok]))
                 out[f"head_{i}_val_top1"] = float((logits.argmax(-1)[ok] == t[ok]).float().mean())
