@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from domains.mechanics.decode import answer_constraint, canonical_numbers, sample_answers
+from domains.mechanics.decode import answer_constraint, canonical_numbers, median_answer, sample_answers
 from domains.mechanics.grammar import mechanics_tokenizer, parse_answer, parse_prompt
 from domains.mechanics.lattices import build, family_params
 from sciar.model import LanguageModel, ModelConfig
@@ -191,6 +191,27 @@ def test_cli_ask_design_batch(trained, capsys):
     out = pd.read_parquet(trained / "r.parquet")
     assert list(out["status"]) == ["ok", "ok", "error"] and "outside its range" in out["error"].iloc[2]
     assert np.isfinite(out["verified_error"].iloc[1]) and out["rel_error_E1"].notna().iloc[0]
+
+
+def test_median_answer_by_hand():
+    """Moduli: the median of the logarithms (1e-4, 1e-2, 2e-3 -> 2e-3; 1e-4 and 1e-2 alone -> their geometric
+    mean 1e-3, not 5.05e-3); signed values and zeros: the plain median; curves per stretch; three digits."""
+    p = parse_prompt("Stiffness<square; t=0.05>")
+    texts = ["[E1=1.00e-4, E2=1.00e-4, G12=1.00e-5, nu12=1.00e-1, nu21=-2.00e-1, rho=1.00e-1]",
+             "[E1=1.00e-2, E2=3.00e-4, G12=1.00e-5, nu12=3.00e-1, nu21=0.00e0, rho=1.00e-1]",
+             "[E1=2.00e-3, E2=1.00e-4, G12=1.00e-5, nu12=2.00e-1, nu21=1.00e-1, rho=1.00e-1]"]
+    recs = [{"answer": parse_answer(t, p)} for t in texts]
+    got = median_answer(recs).values()
+    assert got["E1"] == 2e-3 and got["E2"] == 1e-4 and got["nu21"] == 0.0 and got["nu12"] == 0.2
+    two = median_answer(recs[:2]).values()
+    assert two["E1"] == 1e-3 and two["E2"] == float(f"{math.sqrt(3e-8):.2e}")  # 1.73e-4
+    assert two["nu21"] == -0.1
+    c = parse_prompt("StressCurve<cpshub; t1=0.5; t2=0; t3=0.2; case=shear_tension>")
+    curves = ["[P12=1.00e-3 2.00e-3 -1.00e-3 4.00e-3 5.00e-3]", "[P12=3.00e-3 1.00e-3 2.00e-3 -4.00e-3 6.00e-3]",
+              "[P12=2.00e-3 3.00e-3 1.00e-3 0.00e0 7.00e-3]"]
+    got = median_answer([{"answer": parse_answer(t, c)} for t in curves]).items[0][1]
+    assert got == (2e-3, 2e-3, 1e-3, 0.0, 6e-3)
+    assert median_answer([{"answer": None}]) is None
 
 
 def test_batches_keep_to_one_length_bucket_and_draw_documents_uniformly():

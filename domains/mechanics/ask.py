@@ -1,8 +1,9 @@
 """Answering one prompt of any task with the model, the oracle's answer beside it where there is one.
 
-Forward prompts (``Stiffness``) are answered greedily-ish by the model (the most likely of ``n``
-constrained samples) and compared with the oracle's answer; ``Design`` requests take ``n`` sampled
-candidates, each solved by the oracle, and the best refined by least squares when none meets the
+Forward prompts (``Stiffness``, and the CPShub tasks) are answered by the median of ``n`` constrained samples,
+field by field (:func:`domains.mechanics.decode.median_answer`; on held-out designs it nearly halves the greedy
+answer's error of the moduli: the domain README has the figures), and Stiffness answers are compared with the
+oracle's; ``Design`` requests take ``n`` sampled candidates, each solved by the oracle, and the best refined by least squares when none meets the
 request (:func:`domains.mechanics.design.design`): the answer is the best design, marked
 ``infeasible`` when no design found meets the request. CPShub tasks (``StressCurve``, ``Thickness``)
 and users' own tasks have no oracle here: the model's answer is all there is.
@@ -17,7 +18,7 @@ from domains.mechanics.properties import MODULI, PROPERTIES
 def ask(model, text: str, n: int = 8, temperature: float = 1.0, seed: int = 0) -> dict:
     """The answer to prompt ``text``: ``prompt`` (canonical), ``answer`` (text), and per task ``oracle``
     (the oracle's answer), ``rel_error`` and ``abs_error``, ``candidates``/``oracle_calls`` (Design)."""
-    from domains.mechanics.decode import sample_answers
+    from domains.mechanics.decode import median_answer, sample_answers
 
     prompt = parse_prompt(text)
     out = {"prompt": format_prompt(prompt)}
@@ -28,11 +29,10 @@ def ask(model, text: str, n: int = 8, temperature: float = 1.0, seed: int = 0) -
         out.update(answer=answer_text(prompt, table), oracle_calls=calls, candidates=table,
                    best={k: float(table.iloc[0][k]) for k in (*PROPERTIES, "error") if k in table})
         return out
-    recs = sample_answers(model, [prompt], n, temperature=temperature, seed=seed)[0]
-    best = max(recs, key=lambda r: r["logprob"])
-    out["answer"] = best["text"]
+    answer = median_answer(sample_answers(model, [prompt], n, temperature=temperature, seed=seed)[0])
+    out["answer"] = format_answer(answer)
     if prompt.task == "Stiffness":
-        out.update(oracle_comparison(prompt, best["answer"].values()))
+        out.update(oracle_comparison(prompt, answer.values()))
     return out
 
 

@@ -10,7 +10,8 @@ of the model, the kNN and the mean baselines.
 The model is scored on what it never trained on: the held-out oracle designs (fixed by their hash) and the
 held-out fifth of CPShub's lattices (:func:`domains.mechanics.model.cpshub_held_out`); the CPShub
 baselines are scored by 5-fold cross-validation over all lattices (one trained model per fold would be
-the same protocol for the model: a GPU's work). Forward answers are greedy under the answer grammar;
+the same protocol for the model: a GPU's work). Forward answers are what ``ask`` gives (each field's median over
+``FORWARD_SAMPLES`` constrained samples at temperature 1), and greedy ones beside them (``model_greedy``);
 ``model_n1`` is one greedy design (judged by the oracle, which the model does not consult),
 ``model_n20`` twenty samples at temperature 1, ``search_n20`` MCTS with 20 simulations (reward: the
 oracle's verified error).
@@ -32,23 +33,35 @@ from domains.mechanics.datasets import oracle_dataset, read_cpshub
 from domains.mechanics.grammar import parse_prompt
 
 
-def model_forward_oracle(model, test) -> dict:
-    """Greedy Stiffness answers to held-out designs against the oracle's."""
+FORWARD_SAMPLES = 8  # the ``ask`` command's default
+
+
+def forward_answers(model, prompts, greedy: bool, seed: int = 0) -> list:
+    """The model's answers to forward prompts: greedy under the grammar, or as ``ask`` gives them (the median of
+    ``FORWARD_SAMPLES`` samples)."""
+    from domains.mechanics.decode import median_answer, sample_answers
+
+    if greedy:
+        return [r[0]["answer"] for r in sample_answers(model, prompts, 1, top_k=1)]
+    return [median_answer(r) for r in sample_answers(model, prompts, FORWARD_SAMPLES, seed=seed)]
+
+
+def model_forward_oracle(model, test, greedy: bool = False) -> dict:
+    """Stiffness answers to held-out designs against the oracle's."""
     from domains.mechanics.baselines import forward_oracle_scores
-    from domains.mechanics.decode import sample_answers
     from domains.mechanics.properties import MODULI
 
     prompts = [parse_prompt(p) for p in test["prompt"]]
-    preds = [r[0]["answer"].values() for r in sample_answers(model, prompts, 1, top_k=1)]
+    preds = [a.values() for a in forward_answers(model, prompts, greedy)]
     y_pred = np.array([[np.log10(p[k]) for k in MODULI] + [p["nu12"], p["nu21"]] for p in preds])
     y_true = np.column_stack([np.log10(test[k].to_numpy(float)) for k in MODULI] + [test[k] for k in ("nu12", "nu21")])
     return {**forward_oracle_scores(y_true, y_pred), "rows": len(test)}
 
 
 def model_cpshub(model, table) -> tuple[dict, dict]:
-    """Greedy StressCurve and Thickness answers for the held-out CPShub lattices: (forward, inverse) scores."""
+    """StressCurve and Thickness answers (as ``ask`` gives them) for the held-out CPShub lattices: (forward, inverse)
+    scores."""
     from domains.mechanics.datasets import cpshub_tasks
-    from domains.mechanics.decode import sample_answers
     from domains.mechanics.grammar import THICKNESS_PARAMS
     from domains.mechanics.metrics import mare, r2_log
     from domains.mechanics.model import cpshub_held_out
@@ -57,10 +70,10 @@ def model_cpshub(model, table) -> tuple[dict, dict]:
     tasks = cpshub_tasks(held)
     curves = tasks[tasks["task"] == "StressCurve"].reset_index(drop=True)
     prompts = [parse_prompt(p) for p in curves["prompt"]]
-    pred = np.array([list(r[0]["answer"].items[0][1]) for r in sample_answers(model, prompts, 1, top_k=1)])
+    pred = np.array([list(a.items[0][1]) for a in forward_answers(model, prompts, greedy=False)])
     true = np.array([[float(x) for x in a.split("=", 1)[1].rstrip("]").split()] for a in curves["answer"]])
     inv = tasks[tasks["task"] == "Thickness"]
-    t_pred = [r[0]["answer"].values() for r in sample_answers(model, [parse_prompt(p) for p in inv["prompt"]], 1, top_k=1)]
+    t_pred = [a.values() for a in forward_answers(model, [parse_prompt(p) for p in inv["prompt"]], greedy=False)]
     t_true = held.groupby("run")[list(THICKNESS_PARAMS)].first().loc[inv["run"]].to_numpy(float)
     t_pred = np.array([[p[k] for k in THICKNESS_PARAMS] for p in t_pred])
     lattices = int(held["run"].nunique())
@@ -109,9 +122,10 @@ def run_benchmark(families: list[str], n: int, requests: int = 100, budget: int 
         res["settings"]["checkpoint"] = str(ck.path)
     res["forward"] = {"oracle": forward_oracle_baselines(train, test, grid, progress=say)}
     if model is not None:
-        res["forward"]["oracle"]["model"] = model_forward_oracle(model, test)
-        if say:
-            say("model", res["forward"]["oracle"]["model"])
+        for key, greedy in (("model", False), ("model_greedy", True)):
+            res["forward"]["oracle"][key] = model_forward_oracle(model, test, greedy)
+            if say:
+                say(key, res["forward"]["oracle"][key])
     rng = np.random.default_rng(seed)
     chosen = test.iloc[rng.permutation(len(test))[:requests]]
     reqs = [parse_prompt(p) for p in chosen["design_prompt"]]

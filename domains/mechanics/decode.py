@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
+
 from domains.mechanics.grammar import (CURVE_POINTS, RANGES, STRESS_RANGE, Prompt, answer_names, fmt,
                                        mechanics_tokenizer, parse_answer)
 from domains.mechanics.lattices import family_params
@@ -149,3 +151,36 @@ def sample_answers(model, prompts: list[Prompt], n: int = 1, temperature: float 
             rec["error"] = str(e)
         out.append(rec)
     return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+def _median(values) -> float:
+    """The median of one field's sampled values: of their logarithms when all are positive (moduli span seven
+    orders of magnitude, so a relative error is what counts), of the values otherwise (signed stresses, zero
+    thicknesses); written back with three significant digits, as every number is."""
+    v = np.asarray(values, dtype=float)
+    m = 10 ** float(np.median(np.log10(v))) if (v > 0).all() else float(np.median(v))
+    return float(fmt(m))
+
+
+def median_answer(records: list[dict]):
+    """One answer from ``n`` sampled answers to the same forward prompt: each field's median (:func:`_median`;
+    per stretch for a stress curve). A minimum-risk choice for numbers: a sampled answer's values come from one
+    draw each, and a single slipped digit or exponent moves a greedy answer by a factor, while the median of
+    several draws moves only if most of them slip. The median of values inside a field's range stays inside it.
+    None when no record parsed."""
+    from domains.mechanics.grammar import Answer
+
+    answers = [r["answer"] for r in records if r.get("answer") is not None]
+    if not answers:
+        return None
+    names = [n for n, _ in answers[0].items]
+    fields = []
+    for name in names:
+        vals = [a.values()[name] for a in answers]
+        if isinstance(vals[0], str):  # a word in a user's own task: the commonest
+            fields.append((name, max(set(vals), key=vals.count)))
+        elif isinstance(vals[0], (tuple, list)):
+            fields.append((name, tuple(_median(col) for col in zip(*vals))))
+        else:
+            fields.append((name, _median(vals)))
+    return Answer(fields)
