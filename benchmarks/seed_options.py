@@ -139,7 +139,8 @@ def train_heads(args) -> dict:
     model = with_heads(base, args.n_heads, kind=args.heads_kind)
     corpus = read_corpus(ROOT / "data" / "crystals" / "default.parquet")
     src, info, fp, _ = corpus_source(corpus, model.cfg.block_size, seed=1337, progress=False)
-    summary = fit_heads(model, src, args.heads_windows, epochs=args.heads_epochs, batch=args.heads_batch)
+    summary = fit_heads(model, src, args.heads_windows, epochs=args.heads_epochs, batch=args.heads_batch,
+                        distill=args.heads_distill)
     domain = {k: v for k, v in ck.domain.items() if k not in ("step", "train_config")}
     save_checkpoint(args.train_heads, model, {"model": model.cfg.to_dict(), "tied": True}, tok,
                     dict(domain, base_checkpoint=str(args.target), heads_only=True, heads_training=summary))
@@ -162,7 +163,7 @@ def speculative_speed(args, comps: list[str]) -> dict:
 
     target, tok, _ = load_language_model(find_checkpoint(args.target))
     draft = load_language_model(find_checkpoint(args.draft))[0] if args.draft else None
-    heads = load_language_model(args.heads)[0] if args.heads else None
+    heads = [load_language_model(h)[0] for h in args.heads.split(",")] if args.heads else []
     vocab = CrystalGenerator.from_model(target, tok).vocab
     stop = [[vocab.nl, vocab.nl]]
     out = {"target": str(args.target), "draft": args.draft, "heads": args.heads,
@@ -170,11 +171,13 @@ def speculative_speed(args, comps: list[str]) -> dict:
     for batch in [int(b) for b in args.spec_batches.split(",")]:
         arms = {"plain": lambda ids, cons, seed: generate(target, [ids] * batch, args.spec_tokens, top_k=10, stop=stop,
                                                            constraints=cons, seed=seed)}
-        stats = {"self": {}, "draft": {}}
-        if heads is not None:
-            arms["self"] = lambda ids, cons, seed: speculative_generate(heads, [ids] * batch, args.spec_tokens, top_k=10,
-                                                                        stop=stop, constraints=cons, seed=seed,
-                                                                        stats=stats["self"])
+        stats = {"draft": {}}
+        for i, m in enumerate(heads):  # "self" (the first --heads), then "self_2", ... to compare heads in one run
+            name = "self" if i == 0 else f"self_{i + 1}"
+            stats[name] = {}
+            arms[name] = (lambda m, st: lambda ids, cons, seed: speculative_generate(
+                m, [ids] * batch, args.spec_tokens, top_k=10, stop=stop, constraints=cons, seed=seed, stats=st))(
+                m, stats[name])
         if draft is not None:
             arms["draft"] = lambda ids, cons, seed: speculative_generate(target, [ids] * batch, args.spec_tokens,
                                                                          top_k=10, stop=stop, constraints=cons,
@@ -211,6 +214,9 @@ def speculative_speed(args, comps: list[str]) -> dict:
         out[f"tokens_per_pass_batch_{batch}"] = {k: tokens[k] / batch / passes[k] for k in passes if passes[k]}
     out["acceptance"] = {k: out.get(f"acceptance_batch_{b}", {}).get(k) for k in ("self", "draft")
                          for b in [args.spec_batches.split(",")[0]]}
+    for i in range(2, len(heads) + 1):
+        out[f"self_{i}_speedup"] = {b: out[f"tokens_per_s_batch_{b}"][f"self_{i}"] / out[f"tokens_per_s_batch_{b}"]["plain"]
+                                    for b in [int(x) for x in args.spec_batches.split(",")]}
     return out
 
 
@@ -361,7 +367,8 @@ def main():
     ap.add_argument("--speculative", action="store_true", help="also time speculative decoding")
     ap.add_argument("--ceiling", action="store_true", help="the speed-up perfect drafts would give (--rounds CIFs)")
     ap.add_argument("--target", default="crystal-medium")
-    ap.add_argument("--heads", default=None, help="checkpoint of the target with multi-token heads")
+    ap.add_argument("--heads", default=None,
+                    help="checkpoint of the target with multi-token heads; several, comma separated, are timed side by side")
     ap.add_argument("--draft", default="crystal-small")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n-draft", type=int, default=4, help="tokens the draft model proposes per round")
@@ -375,6 +382,8 @@ def main():
     ap.add_argument("--heads-windows", type=int, default=800, help="corpus windows the heads train on")
     ap.add_argument("--heads-epochs", type=int, default=3)
     ap.add_argument("--heads-batch", type=int, default=4, help="windows per step")
+    ap.add_argument("--heads-distill", action="store_true",
+                    help="heads learn the target's own next-token distributions (self-distillation), not the data")
     args = ap.parse_args()
 
     import torch

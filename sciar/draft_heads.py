@@ -63,14 +63,15 @@ def parallel_logits(model, h: torch.Tensor) -> torch.Tensor:
 
 def head_predictions(model, h: torch.Tensor, targets: torch.Tensor):
     """Per head i, teacher-forced: (logits ``[B, n, V]`` at positions t, the targets of t + 1 + i there, -1 where
-    not scored). Parallel head i reads the hidden state at t; the sequential step k = i + 1 steps from it through
-    the true tokens t + 1 .. t + k, and a chain through a position without a target (-1) stops there."""
+    not scored, and the trunk's hidden states that predict those targets, ``[B, n, C]``). Parallel head i reads
+    the hidden state at t; the sequential step k = i + 1 steps from it through the true tokens t + 1 .. t + k, and
+    a chain through a position without a target (-1) stops there."""
     if not model.sequential_draft:
         for i, m in enumerate(model.mtp):
             shift = i + 1
             if targets.shape[1] <= shift:
                 break
-            yield model.head(m(h[:, :-shift])), targets[:, shift:]
+            yield model.head(m(h[:, :-shift])), targets[:, shift:], h[:, shift:]
         return
     T = h.shape[1]
     valid = targets >= 0
@@ -84,14 +85,24 @@ def head_predictions(model, h: torch.Tensor, targets: torch.Tensor):
         ok = ok[:, :n] & valid[:, k: k + n]
         if not ok.any():
             break
-        yield model.head(g), targets[:, k: k + n].masked_fill(~ok, -1)
+        yield model.head(g), targets[:, k: k + n].masked_fill(~ok, -1), h[:, k: k + n]
 
 
-def draft_loss(model, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sum over the heads of their cross-entropy on :func:`head_predictions`. (EAGLE also regresses the trunk's
-    hidden state in the sequential head; on a trunk whose states do not yet predict the data that term fights the
-    cross-entropy, so it is left out.)"""
+def draft_loss(model, h: torch.Tensor, targets: torch.Tensor, distill: bool = False) -> torch.Tensor:
+    """Sum over the heads of their loss on :func:`head_predictions`: cross-entropy against the data, or with
+    ``distill`` against the model's own next-token distribution at the drafted position (the trunk frozen: the
+    self-distillation of Medusa-2 and Hydra). A draft is accepted with probability ``sum min(p, q)`` of the
+    model's ``p`` and the draft's ``q``, so ``q`` should be the model's distribution, not the data's.
+    (EAGLE also regresses the trunk's hidden state in the sequential head; on a trunk whose states do not yet
+    predict the data that term fights the cross-entropy, so it is left out.)"""
     total = h.new_zeros(())
-    for logits, t in head_predictions(model, h, targets):
-        total = total + F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), t.reshape(-1), ignore_index=-1)
+    for logits, t, h_next in head_predictions(model, h, targets):
+        logits, t = logits.reshape(-1, logits.size(-1)).float(), t.reshape(-1)
+        if not distill:
+            total = total + F.cross_entropy(logits, t, ignore_index=-1)
+            continue
+        ok = t >= 0
+        with torch.no_grad():
+            p = F.softmax(model.head(h_next.reshape(-1, h_next.size(-1))[ok]).float(), -1)
+        total = total - (p * F.log_softmax(logits[ok], -1)).sum(-1).mean()
     return total

@@ -584,9 +584,10 @@ class LanguageModel(nn.Module):
         """Logits of the parallel heads, ``[..., mtp_heads, vocab]``: head i predicts the token ``i + 2`` ahead."""
         return parallel_logits(self, h)
 
-    def mtp_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Sum over the draft heads of their cross-entropy (head i at position t: the target of t + 1 + i)."""
-        return draft_loss(self, h, targets)
+    def mtp_loss(self, h: torch.Tensor, targets: torch.Tensor, distill: bool = False) -> torch.Tensor:
+        """Sum over the draft heads of their loss (head i at position t: the target of t + 1 + i; against the
+        data, or with ``distill`` the model's own distribution there)."""
+        return draft_loss(self, h, targets, distill)
 
 
 def with_context(model: LanguageModel, block_size: int, method: str = "ntk") -> LanguageModel:

@@ -191,6 +191,54 @@ def test_sequential_loss_unrolls_the_draft_step_teacher_forced():
             want += float(ce(torch.stack(logits), torch.tensor(labels)))
         assert float(m.mtp_loss(h[None], tgt)) == pytest.approx(want, rel=1e-5)
 
+def test_distilled_loss_targets_the_models_own_distribution_ahead():
+    """With ``distill``, step k from position t is scored by cross-entropy against the model's distribution at
+    t + k (softmax of the LM head on the trunk's state there), not the data: written out by hand; and a parallel
+    head that already equals the model's next distribution there scores the entropy of p, its minimum."""
+    torch.manual_seed(11)
+    base = LanguageModel(ModelConfig(vocab_size=8, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    m = with_heads(base, 2, kind="sequential")
+    F = torch.nn.functional
+    with torch.no_grad():
+        m.mtp.proj.weight.normal_(0, 0.3)
+        idx = torch.randint(8, (1, 6))
+        tgt = torch.randint(8, (1, 6))
+        tgt[0, 4] = -1
+        h = m.trunk(idx)[0]
+        want = 0.0
+        for k in (1, 2):
+            terms = []
+            for t in range(6 - k):
+                if any(int(tgt[0, t + i]) < 0 for i in range(k + 1)):
+                    continue
+                g = h[t]
+                for i in range(k):
+                    g = g + m.mtp.proj(F.silu(m.mtp.fc(torch.cat([g, m.trunk.wte.weight[tgt[0, t + i]]]))))
+                p = F.softmax(m.head(h[t + k]), -1)
+                terms.append(-(p * F.log_softmax(m.head(g), -1)).sum())
+            want += float(torch.stack(terms).mean())
+        assert float(m.mtp_loss(h[None], tgt, distill=True)) == pytest.approx(want, rel=1e-5)
+        assert float(m.mtp_loss(h[None], tgt, distill=True)) != pytest.approx(float(m.mtp_loss(h[None], tgt)), rel=1e-3)
+
+
+def test_distilled_heads_match_the_model_and_data_trained_heads_the_data():
+    """An untrained trunk's next-token distributions are far from a repeating sequence 0..7: heads fitted to the
+    data learn the sequence (top-1 1.0) and overlap little with the model; distilled heads overlap with it
+    (``sum min(p, q)``, the acceptance rate of their drafts) far more."""
+    from sciar.data import TokenWindows
+
+    ids = torch.arange(2000) % 8
+    out = {}
+    for distill in (False, True):
+        torch.manual_seed(4)
+        m = with_heads(LanguageModel(ModelConfig(vocab_size=8, block_size=16, n_layer=1, n_head=2, n_embd=32)), 2,
+                       kind="sequential")
+        out[distill] = fit_heads(m, TokenWindows(ids, 16, val_ids=ids[:200]), windows=32, epochs=12, batch=4,
+                                 lr=2e-2, distill=distill, progress=False)
+    assert out[False]["head_0_val_top1"] == 1.0
+    assert out[True]["head_0_val_overlap"] > 0.9 > out[False]["head_0_val_overlap"] + 0.2
+
+
 def test_fit_heads_trains_a_sequential_head():
     """On a sequence that repeats 0..7 the sequential head learns the tokens 2 and 3 ahead."""
     from sciar.data import TokenWindows

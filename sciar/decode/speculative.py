@@ -389,13 +389,15 @@ def with_heads(model: LanguageModel, n: int, kind: str = "parallel") -> Language
 
 
 def fit_heads(model: LanguageModel, source, windows: int, epochs: int = 3, batch: int = 4, lr: float = 2e-3,
-              seed: int = 0, progress: bool = True) -> dict:
+              seed: int = 0, distill: bool = False, progress: bool = True) -> dict:
     """Train the multi-token heads of ``model`` alone on its frozen trunk (Medusa-style, after :func:`with_heads`).
 
     The trunk's hidden states of ``windows`` training windows of ``source`` (a :class:`sciar.data.TokenWindows`)
     are computed once and every epoch reuses them: the trunk is frozen, so recomputing them each step (as
-    :func:`sciar.train.train` would) costs several times the heads' own training. AdamW with a cosine schedule;
-    returns each head's validation cross-entropy and top-1 agreement with the data (on up to 8 validation windows).
+    :func:`sciar.train.train` would) costs several times the heads' own training. AdamW with a cosine schedule.
+    ``distill``: the heads learn the model's own distributions, not the data (:func:`sciar.draft_heads.draft_loss`).
+    Returns each head's validation cross-entropy and top-1 agreement with the data, and its overlap with the model,
+    ``sum min(p, q)`` at temperature 1: the chance that its draft is accepted (on up to 8 validation windows).
     """
     from tqdm.auto import tqdm
 
@@ -425,7 +427,7 @@ def fit_heads(model: LanguageModel, source, windows: int, epochs: int = 3, batch
     loss, step = None, 0
     for _ in range(epochs):
         for idx in torch.randperm(len(h), generator=gen).split(batch):
-            loss = model.mtp_loss(h[idx].float(), y[idx])
+            loss = model.mtp_loss(h[idx].float(), y[idx], distill)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for g in opt.param_groups:
@@ -435,11 +437,13 @@ def fit_heads(model: LanguageModel, source, windows: int, epochs: int = 3, batch
             bar.update()
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     bar.close()
-    out = {"windows": windows, "epochs": epochs, "steps": steps, "train_loss": float(loss.detach())}
+    out = {"windows": windows, "epochs": epochs, "steps": steps, "distill": distill, "train_loss": float(loss.detach())}
     if hv is not None:
         with torch.no_grad():
-            for i, (logits, t) in enumerate(head_predictions(model, hv.float(), yv)):
+            for i, (logits, t, h_next) in enumerate(head_predictions(model, hv.float(), yv)):
                 ok = t >= 0
                 out[f"head_{i}_val_loss"] = float(F.cross_entropy(logits[ok].float(), t[ok]))
                 out[f"head_{i}_val_top1"] = float((logits.argmax(-1)[ok] == t[ok]).float().mean())
+                p, q = model.head(h_next[ok]).float().softmax(-1), logits[ok].float().softmax(-1)
+                out[f"head_{i}_val_overlap"] = float(torch.minimum(p, q).sum(-1).mean())
     return out
