@@ -166,7 +166,9 @@ def test_fit_heads_learns_a_deterministic_sequence():
 
 def test_sequential_loss_unrolls_the_draft_step_teacher_forced():
     """Step k from position t reads the true token t + k and predicts the target of t + k; a chain through a
-    target of -1 is left out. Written out by hand, chain by chain."""
+    target of -1 is left out. Scored against the data (cross-entropy) or, with ``distill``, against the model's
+    own distribution at t + k (the LM head on the trunk's state there). Written out by hand, chain by chain."""
+    F = torch.nn.functional
     torch.manual_seed(9)
     base = LanguageModel(ModelConfig(vocab_size=8, block_size=16, n_layer=1, n_head=2, n_embd=16))
     m = with_heads(base, 2, kind="sequential")
@@ -176,49 +178,23 @@ def test_sequential_loss_unrolls_the_draft_step_teacher_forced():
         tgt = torch.randint(8, (1, 6))
         tgt[0, 3] = -1
         h = m.trunk(idx)[0]
-        ce = torch.nn.functional.cross_entropy
-        want = 0.0
+        want = {False: 0.0, True: 0.0}
         for k in (1, 2):
-            logits, labels = [], []
-            for t in range(6 - k):
-                if any(int(tgt[0, t + i]) < 0 for i in range(k + 1)):
-                    continue
-                g = h[t]
-                for i in range(k):
-                    g = g + m.mtp.proj(torch.nn.functional.silu(m.mtp.fc(torch.cat([g, m.trunk.wte.weight[tgt[0, t + i]]]))))
-                logits.append(m.head(g))
-                labels.append(int(tgt[0, t + k]))
-            want += float(ce(torch.stack(logits), torch.tensor(labels)))
-        assert float(m.mtp_loss(h[None], tgt)) == pytest.approx(want, rel=1e-5)
-
-def test_distilled_loss_targets_the_models_own_distribution_ahead():
-    """With ``distill``, step k from position t is scored by cross-entropy against the model's distribution at
-    t + k (softmax of the LM head on the trunk's state there), not the data: written out by hand; and a parallel
-    head that already equals the model's next distribution there scores the entropy of p, its minimum."""
-    torch.manual_seed(11)
-    base = LanguageModel(ModelConfig(vocab_size=8, block_size=16, n_layer=1, n_head=2, n_embd=16))
-    m = with_heads(base, 2, kind="sequential")
-    F = torch.nn.functional
-    with torch.no_grad():
-        m.mtp.proj.weight.normal_(0, 0.3)
-        idx = torch.randint(8, (1, 6))
-        tgt = torch.randint(8, (1, 6))
-        tgt[0, 4] = -1
-        h = m.trunk(idx)[0]
-        want = 0.0
-        for k in (1, 2):
-            terms = []
+            ce, kl = [], []
             for t in range(6 - k):
                 if any(int(tgt[0, t + i]) < 0 for i in range(k + 1)):
                     continue
                 g = h[t]
                 for i in range(k):
                     g = g + m.mtp.proj(F.silu(m.mtp.fc(torch.cat([g, m.trunk.wte.weight[tgt[0, t + i]]]))))
-                p = F.softmax(m.head(h[t + k]), -1)
-                terms.append(-(p * F.log_softmax(m.head(g), -1)).sum())
-            want += float(torch.stack(terms).mean())
-        assert float(m.mtp_loss(h[None], tgt, distill=True)) == pytest.approx(want, rel=1e-5)
-        assert float(m.mtp_loss(h[None], tgt, distill=True)) != pytest.approx(float(m.mtp_loss(h[None], tgt)), rel=1e-3)
+                logq = F.log_softmax(m.head(g), -1)
+                ce.append(-logq[int(tgt[0, t + k])])
+                kl.append(-(F.softmax(m.head(h[t + k]), -1) * logq).sum())
+            want[False] += float(torch.stack(ce).mean())
+            want[True] += float(torch.stack(kl).mean())
+        for distill in (False, True):
+            assert float(m.mtp_loss(h[None], tgt, distill)) == pytest.approx(want[distill], rel=1e-5)
+        assert want[True] != pytest.approx(want[False], rel=1e-2)
 
 
 def test_distilled_heads_match_the_model_and_data_trained_heads_the_data():
