@@ -179,6 +179,7 @@ def benchmark(
     quick: bool = typer.Option(False, help="Smaller hyperparameter grids (for a short run)."),
     seed: int = typer.Option(0, help="Seed of the designs and of random search."),
     checkpoint: Optional[str] = typer.Option(None, help="Score this model too (checkpoint directory or shipped name, e.g. mechanics-tiny)."),
+    held_out: Optional[int] = typer.Option(None, "--held-out", min=1, help="Score the forward task on at most this many held-out designs (a seeded draw; default all)."),
     threads: Optional[int] = typer.Option(1, min=1, help="CPU threads for torch."),
 ):
     """The model (with --checkpoint) against forward and inverse baselines (kNN, gradient-boosted trees, MLP; kNN lookup, random search, least squares)."""
@@ -188,7 +189,7 @@ def benchmark(
     set_threads(threads)
     res = run_benchmark(_families(families), n=n, requests=requests, budget=budget,
                         cpshub=None if skip_cpshub else cpshub, quick=quick, seed=seed, json_out=json_out,
-                        checkpoint=checkpoint)
+                        checkpoint=checkpoint, held_out=held_out)
     typer.echo(json.dumps({k: v for k, v in res.items() if k != "settings"}, indent=1, default=str))
 
 
