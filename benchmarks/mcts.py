@@ -53,6 +53,24 @@ def outcome(bm: float, bs: float) -> float:
     return 0.5
 
 
+def _energy(v) -> float:
+    return math.nan if v is None else float(v)
+
+
+def win_rate_ceiling(rows: list[dict], arms=("search", "sampling")) -> float:
+    """The win rate against sampling of a search that always returned, for its target, the lowest best energy that
+    any of ``arms`` found on any seed: what these pairs allow a search at this budget (1 for a pair that sampling
+    did not reach that minimum, 0.5 for one it did), so a target above it is out of reach of the model's proposals."""
+    pooled: dict[str, float] = {}
+    for r in rows:
+        for arm in arms:
+            e = _energy(r.get(f"best_energy_{arm}"))
+            if not math.isnan(e):
+                pooled[r["id"]] = min(pooled.get(r["id"], math.inf), e)
+    scores = [outcome(pooled.get(r["id"], math.nan), _energy(r.get("best_energy_sampling"))) for r in rows]
+    return sum(scores) / max(len(scores), 1)
+
+
 def best(evs) -> float:
     e = [ev.score for ev in evs if ev.valid and math.isfinite(ev.score)]
     return min(e) if e else math.nan
@@ -508,6 +526,8 @@ def recovery_summary(rows: list[dict], args, targets: list[dict], seeds: list[in
         "win_rate_recovery": float(w.mean()), "wins_recovery": wins, "ties_recovery": ties, "losses_recovery": losses,
         "sign_test_p": sign_test(wins, losses),
         "win_rate_vs_retrieval": float(df["win_vs_retrieval"].mean()),
+        "win_rate_ceiling": win_rate_ceiling(rows),
+        "win_rate_ceiling_with_retrieval": win_rate_ceiling(rows, ("search", "sampling", "retrieval")),
         "valid_rate_search": float((df["valid_rate_search"] * df["sequences_search"]).sum() / df["sequences_search"].sum()),
         "valid_rate_sampling_recovery": float((df["valid_rate_sampling"] * df["sequences_sampling"]).sum()
                                               / max(1, df["sequences_sampling"].sum())),
@@ -526,7 +546,8 @@ def recovery_summary(rows: list[dict], args, targets: list[dict], seeds: list[in
     print(f"recovery over {len(df)} pairs: search {out['recovery_search']:.3f}, sampling {out['recovery_sampling']:.3f}, "
           f"retrieval {out['recovery_retrieval']:.3f}; best energy win rate vs sampling {out['win_rate_recovery']:.3f} "
           f"({wins} wins, {ties} ties, {losses} losses, sign test p {out['sign_test_p']:.3g}), vs retrieval "
-          f"{out['win_rate_vs_retrieval']:.3f}; valid search {out['valid_rate_search']:.3f} vs sampling "
+          f"{out['win_rate_vs_retrieval']:.3f} (ceiling {out['win_rate_ceiling']:.3f}, with retrieval's minima "
+          f"{out['win_rate_ceiling_with_retrieval']:.3f}); valid search {out['valid_rate_search']:.3f} vs sampling "
           f"{out['valid_rate_sampling_recovery']:.3f}; {out['seconds_per_scorer_call_search']:.2f} s per scorer call "
           f"of the search", flush=True)
     return out
