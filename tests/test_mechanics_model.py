@@ -10,7 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from domains.mechanics.decode import answer_constraint, canonical_numbers, median_answer, sample_answers
+from domains.mechanics.decode import (answer_constraint, answer_spread, canonical_numbers, median_answer,
+                                     sample_answers)
 from domains.mechanics.grammar import mechanics_tokenizer, parse_answer, parse_prompt
 from domains.mechanics.lattices import build, family_params
 from sciar.model import LanguageModel, ModelConfig
@@ -212,6 +213,17 @@ def test_median_answer_by_hand():
     got = median_answer([{"answer": parse_answer(t, c)} for t in curves]).items[0][1]
     assert got == (2e-3, 2e-3, 1e-3, 0.0, 6e-3)
     assert median_answer([{"answer": None}]) is None
+
+
+def test_answer_spread_by_hand():
+    """Quartiles interpolated linearly (numpy's default), by hand: E1 of 1e-4, 2e-4, 4e-4, 8e-4 has log-quartiles a
+    factor 2^1.5 apart (spread 2^1.5 - 1); nu21 of -0.2, 0, 0.1, 0.3 (signs mixed) has quartiles -0.05 and 0.15."""
+    p = parse_prompt("Stiffness<square; t=0.05>")
+    recs = [{"answer": parse_answer(f"[E1={e1}, E2=1.00e-4, G12=1.00e-5, nu12=1.00e-1, nu21={nu}, rho=1.00e-1]", p)}
+            for e1, nu in (("1.00e-4", "-2.00e-1"), ("2.00e-4", "0.00e0"), ("4.00e-4", "1.00e-1"), ("8.00e-4", "3.00e-1"))]
+    got = answer_spread(recs)
+    assert got["E1"] == pytest.approx(2 ** 1.5 - 1) and got["E2"] == 0.0
+    assert got["nu21"] == pytest.approx(0.2)
 
 
 def test_batches_keep_to_one_length_bucket_and_draw_documents_uniformly():

@@ -16,9 +16,10 @@ from domains.mechanics.properties import MODULI, PROPERTIES
 
 
 def ask(model, text: str, n: int = 8, temperature: float = 1.0, seed: int = 0) -> dict:
-    """The answer to prompt ``text``: ``prompt`` (canonical), ``answer`` (text), and per task ``oracle``
-    (the oracle's answer), ``rel_error`` and ``abs_error``, ``candidates``/``oracle_calls`` (Design)."""
-    from domains.mechanics.decode import median_answer, sample_answers
+    """The answer to prompt ``text``: ``prompt`` (canonical), ``answer`` (text), and per task ``spread`` (forward:
+    how far the samples disagree, per field), ``oracle`` (the oracle's answer), ``rel_error`` and ``abs_error``,
+    ``candidates``/``oracle_calls`` (Design)."""
+    from domains.mechanics.decode import answer_spread, median_answer, sample_answers
 
     prompt = parse_prompt(text)
     out = {"prompt": format_prompt(prompt)}
@@ -29,8 +30,10 @@ def ask(model, text: str, n: int = 8, temperature: float = 1.0, seed: int = 0) -
         out.update(answer=answer_text(prompt, table), oracle_calls=calls, candidates=table,
                    best={k: float(table.iloc[0][k]) for k in (*PROPERTIES, "error") if k in table})
         return out
-    answer = median_answer(sample_answers(model, [prompt], n, temperature=temperature, seed=seed)[0])
+    records = sample_answers(model, [prompt], n, temperature=temperature, seed=seed)[0]
+    answer = median_answer(records)
     out["answer"] = format_answer(answer)
+    out["spread"] = answer_spread(records)
     if prompt.task == "Stiffness":
         out.update(oracle_comparison(prompt, answer.values()))
     return out

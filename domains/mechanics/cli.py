@@ -244,6 +244,9 @@ def ask(
     res = ask_fn(_load(checkpoint, threads), prompt, n=n, temperature=temperature, seed=seed)
     typer.echo(res["prompt"])
     typer.echo(f"model:  {res['answer']}")
+    if res.get("spread"):
+        typer.echo("spread of the samples (upper / lower quartile - 1; above 0.05, expect errors of 10% or more): "
+                   + ", ".join(f"{k}={v:.2g}" for k, v in res["spread"].items()))
     if "oracle" in res:
         typer.echo(f"oracle: {res['oracle']}")
         typer.echo("relative error: " + ", ".join(f"{k}={v:.3g}" for k, v in res["rel_error"].items())
@@ -326,6 +329,7 @@ def batch(
             raise DataError("no prompt given")
         res = ask_fn(model, prompt, n=n, seed=seed + int(row["row_id"]))
         rec = {"canonical": res["prompt"], "answer": res["answer"], "oracle": res.get("oracle")}
+        rec.update({f"spread_{k}": v for k, v in res.get("spread", {}).items()})
         if "rel_error" in res:
             rec.update({f"rel_error_{k}": v for k, v in res["rel_error"].items()})
             rec.update({f"abs_error_{k}": v for k, v in res["abs_error"].items()})

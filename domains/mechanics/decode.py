@@ -184,3 +184,30 @@ def median_answer(records: list[dict]):
         else:
             fields.append((name, _median(vals)))
     return Answer(fields)
+
+
+def _spread(values) -> float:
+    """How far one field's samples disagree: the ratio of the upper to the lower quartile, minus 1, when all are
+    positive (a relative spread, as the error of a modulus is relative); else the interquartile range itself."""
+    v = np.asarray(values, dtype=float)
+    if (v > 0).all():
+        q1, q3 = np.quantile(np.log10(v), [0.25, 0.75])
+        return float(10 ** (q3 - q1) - 1)
+    q1, q3 = np.quantile(v, [0.25, 0.75])
+    return float(q3 - q1)
+
+
+def answer_spread(records: list[dict]) -> dict:
+    """Per numeric field of ``n`` sampled answers, how far the samples disagree (:func:`_spread`; a stress curve's
+    largest over its stretches). The model's own uncertainty: on held-out designs, moduli whose samples agree within
+    2% were 0.4% off, those spread by more than 20% were 25% off (the domain README has the table)."""
+    answers = [r["answer"] for r in records if r.get("answer") is not None]
+    out = {}
+    for name, first in (answers[0].items if answers else []):
+        vals = [a.values()[name] for a in answers]
+        if isinstance(first, (tuple, list)):
+            out[name] = max(_spread(col) for col in zip(*vals))
+        elif not isinstance(first, str):
+            out[name] = _spread(vals)
+    return out
+
