@@ -172,12 +172,15 @@ def speculative_speed(args, comps: list[str]) -> dict:
         arms = {"plain": lambda ids, cons, seed: generate(target, [ids] * batch, args.spec_tokens, top_k=10, stop=stop,
                                                            constraints=cons, seed=seed)}
         stats = {"draft": {}}
+
+        def self_arm(m, st):
+            return lambda ids, cons, seed: speculative_generate(m, [ids] * batch, args.spec_tokens, top_k=10, stop=stop,
+                                                                constraints=cons, seed=seed, stats=st)
+
         for i, m in enumerate(heads):  # "self" (the first --heads), then "self_2", ... to compare heads in one run
             name = "self" if i == 0 else f"self_{i + 1}"
             stats[name] = {}
-            arms[name] = (lambda m, st: lambda ids, cons, seed: speculative_generate(
-                m, [ids] * batch, args.spec_tokens, top_k=10, stop=stop, constraints=cons, seed=seed, stats=st))(
-                m, stats[name])
+            arms[name] = self_arm(m, stats[name])
         if draft is not None:
             arms["draft"] = lambda ids, cons, seed: speculative_generate(target, [ids] * batch, args.spec_tokens,
                                                                          top_k=10, stop=stop, constraints=cons,

@@ -1,13 +1,6 @@
 """The search benchmark's ceiling on the win rate, worked by hand on a few target-seed rows."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-_spec = importlib.util.spec_from_file_location("bench_mcts", Path(__file__).resolve().parents[1] / "benchmarks" / "mcts.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
 
 
 def _row(id_, search, sampling, retrieval=None):
@@ -15,10 +8,11 @@ def _row(id_, search, sampling, retrieval=None):
             "best_energy_retrieval": retrieval}
 
 
-def test_win_rate_ceiling_by_hand():
+def test_win_rate_ceiling_by_hand(benchmark_module):
     """Target A on two seeds: the lowest energy either arm found is sampling's -1.2 on seed 0, so a perfect search
     ties that pair (0.5) and wins the other (sampling's -0.9 there): 1. Target B: nothing valid, 0.5. Target C:
     sampling within 1e-4 of the minimum, a tie. With retrieval's -1.5 on A, both A pairs are wins."""
+    bench = benchmark_module("mcts")
     rows = [_row("A", -1.0, -1.2, -1.5), _row("A", -1.1, -0.9), _row("B", None, None), _row("C", -2.0, -2.00005)]
     assert bench.win_rate_ceiling(rows) == pytest.approx((0.5 + 1 + 0.5 + 0.5) / 4)
     assert bench.win_rate_ceiling(rows, ("search", "sampling", "retrieval")) == pytest.approx((1 + 1 + 0.5 + 0.5) / 4)

@@ -3,8 +3,8 @@
 Forward prompts (``Stiffness``, and the CPShub tasks) are answered by the median of ``n`` constrained samples,
 field by field (:func:`domains.mechanics.decode.median_answer`; on held-out designs it nearly halves the greedy
 answer's error of the moduli: the domain README has the figures), and Stiffness answers are compared with the
-oracle's; ``Design`` requests take ``n`` sampled candidates, each solved by the oracle, and the best refined by least squares when none meets the
-request (:func:`domains.mechanics.design.design`): the answer is the best design, marked
+oracle's; ``Design`` requests take ``n`` sampled candidates, each solved by the oracle, and the best refined by
+least squares when none meets the request (:func:`domains.mechanics.design.design`): the answer is the best design, marked
 ``infeasible`` when no design found meets the request. CPShub tasks (``StressCurve``, ``Thickness``)
 and users' own tasks have no oracle here: the model's answer is all there is.
 """
@@ -15,7 +15,10 @@ from domains.mechanics.grammar import Prompt, format_answer, format_prompt, pars
 from domains.mechanics.properties import MODULI, PROPERTIES
 
 
-def ask(model, text: str, n: int = 8, temperature: float = 1.0, seed: int = 0) -> dict:
+SAMPLES = 8  # answers sampled per prompt by default (the medians of 4, 8, 16, 32 differ little: the README)
+
+
+def ask(model, text: str, n: int = SAMPLES, temperature: float = 1.0, seed: int = 0) -> dict:
     """The answer to prompt ``text``: ``prompt`` (canonical), ``answer`` (text), and per task ``spread`` (forward:
     how far the samples disagree, per field), ``oracle`` (the oracle's answer), ``rel_error`` and ``abs_error``,
     ``candidates``/``oracle_calls`` (Design)."""

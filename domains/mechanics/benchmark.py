@@ -11,7 +11,7 @@ The model is scored on what it never trained on: the held-out oracle designs (fi
 held-out fifth of CPShub's lattices (:func:`domains.mechanics.model.cpshub_held_out`); the CPShub
 baselines are scored by 5-fold cross-validation over all lattices (one trained model per fold would be
 the same protocol for the model: a GPU's work). Forward answers are what ``ask`` gives (each field's median over
-``FORWARD_SAMPLES`` constrained samples at temperature 1), and greedy ones beside them (``model_greedy``);
+``ask.SAMPLES`` constrained samples at temperature 1), and greedy ones beside them (``model_greedy``);
 ``model_n1`` is one greedy design (judged by the oracle, which the model does not consult),
 ``model_n20`` twenty samples at temperature 1, ``search_n20`` MCTS with 20 simulations (reward: the
 oracle's verified error).
@@ -33,17 +33,15 @@ from domains.mechanics.datasets import oracle_dataset, read_cpshub
 from domains.mechanics.grammar import parse_prompt
 
 
-FORWARD_SAMPLES = 8  # the ``ask`` command's default
-
-
 def forward_answers(model, prompts, greedy: bool, seed: int = 0) -> list:
     """The model's answers to forward prompts: greedy under the grammar, or as ``ask`` gives them (the median of
-    ``FORWARD_SAMPLES`` samples)."""
+    ``ask.SAMPLES`` samples)."""
+    from domains.mechanics.ask import SAMPLES
     from domains.mechanics.decode import median_answer, sample_answers
 
     if greedy:
         return [r[0]["answer"] for r in sample_answers(model, prompts, 1, top_k=1)]
-    return [median_answer(r) for r in sample_answers(model, prompts, FORWARD_SAMPLES, seed=seed)]
+    return [median_answer(r) for r in sample_answers(model, prompts, SAMPLES, seed=seed)]
 
 
 def model_forward_oracle(model, test, greedy: bool = False) -> dict:

@@ -162,6 +162,12 @@ def _median(values) -> float:
     return float(fmt(m))
 
 
+def _fields(records: list[dict]) -> list[tuple[str, list]]:
+    """The parsed answers of ``records`` field by field: ``(name, [value of each answer])`` in the answers' order."""
+    answers = [r["answer"] for r in records if r.get("answer") is not None]
+    return [(name, [a.values()[name] for a in answers]) for name, _ in (answers[0].items if answers else [])]
+
+
 def median_answer(records: list[dict]):
     """One answer from ``n`` sampled answers to the same forward prompt: each field's median (:func:`_median`;
     per stretch for a stress curve). A minimum-risk choice for numbers: a sampled answer's values come from one
@@ -170,20 +176,18 @@ def median_answer(records: list[dict]):
     None when no record parsed."""
     from domains.mechanics.grammar import Answer
 
-    answers = [r["answer"] for r in records if r.get("answer") is not None]
-    if not answers:
+    fields = _fields(records)
+    if not fields:
         return None
-    names = [n for n, _ in answers[0].items]
-    fields = []
-    for name in names:
-        vals = [a.values()[name] for a in answers]
+    out = []
+    for name, vals in fields:
         if isinstance(vals[0], str):  # a word in a user's own task: the commonest
-            fields.append((name, max(set(vals), key=vals.count)))
+            out.append((name, max(set(vals), key=vals.count)))
         elif isinstance(vals[0], (tuple, list)):
-            fields.append((name, tuple(_median(col) for col in zip(*vals))))
+            out.append((name, tuple(_median(col) for col in zip(*vals))))
         else:
-            fields.append((name, _median(vals)))
-    return Answer(fields)
+            out.append((name, _median(vals)))
+    return Answer(out)
 
 
 def _spread(values) -> float:
@@ -201,13 +205,10 @@ def answer_spread(records: list[dict]) -> dict:
     """Per numeric field of ``n`` sampled answers, how far the samples disagree (:func:`_spread`; a stress curve's
     largest over its stretches). The model's own uncertainty: on held-out designs, moduli whose samples agree within
     2% were 0.4% off, those spread by more than 20% were 25% off (the domain README has the table)."""
-    answers = [r["answer"] for r in records if r.get("answer") is not None]
     out = {}
-    for name, first in (answers[0].items if answers else []):
-        vals = [a.values()[name] for a in answers]
-        if isinstance(first, (tuple, list)):
+    for name, vals in _fields(records):
+        if isinstance(vals[0], (tuple, list)):
             out[name] = max(_spread(col) for col in zip(*vals))
-        elif not isinstance(first, str):
+        elif not isinstance(vals[0], str):
             out[name] = _spread(vals)
     return out
-
