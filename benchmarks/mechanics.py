@@ -32,9 +32,13 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smaller hyperparameter grids")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", default=None, help="score this model too (directory or shipped name)")
+    ap.add_argument("--held-out", type=int, default=None, help="score the forward task on at most this many held-out designs")
+    ap.add_argument("--data", type=Path, action="append", default=None,
+                    help="oracle datasets to take the designs from (repeat), instead of drawing -n per family")
     a = ap.parse_args(argv)
     res = run_benchmark(a.families.split(","), a.n, a.requests, a.budget, None if a.skip_cpshub else a.cpshub,
-                        a.quick, a.seed, a.json, checkpoint=a.checkpoint)
+                        a.quick, a.seed, a.json, checkpoint=a.checkpoint,
+                        held_out=a.held_out, tables=a.data)
     print(json.dumps(res, indent=1, default=str))
 
 

@@ -177,3 +177,25 @@ def test_cli_dataset(tmp_path):
     d = pd.read_parquet(tmp_path / "d.parquet")
     assert len(d) == 10 and {"prompt", "answer", "design_prompt", "design_answer", "split"} <= set(d.columns)
 
+
+
+def test_benchmark_fits_baselines_on_the_given_tables(tmp_path, capsys):
+    """``benchmark --data``: the baselines fit exactly the given tables' training rows of the chosen families
+    (counted here from the tables themselves); a table that is no oracle dataset is one line, exit 2."""
+    from cli import main
+
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    for path, seed in ((a, 1), (b, 2)):
+        assert _cli("dataset", "--family", "square,kagome", "-n", "40", "--seed", str(seed), "--out", str(path)).exit_code == 0
+    both = pd.concat([pd.read_parquet(a), pd.read_parquet(b)])
+    square = both[both.family == "square"]
+    r = _cli("benchmark", "--data", str(a), "--data", str(b), "--families", "square", "--skip-cpshub", "--quick",
+             "--requests", "2", "--budget", "2", "--json", str(tmp_path / "m.json"))
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "m.json").read_text())["settings"]
+    assert s["train"] == int((square.split == "train").sum()) and s["held_out"] == int((square.split == "test").sum())
+    users = tmp_path / "users.csv"
+    pd.DataFrame({"prompt": ["Stiffness<square; t=5.00e-2>"], "answer": ["[E1=2.50e-2]"]}).to_csv(users, index=False)
+    assert main(["mechanics", "benchmark", "--data", str(users), "--skip-cpshub", "--json", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not an oracle dataset" in err, err

@@ -29,7 +29,7 @@ from sciar.io import write_json_atomic
 
 from domains.mechanics.baselines import (Grid, forward_cpshub_baselines, forward_oracle_baselines,
                                          inverse_cpshub_baselines, inverse_oracle_baselines)
-from domains.mechanics.datasets import oracle_dataset, read_cpshub
+from domains.mechanics.datasets import oracle_dataset, read_cpshub, read_oracle_tables
 from domains.mechanics.grammar import parse_prompt
 
 
@@ -100,20 +100,24 @@ def model_inverse(model, requests, n: int = 20, seed: int = 0, progress: bool = 
 
 def run_benchmark(families: list[str], n: int, requests: int = 100, budget: int = 20, cpshub: Path | None = None,
                   quick: bool = False, seed: int = 0, json_out: Path | None = None, progress: bool = True,
-                  checkpoint: str | None = None, held_out: int | None = None) -> dict:
+                  checkpoint: str | None = None, held_out: int | None = None, tables: list[Path] | None = None) -> dict:
     """One run of the benchmark (module docstring); ``held_out``: score the forward task on at most this many of
-    the held-out designs (a seeded draw, the same for every method), to bound the model's decoding time."""
+    the held-out designs (a seeded draw, the same for every method), to bound the model's decoding time.
+    ``tables``: oracle datasets (as ``dataset`` writes them) to take the designs from instead of drawing ``n``
+    per family, for example the tables a checkpoint was trained on, so that the baselines fit the same rows."""
     t0 = time.time()
     grid = Grid(quick=quick)
     say = (lambda name, r: tqdm.write(f"  {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in r.items()
                                                                 if isinstance(v, float)))) if progress else None
-    data = oracle_dataset(families, n, seed, progress=progress)
+    data = read_oracle_tables(tables, families) if tables else oracle_dataset(families, n, seed, progress=progress)
     data = data[data["error"].isna()]
     train, test = data[data["split"] == "train"], data[data["split"] == "test"]
     if held_out is not None and held_out < len(test):
         test = test.iloc[np.sort(np.random.default_rng(seed).permutation(len(test))[:held_out])]
     res = {"settings": {"families": families, "designs_per_family": n, "train": len(train), "held_out": len(test),
                         "requests": requests, "budget": budget, "quick": quick, "seed": seed}}
+    if tables:
+        res["settings"].update(data=[str(t) for t in tables], designs_per_family=None)
     if progress:
         tqdm.write(f"forward, oracle: {len(train)} train, {len(test)} held-out designs")
     model = None

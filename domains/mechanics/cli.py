@@ -180,6 +180,7 @@ def benchmark(
     seed: int = typer.Option(0, help="Seed of the designs and of random search."),
     checkpoint: Optional[str] = typer.Option(None, help="Score this model too (checkpoint directory or shipped name, e.g. mechanics-tiny)."),
     held_out: Optional[int] = typer.Option(None, "--held-out", min=1, help="Score the forward task on at most this many held-out designs (a seeded draw; default all)."),
+    data: Optional[List[Path]] = typer.Option(None, "--data", help="Oracle datasets to take the designs from instead of drawing -n per family (e.g. the checkpoint's own training tables); repeat for several."),
     threads: Optional[int] = typer.Option(1, min=1, help="CPU threads for torch."),
 ):
     """The model (with --checkpoint) against forward and inverse baselines (kNN, gradient-boosted trees, MLP; kNN lookup, random search, least squares)."""
@@ -189,7 +190,7 @@ def benchmark(
     set_threads(threads)
     res = run_benchmark(_families(families), n=n, requests=requests, budget=budget,
                         cpshub=None if skip_cpshub else cpshub, quick=quick, seed=seed, json_out=json_out,
-                        checkpoint=checkpoint, held_out=held_out)
+                        checkpoint=checkpoint, held_out=held_out, tables=data or None)
     typer.echo(json.dumps({k: v for k, v in res.items() if k != "settings"}, indent=1, default=str))
 
 

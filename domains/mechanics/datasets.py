@@ -111,6 +111,25 @@ def oracle_dataset(families: list[str], n: int, seed: int = 0, progress: bool = 
     return pd.DataFrame(rows)
 
 
+def read_oracle_tables(paths, families: list[str] | None = None) -> pd.DataFrame:
+    """The designs of oracle datasets written by ``dataset`` (one table, rows of every path), optionally only
+    those of ``families``; a table that is not an oracle dataset is a one-line :class:`DataError`."""
+    frames = []
+    for path in paths:
+        df = read_table(path, text_columns=("prompt", "answer", "design_prompt", "design_answer"))
+        missing = [c for c in ("family", "split", "prompt", "design_prompt", "error") if c not in df.columns]
+        if missing:
+            raise DataError(f"{path} is not an oracle dataset (no {', '.join(missing)} column; "
+                            "write one with `sciar mechanics dataset`)")
+        frames.append(df)
+    data = pd.concat(frames, ignore_index=True)
+    if families is not None:
+        data = data[data["family"].isin(families)].reset_index(drop=True)
+    if data.empty:
+        raise DataError("no designs of " + ", ".join(families or []) + " in " + ", ".join(map(str, paths)))
+    return data
+
+
 # ---------------------------------------------------------------- CPShub
 
 
