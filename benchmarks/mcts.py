@@ -113,6 +113,8 @@ def main(argv=None):
     ap.add_argument("--spread", action="store_true", help="recovery search: try every root-level child once first")
     ap.add_argument("--merge", nargs="+", type=Path, help="recovery: merge the JSONs of runs on other seeds or targets")
     ap.add_argument("--skip-retrieval", action="store_true", help="recovery: leave retrieval to another run of --merge")
+    ap.add_argument("--dedupe", action="store_true",
+                    help="recovery: a structure equivalent to one relaxed before costs no call (every arm's scorer)")
     ap.add_argument("--search-only", action="store_true", help="recovery: run only the search arm (to compare settings)")
     ap.add_argument("--retrieval-prompts", type=int, default=0,
                     help="recovery search: also prompt with the cells and space groups of retrieval's N best candidates")
@@ -141,6 +143,7 @@ def main(argv=None):
         cfg = runs[0]["recovery_config"]
         for k in ("width", "c", "batch", "root_noise", "widening", "spread", "retrieval_prompts", "target_seed", "backup"):
             setattr(args, k, cfg[k])
+        args.dedupe = cfg.get("dedupe", False)
         args.calls, args.split = runs[0]["scorer_calls"], runs[0]["recovery_split"]
         # retrieval is deterministic: runs started with --skip-retrieval take it from the run that computed it
         done = {r["id"]: r for r in rows if r["calls_retrieval"]}
@@ -425,7 +428,7 @@ def _best_ev(evs):
 def recovery(args, gen) -> dict:
     """Ground-state recovery: search vs best-of-N sampling vs template retrieval at equal scorer calls."""
     from domains.crystals.canonical import canonicalize
-    from domains.crystals.energy import RelaxedScorer, make_scorer
+    from domains.crystals.energy import RelaxedScorer, duplicate_matcher, make_scorer
     from domains.crystals.matching import matcher
     from domains.crystals.readers import structure_from_cif
     from domains.crystals.search import evaluate_cifs, retrieval_prompts, search_composition
@@ -444,14 +447,16 @@ def recovery(args, gen) -> dict:
     rows = []
     t_search = n_search_calls = 0.0
     stop = False
+    def relaxed():  # each arm's own scorer and cache
+        return RelaxedScorer(make_scorer(args.scorer), match=duplicate_matcher() if args.dedupe else None)
+
     for t in targets:
         if stop:
             break
         target = structure_from_cif(t["cif"], rebuild=False)
         comp = t["composition"]
         # retrieval: its N best candidates, relaxed and scored like the others; deterministic, so once per target
-        base = make_scorer(args.scorer)
-        rs = RelaxedScorer(base)
+        rs = relaxed()
         cands = [] if args.search_only or args.skip_retrieval else index.predict(Composition(comp), calls, sm)
         texts = []
         for c in cands:
@@ -469,7 +474,7 @@ def recovery(args, gen) -> dict:
                                     c=args.c, scorer=make_scorer(args.scorer), relax=True, seed=seed, batch=args.batch,
                                     backup=args.backup.split(",")[0], generator=gen, progress=False,
                                     root_noise=args.root_noise, widening=args.widening, spread=args.spread,
-                                    extra_prompts=extra)
+                                    extra_prompts=extra, dedupe=args.dedupe)
             dt, cpu = time.perf_counter() - t0, time.process_time() - c0
             if cs.result.interrupted:  # Ctrl-C / SIGTERM: the figures of the pairs finished so far
                 stop = True
@@ -482,7 +487,7 @@ def recovery(args, gen) -> dict:
             m_best = float(v["energy"].iloc[0]) if len(v) else math.nan
             m_match = bool(len(v)) and _matches(sm, target, v["relaxed_cif"].iloc[0])
             s_evs, s_calls = ([], 0.0) if args.search_only else \
-                sample_until(gen, comp, calls, RelaxedScorer(make_scorer(args.scorer)), seed, 6 * calls)
+                sample_until(gen, comp, calls, relaxed(), seed, 6 * calls)
             s_best = _best_ev(s_evs)
             s_e = s_best.score if s_best is not None else math.nan
             s_match = s_best is not None and _matches(sm, target, s_best.info.get("relaxed_cif"))
@@ -540,7 +545,7 @@ def recovery_summary(rows: list[dict], args, targets: list[dict], seeds: list[in
         "recovery_config": {"width": args.width, "c": args.c, "batch": args.batch, "backup": args.backup.split(",")[0],
                             "root_noise": args.root_noise, "widening": args.widening, "spread": args.spread,
                             "retrieval_prompts": args.retrieval_prompts, "target_seed": args.target_seed,
-                            "max_cell_atoms": MAX_CELL_ATOMS},
+                            "dedupe": args.dedupe, "max_cell_atoms": MAX_CELL_ATOMS},
         "recovery_rows": rows,
     }
     print(f"recovery over {len(df)} pairs: search {out['recovery_search']:.3f}, sampling {out['recovery_sampling']:.3f}, "

@@ -288,6 +288,29 @@ def test_relaxed_scorer_rates_chgnets_relaxed_cell_once_per_structure(cgcnn):
     assert math.isnan(bad[0]) and rs.errors[0].startswith("relax")
 
 
+def test_relaxed_scorer_with_a_matcher_relaxes_each_distinct_structure_once(cgcnn):
+    """A 2%-strained copy of a structure relaxed before gets its result at no call; the CsCl-type polymorph of
+    the same formula is relaxed on its own (pymatgen's default StructureMatcher says which pairs are the same)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from domains.crystals.energy import RelaxedScorer, duplicate_matcher
+
+    s = _strained_nacl()
+    near = s.copy()
+    near.scale_lattice(s.volume * 1.02 ** 3)
+    b2 = Structure(Lattice.cubic(2.9), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    ref = StructureMatcher()
+    assert ref.fit(s, near) and not ref.fit(s, b2)
+    rs = RelaxedScorer(cgcnn, fmax=0.1, steps=60, match=duplicate_matcher())
+    e = rs([s])
+    e2 = rs([near, b2])
+    assert rs.fresh == [False, True] and rs.relaxations == 2 and rs.matched == 1
+    assert e2[0] == e[0] and e2[1] != e[0]
+    plain = RelaxedScorer(cgcnn, fmax=0.1, steps=60)
+    plain([s, near])
+    assert plain.relaxations == 2  # without a matcher only exact repeats are free
+
+
 def test_search_with_relaxed_rewards_counts_scorer_calls(tmp_path):
     cs = search_composition("Na4Cl4", simulations=6, calls=2, relax=True, seed=0, progress=False)
     t = cs.table

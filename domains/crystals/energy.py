@@ -266,19 +266,32 @@ def structure_key(structure, decimals: int = 3) -> tuple:
     return lat, sites
 
 
+def duplicate_matcher():
+    """The matcher that tells a structure already relaxed: pymatgen's default tolerances (stol 0.3,
+    angle_tol 5, ltol 0.2), tighter than the benchmark's, so that distinct polymorphs stay distinct."""
+    from domains.crystals.matching import matcher
+
+    return matcher(stol=0.3, angle_tol=5, ltol=0.2)
+
+
 class RelaxedScorer:
     """Any scorer applied to structures after a short CHGNet relaxation (cell and positions), cached by structure.
 
     Near-duplicates of one minimum relax onto it and get its energy, so a search rewarded this way
     separates polymorphs rather than lattice noise around one. Each structure is relaxed for at
     most ``steps`` FIRE steps or until every force is below ``fmax`` eV/A; a structure seen before
-    (the same lattice and coordinates to 1e-3) is not relaxed again. After a call, ``relaxed`` holds
-    the relaxed structures, ``fresh`` whether each was relaxed in that call (a scorer call spent)
-    and ``errors`` why one failed.
+    (the same lattice and coordinates to 1e-3) is not relaxed again. With ``match`` (a pymatgen
+    ``StructureMatcher``), neither is one that the matcher finds equivalent to a structure relaxed
+    before or to the result of such a relaxation: it gets that relaxation's result, so a budget of
+    relaxations is spent on distinct structures. After a call, ``relaxed`` holds the relaxed
+    structures, ``fresh`` whether each was relaxed in that call (a scorer call spent) and ``errors``
+    why one failed.
     """
 
-    def __init__(self, base: Scorer, fmax: float = SEARCH_FMAX, steps: int = SEARCH_STEPS):
-        self.base, self.fmax, self.steps = base, fmax, steps
+    def __init__(self, base: Scorer, fmax: float = SEARCH_FMAX, steps: int = SEARCH_STEPS, match=None):
+        self.base, self.fmax, self.steps, self.match = base, fmax, steps, match
+        self.known: list[tuple] = []  # (structure, cache key): every structure relaxed and every relaxed result
+        self.matched = 0  # structures given an earlier relaxation's result by the matcher
         self.name = f"{getattr(base, 'name', type(base).__name__)}+relax"
         _chgnet()
         self.cache: dict[tuple, tuple] = {}  # key -> (relaxed structure or None, energy, error)
@@ -291,6 +304,7 @@ class RelaxedScorer:
         k = len(structures)
         self.relaxed, self.fresh, self.errors = [None] * k, [False] * k, [""] * k
         todo: dict[tuple, list[int]] = {}
+        aliases: dict[tuple, tuple] = {}  # key -> the key of an equivalent structure relaxed before or now
         keys = []
         for i, s in enumerate(structures):
             try:
@@ -300,8 +314,16 @@ class RelaxedScorer:
                 self.errors[i] = "relax: " + describe(e)
                 continue
             keys.append(key)
-            if key not in self.cache:
-                todo.setdefault(key, []).append(i)
+            if key in self.cache or key in todo:
+                todo.get(key, []).append(i)
+                continue
+            same = self._equivalent(s)
+            if same is not None:
+                aliases[key] = same
+                continue
+            todo[key] = [i]
+            if self.match is not None:
+                self.known.append((s, key))
         new = []
         for key, idx in todo.items():
             try:
@@ -315,6 +337,11 @@ class RelaxedScorer:
             vals, errs = score_structures([f for _, f in new], self.base)
             for (key, final), v, er in zip(new, vals, errs):
                 self.cache[key] = (final, v, er)
+                if self.match is not None:
+                    self.known.append((final, key))
+        for key, same in aliases.items():
+            self.cache[key] = self.cache[same]
+            self.matched += 1
         out = [math.nan] * k
         for i, key in enumerate(keys):
             if key is None:
@@ -322,6 +349,20 @@ class RelaxedScorer:
             final, v, er = self.cache[key]
             self.relaxed[i], out[i], self.errors[i] = final, v, er
         return out
+
+
+    def _equivalent(self, structure):
+        """The cache key of a known structure the matcher finds equivalent to ``structure`` (None: none)."""
+        if self.match is None:
+            return None
+        formula = structure.composition.reduced_formula
+        for other, key in self.known:
+            try:
+                if other.composition.reduced_formula == formula and self.match.fit(structure, other):
+                    return key
+            except Exception:  # a pair the matcher cannot compare counts as different
+                continue
+        return None
 
 
 def make_scorer(name: str = "cgcnn", relax: bool = False) -> Scorer:

@@ -12,8 +12,9 @@ MAX_SPHERE_POINTS = 1e6  # the most lattice points the matcher may enumerate for
 MAX_MAPPING_PAIRS = 1e8  # the most lattice-vector pairs it may compare
 
 
-def matcher():
-    """The benchmark's ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)``, safe on absurd cells."""
+def matcher(stol: float = 0.5, angle_tol: float = 10, ltol: float = 0.3):
+    """The benchmark's ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)`` (or other tolerances), safe on
+    absurd cells."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     class BoundedMatcher(StructureMatcher):
@@ -46,4 +47,4 @@ def matcher():
         def get_rms_dist(self, struct1, struct2):
             return super().get_rms_dist(struct1, struct2) if self._affordable(struct1, struct2) else None
 
-    return BoundedMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+    return BoundedMatcher(stol=stol, angle_tol=angle_tol, ltol=ltol)

@@ -185,7 +185,7 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
                        checkpoint: str = DEFAULT_CHECKPOINT, batch: int = 2, selection: str = "puct",
                        rollout_top_k: int | None = None, temperature: float = 1.0, root_temperature: float = 1.0,
                        cache: str = "tree", calls: int = 0, root_noise: float = 0.0, widening: float = 0.0,
-                       spread: bool = False, extra_prompts: list | None = None,
+                       spread: bool = False, extra_prompts: list | None = None, dedupe: bool = False,
                        backup: str = "mean", k: float = 2.0, snap: bool = True, fit: bool = True,
                        progress: bool = True, generator=None) -> CrystalSearch:
     """MCTS over CIFs for one composition. ``scorer``: ``cgcnn``, ``chgnet`` or any callable on structures.
@@ -193,10 +193,12 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
     ``relax``: every valid structure is relaxed by CHGNet (:class:`~domains.crystals.energy.RelaxedScorer`,
     cached by structure) and the scorer rates the relaxed one. ``calls``: a budget in scorer calls (structures
     scored, or relaxed and scored; invalid and repeated ones cost none) besides ``simulations``.
+    ``dedupe`` (with ``relax``): a structure equivalent to one relaxed before is not relaxed again
+    (:func:`~domains.crystals.energy.duplicate_matcher`) and costs no call.
     ``extra_prompts``: more :class:`~domains.crystals.prompts.Prompt` for the root to choose among
     (for instance the cells and space groups that template retrieval proposes, :func:`retrieval_prompts`).
     """
-    from domains.crystals.energy import RelaxedScorer, make_scorer
+    from domains.crystals.energy import RelaxedScorer, duplicate_matcher, make_scorer
     from domains.crystals.generate import cif_constraint, prompts_for
     from mcts import Problem, SearchConfig, search
 
@@ -210,10 +212,8 @@ def search_composition(composition: str, spacegroup: str | None = None, z: int |
     prompts += [p for p in extra_prompts or [] if p.text not in texts and not texts.add(p.text)]
     gen = generator or load_generator(checkpoint)
     fitting = gen.fitting(prompts)
-    if isinstance(scorer, str):
-        score_fn = RelaxedScorer(make_scorer(scorer)) if relax else make_scorer(scorer)
-    else:
-        score_fn = RelaxedScorer(scorer) if relax else scorer
+    base = make_scorer(scorer) if isinstance(scorer, str) else scorer
+    score_fn = RelaxedScorer(base, match=duplicate_matcher() if dedupe else None) if relax else base
     scorer_name = getattr(score_fn, "name", type(score_fn).__name__)
     tok = gen.tok
     nl = gen.vocab.nl
