@@ -125,6 +125,17 @@ def test_design_candidates_errors_are_the_oracles(untrained):
                               and props["rho"] <= 0.06)
 
 
+def test_refinement_keeps_to_the_call_budget(untrained):
+    """``design(refine=True, calls=N)``: the samples and the least-squares refinement together solve at most N
+    distinct designs (an unreachable request, so the refinement runs until the budget is spent)."""
+    from domains.mechanics.design import design
+
+    req = parse_prompt("Design<honeycomb; E1=5e-1; E2=5e-1>")  # far above any honeycomb's stiffness
+    table, calls = design(untrained, req, n=4, seed=0, refine=True, calls=12)
+    assert calls == 12 and not table["meets"].any()
+    assert (table["source"] == "refined").sum() == 1 and len(table) == 5
+
+
 def test_infeasible_triangular_stretching_bound(untrained):
     """The triangular lattice is stretching-dominated: E = rho_sum / 3 = 2 sqrt(3) t / 3 (plus O(t^2) bending),
     at most 0.173 at the family's thickest walls t = 0.15; E1 = 0.3 is out of reach, the nearest is t = 0.15."""

@@ -3,7 +3,7 @@ lattices), inverse baselines on requests taken from held-out designs, every prop
 
 JSON layout: ``forward.oracle`` and ``forward.cpshub`` with ``model`` (given a checkpoint), ``knn``, ``gbt``,
 ``mlp`` (``mare``, ``r2_log``; ``nu_abs_err`` on the oracle), ``inverse.oracle`` with ``model_n1``,
-``model_n20``, ``search_n20`` (given a checkpoint), ``knn_n1``, ``knn_n20``, ``random_n20``,
+``model_n20``, ``search_n20``, ``model_refined_n20`` (given a checkpoint), ``knn_n1``, ``knn_n20``, ``random_n20``,
 ``optimiser_n20`` (shares of requests met) and ``oracle_calls``, ``inverse.cpshub`` with ``param_error``
 of the model, the kNN and the mean baselines.
 
@@ -14,7 +14,8 @@ the same protocol for the model: a GPU's work). Forward answers are what ``ask``
 ``ask.SAMPLES`` constrained samples at temperature 1), and greedy ones beside them (``model_greedy``);
 ``model_n1`` is one greedy design (judged by the oracle, which the model does not consult),
 ``model_n20`` twenty samples at temperature 1, ``search_n20`` MCTS with 20 simulations (reward: the
-oracle's verified error).
+oracle's verified error), ``model_refined_n20`` what ``ask`` does (``ask.SAMPLES`` samples, then least squares from
+the best while the 20 oracle calls last).
 """
 
 from __future__ import annotations
@@ -80,18 +81,23 @@ def model_cpshub(model, table) -> tuple[dict, dict]:
 
 
 def model_inverse(model, requests, n: int = 20, seed: int = 0, progress: bool = True) -> dict:
-    """Shares of requests met by one greedy design, by n samples and by MCTS with n simulations, and the
-    oracle calls the last two spend (distinct designs solved)."""
+    """Shares of requests met by one greedy design, by n samples, by MCTS with n simulations and by samples
+    refined by least squares within n oracle calls, and the oracle calls the last three spend (distinct designs
+    solved)."""
+    from domains.mechanics.ask import SAMPLES
     from domains.mechanics.decode import sample_answers
     from domains.mechanics.design import design
     from domains.mechanics.metrics import verify_design
 
-    hits = {"model_n1": 0, "model_n20": 0, "search_n20": 0}
-    calls = {"model_n20": 0, "search_n20": 0}
+    hits = {"model_n1": 0, "model_n20": 0, "search_n20": 0, "model_refined_n20": 0}
+    calls = {"model_n20": 0, "search_n20": 0, "model_refined_n20": 0}
     for i, req in enumerate(tqdm(requests, desc="inverse, model", unit="request", disable=not progress)):
         hits["model_n1"] += verify_design(req, sample_answers(model, [req], 1, top_k=1)[0][0]["answer"].values())[0]
-        for key, how in (("model_n20", "sample"), ("search_n20", "mcts")):
-            table, c = design(model, req, n=n, search=how, seed=seed + i)
+        runs = {"model_n20": dict(n=n, search="sample"), "search_n20": dict(n=n, search="mcts"),
+                # what `ask` does: its samples, then least squares from the best, within the same n oracle calls
+                "model_refined_n20": dict(n=min(SAMPLES, n), search="sample", refine=True, calls=n)}
+        for key, kw in runs.items():
+            table, c = design(model, req, seed=seed + i, **kw)
             hits[key] += bool(table["meets"].any())
             calls[key] += c
     m = max(len(requests), 1)

@@ -156,8 +156,10 @@ def nearest_reachable(request: Prompt, start: dict, oracle: Oracle, budget: int 
 
 
 def design(model, request: Prompt, n: int = 20, search: str = "sample", temperature: float = 1.0, seed: int = 0,
-           refine: bool = False, progress: bool = False) -> tuple[pd.DataFrame, int]:
-    """Candidates for ``request`` ranked by verified error (best first) and the oracle calls spent."""
+           refine: bool = False, progress: bool = False, calls: int = 60) -> tuple[pd.DataFrame, int]:
+    """Candidates for ``request`` ranked by verified error (best first) and the oracle calls spent. With
+    ``refine``, when no candidate meets the request the best is refined by least squares until ``calls``
+    oracle calls in all (the candidates' included) have been spent."""
     if request.task != "Design":
         raise SciarError(f"design takes a Design request (got {request.task})")
     oracle = Oracle(request)
@@ -171,7 +173,7 @@ def design(model, request: Prompt, n: int = 20, search: str = "sample", temperat
         first = min(rows, key=lambda r: r["error"])
         if not first["meets"] and math.isfinite(first["error"]):
             rows.append(nearest_reachable(request, {q.name: first[q.name] for q in family_params(request.subject)},
-                                          oracle))
+                                          oracle, budget=calls))
     df = pd.DataFrame(rows).sort_values("error", kind="stable").reset_index(drop=True)
     df.insert(0, "rank", np.arange(1, len(df) + 1))
     return df, oracle.calls
