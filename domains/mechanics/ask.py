@@ -15,7 +15,7 @@ from domains.mechanics.grammar import Prompt, format_answer, format_prompt, pars
 from domains.mechanics.properties import MODULI, PROPERTIES
 
 
-SAMPLES = 8  # answers sampled per prompt by default (the medians of 4, 8, 16, 32 differ little: the README)
+SAMPLES = 16  # answers sampled per prompt by default (the median of 16 errs 8% less than of 8: the README)
 
 
 def ask(model, text: str, n: int = SAMPLES, temperature: float = 1.0, seed: int = 0) -> dict:

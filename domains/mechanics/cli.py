@@ -13,6 +13,8 @@ import typer
 
 from sciar.io import output_file, output_folder
 
+from domains.mechanics.ask import SAMPLES
+
 app = typer.Typer(
     help="MeLM-style mechanics: periodic beam lattices (honeycomb, re-entrant, triangular, square, kagome, "
          "hierarchical) solved by a frame oracle; forward and inverse tasks as text.",
@@ -234,7 +236,7 @@ def _load(checkpoint: str, threads: Optional[int]):
 def ask(
     prompt: str = typer.Argument(..., help="A task prompt, e.g. 'Stiffness<honeycomb; theta=30; h=1; t=5.00e-2>' or 'Design<triangular; E1=1e-2; E2=1e-2>'."),
     checkpoint: str = typer.Option("mechanics-tiny", help=CHECKPOINT_HELP),
-    n: int = typer.Option(8, "-n", min=1, help="Answers sampled: a forward answer is their median, field by field; for Design, candidates solved by the oracle."),
+    n: int = typer.Option(SAMPLES, "-n", min=1, help="Answers sampled: a forward answer is their median, field by field; for Design, candidates solved by the oracle."),
     temperature: float = typer.Option(1.0, min=0.01, help="Sampling temperature."),
     seed: int = typer.Option(0, help="Random seed."),
     threads: Optional[int] = typer.Option(1, min=1, help="CPU threads for torch."),
@@ -312,7 +314,7 @@ def batch(
     input_: Path = typer.Option(..., "--input", help="Table (CSV/parquet) with a 'prompt' column."),
     output: Path = typer.Option(..., callback=output_file, help="Results table (.csv or .parquet); resumes if it exists."),
     checkpoint: str = typer.Option("mechanics-tiny", help=CHECKPOINT_HELP),
-    n: int = typer.Option(8, "-n", min=1, help="Answers sampled per prompt (forward: their median, field by field; Design: candidates solved by the oracle)."),
+    n: int = typer.Option(SAMPLES, "-n", min=1, help="Answers sampled per prompt (forward: their median, field by field; Design: candidates solved by the oracle)."),
     seed: int = typer.Option(0, help="Random seed (each row's answers depend on it and the row only)."),
     threads: Optional[int] = typer.Option(1, min=1, help="CPU threads for torch."),
 ):
