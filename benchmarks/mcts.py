@@ -447,6 +447,7 @@ def recovery(args, gen) -> dict:
     rows = []
     t_search = n_search_calls = 0.0
     stop = False
+
     def relaxed():  # each arm's own scorer and cache
         return RelaxedScorer(make_scorer(args.scorer), match=duplicate_matcher() if args.dedupe else None)
 

@@ -314,8 +314,10 @@ class RelaxedScorer:
                 self.errors[i] = "relax: " + describe(e)
                 continue
             keys.append(key)
-            if key in self.cache or key in todo:
-                todo.get(key, []).append(i)
+            if key in todo:  # a repeat within this call: relaxed once
+                todo[key].append(i)
+                continue
+            if key in self.cache:
                 continue
             same = self._equivalent(s)
             if same is not None:
@@ -349,7 +351,6 @@ class RelaxedScorer:
             final, v, er = self.cache[key]
             self.relaxed[i], out[i], self.errors[i] = final, v, er
         return out
-
 
     def _equivalent(self, structure):
         """The cache key of a known structure the matcher finds equivalent to ``structure`` (None: none)."""

@@ -126,7 +126,8 @@ def read_oracle_tables(paths, families: list[str] | None = None) -> pd.DataFrame
     if families is not None:
         data = data[data["family"].isin(families)].reset_index(drop=True)
     if data.empty:
-        raise DataError("no designs of " + ", ".join(families or []) + " in " + ", ".join(map(str, paths)))
+        which = f" of {', '.join(families)}" if families else ""
+        raise DataError(f"no designs{which} in {', '.join(map(str, paths))}")
     return data
 
 
